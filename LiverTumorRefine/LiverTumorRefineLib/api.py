@@ -1,0 +1,107 @@
+"""Python API on volumes and files: label selection, grid alignment, refinement, evaluation.
+
+    from LiverTumorRefineLib import api
+    stats = api.refine_files("ct.nii.gz", "coarse.nii.gz", "refined.nii.gz")
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from . import io
+from .errors import RefineError
+from .metrics import compute_metrics
+from .refiner import Progress, Refiner
+from .volume import Volume
+
+LITS_TUMOUR = 2
+LITS_LIVER = 1
+
+
+def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarray, int | None]:
+    """Binary tumour mask from a mask or label map, and the label used (None = any non-zero).
+
+    Default: label 2 in a LiTS-style 0/1/2 map, otherwise every non-zero voxel.
+    """
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise RefineError("The mask has non-integer values: give a binary mask or a label map "
+                              "(threshold probability maps first).")
+    values = set(np.unique(labels).tolist())
+    if label is not None:
+        if label not in values:
+            present = ", ".join(str(int(v)) for v in sorted(values))
+            raise RefineError(f"Label {label} is not in the mask (labels present: {present}): choose one with --label.")
+        return labels == label, label
+    if LITS_TUMOUR in values and values <= {0, 1, 2}:
+        return labels == LITS_TUMOUR, LITS_TUMOUR
+    return labels != 0, None
+
+
+def merge_label(labels: np.ndarray, refined: np.ndarray, label: int | None) -> np.ndarray:
+    """Put ``refined`` back into the original mask's form: a binary mask stays binary; in a label
+    map only the chosen label changes (voxels leaving a LiTS tumour become liver, others 0)."""
+    if label is None:
+        return refined.astype(labels.dtype if labels.dtype != bool else np.uint8)
+    out = labels.copy()
+    was = labels == label
+    out[was & ~refined] = LITS_LIVER if label == LITS_TUMOUR and set(np.unique(labels).tolist()) <= {0, 1, 2} else 0
+    out[refined] = label
+    return out
+
+
+def refine_volume(image: Volume, mask: Volume, label: int | None = None, refiner: Refiner | None = None,
+                  progress: Progress | None = None) -> tuple[Volume, dict[str, Any]]:
+    """Refine ``mask`` (already on ``image``'s grid) and return it in the same form, with stats."""
+    if image.array.shape != mask.array.shape:
+        raise RefineError(f"CT {image.array.shape} and mask {mask.array.shape} grids differ: use refine_files, "
+                          "which resamples the mask onto the CT.")
+    binary, used = select_label(mask.array, label)
+    refiner = refiner or Refiner()
+    result = refiner.refine(image.array, binary, image.spacing_zyx, progress)
+    return Volume(merge_label(mask.array, result.mask, used), image.geometry), result.stats
+
+
+def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> tuple[Volume, Volume]:
+    """CT and mask as volumes on the CT's grid (the mask resampled when its grid differs)."""
+    ct = io.read_image(image_path)
+    mask = io.read_image(mask_path)
+    if ct.GetDimension() != mask.GetDimension():
+        raise RefineError(f"CT is {ct.GetDimension()}D but the mask is {mask.GetDimension()}D: give matching volumes.")
+    image = io.from_sitk(ct)
+    mask_volume = io.from_sitk(mask)
+    if mask.GetDimension() == 3:
+        mask_volume = io.from_sitk(io.resample_mask_to(mask, ct))
+    return image, mask_volume
+
+
+def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, out_path: str | os.PathLike,
+                 label: int | None = None, device: str = "auto", weights: str | None = None, batch_size: int = 128,
+                 force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Refine the coarse mask file and write the result on the CT's grid; returns stats."""
+    out = io.check_output(out_path, [image_path, mask_path], force)
+    image, mask = load_pair(image_path, mask_path)
+    refiner = Refiner(weights, device=device, batch_size=batch_size)
+    refined, stats = refine_volume(image, mask, label, refiner, progress)
+    io.write_volume(refined, out, force=force)
+    return stats
+
+
+def evaluate_files(truth_path: str | os.PathLike, pred_path: str | os.PathLike, label: int | None = None) -> dict[str, float]:
+    """Metrics of a predicted mask file against a truth file (pred resampled onto truth's grid)."""
+    truth, pred = load_pair(truth_path, pred_path)
+    truth_mask, used = select_label(truth.array, label)
+    return compute_metrics(truth_mask, prediction_mask(pred.array, used), truth.spacing_zyx)
+
+
+def prediction_mask(labels: np.ndarray, label: int | None) -> np.ndarray:
+    """The predicted tumour for evaluation: the truth's label when present, a binary mask's
+    foreground, else empty (a prediction without tumour is a valid, if poor, answer)."""
+    values = set(np.unique(labels).tolist())
+    if label is not None and label in values:
+        return labels == label
+    if label is None or values <= {0, 1}:
+        return labels != 0
+    return np.zeros(labels.shape, dtype=bool)

@@ -1,0 +1,64 @@
+"""Typed configuration shared by patch sampling, the network and training.
+
+A model file stores its ``PatchConfig`` so inference cuts patches exactly as training did.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """How boundary patches are cut.
+
+    Patches have a fixed physical size so behaviour does not depend on voxel spacing. With the
+    defaults a patch pixel is 0.5 mm, finer than the in-plane spacing of practically all abdominal
+    CT, which makes nearest-neighbour cut-and-paste an exact identity (see ``reassembly``).
+    """
+
+    patch_mm: float = 32.0
+    patch_px: int = 64
+    nms_iou: float = 0.35
+    context_mm: tuple[float, ...] = (-3.0, 0.0, 3.0)  # z offsets of the image channels (2.5D)
+    hu_window: tuple[float, float] = (-150.0, 250.0)
+    use_mask: bool = True
+
+    @property
+    def pixel_mm(self) -> float:
+        return self.patch_mm / self.patch_px
+
+    @property
+    def image_channels(self) -> int:
+        return len(self.context_mm)
+
+    @property
+    def in_channels(self) -> int:
+        return self.image_channels + int(self.use_mask)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PatchConfig":
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Width and depth of ``BRNet``."""
+
+    base_channels: int = 8
+    depth: int = 3
+    path_blocks: tuple[int, ...] = (2, 1, 1)  # feature-extraction blocks on each skip path
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NetConfig":
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        return cls(**kwargs)

@@ -1,0 +1,44 @@
+"""Paste refined patch probabilities back onto the voxel grid.
+
+Each covered voxel takes the probability of the patch pixel its centre falls in (patch pixels are
+no larger than voxels with the default config, so this is a point sample of the prediction at the
+voxel centre); overlapping patches are averaged with sum and count canvases (scatter-add on the
+device); voxels outside every patch keep the coarse label. With patches cut from the mask itself
+the result is the input exactly, so only the boundary band the network changes can change.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .config import PatchConfig
+from .sampling import patch_voxel_index, window_offsets
+
+
+class Canvas:
+    """Running sum and count of patch probabilities over a (Z, Y, X) grid."""
+
+    def __init__(self, shape: Sequence[int], device: torch.device) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        n = self.shape[0] * self.shape[1] * self.shape[2]
+        self.total = torch.zeros(n, device=device, dtype=torch.float32)
+        self.count = torch.zeros(n, device=device, dtype=torch.float32)
+
+    def add(self, probs: torch.Tensor, centres: torch.Tensor, spacing_zyx: Sequence[float], cfg: PatchConfig) -> None:
+        """Accumulate (N, P, P) probabilities of patches centred at ``centres`` (N, 3)."""
+        if len(centres) == 0:
+            return
+        _, _, iy, ix = window_offsets(spacing_zyx, cfg, centres.device)
+        p = cfg.patch_px
+        values = probs.float()[:, iy.clamp(0, p - 1)[:, None], ix.clamp(0, p - 1)[None, :]]
+        index, valid = patch_voxel_index(centres, self.shape, spacing_zyx, cfg)
+        self.total.index_add_(0, index[valid], values[valid])
+        self.count.index_add_(0, index[valid], torch.ones_like(values[valid]))
+
+    def result(self, coarse: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+        """Thresholded average where covered, the coarse label elsewhere. (Z, Y, X) bool."""
+        covered = self.count > 0
+        mean = self.total / self.count.clamp(min=1)
+        refined = torch.where(covered, mean >= threshold, coarse.reshape(-1).bool())
+        return refined.view(self.shape)

@@ -1,0 +1,168 @@
+"""The refinement pipeline on arrays: crop, sample boundary patches, infer, reassemble."""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import sampling
+from .errors import RefineCancelled, RefineError
+from .network import BRNet
+from .reassembly import Canvas
+from .weights import default_weights_path, load_model
+
+Progress = Callable[[float, str], Optional[bool]]
+
+
+@dataclass
+class RefineResult:
+    """Refined mask (same shape as the input) and what it cost."""
+
+    mask: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without CUDA is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RefineError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto.")
+    if device not in ("cpu", "cuda"):
+        raise RefineError(f"Unknown device {device!r}: use auto, cpu or cuda.")
+    return torch.device(device)
+
+
+def lesion_box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, slice, slice]:
+    """Bounding box of ``mask`` grown by ``margin`` voxels per axis, clipped to the array."""
+    box = []
+    for axis, m in enumerate(margin):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(int(hits[0]) - m, 0), min(int(hits[-1]) + 1 + m, mask.shape[axis])))
+    return tuple(box)  # type: ignore[return-value]
+
+
+class Refiner:
+    """Boundary patch refinement with a BRNet.
+
+    ``weights``: None (the shipped default model), a model file, or a BRNet built by
+    ``network.build_model``. ``device``: "auto", "cpu" or "cuda".
+    """
+
+    def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128) -> None:
+        if batch_size < 1:
+            raise RefineError(f"--batch-size must be at least 1 (got {batch_size}).")
+        self.device = resolve_device(device)
+        model = weights if isinstance(weights, torch.nn.Module) else load_model(weights or default_weights_path())
+        self.model: BRNet = model.to(self.device).eval()
+        self.cfg = model.patch_config  # type: ignore[attr-defined]
+        self.batch_size = batch_size
+
+    def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None) -> RefineResult:
+        """Refine ``mask`` (bool, z-y-x) on ``image`` (HU). Inputs are not modified."""
+        t0 = time.perf_counter()
+        _check_inputs(image, mask, spacing_zyx)
+        mask = np.asarray(mask).astype(bool, copy=False)
+        if not mask.any():
+            raise RefineError("The coarse mask is empty: nothing to refine. Check the mask file or --label.")
+        spacing = tuple(float(s) for s in spacing_zyx)
+        box = lesion_box(mask, self._margin(spacing))
+        seconds: dict[str, float] = {}
+        _report(progress, 0.0, "Cutting boundary patches")
+        with torch.inference_mode():
+            crop_mask = torch.from_numpy(np.ascontiguousarray(mask[box])).to(self.device)
+            crop_image = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32)).to(self.device)
+            crop_image = sampling.clean_hu(crop_image, self.cfg.hu_window)
+            seconds["crop"] = time.perf_counter() - t0
+            t = time.perf_counter()
+            centres = sampling.place_centres(crop_mask, spacing, self.cfg)
+            seconds["sample"] = time.perf_counter() - t
+            canvas, seconds_run = self._run_batches(crop_image, crop_mask, centres, spacing, progress)
+            seconds.update(seconds_run)
+            t = time.perf_counter()
+            refined_crop = canvas.result(crop_mask).cpu().numpy()
+        refined = mask.copy()
+        refined[box] = refined_crop
+        seconds["reassemble"] += time.perf_counter() - t
+        seconds["total"] = time.perf_counter() - t0
+        _report(progress, 1.0, "Done")
+        stats = {"patches": int(len(centres)), "seconds": seconds, "voxels_changed": int((refined != mask).sum()),
+                 "device": str(self.device), "crop_shape": tuple(int(s.stop - s.start) for s in box)}
+        return RefineResult(refined, stats)
+
+    def _margin(self, spacing: Sequence[float]) -> tuple[int, int, int]:
+        half = self.cfg.patch_mm / 2
+        z_reach = max(abs(c) for c in self.cfg.context_mm)
+        return (math.ceil(z_reach / spacing[0]) + 1, math.ceil(half / spacing[1]) + 1, math.ceil(half / spacing[2]) + 1)
+
+    def _run_batches(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
+                     progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
+        """Extract, infer and accumulate patches batch by batch; halves the batch on CUDA OOM and
+        finally falls back to the CPU."""
+        seconds = {"extract": 0.0, "infer": 0.0, "reassemble": 0.0}
+        canvas = Canvas(mask.shape, self.device)
+        start, batch = 0, self.batch_size
+        while start < len(centres):
+            part = centres[start:start + batch]
+            try:
+                t = time.perf_counter()
+                patches = sampling.extract_patches(image, mask, part, spacing, self.cfg)
+                t1 = time.perf_counter()
+                probs = self._predict(sampling.network_input(patches, self.cfg))
+                _sync(self.device)
+                t2 = time.perf_counter()
+            except torch.cuda.OutOfMemoryError:
+                image, mask, centres, canvas, batch = self._shrink_after_oom(image, mask, centres, canvas, batch)
+                continue
+            canvas.add(probs, part, spacing, self.cfg)
+            _sync(self.device)
+            seconds["extract"] += t1 - t
+            seconds["infer"] += t2 - t1
+            seconds["reassemble"] += time.perf_counter() - t2
+            start += len(part)
+            _report(progress, 0.05 + 0.9 * start / len(centres), f"Refined {start}/{len(centres)} patches")
+        return canvas, seconds
+
+    def _predict(self, patches: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                return torch.sigmoid(self.model(patches).float())
+        return torch.sigmoid(self.model(patches))
+
+    def _shrink_after_oom(self, image, mask, centres, canvas, batch):
+        torch.cuda.empty_cache()
+        if batch > 1:
+            warnings.warn(f"CUDA out of memory: retrying with batch size {batch // 2}.")
+            return image, mask, centres, canvas, batch // 2
+        warnings.warn("CUDA out of memory even with batch size 1: continuing on the CPU.")
+        self.device = torch.device("cpu")
+        self.model = self.model.to(self.device)
+        moved = Canvas(canvas.shape, self.device)
+        moved.total, moved.count = canvas.total.cpu(), canvas.count.cpu()
+        return image.cpu(), mask.cpu(), centres.cpu(), moved, self.batch_size
+
+
+def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float]) -> None:
+    if image.ndim != 3 or mask.ndim != 3:
+        raise RefineError(f"Expected 3D image and mask, got {image.ndim}D and {mask.ndim}D arrays.")
+    if image.shape != mask.shape:
+        raise RefineError(f"Image {image.shape} and mask {mask.shape} are on different grids: resample the mask onto the CT.")
+    if len(spacing_zyx) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing_zyx):
+        raise RefineError(f"Voxel spacing {tuple(spacing_zyx)} is invalid: it must be three positive numbers (mm).")
+
+
+def _report(progress: Progress | None, fraction: float, message: str) -> None:
+    if progress is not None and progress(fraction, message) is False:
+        raise RefineCancelled()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()

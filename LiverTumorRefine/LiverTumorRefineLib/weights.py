@@ -1,0 +1,100 @@
+"""Model files: saving, SHA-256 checking and safe loading (``weights_only=True``, never pickle code).
+
+A model file is a plain dict of tensors and primitives: format tag, patch and net configs,
+state dict and free-form metadata. A ``<file>.sha256`` sidecar is written beside it; the shipped
+default model's hash is also pinned here, so a swapped or truncated file is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import NetConfig, PatchConfig
+from .errors import RefineError
+from .network import BRNet, build_model
+
+FORMAT = "livertumorrefine-brnet/1"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+DEFAULT_MODEL = "brnet_default.pt"
+# Hashes of the models shipped in Resources/Models (their model cards give the training runs).
+SHIPPED_SHA256: dict[str, str] = {}
+
+
+def default_weights_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path of a model shipped with the extension."""
+    return MODELS_DIR / name
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def expected_sha256(path: Path) -> str | None:
+    """The pinned hash for a shipped model, else the sidecar's, else None."""
+    path = Path(path)
+    if path.resolve().parent == MODELS_DIR and path.name in SHIPPED_SHA256:
+        return SHIPPED_SHA256[path.name]
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.exists():
+        return sidecar.read_text().split()[0].strip()
+    return None
+
+
+def save_model(model: BRNet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> str:
+    """Write ``model`` atomically with its configs and a ``.sha256`` sidecar; returns the hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "patch_config": model.patch_config.to_dict(),  # type: ignore[attr-defined]
+        "net_config": model.net_config.to_dict(),  # type: ignore[attr-defined]
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    digest = sha256_of(path)
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BRNet:
+    """Load a BRNet from ``path`` after checking its SHA-256; RefineError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " Reinstall the extension or pass --weights." if path.parent.resolve() == MODELS_DIR else ""
+        raise RefineError(f"Model weights not found: {path}.{hint}")
+    expected = expected_sha256(path)
+    if expected is not None and sha256_of(path) != expected:
+        raise RefineError(f"Model weights {path} fail the SHA-256 check (corrupted or replaced): "
+                          "restore the original file or retrain it.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or contains pickled code
+        raise RefineError(f"Cannot read model weights {path} ({type(exc).__name__}): "
+                          "the file is truncated or not a LiverTumorRefine model.") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise RefineError(f"{path} is not a LiverTumorRefine model file (format {FORMAT} expected).")
+    model = build_model(PatchConfig.from_dict(payload["patch_config"]), NetConfig.from_dict(payload["net_config"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError:
+        raise RefineError(f"Model weights {path} were made for another network architecture: "
+                          "use weights trained with this version.") from None
+    model.meta = payload.get("meta", {})  # type: ignore[attr-defined]
+    return model.eval()
