@@ -145,7 +145,9 @@ def test_inputs_not_modified_and_labels_read_as_foreground() -> None:
 
 
 def test_format_metrics_table() -> None:
-    coarse = {"dice": 0.81234, "jaccard": 0.7, "voe": 0.3, "rvd": -0.1, "assd": 1.5, "mssd": 12.25, "hd95": 4.0}
+    coarse = {
+        "dice": 0.81234, "jaccard": 0.7, "voe": 0.3, "rvd": -0.1, "assd": 1.5, "mssd": 12.25, "hd95": 4.0,
+    }
     refined = dict(coarse, dice=0.9, mssd=math.inf)
     lines = format_metrics_table({"coarse": coarse, "refined": refined}).splitlines()
     assert len(lines) == 3

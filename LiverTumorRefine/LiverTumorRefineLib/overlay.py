@@ -1,0 +1,233 @@
+"""Overlay pictures of one axial CT slice with mask outlines (the paper's Figure 4).
+
+Truth is outlined in red, the coarse mask in yellow and the refined mask in green, drawn in that
+order so the refined outline is on top. Array row 0 is the top of the picture and column 0 its left
+edge; for an identity (LPS) direction that is the radiological view: anterior up, the patient's
+right on the left of the screen.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import RefineError
+
+TRUTH_RGB = (255, 0, 0)
+COARSE_RGB = (255, 255, 0)
+REFINED_RGB = (0, 255, 0)
+SOFT_TISSUE_WINDOW = (-160.0, 240.0)
+
+# Small slices are enlarged until their shorter side reaches this, so outlines are legible.
+MIN_SHORT_SIDE_PX = 384
+# Outline width grows by one pixel per this many pixels of short side, capped at 2.
+PX_PER_OUTLINE_WIDTH = 384
+MAX_OUTLINE_PX = 2
+# Black gap between the slices of a panel.
+PANEL_GAP_PX = 8
+
+
+def render_overlay(
+    image: np.ndarray,
+    spacing_zyx: Sequence[float],
+    truth: Optional[np.ndarray] = None,
+    coarse: Optional[np.ndarray] = None,
+    refined: Optional[np.ndarray] = None,
+    slice_index: Optional[int] = None,
+    window: tuple[float, float] = SOFT_TISSUE_WINDOW,
+) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB picture of one axial slice of ``image`` with mask outlines.
+
+    ``image`` and the masks are (z, y, x) arrays on the same grid; any mask may be None. The slice
+    defaults to the one with the most tumour (truth, else refined, else coarse; the middle slice if
+    all are absent or empty). The slice is shown in ``window`` (HU low, high), resampled to square
+    pixels using ``spacing_zyx`` and enlarged so its shorter side is at least 384 px.
+    """
+    masks = _check_inputs(image, truth, coarse, refined)
+    if slice_index is None:
+        slice_index = default_slice(image.shape[0], truth, coarse, refined)
+    if not 0 <= slice_index < image.shape[0]:
+        raise RefineError(
+            f"Slice {slice_index} is outside the image, which has {image.shape[0]} axial slices "
+            f"(0 to {image.shape[0] - 1}); choose a slice in that range."
+        )
+    out_shape = _display_shape(image.shape[1:], spacing_zyx)
+    rgb = _windowed_grey(_resize_linear(image[slice_index].astype(np.float64), out_shape), window)
+    width = min(MAX_OUTLINE_PX, max(1, round(min(out_shape) / PX_PER_OUTLINE_WIDTH)))
+    for mask, colour in masks:
+        rgb[_outline(_resize_nearest(mask[slice_index], out_shape), width)] = colour
+    return rgb
+
+
+def render_overlay_panel(
+    image: np.ndarray,
+    spacing_zyx: Sequence[float],
+    truth: Optional[np.ndarray] = None,
+    coarse: Optional[np.ndarray] = None,
+    refined: Optional[np.ndarray] = None,
+    slice_indices: Optional[Sequence[int]] = None,
+    window: tuple[float, float] = SOFT_TISSUE_WINDOW,
+) -> np.ndarray:
+    """Several :func:`render_overlay` slices side by side, separated by a black gap.
+
+    By default three slices evenly spaced through the tumour's axial extent (same mask preference
+    as :func:`render_overlay`), or through the whole volume if there is no tumour.
+    """
+    if slice_indices is None:
+        slice_indices = panel_slices(image.shape[0], truth, coarse, refined)
+    pictures = [
+        render_overlay(image, spacing_zyx, truth, coarse, refined, index, window) for index in slice_indices
+    ]
+    gap = np.zeros((pictures[0].shape[0], PANEL_GAP_PX, 3), dtype=np.uint8)
+    parts = [part for picture in pictures for part in (gap, picture)][1:]
+    return np.concatenate(parts, axis=1)
+
+
+def write_png(rgb: np.ndarray, path: "str | os.PathLike[str]") -> None:
+    """Write an (H, W, 3) uint8 picture as PNG, atomically (a reader never sees half a file)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise RefineError(f"Cannot write {target}: folder {target.parent} does not exist; create it first.")
+    # Same folder so os.replace is an atomic rename; .png suffix so SimpleITK picks the PNG writer.
+    handle, temporary = tempfile.mkstemp(suffix=".png", prefix=f".{target.stem}-", dir=target.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def default_slice(
+    n_slices: int,
+    truth: Optional[np.ndarray] = None,
+    coarse: Optional[np.ndarray] = None,
+    refined: Optional[np.ndarray] = None,
+) -> int:
+    """Index of the axial slice with the most tumour, or the middle slice if there is none."""
+    reference = _reference_mask(truth, coarse, refined)
+    if reference is None:
+        return n_slices // 2
+    return int(np.argmax(_area_per_slice(reference)))
+
+
+def panel_slices(
+    n_slices: int,
+    truth: Optional[np.ndarray] = None,
+    coarse: Optional[np.ndarray] = None,
+    refined: Optional[np.ndarray] = None,
+    count: int = 3,
+) -> list[int]:
+    """``count`` slice indices evenly spaced strictly inside the tumour's (or volume's) z-range."""
+    reference = _reference_mask(truth, coarse, refined)
+    if reference is None:
+        first, last = 0, n_slices - 1
+    else:
+        occupied = np.flatnonzero(_area_per_slice(reference))
+        first, last = int(occupied[0]), int(occupied[-1])
+    # Interior points of count+1 equal steps: avoids the thin caps at the tumour's ends.
+    return [int(np.floor(z + 0.5)) for z in np.linspace(first, last, count + 2)[1:-1]]
+
+
+def _check_inputs(
+    image: np.ndarray,
+    truth: Optional[np.ndarray],
+    coarse: Optional[np.ndarray],
+    refined: Optional[np.ndarray],
+) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
+    """The present masks with their colours, in drawing order, after checking shapes."""
+    if image.ndim != 3:
+        raise RefineError(f"The image must be a 3-D (z, y, x) array, got shape {image.shape}.")
+    masks = []
+    drawing_order = (
+        ("truth", truth, TRUTH_RGB),
+        ("coarse", coarse, COARSE_RGB),
+        ("refined", refined, REFINED_RGB),
+    )
+    for name, mask, colour in drawing_order:
+        if mask is None:
+            continue
+        if mask.shape != image.shape:
+            raise RefineError(
+                f"The {name} mask has shape {mask.shape} but the image has {image.shape}; "
+                "resample the mask onto the image grid first."
+            )
+        masks.append((mask, colour))
+    return masks
+
+
+def _reference_mask(
+    truth: Optional[np.ndarray], coarse: Optional[np.ndarray], refined: Optional[np.ndarray]
+) -> Optional[np.ndarray]:
+    """The mask that locates the tumour: truth, else refined, else coarse; None if all are empty."""
+    for mask in (truth, refined, coarse):
+        if mask is not None and np.any(mask):
+            return mask
+    return None
+
+
+def _area_per_slice(mask: np.ndarray) -> np.ndarray:
+    return np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+
+
+def _display_shape(plane_shape: tuple[int, ...], spacing_zyx: Sequence[float]) -> tuple[int, int]:
+    """(rows, columns) giving square pixels of the finer in-plane spacing, enlarged if small."""
+    row_mm, col_mm = float(spacing_zyx[1]), float(spacing_zyx[2])
+    pixel_mm = min(row_mm, col_mm)
+    rows, cols = plane_shape[0] * row_mm / pixel_mm, plane_shape[1] * col_mm / pixel_mm
+    zoom = max(1.0, MIN_SHORT_SIDE_PX / min(rows, cols))
+    return max(1, round(rows * zoom)), max(1, round(cols * zoom))
+
+
+def _source_coordinates(n_in: int, n_out: int) -> np.ndarray:
+    """Continuous input index of each output pixel centre (pixel centres aligned at the edges)."""
+    return (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+
+
+def _resize_nearest(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    rows = np.clip(np.floor(_source_coordinates(plane.shape[0], shape[0]) + 0.5), 0, plane.shape[0] - 1)
+    cols = np.clip(np.floor(_source_coordinates(plane.shape[1], shape[1]) + 0.5), 0, plane.shape[1] - 1)
+    return plane[np.ix_(rows.astype(np.intp), cols.astype(np.intp))].astype(bool)
+
+
+def _resize_linear(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize, one axis at a time, holding edge values beyond the outer pixel centres."""
+    for axis, n_out in enumerate(shape):
+        n_in = plane.shape[axis]
+        coords = np.clip(_source_coordinates(n_in, n_out), 0, n_in - 1)
+        low = np.floor(coords).astype(np.intp)
+        high = np.minimum(low + 1, n_in - 1)
+        frac = coords - low
+        frac = frac.reshape((-1, 1) if axis == 0 else (1, -1))
+        plane = np.take(plane, low, axis=axis) * (1 - frac) + np.take(plane, high, axis=axis) * frac
+    return plane
+
+
+def _windowed_grey(plane: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    low, high = float(window[0]), float(window[1])
+    if not high > low:
+        raise RefineError(f"The display window must have low < high, got {window}.")
+    grey = np.round(np.clip((plane - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """The mask's inner rim, ``width`` pixels thick (4-neighbour erosion, outside = background)."""
+    core = mask
+    for _ in range(width):
+        padded = np.pad(core, 1)
+        core = (
+            core
+            & padded[:-2, 1:-1]
+            & padded[2:, 1:-1]
+            & padded[1:-1, :-2]
+            & padded[1:-1, 2:]
+        )
+    return mask & ~core
