@@ -1,0 +1,66 @@
+"""Shared fixtures: small synthetic CT cases and a BRNet trained for a few hundred steps.
+
+Tests that need a model that really refines use ``trained_model`` (trained once per session on
+simple generated cases, never a stub returning its input); the shipped default weights are
+tested separately.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
+
+from LiverTumorRefineLib.config import NetConfig, PatchConfig  # noqa: E402
+from LiverTumorRefineLib.train import TrainCase, TrainConfig, build_bank, patch_loss  # noqa: E402
+from LiverTumorRefineLib.network import build_model  # noqa: E402
+from LiverTumorRefineLib.augment import augment  # noqa: E402
+from LiverTumorRefineLib import sampling  # noqa: E402
+
+
+def blob_case(seed: int, shape=(24, 96, 96), spacing_zyx=(2.5, 0.8, 0.8), coarse_shift_mm: float | None = None) -> TrainCase:
+    """A hypodense lobulated lesion in liver-like tissue with noise, plus a coarse mask that is
+    the truth grown or shrunk by 1.5-3 mm (what a coarse network's bias looks like)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = (np.indices(shape).astype(np.float32) * np.array(spacing_zyx, np.float32)[:, None, None, None])
+    centre = np.array(shape) * np.array(spacing_zyx) / 2 + rng.uniform(-4, 4, 3)
+    radius = rng.uniform(9, 16)
+    angle = np.arctan2(y - centre[1], x - centre[2])
+    r = np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
+    lobes = 1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 6)) + 0.08 * np.cos(5 * angle)
+    signed = r - radius * lobes  # negative inside, in mm
+    truth = signed < 0
+    liver_hu, contrast = rng.uniform(80, 120), rng.uniform(35, 70)
+    image = np.where(truth, liver_hu - contrast, liver_hu) + rng.normal(0, 12, shape)
+    shift = coarse_shift_mm if coarse_shift_mm is not None else rng.choice([-1, 1]) * rng.uniform(1.5, 3.0)
+    coarse = signed < shift
+    return TrainCase(f"blob{seed}", image.astype(np.float32), truth, coarse, tuple(spacing_zyx))
+
+
+@pytest.fixture(scope="session")
+def blob_cases() -> list[TrainCase]:
+    return [blob_case(s) for s in range(8)]
+
+
+@pytest.fixture(scope="session")
+def trained_model(blob_cases):
+    """BRNet trained for 250 steps on blob cases (about half a minute on two CPU cores)."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=250, batch_size=24, lr=3e-3, warmup_steps=20, net=NetConfig(base_channels=8))
+    inputs, truths = build_bank(blob_cases, cfg.patch, 1.0, 0, log=lambda _: None)
+    model = build_model(cfg.patch, cfg.net)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for step in range(cfg.steps):
+        index = torch.randint(len(inputs), (cfg.batch_size,), generator=generator)
+        batch, truth = augment(inputs[index], truths[index], cfg.patch.image_channels, generator)
+        loss = patch_loss(model(sampling.network_input(batch, cfg.patch)), truth)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()

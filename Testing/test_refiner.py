@@ -1,0 +1,94 @@
+"""The Refiner end to end on arrays: it really refines, keeps what it must, reports its work."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import blob_case
+from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.metrics import compute_metrics
+from LiverTumorRefineLib.refiner import Refiner
+
+
+def test_trained_network_improves_held_out_lesions(trained_model):
+    refiner = Refiner(trained_model, device="cpu")
+    gains = []
+    for seed in (100, 101, 102, 103):  # never seen in training (seeds 0-7)
+        case = blob_case(seed)
+        refined = refiner.refine(case.image, case.coarse, case.spacing_zyx).mask
+        gains.append(compute_metrics(case.truth, refined, case.spacing_zyx)["dice"]
+                     - compute_metrics(case.truth, case.coarse, case.spacing_zyx)["dice"])
+    assert np.mean(gains) > 0.05, gains
+    assert min(gains) > 0, gains
+
+
+def test_voxels_far_from_the_boundary_keep_the_coarse_label(trained_model):
+    case = blob_case(7, shape=(24, 160, 160))
+    result = Refiner(trained_model, device="cpu").refine(case.image, case.coarse, case.spacing_zyx)
+    changed = np.argwhere(result.mask != case.coarse)
+    assert len(changed) == result.stats["voxels_changed"] > 0
+    coarse_idx = np.argwhere(case.coarse)
+    # Every change lies within half a patch (16 mm) of the coarse mask in-plane and on its slices.
+    assert changed[:, 0].min() >= coarse_idx[:, 0].min() and changed[:, 0].max() <= coarse_idx[:, 0].max()
+    for axis in (1, 2):
+        reach = int(np.ceil(16 / case.spacing_zyx[axis]))
+        assert changed[:, axis].min() >= coarse_idx[:, axis].min() - reach
+        assert changed[:, axis].max() <= coarse_idx[:, axis].max() + reach
+
+
+def test_inputs_unchanged_and_stats_reported(trained_model):
+    case = blob_case(3)
+    image, coarse = case.image.copy(), case.coarse.copy()
+    result = Refiner(trained_model, device="cpu", batch_size=7).refine(case.image, case.coarse, case.spacing_zyx)
+    assert np.array_equal(image, case.image) and np.array_equal(coarse, case.coarse)
+    assert result.mask.shape == coarse.shape and result.mask.dtype == bool
+    assert result.stats["patches"] > 0 and result.stats["device"] == "cpu"
+    assert {"sample", "extract", "infer", "reassemble", "total"} <= set(result.stats["seconds"])
+
+
+def test_cpu_refinement_is_deterministic_and_batch_size_independent(trained_model):
+    case = blob_case(5)
+    a = Refiner(trained_model, device="cpu", batch_size=128).refine(case.image, case.coarse, case.spacing_zyx).mask
+    b = Refiner(trained_model, device="cpu", batch_size=5).refine(case.image, case.coarse, case.spacing_zyx).mask
+    assert np.array_equal(a, b)
+
+
+def test_progress_reports_and_cancel(trained_model):
+    case = blob_case(2)
+    seen = []
+    Refiner(trained_model, device="cpu", batch_size=8).refine(case.image, case.coarse, case.spacing_zyx,
+                                                              progress=lambda f, m: seen.append(f))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen) and len(seen) > 3
+    with pytest.raises(RefineCancelled):
+        Refiner(trained_model, device="cpu", batch_size=8).refine(case.image, case.coarse, case.spacing_zyx,
+                                                                  progress=lambda f, m: f < 0.5)
+
+
+def test_nan_and_inf_voxels_do_not_poison_the_result(trained_model):
+    case = blob_case(4)
+    image = case.image.copy()
+    image[::3, ::5, ::7] = np.nan
+    image[1, :, :] = np.inf
+    result = Refiner(trained_model, device="cpu").refine(image, case.coarse, case.spacing_zyx)
+    assert result.mask.dtype == bool and result.mask.any()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(mask=np.zeros((24, 96, 96), bool)), "empty"),
+    (dict(mask=np.ones((24, 96, 95), bool)), "different grids"),
+    (dict(spacing=(0.0, 1.0, 1.0)), "spacing"),
+])
+def test_bad_input_is_refused_with_a_clear_message(trained_model, bad, message):
+    case = blob_case(1)
+    with pytest.raises(RefineError, match=message):
+        Refiner(trained_model, device="cpu").refine(case.image, bad.get("mask", case.coarse), bad.get("spacing", case.spacing_zyx))
+
+
+def test_cuda_requested_without_gpu_is_a_user_error(trained_model):
+    import torch
+
+    if torch.cuda.is_available():
+        assert Refiner(trained_model, device="cuda").device.type == "cuda"
+    else:
+        with pytest.raises(RefineError, match="no CUDA GPU"):
+            Refiner(trained_model, device="cuda")

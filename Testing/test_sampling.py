@@ -1,0 +1,140 @@
+"""Boundary patch sampling and reassembly invariants."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from LiverTumorRefineLib import sampling
+from LiverTumorRefineLib.config import PatchConfig
+from LiverTumorRefineLib.reassembly import Canvas
+
+CFG = PatchConfig()
+
+
+def ellipsoids(shape, spacing, seed, n=3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(float) * np.array(spacing)[:, None, None, None]
+    mask = np.zeros(shape, bool)
+    extent = np.array(shape) * np.array(spacing)
+    for _ in range(n):
+        c = rng.uniform(0, extent)
+        r = rng.uniform(2, 15, 3)
+        mask |= (((grid - c[:, None, None, None]) / r[:, None, None, None]) ** 2).sum(0) < 1
+    return mask
+
+
+def cut_and_paste(mask: np.ndarray, spacing, cfg=CFG):
+    m = torch.from_numpy(mask)
+    centres = sampling.place_centres(m, spacing, cfg)
+    patches = sampling.cut_mask_patches(m, centres, spacing, cfg)
+    canvas = Canvas(m.shape, m.device)
+    canvas.add(patches.float(), centres, spacing, cfg)
+    return centres, canvas
+
+
+def test_band_is_both_sides_of_the_boundary():
+    mask = np.zeros((1, 9, 9), bool)
+    mask[0, 3:6, 3:6] = True
+    band = sampling.boundary_band(torch.from_numpy(mask)).numpy()[0]
+    assert band[3:6, 3:6].sum() == 8 and not band[4, 4]  # the inner ring, not the centre
+    assert band[2, 2:7].all() and band[6, 2:7].all()  # and the outer ring
+    assert not band[0].any() and not band[:, 0].any()
+
+
+@pytest.mark.parametrize("spacing", [(2.5, 0.7, 0.7), (5.0, 1.5, 0.6), (1.0, 0.5, 0.5)])
+@pytest.mark.parametrize("iou", [0.1, 0.35, 0.6])
+def test_every_band_voxel_is_covered(spacing, iou):
+    cfg = PatchConfig(nms_iou=iou)
+    mask = torch.from_numpy(ellipsoids((20, 90, 100), spacing, seed=1))
+    centres = sampling.place_centres(mask, spacing, cfg)
+    band = sampling.boundary_band(mask)
+    assert bool(band[tuple(centres.T)].all())  # centres lie on the band
+    assert not bool((band & ~sampling.covered(centres, mask.shape, spacing, cfg)).any())
+
+
+def test_nms_thins_patches_more_at_lower_iou():
+    spacing = (2.5, 0.7, 0.7)
+    mask = torch.from_numpy(ellipsoids((20, 90, 100), spacing, seed=2))
+    counts = [len(sampling.place_centres(mask, spacing, PatchConfig(nms_iou=t))) for t in (0.2, 0.35, 0.6)]
+    band = int(sampling.boundary_band(mask).sum())
+    assert counts[0] < counts[1] < counts[2] < band / 5
+
+
+@pytest.mark.parametrize("spacing", [(2.5, 0.7, 0.7), (5.0, 1.5, 0.6), (1.0, 0.5, 0.5), (3.0, 0.93, 0.81)])
+def test_identity_patches_reproduce_the_input_exactly(spacing):
+    mask = ellipsoids((16, 80, 90), spacing, seed=3)
+    _, canvas = cut_and_paste(mask, spacing)
+    assert np.array_equal(canvas.result(torch.from_numpy(mask)).numpy(), mask)
+
+
+def test_voxels_outside_every_patch_keep_the_coarse_label():
+    spacing = (2.5, 0.8, 0.8)
+    mask = ellipsoids((16, 120, 120), spacing, seed=4)
+    m = torch.from_numpy(mask)
+    centres = sampling.place_centres(m, spacing, CFG)
+    canvas = Canvas(m.shape, m.device)
+    canvas.add(1 - sampling.cut_mask_patches(m, centres, spacing, CFG).float(), centres, spacing, CFG)  # invert all
+    out = canvas.result(m).numpy()
+    inside = sampling.covered(centres, m.shape, spacing, CFG).numpy()
+    assert np.array_equal(out[~inside], mask[~inside])
+    assert np.array_equal(out[inside], ~mask[inside])
+
+
+def test_overlapping_patches_are_averaged():
+    spacing = (1.0, 1.0, 1.0)
+    shape = (1, 40, 40)
+    centres = torch.tensor([[0, 20, 15], [0, 20, 25]])
+    canvas = Canvas(shape, torch.device("cpu"))
+    canvas.add(torch.stack([torch.full((64, 64), 0.8), torch.full((64, 64), 0.1)]), centres, spacing, CFG)
+    mean = (canvas.total / canvas.count.clamp(min=1)).view(shape)[0]
+    assert mean[20, 20].item() == pytest.approx(0.45)  # both patches
+    assert mean[20, 0].item() == pytest.approx(0.8)  # only the first (x 15-16 .. 15+15)
+    assert mean[20, 39].item() == pytest.approx(0.1)
+
+
+def test_patch_pixels_have_fixed_physical_size():
+    """The same physical disc looks the same in patches cut from grids of different spacing."""
+    means = []
+    for s in (0.6, 0.9, 1.2):
+        n = int(round(60 / s))
+        yy, xx = np.indices((n, n)) * s
+        image = np.where((yy - 30) ** 2 + (xx - 30) ** 2 < 10 ** 2, 0.0, 100.0)[None].repeat(3, 0).astype(np.float32)
+        mask = torch.zeros((3, n, n), dtype=torch.bool)
+        centre = torch.tensor([[1, int(round(30 / s)), int(round(30 / s))]])
+        patch = sampling.extract_patches(torch.from_numpy(image), mask, centre, (2.0, s, s), CFG)
+        means.append(float((patch[0, 1] < 50).float().mean()))  # dark fraction = disc area / patch area
+    assert np.ptp(means) < 0.02
+    assert means[0] == pytest.approx(np.pi * 10 ** 2 / 32 ** 2, abs=0.02)
+
+
+def test_patch_channels_follow_the_config():
+    spacing = (2.0, 0.8, 0.8)
+    mask = torch.from_numpy(ellipsoids((10, 60, 60), spacing, seed=5))
+    image = torch.randn(mask.shape) * 50 + 60
+    centres = sampling.place_centres(mask, spacing, CFG)
+    with_mask = sampling.extract_patches(image, mask, centres, spacing, CFG)
+    no_mask = sampling.extract_patches(image, mask, centres, spacing, PatchConfig(use_mask=False))
+    assert with_mask.shape[1:] == (4, 64, 64) and no_mask.shape[1:] == (3, 64, 64)
+    assert torch.equal(with_mask[:, :3], no_mask)
+    net_in = sampling.network_input(with_mask, CFG)
+    assert float(net_in[:, :3].abs().max()) <= 1.0 and torch.equal(net_in[:, 3], with_mask[:, 3])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 6), st.integers(4, 48), st.integers(4, 48)),
+    spacing=st.tuples(st.floats(0.5, 5.0), st.floats(0.5, 2.0), st.floats(0.5, 2.0)),
+    seed=st.integers(0, 10_000),
+    density=st.floats(0.05, 0.7),
+)
+def test_property_coverage_identity_and_untouched_outside(shape, spacing, seed, density):
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < density
+    centres, canvas = cut_and_paste(mask, spacing)
+    m = torch.from_numpy(mask)
+    band = sampling.boundary_band(m)
+    covered = sampling.covered(centres, m.shape, spacing, CFG)
+    assert not bool((band & ~covered).any())
+    assert np.array_equal(canvas.result(m).numpy(), mask)
