@@ -629,7 +629,7 @@ def _paint_ribs(canvas: _Canvas, rng: np.random.Generator, an: _Anatomy) -> None
 
 
 def _paint_vessels_and_organs(canvas: _Canvas, rng: np.random.Generator, an: _Anatomy, cavity: np.ndarray) -> None:
-    """Aorta, IVC, kidneys, spleen, stomach, bowel and gallbladder: the liver's neighbours."""
+    """Aorta, IVC, kidneys, spleen, stomach and gallbladder: the liver's neighbours."""
     u = rng.uniform
     grid, ph = canvas.grid, an.phase
     z_span = (grid.start[0] - 20, grid.start[0] + grid.shape[0] * grid.spacing[0] + 20)
@@ -669,7 +669,7 @@ def _paint_hollow(canvas: _Canvas, rng: np.random.Generator, shape: _Ellipsoid, 
     kind = rng.choice(4, p=contents)
     fluid = (u(0, 30), u(0, 30), u(150, 400), u(-250, -50))[kind]
     mottle = 80.0 if kind == 3 else 5.0  # faeces: gas bubbles in a soft matrix
-    level = shape.centre[1] + shape.radii.max() * (u(-1.2, 0.6) if kind == 0 else -2.0)  # gas rises anteriorly
+    level = shape.centre[1] + shape.radii.max() * (u(-1.2, 0.2) if kind == 0 else -2.0)  # gas rises anteriorly
     gas = u(-1000, -900)
 
     def content(c: Coords) -> np.ndarray:
