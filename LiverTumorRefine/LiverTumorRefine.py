@@ -1,0 +1,310 @@
+"""Liver Tumor Refine: refine the boundary of a coarse liver-tumour segment on CT.
+
+Thin Slicer module: the GUI lives here; the scene logic is ``LiverTumorRefineLib.logic`` and the
+engine (numpy, torch, SimpleITK) the rest of ``LiverTumorRefineLib``.
+
+The refinement runs on a worker thread (``RefineJob``) that calls the engine directly, not a CLI
+subprocess: the engine's progress callback gives exact progress and stops within one patch batch
+on Cancel, no temporary files are written, and torch releases the GIL while it computes, so the
+GUI stays responsive. A timer on the main thread polls the job and writes the result into the
+scene there (MRML is not thread-safe).
+"""
+import logging
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.logic import LiverTumorRefineLogic  # noqa: F401  (Slicer finds <Module>Logic here)
+
+DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
+# Parameters connectGui cannot bind (it has no connector for segment selectors or table views):
+# they are synced by hand below. Testing/test_ui.py checks every parameter is bound one way or the other.
+MANUAL_BINDINGS = {"segmentationNode": "coarseSegmentSelector", "coarseSegmentId": "coarseSegmentSelector",
+                   "truthSegmentationNode": "truthSegmentSelector", "truthSegmentId": "truthSegmentSelector",
+                   "metricsTable": "metricsTableView"}
+
+
+class LiverTumorRefine(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Liver Tumor Refine"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LiverTumorRefine contributors"]
+        self.parent.helpText = (
+            "Refines the boundary of a coarse liver-tumour segment on CT with a boundary patch refinement "
+            "network. The result is added as a new segment \"&lt;segment&gt; refined\"; the coarse segment is not "
+            "changed. With a reference segment, Dice, VOE, RVD, ASSD and MSSD are shown for coarse and refined. "
+            "Reference red, coarse yellow, refined green, drawn as outlines in the slice views.")
+        self.parent.acknowledgementText = (
+            "Boundary patch refinement with a BRNet (boundary refinement network) on patches along the tumour "
+            "boundary. Built on 3D Slicer, PyTorch and SimpleITK.")
+
+
+@parameterNodeWrapper
+class LiverTumorRefineParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    segmentationNode: vtkMRMLSegmentationNode
+    coarseSegmentId: str = ""
+    truthSegmentationNode: vtkMRMLSegmentationNode
+    truthSegmentId: str = ""
+    device: Annotated[str, Choice(list(DEVICES))] = "Auto"
+    outlinesOnly: bool = True
+    metricsTable: vtkMRMLTableNode
+
+
+class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._syncing = False
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LiverTumorRefine.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LiverTumorRefineLogic()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._poll)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        for selector in (self.ui.coarseSegmentSelector, self.ui.truthSegmentSelector):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self._segmentSelectorsToParameterNode)
+            selector.connect("currentSegmentChanged(QString)", self._segmentSelectorsToParameterNode)
+        self.ui.outlinesOnlyCheckBox.connect("toggled(bool)", self.onOutlinesToggled)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
+        self.ui.progressBar.hide()
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        if self._job is not None:
+            self._job.cancel()
+        self._timer.stop()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event):
+        if self._job is not None:
+            self._job.cancel()  # its nodes are going away: finish() will not write
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(LiverTumorRefineParameterNode(self.logic.getParameterNode()))
+        if not self._parameterNode.inputVolume:
+            volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                       if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+            self._parameterNode.inputVolume = volumes[0] if volumes else None
+        if not self._parameterNode.segmentationNode:
+            self._parameterNode.segmentationNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None):
+        if self._syncing:
+            return
+        self._syncing = True
+        try:  # parameter node -> the widgets connectGui does not bind
+            p = self._parameterNode
+            self.ui.coarseSegmentSelector.setCurrentNode(p.segmentationNode)
+            if p.coarseSegmentId:
+                self.ui.coarseSegmentSelector.setCurrentSegmentID(p.coarseSegmentId)
+            self.ui.truthSegmentSelector.setCurrentNode(p.truthSegmentationNode)
+            if p.truthSegmentId:
+                self.ui.truthSegmentSelector.setCurrentSegmentID(p.truthSegmentId)
+            self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
+        finally:
+            self._syncing = False
+        if ((self.ui.coarseSegmentSelector.currentSegmentID() or "") != p.coarseSegmentId
+                or (self.ui.truthSegmentSelector.currentSegmentID() or "") != p.truthSegmentId):
+            self._segmentSelectorsToParameterNode()  # the selectors settled elsewhere (first segment, deleted one)
+            return
+        self._updateButtons()
+
+    def _segmentSelectorsToParameterNode(self, *args):
+        if self._parameterNode is None or self._syncing:
+            return
+        self._syncing = True
+        try:
+            p = self._parameterNode
+            wasModifying = p.StartModify()  # one ModifiedEvent for the four values
+            p.segmentationNode = self.ui.coarseSegmentSelector.currentNode()
+            p.coarseSegmentId = self.ui.coarseSegmentSelector.currentSegmentID() or ""
+            p.truthSegmentationNode = self.ui.truthSegmentSelector.currentNode()
+            p.truthSegmentId = self.ui.truthSegmentSelector.currentSegmentID() or ""
+            p.EndModify(wasModifying)
+        finally:
+            self._syncing = False
+        self._updateButtons()
+
+    def _refinedSegmentId(self):
+        p = self._parameterNode
+        if not p or not p.segmentationNode or not p.coarseSegmentId:
+            return None
+        return self.logic.findRefinedSegmentId(p.segmentationNode, p.coarseSegmentId)
+
+    def _updateButtons(self):
+        p = self._parameterNode
+        running = self._job is not None
+        ready = bool(p and p.inputVolume and p.segmentationNode and p.coarseSegmentId)
+        self.ui.applyButton.text = "Cancel" if running else "Apply"
+        self.ui.applyButton.enabled = running or ready
+        self.ui.applyButton.toolTip = ("Stop the refinement; the scene stays as it was." if running else
+                                       "Refine the coarse segment." if ready else "Choose the CT and the coarse segment.")
+        self.ui.openSegmentEditorButton.enabled = not running and self._refinedSegmentId() is not None
+
+    def onApplyButton(self):
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = "Cancelling..."
+            self.ui.applyButton.enabled = False
+            return
+        if not self._ensureTorch():
+            return
+        p = self._parameterNode
+        truthNode = p.truthSegmentationNode if p.truthSegmentId else None
+        try:
+            with slicer.util.WaitCursor():
+                self._job = self.logic.startRefine(p.inputVolume, p.segmentationNode, p.coarseSegmentId, truthNode,
+                                                   p.truthSegmentId or None, DEVICES[p.device], p.outlinesOnly)
+        except RefineError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="Liver Tumor Refine")
+            return
+        self.ui.statusLabel.text = ""
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self._updateButtons()
+        self._timer.start()
+
+    def _poll(self):
+        job = self._job
+        fraction, message = job.state()
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.format = f"{message} (%p%)"
+        if not job.done:
+            return
+        self._timer.stop()
+        self._job = None
+        try:
+            result = job.finish()
+        except RefineCancelled:
+            self.ui.statusLabel.text = "Cancelled: the scene is unchanged."
+        except RefineError as exc:
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle="Liver Tumor Refine")
+        except Exception as exc:  # noqa: BLE001 - a bug: show it and keep the traceback in the log
+            logging.exception("LiverTumorRefine failed")
+            slicer.util.errorDisplay(f"Refinement failed unexpectedly: {exc}\nDetails are in the Python console.",
+                                     windowTitle="Liver Tumor Refine")
+        else:
+            self._showResult(result)
+        finally:
+            self.ui.progressBar.hide()
+            self._updateButtons()
+
+    def _showResult(self, result):
+        self._parameterNode.metricsTable = result.tableNode
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, fit=False)
+        summary = (f"Refined in {result.seconds['overall']:.1f} s on {result.device.upper()} "
+                   f"({result.patches} boundary patches).")
+        self.ui.statusLabel.text = " ".join([summary] + result.notes)
+        slicer.util.showStatusMessage(summary, 5000)
+        if result.notes:
+            slicer.util.warningDisplay("\n".join(result.notes), windowTitle="Liver Tumor Refine")
+
+    def onOutlinesToggled(self, outlinesOnly):
+        p, refinedId = self._parameterNode, self._refinedSegmentId()
+        if refinedId is None:
+            return  # applies to the next refinement
+        self.logic.setOutlineDisplay(p.segmentationNode, [p.coarseSegmentId, refinedId], outlinesOnly)
+        if p.truthSegmentationNode and p.truthSegmentId:
+            self.logic.setOutlineDisplay(p.truthSegmentationNode, [p.truthSegmentId], outlinesOnly)
+
+    def onOpenSegmentEditor(self):
+        p, refinedId = self._parameterNode, self._refinedSegmentId()
+        if refinedId is None:
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(p.segmentationNode)
+        editor.setSourceVolumeNode(p.inputVolume)
+        editor.setCurrentSegmentID(refinedId)
+
+    def _ensureTorch(self):
+        """PyTorch is installed on first use through the PyTorch extension, after asking."""
+        try:
+            import torch  # noqa: F401
+            return True
+        except ImportError:
+            pass
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay("Liver Tumor Refine needs the PyTorch extension: install \"PyTorch\" from the "
+                                     "Extensions Manager, restart 3D Slicer and try again.")
+            return False
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            if not slicer.util.confirmOkCancelDisplay(
+                    "Liver Tumor Refine needs PyTorch, which is not installed yet.\n\nDownload and install it now? "
+                    "This needs internet access and can take several minutes.", windowTitle="Install PyTorch"):
+                return False
+            with slicer.util.WaitCursor():
+                torch = torchLogic.installTorch(askConfirmation=False)
+            if torch is None:
+                slicer.util.errorDisplay("PyTorch was not installed. Install it from the PyTorch Utils module.")
+                return False
+        return True
+
+
+class LiverTumorRefineTest(ScriptedLoadableModuleTest):
+    """Runs the shared test body (LiverTumorRefineLib.slicer_testing), as pytest does headless."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_LiverTumorRefine()
+
+    def test_LiverTumorRefine(self):
+        from LiverTumorRefineLib import slicer_testing
+
+        self.delayDisplay("Refining a synthetic liver lesion with the shipped model")
+        summary = slicer_testing.run_self_test(slicer.mrmlScene)
+        self.delayDisplay(f"Test passed: Dice coarse {summary['dice']['coarse']:.3f}, "
+                          f"refined {summary['dice']['refined']:.3f}")

@@ -1,0 +1,165 @@
+"""The Slicer module's logic on a headless MRML scene (PyPI ``slicer-core``).
+
+The test bodies live in ``LiverTumorRefineLib.slicer_testing`` and are the ones the in-Slicer
+self-test (``LiverTumorRefineTest``) runs. Here the logic uses the session's ``trained_model``
+(a BRNet trained on generated lesions, see conftest); the shipped default model is tested by
+``test_default_model_refined_beats_coarse``.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
+
+from LiverTumorRefineLib import logic as ltr  # noqa: E402
+from LiverTumorRefineLib import slicer_testing as st  # noqa: E402
+from LiverTumorRefineLib.errors import RefineError  # noqa: E402
+
+LIB_DIR = Path(__file__).resolve().parents[1] / "LiverTumorRefine"
+
+
+@pytest.fixture
+def app():
+    return st.make_app()
+
+
+@pytest.fixture(scope="module")
+def logic(trained_model):
+    return ltr.LiverTumorRefineLogic(weights=trained_model)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return st.synthetic_case(0)
+
+
+def test_refine_adds_outlined_segment_keeps_inputs_and_fills_metrics(app, logic, case):
+    sc = st.build_scene_case(app.scene, case)
+    result = st.check_refine(app.scene, logic, sc)
+    st.check_refined_beats_coarse(result)
+    assert result.device == "cpu" and result.notes == []
+    assert np.array_equal(ltr.export_segment_mask(sc.segmentationNode, sc.coarseId, sc.volumeNode), case.coarse)
+
+
+def test_truth_in_its_own_segmentation_node(app, logic, case):
+    sc = st.build_scene_case(app.scene, case, separate_truth=True)
+    st.check_refine(app.scene, logic, sc)
+
+
+def test_without_truth_no_table(app, logic, case):
+    sc = st.build_scene_case(app.scene, case)
+    result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
+    assert result.tableNode is None and result.metrics is None
+    assert app.scene.GetFirstNodeByName(ltr.METRICS_TABLE_NAME) is None
+    segment = sc.segmentationNode.GetSegmentation().GetSegment(result.refinedSegmentId)
+    assert segment.GetName() == "Tumour refined"
+
+
+def test_rerun_replaces_refined_segment(app, logic, case):
+    st.check_rerun_replaces(app.scene, logic, st.build_scene_case(app.scene, case))
+
+
+def test_cancel_leaves_scene_unchanged(app, logic, case):
+    st.check_cancel_leaves_scene_unchanged(app.scene, logic, st.build_scene_case(app.scene, case))
+
+
+def test_worker_thread_matches_direct_call(app, logic, case):
+    st.check_worker_job(app.scene, logic, st.build_scene_case(app.scene, case))
+
+
+def test_errors_name_the_problem_and_leave_scene(app, logic, case):
+    st.check_errors(app.scene, logic, st.build_scene_case(app.scene, case))
+
+
+def test_segmentation_on_other_grid_than_ct(app, logic):
+    result = st.check_geometry_differs(app.scene, logic, st.synthetic_case(1))
+    st.check_refined_beats_coarse(result)
+
+
+def test_self_test_body(app, logic, case):
+    """What LiverTumorRefineTest runs in Slicer, here with the test model."""
+    summary = st.run_self_test(app.scene, logic, case=case)
+    assert summary["dice"]["refined"] > summary["dice"]["coarse"]
+
+
+def test_export_creates_no_nodes(app, case):
+    sc = st.build_scene_case(app.scene, case)
+    before = st.scene_snapshot(app.scene)
+    mask = ltr.export_segment_mask(sc.segmentationNode, sc.coarseId, sc.volumeNode)
+    assert np.array_equal(mask, case.coarse)
+    st.assert_same_scene(before, st.scene_snapshot(app.scene), "export")
+
+
+class _OomRefiner:
+    """Stands in for a CUDA refiner: raises the OOM torch raises, or reports the engine's own
+    part-way switch to the CPU (``stats['device'] == 'cpu'``)."""
+
+    def __init__(self, cpu_refiner, mode):
+        self.device, self.cpu, self.mode = "cuda", cpu_refiner, mode
+
+    def refine(self, image, mask, spacing, progress=None):
+        import torch
+
+        if self.mode == "raise":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        result = self.cpu.refine(image, mask, spacing, progress)
+        result.stats["device"] = "cpu"
+        return result
+
+
+@pytest.mark.parametrize("mode, note", [("raise", "ran on the CPU instead"), ("part-way", "finished on the CPU")])
+def test_gpu_out_of_memory_falls_back_to_cpu(app, trained_model, case, mode, note):
+    logic = ltr.LiverTumorRefineLogic(weights=trained_model)
+    cpu = logic._refiner("cpu")
+    logic._refiners["auto"] = _OomRefiner(cpu, mode)
+    sc = st.build_scene_case(app.scene, case)
+    result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId,
+                          device="auto")
+    assert result.device == "cpu"
+    assert len(result.notes) == 1 and "GPU ran out of memory" in result.notes[0] and note in result.notes[0]
+    assert "auto" not in logic._refiners, "the failed GPU refiner is still cached"
+    assert sc.segmentationNode.GetSegmentation().GetSegment(result.refinedSegmentId) is not None
+
+
+def test_missing_torch_gives_install_hint(app, case, monkeypatch):
+    monkeypatch.delitem(sys.modules, "LiverTumorRefineLib.refiner", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    sc = st.build_scene_case(app.scene, case)
+    before = st.scene_snapshot(app.scene)
+    with pytest.raises(RefineError, match="PyTorch is not installed.*PyTorch Utils"):
+        ltr.LiverTumorRefineLogic().refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
+    st.assert_same_scene(before, st.scene_snapshot(app.scene), "torch missing")
+
+
+def test_logic_imports_without_slicer():
+    """The module imports the logic at startup; without Slicer it must still import, and say
+    what is missing only when used."""
+    code = (
+        "import sys; sys.modules['slicer'] = None\n"
+        "from LiverTumorRefineLib.logic import LiverTumorRefineLogic\n"
+        "from LiverTumorRefineLib.errors import RefineError\n"
+        "try:\n"
+        "    LiverTumorRefineLogic().refine(None, None, 'x')\n"
+        "except RefineError as e:\n"
+        "    assert 'slicer-core' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+        "assert 'torch' not in sys.modules, 'logic imported torch eagerly'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=LIB_DIR, timeout=120)
+
+
+def test_default_model_refined_beats_coarse(app):
+    """The shipped model (Resources/Models) on the phantom: refined Dice beats coarse.
+
+    Fails with a RefineError naming the missing file until the trained weights are shipped.
+    """
+    logic = ltr.LiverTumorRefineLogic()  # weights=None: the default model
+    case = st.default_model_case(0)
+    result = st.check_refine(app.scene, logic, st.build_scene_case(app.scene, case))
+    st.check_refined_beats_coarse(result)

@@ -1,0 +1,237 @@
+"""The .ui file, the module's Python and the CMake files agree (no Slicer application needed).
+
+The Widget only runs inside Slicer (``qt``, ``slicer.parameterNodeWrapper`` are absent here), so
+the module file is read with ``ast`` and the .ui with an XML parser:
+
+* every ``self.ui.<name>`` the Python uses exists in the .ui with the class its use needs;
+* every parameter-node field is bound: by a ``SlicerParameterName`` on a widget connectGui can
+  connect to that type, or by hand through ``MANUAL_BINDINGS`` (written and read in the code);
+* MRML widgets get the scene; CMake lists every script and resource.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "LiverTumorRefine"
+MODULE_PY = MODULE_DIR / "LiverTumorRefine.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "LiverTumorRefine.ui"
+LIB_DIR = MODULE_DIR / "LiverTumorRefineLib"
+
+# What each widget must be, given how LiverTumorRefine.py uses it.
+EXPECTED_CLASSES = {
+    "inputVolumeSelector": "qMRMLNodeComboBox",
+    "coarseSegmentSelector": "qMRMLSegmentSelectorWidget",
+    "truthSegmentSelector": "qMRMLSegmentSelectorWidget",
+    "deviceComboBox": "QComboBox",
+    "outlinesOnlyCheckBox": "QCheckBox",
+    "applyButton": "QPushButton",
+    "progressBar": "QProgressBar",
+    "statusLabel": "QLabel",
+    "metricsTableView": "qMRMLTableView",
+    "openSegmentEditorButton": "QPushButton",
+}
+# Signals and methods the Python calls, and the classes that have them.
+SIGNAL_CLASSES = {
+    "clicked(bool)": {"QPushButton", "QToolButton", "QCheckBox"},
+    "toggled(bool)": {"QCheckBox", "QPushButton", "QRadioButton"},
+    "currentNodeChanged(vtkMRMLNode*)": {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"},
+    "currentSegmentChanged(QString)": {"qMRMLSegmentSelectorWidget"},
+}
+METHOD_CLASSES = {
+    "setCurrentSegmentID": {"qMRMLSegmentSelectorWidget"},
+    "currentSegmentID": {"qMRMLSegmentSelectorWidget"},
+    "setCurrentNode": {"qMRMLSegmentSelectorWidget", "qMRMLNodeComboBox"},
+    "currentNode": {"qMRMLSegmentSelectorWidget", "qMRMLNodeComboBox"},
+    "setMRMLTableNode": {"qMRMLTableView"},
+    "hide": None, "show": None,  # any widget
+}
+PROPERTY_CLASSES = {
+    "text": {"QPushButton", "QLabel", "QCheckBox"},
+    "value": {"QProgressBar"},
+    "format": {"QProgressBar"},
+    "enabled": None, "toolTip": None,
+}
+# connectGui connectors (slicer/parameterNodeWrapper/guiConnectors.py): widget class per type.
+CONNECTOR_FOR_TYPE = {"node": {"qMRMLNodeComboBox"}, "bool": {"QCheckBox", "QPushButton"},
+                      "choice": {"QComboBox"}, "str": {"QLineEdit", "QTextEdit", "QComboBox"},
+                      "int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"}}
+
+
+@pytest.fixture(scope="module")
+def ui():
+    root = ET.parse(UI_FILE).getroot()
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    return root, widgets
+
+
+@pytest.fixture(scope="module")
+def module_ast():
+    return ast.parse(MODULE_PY.read_text(), filename=str(MODULE_PY))
+
+
+def _ui_uses(tree):
+    """{widget name: [(kind, detail)]} for every ``self.ui.<name>...`` in the module."""
+    uses: dict[str, list[tuple[str, str]]] = {}
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"):
+            name, parent = node.attr, parents.get(node)
+            use = ("bare", "")
+            if isinstance(parent, ast.Attribute):
+                grand = parents.get(parent)
+                if isinstance(grand, ast.Call) and grand.func is parent:
+                    if parent.attr == "connect" and grand.args and isinstance(grand.args[0], ast.Constant):
+                        use = ("signal", grand.args[0].value)
+                    else:
+                        use = ("method", parent.attr)
+                else:
+                    use = ("property", parent.attr)
+            uses.setdefault(name, []).append(use)
+    return uses
+
+
+def _parameter_fields(tree):
+    """{field: kind} of the @parameterNodeWrapper class; kind in node, bool, choice, str, int, float."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+                (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") for d in node.decorator_list):
+            fields = {}
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    text = ast.unparse(item.annotation)
+                    if text.startswith("vtkMRML"):
+                        kind = "node"
+                    elif "Choice(" in text:
+                        kind = "choice"
+                    else:
+                        kind = re.sub(r"^Annotated\[(\w+),.*", r"\1", text)
+                    fields[item.target.id] = kind
+            return fields
+    raise AssertionError("no @parameterNodeWrapper class in LiverTumorRefine.py")
+
+
+def _module_constant(tree, name):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} not found in LiverTumorRefine.py")
+
+
+def test_every_ui_name_exists_with_the_expected_class(ui, module_ast):
+    _, widgets = ui
+    uses = _ui_uses(module_ast)
+    assert uses, "the module uses no self.ui widgets?"
+    for name, how in uses.items():
+        assert name in widgets, f"self.ui.{name} is used in LiverTumorRefine.py but missing from the .ui"
+        cls = widgets[name].get("class")
+        assert name in EXPECTED_CLASSES, f"self.ui.{name}: add it to EXPECTED_CLASSES"
+        assert cls == EXPECTED_CLASSES[name], f"{name} is a {cls} in the .ui, expected {EXPECTED_CLASSES[name]}"
+        for kind, detail in how:
+            table = {"signal": SIGNAL_CLASSES, "method": METHOD_CLASSES, "property": PROPERTY_CLASSES}.get(kind)
+            if table is None:
+                continue
+            assert detail in table, f"self.ui.{name}: unchecked {kind} {detail!r}; add it to the test's table"
+            allowed = table[detail]
+            assert allowed is None or cls in allowed, f"{name} ({cls}) has no {kind} {detail!r}"
+
+
+def test_every_parameter_is_bound(ui, module_ast):
+    _, widgets = ui
+    fields = _parameter_fields(module_ast)
+    manual = _module_constant(module_ast, "MANUAL_BINDINGS")
+    bound = {w.get("name"): w.find("property[@name='SlicerParameterName']/string").text
+             for w in widgets.values() if w.find("property[@name='SlicerParameterName']") is not None}
+    by_parameter = {}
+    for widget, parameter in bound.items():
+        assert parameter in fields, f"{widget} is bound to {parameter!r}, which is not a parameter-node field"
+        assert parameter not in by_parameter, f"{parameter!r} is bound to two widgets"
+        by_parameter[parameter] = widget
+    source = MODULE_PY.read_text()
+    for field, kind in fields.items():
+        if field in by_parameter:
+            assert field not in manual, f"{field} is bound in the .ui and by hand"
+            cls = widgets[by_parameter[field]].get("class")
+            assert cls in CONNECTOR_FOR_TYPE[kind], f"connectGui cannot bind a {kind} parameter to a {cls}"
+        else:
+            assert field in manual, f"parameter {field!r} is bound to no widget (SlicerParameterName or MANUAL_BINDINGS)"
+            widget = manual[field]
+            assert widget in widgets, f"MANUAL_BINDINGS maps {field} to missing widget {widget}"
+            assert f"self.ui.{widget}" in source, f"{widget} is never used, so {field} is not synced"
+            assert re.search(rf"\.{field} = ", source), f"{field} is never written from the GUI"
+            assert re.search(rf"\.{field}\b(?! = )", source), f"{field} is never read back into the GUI"
+    for field in manual:
+        assert field in fields, f"MANUAL_BINDINGS names {field!r}, which is not a parameter-node field"
+
+
+def test_device_choices_match_combo_and_logic(ui, module_ast):
+    _, widgets = ui
+    devices = _module_constant(module_ast, "DEVICES")
+    items = [i.find("property/string").text for i in widgets["deviceComboBox"].findall("item")]
+    assert items == list(devices), f"combo items {items} differ from DEVICES {list(devices)}"
+    assert set(devices.values()) == {"auto", "cpu", "cuda"}
+    assert "Choice(list(DEVICES))" in MODULE_PY.read_text()
+
+
+def test_mrml_widgets_receive_the_scene(ui):
+    root, widgets = ui
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget"
+    receivers = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("sender") == top.get("name") and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    mrml = {name for name, w in widgets.items() if w.get("class", "").startswith("qMRML") and w is not top}
+    assert mrml <= receivers, f"MRML widgets without the scene: {sorted(mrml - receivers)}"
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in widgets.values() if not w.get("class", "").startswith("Q")}
+    assert used <= declared, f"custom widgets not declared: {sorted(used - declared)}"
+
+
+def test_module_file_is_thin_and_reexports_logic(module_ast):
+    names = {alias.asname or alias.name for node in ast.walk(module_ast) if isinstance(node, ast.ImportFrom)
+             and node.module == "LiverTumorRefineLib.logic" for alias in node.names}
+    assert "LiverTumorRefineLogic" in names
+    classes = {node.name for node in module_ast.body if isinstance(node, ast.ClassDef)}
+    assert {"LiverTumorRefine", "LiverTumorRefineWidget", "LiverTumorRefineTest"} <= classes
+    assert "LiverTumorRefineLogic" not in classes, "the logic belongs in LiverTumorRefineLib/logic.py"
+    assert len(MODULE_PY.read_text().splitlines()) < 330
+
+
+def _cmake_list(text, variable):
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{variable} not set"
+    return [item for item in match.group(1).split() if not item.startswith("#")]
+
+
+def test_cmake_lists_every_script_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    scripts = {s.replace("${MODULE_NAME}", "LiverTumorRefine") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")}
+    on_disk = {"LiverTumorRefine.py"} | {f"LiverTumorRefineLib/{p.name}" for p in LIB_DIR.glob("*.py")}
+    assert on_disk - scripts == set(), f"LiverTumorRefine/CMakeLists.txt misses {sorted(on_disk - scripts)}"
+    assert scripts - on_disk == set(), f"LiverTumorRefine/CMakeLists.txt lists missing {sorted(scripts - on_disk)}"
+    resources = {s.replace("${MODULE_NAME}", "LiverTumorRefine") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")}
+    for resource in ("Resources/Icons/LiverTumorRefine.png", "Resources/UI/LiverTumorRefine.ui"):
+        assert resource in resources and (MODULE_DIR / resource).is_file(), resource
+    assert "${MODULE_MODEL_FILES}" in resources and "Resources/Models/*.pt" in text
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+def test_extension_metadata():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    values = dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text))
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
+                "EXTENSION_SCREENSHOTURLS"):
+        assert values.get(key), f"{key} is empty"
+    assert values["EXTENSION_CATEGORY"] == "Segmentation"
+    assert values["EXTENSION_DEPENDS"] == "PyTorch"
+    assert values["EXTENSION_ICONURL"].endswith("Resources/Icons/LiverTumorRefine.png")
+    assert (ROOT / "Resources" / "Icons" / "LiverTumorRefine.png").is_file()
+    assert values["EXTENSION_SCREENSHOTURLS"].endswith("Resources/Screenshots/slice_outlines.png")
+    assert (ROOT / "Resources" / "Screenshots" / "slice_outlines.png").is_file()
+    assert "add_subdirectory(LiverTumorRefine)" in text
