@@ -72,6 +72,50 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .progress import ProgressBar
+
+    run_demo(args.out, device=args.device, weights=args.weights, progress=ProgressBar("refine"))
+    return 0
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from .phantom import make_phantom, write_case
+    from .progress import ProgressBar
+
+    bar = ProgressBar("phantoms")
+    for i in range(args.cases):
+        write_case(make_phantom(args.seed + i), args.out)
+        bar((i + 1) / args.cases, f"phantom_{args.seed + i}")
+    print(f"Wrote {args.cases} phantoms (seeds {args.seed}-{args.seed + args.cases - 1}) to {Path(args.out).resolve()}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import NetConfig, PatchConfig
+    from .progress import ProgressBar
+    from .train import TrainConfig, train
+    from .trainset import VALIDATION_PHANTOM_SEED, parse_spec, with_coarse
+
+    data = parse_spec(args.data)
+    val = parse_spec(args.val) if args.val else (parse_spec(f"phantom:{args.val_cases}:{VALIDATION_PHANTOM_SEED}")
+                                                 if data.folder is None else None)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, epoch_steps=args.epoch_steps,
+                      patch=PatchConfig(use_mask=not args.no_mask_patch), net=NetConfig(base_channels=args.width))
+    train_cases = list(with_coarse(data.cases(), args.variants, args.seed, args.coarse_dir))
+    if val is None:  # a folder without --val: hold out its last 10% of cases (at least one)
+        names = sorted({c.name.split("#")[0] for c in train_cases})
+        held = set(names[-max(1, len(names) // 10):])
+        val_cases = [c for c in train_cases if c.name.split("#")[0] in held and c.name.endswith("#0")]
+        train_cases = [c for c in train_cases if c.name.split("#")[0] not in held]
+    else:
+        val_cases = list(with_coarse(val.cases(), 1, args.seed + 1))
+    print(f"training on {len(train_cases)} cases, validating on {len(val_cases)}; {cfg.steps} steps of {cfg.batch_size} patches")
+    train(cfg, train_cases, val_cases, args.out, device=args.device, resume=args.resume, progress=ProgressBar("train"))
+    return 0
+
+
 def _add_refine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refine", help="refine a coarse tumour mask")
     p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA)")
@@ -107,7 +151,45 @@ def _add_overlay(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_overlay)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_refine, _add_evaluate, _add_overlay]
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="refine a default case (LiTS 117 or a phantom) and write everything to a folder")
+    p.add_argument("--out", default="livertumorrefine-demo", help="output folder (default: ./livertumorrefine-demo)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--weights", help="model file (default: the shipped model)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _add_phantom(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("phantom", help="generate synthetic abdominal CT phantoms with LiTS labels")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=1000, help="case i uses seed SEED+i")
+    p.set_defaults(func=_cmd_phantom)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a boundary refinement network")
+    p.add_argument("--data", required=True, help="phantom:N[:SEED] or a LiTS / MSD Task03 / phantom folder")
+    p.add_argument("--val", help="validation data spec (default: 6 phantoms from another seed range, "
+                                 "or the last 10%% of a folder)")
+    p.add_argument("--val-cases", type=int, default=6, help=argparse.SUPPRESS)
+    p.add_argument("--out", required=True, help="run folder: model.pt, model.pt.sha256, checkpoint.pt")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--epoch-steps", type=int, default=500, help="steps between validation and checkpoints")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--width", type=int, default=8, help="BRNet base channels")
+    p.add_argument("--variants", type=int, default=2, help="simulated coarse masks per case")
+    p.add_argument("--coarse-dir", help="folder of real coarse predictions <case>*.nii.gz instead of simulated ones")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--no-mask-patch", action="store_true", help="ablation: image channels only, no mask patch")
+    p.set_defaults(func=_cmd_train)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_refine, _add_evaluate, _add_overlay, _add_demo, _add_phantom, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

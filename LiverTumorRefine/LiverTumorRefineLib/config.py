@@ -53,6 +53,7 @@ class NetConfig:
     base_channels: int = 8
     depth: int = 3
     path_blocks: tuple[int, ...] = (2, 1, 1)  # feature-extraction blocks on each skip path
+    mask_prior: bool = True  # add the mask patch to the logits (see BRNet)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

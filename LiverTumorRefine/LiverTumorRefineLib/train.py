@@ -176,7 +176,8 @@ def train(cfg: TrainConfig, train_cases: Sequence[TrainCase], val_cases: Sequenc
         scaler.scale(loss).backward()
         scaler.step(optimiser)
         scaler.update()
-        running = 0.98 * running + 0.02 * float(loss) if step > start else float(loss)
+        value = float(loss.detach())
+        running = 0.98 * running + 0.02 * value if step > start else value
         if progress is not None and rank == 0:
             progress((step + 1) / cfg.steps, f"step {step + 1} loss {running:.3f}")
         if rank == 0 and ((step + 1) % cfg.epoch_steps == 0 or step + 1 == cfg.steps):
