@@ -72,6 +72,21 @@ def test_worker_thread_matches_direct_call(app, logic, case):
     st.check_worker_job(app.scene, logic, st.build_scene_case(app.scene, case))
 
 
+def test_inputs_removed_while_refining(app, logic, case):
+    sc = st.build_scene_case(app.scene, case)
+    job = logic.startRefine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
+    sc.segmentationNode.GetSegmentation().RemoveSegment(sc.coarseId)
+    assert job.wait(120)
+    with pytest.raises(RefineError, match="deleted while refining"):
+        job.finish()
+    assert sc.segmentationNode.GetSegmentation().GetNumberOfSegments() == 2  # liver and truth, nothing added
+    job = logic.startRefine(sc.volumeNode, sc.segmentationNode, sc.truthId, device="cpu")
+    app.scene.RemoveNode(sc.segmentationNode)
+    assert job.wait(120)
+    with pytest.raises(RefineError, match="segmentation was closed"):
+        job.finish()
+
+
 def test_errors_name_the_problem_and_leave_scene(app, logic, case):
     st.check_errors(app.scene, logic, st.build_scene_case(app.scene, case))
 

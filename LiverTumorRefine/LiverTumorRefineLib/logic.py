@@ -284,6 +284,10 @@ class LiverTumorRefineLogic(_LogicBase):
         # Last chance to cancel: after this check the scene is modified.
         _report(progress, _METRICS_END, "Adding the refined segment")
         segmentationNode = inputs.segmentationNode
+        for node, what in ((segmentationNode, "segmentation"), (inputs.volumeNode, "CT"),
+                           (inputs.truthSegmentationNode, "reference segmentation")):
+            if node is not None and node.GetScene() is None:
+                raise RefineError(f"The {what} was closed while refining: nothing was added.")
         segmentation = segmentationNode.GetSegmentation()
         if segmentation.GetSegment(inputs.coarseSegmentId) is None:
             raise RefineError("The coarse segment was deleted while refining: nothing was added.")
