@@ -43,6 +43,20 @@ def test_band_is_both_sides_of_the_boundary():
     assert not band[0].any() and not band[:, 0].any()
 
 
+@pytest.mark.parametrize("spacing", [(2.0, 0.8, 0.8), (5.0, 1.5, 0.6)])
+def test_editable_band_reaches_band_mm_each_side_of_the_boundary(spacing):
+    mask = np.zeros((2, 101, 101), bool)
+    mask[:, 20:81, 20:81] = True
+    band = sampling.editable_band(torch.from_numpy(mask), spacing, 6.0).numpy()
+    ry, rx = int(6.0 / spacing[1]), int(6.0 / spacing[2])
+    row = band[0, 50]  # a row through the middle crosses the left and right edges
+    assert row[20 - rx:20 + rx].all() and not row[:20 - rx].any()  # rx voxels outside, rx inside
+    assert not row[20 + rx:81 - rx].any() and row[81 - rx:81 + rx].all() and not row[81 + rx:].any()
+    column = band[1, :, 50]
+    assert column[20 - ry:20 + ry].all() and not column[20 + ry:81 - ry].any()
+    assert sampling.editable_band(torch.from_numpy(mask), spacing, 0).all()  # 0: no limit
+
+
 @pytest.mark.parametrize("spacing", [(2.5, 0.7, 0.7), (5.0, 1.5, 0.6), (1.0, 0.5, 0.5)])
 @pytest.mark.parametrize("iou", [0.1, 0.35, 0.6])
 def test_every_band_voxel_is_covered(spacing, iou):

@@ -23,6 +23,7 @@ class PatchConfig:
     context_mm: tuple[float, ...] = (-3.0, 0.0, 3.0)  # z offsets of the image channels (2.5D)
     hu_window: tuple[float, float] = (-150.0, 250.0)
     use_mask: bool = True
+    band_mm: float = 6.0  # only voxels this close (in-plane) to the coarse boundary may change; 0 = whole patch
 
     @property
     def pixel_mm(self) -> float:
@@ -50,7 +51,7 @@ class PatchConfig:
 class NetConfig:
     """Width and depth of ``BRNet``."""
 
-    base_channels: int = 8
+    base_channels: int = 16
     depth: int = 3
     path_blocks: tuple[int, ...] = (2, 1, 1)  # feature-extraction blocks on each skip path
     mask_prior: bool = True  # add the mask patch to the logits (see BRNet)

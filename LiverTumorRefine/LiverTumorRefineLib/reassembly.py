@@ -33,12 +33,18 @@ class Canvas:
         p = cfg.patch_px
         values = probs.float()[:, iy.clamp(0, p - 1)[:, None], ix.clamp(0, p - 1)[None, :]]
         index, valid = patch_voxel_index(centres, self.shape, spacing_zyx, cfg)
-        self.total.index_add_(0, index[valid], values[valid])
-        self.count.index_add_(0, index[valid], torch.ones_like(values[valid]))
+        # Allocate everything first so a CUDA OOM leaves the canvas untouched (the Refiner retries).
+        index, values = index[valid], values[valid]
+        ones = torch.ones_like(values)
+        self.total.index_add_(0, index, values)
+        self.count.index_add_(0, index, ones)
 
-    def result(self, coarse: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-        """Thresholded average where covered, the coarse label elsewhere. (Z, Y, X) bool."""
+    def result(self, coarse: torch.Tensor, editable: torch.Tensor | None = None, threshold: float = 0.5) -> torch.Tensor:
+        """Thresholded average where covered (and ``editable``, if given), the coarse label
+        elsewhere. (Z, Y, X) bool."""
         covered = self.count > 0
+        if editable is not None:
+            covered &= editable.reshape(-1)
         mean = self.total / self.count.clamp(min=1)
         refined = torch.where(covered, mean >= threshold, coarse.reshape(-1).bool())
         return refined.view(self.shape)

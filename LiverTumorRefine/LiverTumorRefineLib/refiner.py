@@ -87,7 +87,8 @@ class Refiner:
             canvas, seconds_run = self._run_batches(crop_image, crop_mask, centres, spacing, progress)
             seconds.update(seconds_run)
             t = time.perf_counter()
-            refined_crop = canvas.result(crop_mask).cpu().numpy()
+            editable = sampling.editable_band(crop_mask, spacing, self.cfg.band_mm)
+            refined_crop = canvas.result(crop_mask, editable).cpu().numpy()
         refined = mask.copy()
         refined[box] = refined_crop
         seconds["reassemble"] += time.perf_counter() - t
@@ -118,11 +119,11 @@ class Refiner:
                 probs = self._predict(sampling.network_input(patches, self.cfg))
                 _sync(self.device)
                 t2 = time.perf_counter()
-            except torch.cuda.OutOfMemoryError:
+                canvas.add(probs, part, spacing, self.cfg)
+                _sync(self.device)
+            except torch.cuda.OutOfMemoryError:  # canvas.add is all-or-nothing, so a retry never double-counts
                 image, mask, centres, canvas, batch = self._shrink_after_oom(image, mask, centres, canvas, batch)
                 continue
-            canvas.add(probs, part, spacing, self.cfg)
-            _sync(self.device)
             seconds["extract"] += t1 - t
             seconds["infer"] += t2 - t1
             seconds["reassemble"] += time.perf_counter() - t2

@@ -42,6 +42,21 @@ def boundary_band(mask: torch.Tensor) -> torch.Tensor:
     return (dilated != eroded)[:, 0]
 
 
+def editable_band(mask: torch.Tensor, spacing_zyx: Sequence[float], band_mm: float) -> torch.Tensor:
+    """Voxels refinement may change: within ``band_mm`` of the coarse boundary along each in-plane
+    axis, on either side. Keeps a refinement to what it is for (moving the boundary by a few mm):
+    a lesion core or distant tissue never flips, whatever one patch predicts. ``band_mm`` <= 0:
+    everything. (Z, Y, X) bool -> (Z, Y, X) bool."""
+    if band_mm <= 0:
+        return torch.ones_like(mask, dtype=torch.bool)
+    ry, rx = (max(1, int(band_mm / s)) for s in spacing_zyx[1:])
+    m = mask.float()[:, None]
+    kernel, pad = (2 * ry + 1, 2 * rx + 1), (ry, rx)
+    dilated = F.max_pool2d(m, kernel, stride=1, padding=pad)
+    eroded = -F.max_pool2d(-m, kernel, stride=1, padding=pad)
+    return (dilated != eroded)[:, 0]
+
+
 def _half_extent_vox(spacing_zyx: Sequence[float], cfg: PatchConfig) -> tuple[float, float]:
     half = cfg.patch_mm / 2
     return half / spacing_zyx[1], half / spacing_zyx[2]
