@@ -51,7 +51,7 @@ def trained_model(blob_cases):
     """BRNet trained for 250 steps on blob cases (about half a minute on two CPU cores)."""
     torch.manual_seed(0)
     cfg = TrainConfig(steps=250, batch_size=24, lr=3e-3, warmup_steps=20, net=NetConfig(base_channels=8))
-    inputs, truths = build_bank(blob_cases, cfg.patch, 1.0, 0, log=lambda _: None)
+    inputs, truths, _ = build_bank(blob_cases, cfg.patch, 1.0, 0, log=lambda _: None)
     model = build_model(cfg.patch, cfg.net)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(0)

@@ -1,7 +1,8 @@
 """The ``livertumorrefine`` command line.
 
-User errors (RefineError) print one line on stderr and exit 2; Ctrl-C exits 130 with nothing
-half-written (outputs are renamed into place only when complete).
+User errors (RefineError) print one line on stderr and exit 2; Ctrl-C exits 130 with no file
+half-written (outputs are renamed into place only when complete; files already complete, such
+as a training checkpoint or finished phantoms, stay).
 """
 from __future__ import annotations
 
@@ -84,6 +85,8 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     from .phantom import make_phantom, write_case
     from .progress import ProgressBar
 
+    if args.cases < 1:
+        raise RefineError(f"--cases must be at least 1 (got {args.cases}).")
     bar = ProgressBar("phantoms")
     for i in range(args.cases):
         write_case(make_phantom(args.seed + i), args.out)
@@ -96,22 +99,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import NetConfig, PatchConfig
     from .progress import ProgressBar
     from .train import TrainConfig, train
-    from .trainset import VALIDATION_PHANTOM_SEED, parse_spec, with_coarse
+    from .trainset import VALIDATION_PHANTOM_SEED, parse_spec, split_every, with_coarse
 
     data = parse_spec(args.data)
     val = parse_spec(args.val) if args.val else (parse_spec(f"phantom:{args.val_cases}:{VALIDATION_PHANTOM_SEED}")
                                                  if data.folder is None else None)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, epoch_steps=args.epoch_steps,
                       patch=PatchConfig(use_mask=not args.no_mask_patch), net=NetConfig(base_channels=args.width))
-    train_cases = list(with_coarse(data.cases(), args.variants, args.seed, args.coarse_dir))
-    if val is None:  # a folder without --val: hold out its last 10% of cases (at least one)
-        names = sorted({c.name.split("#")[0] for c in train_cases})
-        held = set(names[-max(1, len(names) // 10):])
-        val_cases = [c for c in train_cases if c.name.split("#")[0] in held and c.name.endswith("#0")]
-        train_cases = [c for c in train_cases if c.name.split("#")[0] not in held]
+    cases = with_coarse(data.cases(), args.variants, args.seed, args.coarse_dir)
+    if val is None:  # a folder without --val: every 10th case is held out for validation
+        train_cases, val_cases = split_every(cases, 10)
     else:
-        val_cases = list(with_coarse(val.cases(), 1, args.seed + 1))
-    print(f"training on {len(train_cases)} cases, validating on {len(val_cases)}; {cfg.steps} steps of {cfg.batch_size} patches")
+        train_cases, val_cases = cases, list(with_coarse(val.cases(), 1, args.seed + 1))
     train(cfg, train_cases, val_cases, args.out, device=args.device, resume=args.resume, progress=ProgressBar("train"))
     return 0
 
@@ -162,7 +161,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("phantom", help="generate synthetic abdominal CT phantoms with LiTS labels")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--cases", type=int, default=10, help="number of phantoms (at least 1)")
     p.add_argument("--seed", type=int, default=1000, help="case i uses seed SEED+i")
     p.set_defaults(func=_cmd_phantom)
 
@@ -171,14 +170,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a boundary refinement network")
     p.add_argument("--data", required=True, help="phantom:N[:SEED] or a LiTS / MSD Task03 / phantom folder")
     p.add_argument("--val", help="validation data spec (default: 6 phantoms from another seed range, "
-                                 "or the last 10%% of a folder)")
+                                 "or every 10th case of a folder)")
     p.add_argument("--val-cases", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--out", required=True, help="run folder: model.pt, model.pt.sha256, checkpoint.pt")
     p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--epoch-steps", type=int, default=500, help="steps between validation and checkpoints")
+    p.add_argument("--epoch-steps", type=int, default=1000, help="steps between validation and checkpoints")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--width", type=int, default=8, help="BRNet base channels")
+    p.add_argument("--width", type=int, default=16, help="BRNet base channels")
     p.add_argument("--variants", type=int, default=2, help="simulated coarse masks per case")
     p.add_argument("--coarse-dir", help="folder of real coarse predictions <case>*.nii.gz instead of simulated ones")
     p.add_argument("--seed", type=int, default=0)
@@ -212,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; no output was written.", file=sys.stderr)
+        print(f"\n{PROG}: interrupted; no partial file was left (completed files and checkpoints stay).", file=sys.stderr)
         return 130
 
 

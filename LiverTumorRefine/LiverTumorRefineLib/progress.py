@@ -1,4 +1,9 @@
-"""A text progress bar on stderr for long CLI work (refinement, training)."""
+"""Progress on stderr for long CLI work (refinement, training).
+
+On a terminal: a bar redrawn in place at most 10 times a second. Redirected to a file (a
+training run under nohup or a batch scheduler): one plain line per 5% so the log shows progress
+without filling up with carriage returns.
+"""
 from __future__ import annotations
 
 import sys
@@ -7,21 +12,36 @@ from typing import TextIO
 
 
 class ProgressBar:
-    """Callable matching the engine's ``progress(fraction, message)``; redraws at most 10x/s."""
+    """Callable matching the engine's ``progress(fraction, message)``; never cancels."""
 
-    def __init__(self, label: str, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.label, self.stream, self.width = label, stream, width
+    def __init__(self, label: str, stream: TextIO = sys.stderr, width: int = 30, log_step: float = 0.05) -> None:
+        self.label, self.stream, self.width, self.log_step = label, stream, width, log_step
         self._last = 0.0
+        self._logged = -1
         self._live = stream.isatty()
 
     def __call__(self, fraction: float, message: str = "") -> bool:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self._live:
+            self._draw(fraction, message)
+        else:
+            self._log(fraction, message)
+        return True
+
+    def _draw(self, fraction: float, message: str) -> None:
         now = time.monotonic()
-        if self._live and (now - self._last > 0.1 or fraction >= 1.0):
-            filled = int(self.width * min(max(fraction, 0.0), 1.0))
+        if now - self._last > 0.1 or fraction >= 1.0:
+            filled = int(self.width * fraction)
             bar = "#" * filled + "-" * (self.width - filled)
             self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}% {message[:40]:<40}")
             if fraction >= 1.0:
                 self.stream.write("\n")
             self.stream.flush()
             self._last = now
-        return True
+
+    def _log(self, fraction: float, message: str) -> None:
+        step = int(fraction / self.log_step + 1e-9)
+        if step > self._logged:
+            self._logged = step
+            self.stream.write(f"{self.label} {fraction * 100:5.1f}% {message}\n")
+            self.stream.flush()

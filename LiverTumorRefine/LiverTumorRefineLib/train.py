@@ -51,7 +51,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 200
-    epoch_steps: int = 500  # validation and checkpoint interval
+    epoch_steps: int = 1000  # validation and checkpoint interval
     seed: int = 0
     extra_centres: float = 2.0  # random band centres per NMS centre, for variety
     patch: PatchConfig = field(default_factory=PatchConfig)
@@ -80,22 +80,28 @@ def cut_training_patches(case: TrainCase, cfg: PatchConfig, extra: float, rng: n
         pick = torch.from_numpy(rng.choice(len(band), n_extra, replace=False))
         centres = torch.cat([centres, band[pick]])
     patches = sampling.extract_patches(image, coarse, centres, case.spacing_zyx, cfg)
-    return patches.half(), sampling.cut_mask_patches(truth, centres, case.spacing_zyx, cfg)
+    # Outside the editable band inference keeps the coarse label, so that is the target there.
+    editable = sampling.cut_mask_patches(sampling.editable_band(coarse, case.spacing_zyx, cfg.band_mm), centres, case.spacing_zyx, cfg)
+    target = torch.where(editable, sampling.cut_mask_patches(truth, centres, case.spacing_zyx, cfg),
+                         sampling.cut_mask_patches(coarse, centres, case.spacing_zyx, cfg))
+    return patches.half(), target
 
 
-def build_bank(cases: Iterable[TrainCase], cfg: PatchConfig, extra: float, seed: int, log: Log = print) -> tuple[torch.Tensor, torch.Tensor]:
-    """All training patches in memory: inputs (N, C, P, P) float16 in HU, truth (N, P, P) bool."""
+def build_bank(cases: Iterable[TrainCase], cfg: PatchConfig, extra: float, seed: int,
+               log: Log = print) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """All training patches in memory: inputs (N, C, P, P) float16 in HU, truth (N, P, P) bool,
+    and the case names. ``cases`` is consumed once, one case at a time."""
     rng = np.random.default_rng(seed)
-    inputs, truths = [], []
+    inputs, truths, names = [], [], []
     for case in cases:
         x, y = cut_training_patches(case, cfg, extra, rng)
         inputs.append(x)
         truths.append(y)
+        names.append(case.name)
     if not inputs or sum(len(x) for x in inputs) == 0:
         raise RefineError("No training patches: the coarse masks of the training cases are all empty.")
-    bank = torch.cat(inputs), torch.cat(truths)
-    log(f"patch bank: {len(bank[0])} patches from {len(truths)} cases")
-    return bank
+    log(f"patch bank: {sum(len(x) for x in inputs)} patches from {len(names)} cases")
+    return torch.cat(inputs), torch.cat(truths), names
 
 
 def patch_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -139,7 +145,7 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(cfg: TrainConfig, train_cases: Sequence[TrainCase], val_cases: Sequence[TrainCase], out_dir: str | os.PathLike,
+def train(cfg: TrainConfig, train_cases: Iterable[TrainCase], val_cases: Sequence[TrainCase], out_dir: str | os.PathLike,
           device: str = "auto", resume: bool = False, log: Log = print, progress: Callable[[float, str], object] | None = None) -> Path:
     """Train and write ``out_dir/model.pt`` (+ ``.sha256``); returns its path.
 
@@ -154,7 +160,9 @@ def train(cfg: TrainConfig, train_cases: Sequence[TrainCase], val_cases: Sequenc
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     torch.manual_seed(cfg.seed)
-    inputs, truths = build_bank(train_cases, cfg.patch, cfg.extra_centres, cfg.seed, log if rank == 0 else _quiet)
+    inputs, truths, train_names = build_bank(train_cases, cfg.patch, cfg.extra_centres, cfg.seed, log if rank == 0 else _quiet)
+    if rank == 0:
+        log(f"validating on {len(val_cases)} cases every {cfg.epoch_steps} steps; {cfg.steps} steps of {cfg.batch_size} patches")
     model = build_model(cfg.patch, cfg.net).to(dev)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank)
@@ -187,7 +195,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[TrainCase], val_cases: Sequenc
         dist.barrier()
     path = out / "model.pt"
     if rank == 0:
-        meta = {"train_config": _plain(asdict(cfg)), "train_cases": [c.name for c in train_cases],
+        meta = {"train_config": _plain(asdict(cfg)), "train_cases": train_names,
                 "val_cases": [c.name for c in val_cases], "steps": cfg.steps}
         digest = save_model(model.cpu().eval(), path, meta)
         log(f"wrote {path} (sha256 {digest})")

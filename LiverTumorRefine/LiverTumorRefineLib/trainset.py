@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -77,3 +77,25 @@ def with_coarse(cases: Iterator[Case], variants: int, seed: int, coarse_dir: str
         for v in range(variants):
             coarse = simulate_coarse(truth, spacing, rng, image=image)
             yield TrainCase(f"{case.name}#{v}", image, truth, coarse, spacing)
+
+
+def split_every(cases: Iterable[TrainCase], n: int) -> tuple[Iterator[TrainCase], list[TrainCase]]:
+    """(training cases, validation cases): the first coarse variant of every ``n``-th source case
+    is held out for validation, its other variants dropped. Training cases stay a lazy iterator
+    so a large dataset is never all in memory; the validation list fills as it is consumed, which
+    ``train`` does before it first validates."""
+    held: list[TrainCase] = []
+
+    def training() -> Iterator[TrainCase]:
+        source, index = None, -1
+        for case in cases:
+            base = case.name.split("#")[0]
+            if base != source:
+                source, index = base, index + 1
+            if index % n == n - 1:
+                if not any(h.name.split("#")[0] == base for h in held):
+                    held.append(case)
+                continue
+            yield case
+
+    return training(), held
