@@ -39,10 +39,11 @@ def sha256_of(path: Path) -> str:
 
 
 def expected_sha256(path: Path) -> str | None:
-    """The pinned hash for a shipped model, else the sidecar's, else None."""
+    """The pinned hash for a shipped model (a file in the models folder that is not pinned has
+    none), else the sidecar's, else None."""
     path = Path(path)
-    if path.resolve().parent == MODELS_DIR and path.name in SHIPPED_SHA256:
-        return SHIPPED_SHA256[path.name]
+    if path.resolve().parent == MODELS_DIR:
+        return SHIPPED_SHA256.get(path.name)
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.exists():
         return sidecar.read_text().split()[0].strip()
@@ -80,7 +81,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         hint = " Reinstall the extension or pass --weights." if path.parent.resolve() == MODELS_DIR else ""
         raise RefineError(f"Model weights not found: {path}.{hint}")
     expected = expected_sha256(path)
-    if expected is not None and sha256_of(path) != expected:
+    if expected is None:
+        raise RefineError(f"Model weights {path} have no SHA-256 to check against: keep the {path.name}.sha256 "
+                          "file that training wrote beside it (or create one with sha256sum if you trust the file).")
+    if sha256_of(path) != expected:
         raise RefineError(f"Model weights {path} fail the SHA-256 check (corrupted or replaced): "
                           "restore the original file or retrain it.")
     try:
