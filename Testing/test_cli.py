@@ -131,3 +131,35 @@ def test_evaluate_table_and_overlay_png(case_files, tmp_path, capsys):
     red = (rgb[..., 0] == 255) & (rgb[..., 1] == 0) & (rgb[..., 2] == 0)
     yellow = (rgb[..., 0] == 255) & (rgb[..., 1] == 255) & (rgb[..., 2] == 0)
     assert red.sum() > 50 and yellow.sum() > 50
+
+
+def test_progress_to_a_file_is_one_line_per_step():
+    import io
+
+    from LiverTumorRefineLib.progress import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar("train", stream=stream, log_step=0.25)
+    for i in range(101):
+        assert bar(i / 100, f"step {i}") is True
+    lines = stream.getvalue().splitlines()
+    assert lines == ["train   0.0% step 0", "train  25.0% step 25", "train  50.0% step 50", "train  75.0% step 75",
+                     "train 100.0% step 100"]
+
+
+def test_label_selection_keeps_other_labels_and_values():
+    from LiverTumorRefineLib import api
+    from LiverTumorRefineLib.errors import RefineError
+
+    lits = np.array([0, 1, 2, 2, 1])
+    mask, used = api.select_label(lits)
+    assert used == 2 and mask.tolist() == [False, False, True, True, False]
+    assert api.merge_label(lits, np.array([0, 0, 1, 0, 0], bool), used).tolist() == [0, 1, 2, 1, 1]  # tumour -> liver
+    binary = np.array([0, 255, 255, 0], np.uint8)
+    mask, used = api.select_label(binary)
+    assert used == 255 and api.merge_label(binary, np.array([1, 1, 0, 0], bool), used).tolist() == [255, 255, 0, 0]
+    with pytest.raises(RefineError, match="several labels .* --label"):
+        api.select_label(np.array([0, 1, 3]))
+    assert api.select_label(np.array([0, 1, 3]), 3)[0].tolist() == [False, False, True]
+    assert api.prediction_mask(np.array([0, 7, 7]), 2).tolist() == [False, True, True]
+    assert not api.prediction_mask(np.array([0, 1, 3]), 2).any()

@@ -6,14 +6,15 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 
-from . import io
+from . import checks, io
 from .errors import RefineError
 from .metrics import compute_metrics
-from .refiner import Progress, Refiner
+from .refiner import MIN_KEPT, Progress, Refiner
 from .volume import Volume
 
 LITS_TUMOUR = 2
@@ -21,30 +22,42 @@ LITS_LIVER = 1
 
 
 def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarray, int | None]:
-    """Binary tumour mask from a mask or label map, and the label used (None = any non-zero).
+    """Binary tumour mask from a mask or label map, and the label used (None = a bool mask).
 
-    Default: label 2 in a LiTS-style 0/1/2 map, otherwise every non-zero voxel.
+    Default: label 2 in a LiTS-style 0/1/2 map, the one non-zero value of a binary mask (0/1,
+    0/255, ...); a map with several labels and no LiTS tumour label is refused rather than
+    guessed, because flattening it would lose the other labels.
     """
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
             raise RefineError("The mask has non-integer values: give a binary mask or a label map "
                               "(threshold probability maps first).")
     values = set(np.unique(labels).tolist())
+    present = ", ".join(str(int(v)) for v in sorted(values))
     if label is not None:
         if label not in values:
-            present = ", ".join(str(int(v)) for v in sorted(values))
             raise RefineError(f"Label {label} is not in the mask (labels present: {present}): choose one with --label.")
         return labels == label, label
+    if labels.dtype == bool:
+        return labels.copy(), None
     if LITS_TUMOUR in values and values <= {0, 1, 2}:
         return labels == LITS_TUMOUR, LITS_TUMOUR
-    return labels != 0, None
+    foreground = values - {0}
+    if len(foreground) > 1:
+        raise RefineError(f"The mask holds several labels ({present}) and none is the LiTS tumour label 2: "
+                          "choose the tumour label with --label.")
+    if not foreground:
+        return np.zeros(labels.shape, dtype=bool), None
+    value = int(next(iter(foreground)))
+    return labels == value, value
 
 
 def merge_label(labels: np.ndarray, refined: np.ndarray, label: int | None) -> np.ndarray:
-    """Put ``refined`` back into the original mask's form: a binary mask stays binary; in a label
-    map only the chosen label changes (voxels leaving a LiTS tumour become liver, others 0)."""
+    """Put ``refined`` back into the original mask's form: a binary mask keeps its foreground
+    value; in a label map only the chosen label changes (voxels leaving a LiTS tumour become
+    liver, others 0). ``label`` None: a bool mask, returned as uint8 0/1."""
     if label is None:
-        return refined.astype(labels.dtype if labels.dtype != bool else np.uint8)
+        return refined.astype(np.uint8)
     out = labels.copy()
     was = labels == label
     out[was & ~refined] = LITS_LIVER if label == LITS_TUMOUR and set(np.unique(labels).tolist()) <= {0, 1, 2} else 0
@@ -64,44 +77,58 @@ def refine_volume(image: Volume, mask: Volume, label: int | None = None, refiner
     return Volume(merge_label(mask.array, result.mask, used), image.geometry), result.stats
 
 
-def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> tuple[Volume, Volume]:
-    """CT and mask as volumes on the CT's grid (the mask resampled when its grid differs)."""
+def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
+              image_is_ct: bool = True) -> tuple[Volume, Volume]:
+    """CT and mask as volumes on the CT's grid, the mask resampled when its grid differs.
+
+    Both are reoriented (axes permuted and flipped, never resampled) to the closest LPS order, so
+    that patches are cut in axial planes whatever the file's orientation: put results back on the
+    CT file's own grid with ``io.back_on_grid(volume, image_path)`` before writing them. With
+    ``image_is_ct`` (refinement; False for truth/prediction pairs) a CT that does not look like
+    HU is warned about and a mask covering the whole CT is refused.
+    """
     ct = io.read_image(image_path)
     mask = io.read_image(mask_path)
     if ct.GetDimension() != mask.GetDimension():
         raise RefineError(f"CT is {ct.GetDimension()}D but the mask is {mask.GetDimension()}D: give matching volumes.")
+    ct, mask = io.to_lps(ct), io.to_lps(mask)
     image = io.from_sitk(ct)
-    mask_volume = io.from_sitk(mask)
-    if mask.GetDimension() == 3:
-        mask_volume = io.from_sitk(io.resample_mask_to(mask, ct))
+    mask_volume = io.from_sitk(io.resample_mask_to(mask, ct))
+    if image_is_ct:
+        problem = checks.hu_plausibility(image.array)
+        if problem:
+            warnings.warn(f"{image_path}: {problem}", UserWarning, stacklevel=2)
+        checks.check_not_whole_volume(mask_volume.array)
     return image, mask_volume
 
 
 def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, out_path: str | os.PathLike,
                  label: int | None = None, device: str = "auto", weights: str | None = None, batch_size: int = 128,
+                 min_kept: float = MIN_KEPT,
                  force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Refine the coarse mask file and write the result on the CT's grid; returns stats."""
     out = io.check_output(out_path, [image_path, mask_path], force)
     image, mask = load_pair(image_path, mask_path)
-    refiner = Refiner(weights, device=device, batch_size=batch_size)
+    refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept)
     refined, stats = refine_volume(image, mask, label, refiner, progress)
-    io.write_volume(refined, out, force=force)
+    io.write_volume(io.back_on_grid(refined, image_path), out, force=force)
     return stats
 
 
 def evaluate_files(truth_path: str | os.PathLike, pred_path: str | os.PathLike, label: int | None = None) -> dict[str, float]:
     """Metrics of a predicted mask file against a truth file (pred resampled onto truth's grid)."""
-    truth, pred = load_pair(truth_path, pred_path)
+    truth, pred = load_pair(truth_path, pred_path, image_is_ct=False)
     truth_mask, used = select_label(truth.array, label)
     return compute_metrics(truth_mask, prediction_mask(pred.array, used), truth.spacing_zyx)
 
 
 def prediction_mask(labels: np.ndarray, label: int | None) -> np.ndarray:
-    """The predicted tumour for evaluation: the truth's label when present, a binary mask's
-    foreground, else empty (a prediction without tumour is a valid, if poor, answer)."""
+    """The predicted tumour for evaluation: the truth's label when present, else the foreground
+    of a binary mask (one non-zero value: a 0/1 prediction counts as tumour, even against a
+    LiTS truth), else empty (a label map without tumour is a valid, if poor, answer)."""
     values = set(np.unique(labels).tolist())
     if label is not None and label in values:
         return labels == label
-    if label is None or values <= {0, 1}:
+    if len(values - {0}) == 1:
         return labels != 0
     return np.zeros(labels.shape, dtype=bool)

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,7 +24,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     from .progress import ProgressBar
 
     stats = api.refine_files(args.image, args.mask, args.out, label=args.label, device=args.device,
-                             weights=args.weights, batch_size=args.batch_size, force=args.force,
+                             weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept, force=args.force,
                              progress=ProgressBar("refine"))
     s = stats["seconds"]
     print(f"Refined {args.out}: {stats['patches']} patches, {stats['voxels_changed']} voxels changed, "
@@ -124,6 +125,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--weights", help="model file (default: the shipped model)")
     p.add_argument("--batch-size", type=int, default=128, help="patches per inference batch")
+    p.add_argument("--min-kept", type=float, default=0.5, metavar="FRACTION",
+                   help="a coarse lesion the network would shrink below this fraction of its voxels keeps its "
+                        "coarse outline (default 0.5; 0 lets refinement delete lesions)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_cmd_refine)
 
@@ -205,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line, no source excerpt
+        return _run(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except RefineError as exc:

@@ -32,15 +32,31 @@ def to_sitk(volume: Volume) -> sitk.Image:
     return image
 
 
+def scalar_image(image: sitk.Image, name: str = "The image") -> sitk.Image:
+    """``image`` if it is a scalar 2D or 3D image; a 4D image holding one volume as that volume;
+    else a RefineError naming the problem and the fix."""
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise RefineError(f"{name} has {components} components per voxel (a vector or RGB image): give a scalar, "
+                          "grey-level CT or label mask (extract one component first).")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
+    if image.GetDimension() not in (2, 3):
+        size = " x ".join(str(n) for n in image.GetSize())
+        raise RefineError(f"{name} is {image.GetDimension()}D ({size} voxels): give a single 3D volume "
+                          "(extract one time point or channel of a 4D series first).")
+    return image
+
+
+def as_3d(image: sitk.Image) -> sitk.Image:
+    """A scalar image as a 3D one (a 2D image becomes one slice)."""
+    image = scalar_image(image)
+    return sitk.JoinSeries(image) if image.GetDimension() == 2 else image
+
+
 def from_sitk(image: sitk.Image) -> Volume:
-    """Volume from a 3D scalar SimpleITK image (2D images become one slice)."""
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise RefineError(f"The image has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB): "
-                          "give a scalar CT or mask.")
-    if image.GetDimension() == 2:
-        image = sitk.JoinSeries(image)
-    if image.GetDimension() != 3:
-        raise RefineError(f"The image is {image.GetDimension()}D: give a 3D volume (split 4D series first).")
+    """Volume from a scalar SimpleITK image (2D images become one slice)."""
+    image = as_3d(image)
     geometry = Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
     return Volume(sitk.GetArrayFromImage(image), geometry)
 
@@ -51,10 +67,54 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if not path.is_file():
         raise RefineError(f"{path}: file not found.")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise RefineError(f"{path}: cannot be read as an image ({first[:160]}).") from None
+    return scalar_image(image, str(path))
+
+
+def orientation(direction: Iterable[float]) -> str:
+    """The closest DICOM orientation code of a 3x3 direction, e.g. "LPS" for axial slices."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(d) for d in direction])
+
+
+def to_lps(image: sitk.Image) -> sitk.Image:
+    """``image`` with its axes permuted and flipped (no resampling) to the closest LPS order, so
+    that array axis 0 runs inferior-superior and patches are cut in axial planes."""
+    image = as_3d(image)
+    return image if orientation(image.GetDirection()) == "LPS" else sitk.DICOMOrient(image, "LPS")
+
+
+def read_geometry(path: str | os.PathLike) -> tuple[Geometry, tuple[int, int, int]]:
+    """Geometry and (z, y, x) shape of the 3D volume ``read_volume(path)`` gives, from the header only."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    dim = reader.GetDimension()
+    size, spacing, origin = list(reader.GetSize()), list(reader.GetSpacing()), list(reader.GetOrigin())
+    direction = np.array(reader.GetDirection()).reshape(dim, dim)
+    if dim == 2:  # as sitk.JoinSeries places one slice
+        size, spacing, origin = size + [1], spacing + [1.0], origin + [0.0]
+        direction = np.block([[direction, np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
+    size, spacing, origin, direction = size[:3], spacing[:3], origin[:3], direction[:3, :3]
+    geometry = Geometry(tuple(float(s) for s in spacing), tuple(float(o) for o in origin),
+                        tuple(float(d) for d in direction.ravel()))
+    return geometry, (size[2], size[1], size[0])
+
+
+def back_on_grid(volume: Volume, image_path: str | os.PathLike) -> Volume:
+    """``volume``, computed on ``to_lps`` of the image at ``image_path``, back on that file's own grid
+    (array order, spacing, origin and direction), to be written beside it."""
+    geometry, shape = read_geometry(image_path)
+    target = orientation(geometry.direction)
+    if orientation(volume.geometry.direction) == target:
+        array = volume.array
+    else:
+        array = sitk.GetArrayFromImage(sitk.DICOMOrient(to_sitk(volume), target))
+    if array.shape != shape:
+        raise RuntimeError(f"the result {array.shape} does not map back onto {image_path} {shape}")  # a bug
+    return Volume(array, geometry)
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
@@ -84,8 +144,10 @@ def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], fo
     out = Path(out)
     volume_suffix(out)
     for source in inputs:
-        if source is not None and Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
+        if source is not None and Path(source).exists() and out.exists() and os.path.samefile(out, source):
             raise RefineError(f"Output {out} is one of the inputs: choose another output path.")
+    if out.is_dir():
+        raise RefineError(f"Output {out} is a folder: give a file name such as {out / 'refined.nii.gz'}.")
     if out.exists() and not force:
         raise RefineError(f"{out} already exists: choose another output or pass --force.")
     folder = out.parent if str(out.parent) else Path(".")
