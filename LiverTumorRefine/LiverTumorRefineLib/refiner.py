@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from . import sampling
+from .checks import check_not_whole_volume
 from .errors import RefineCancelled, RefineError
 from .network import BRNet
 from .reassembly import Canvas
@@ -49,6 +51,30 @@ def lesion_box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, slice, s
     return tuple(box)  # type: ignore[return-value]
 
 
+# A refinement moves boundaries; whether a lesion exists is the coarse segmenter's (or the
+# reader's) call. Chosen on validation phantoms (seeds 50100-50119; no guard / 0.3 / 0.5 / 0.7):
+# 0.5 keeps 86% of the mean Dice gain (+0.090 of +0.105) while the lesions made worse by more
+# than 0.05 Dice drop from 10 to 6 of 74 and the worst lesion change from -0.79 to -0.29.
+MIN_KEPT = 0.5
+
+
+def keep_components(coarse: np.ndarray, refined: np.ndarray, min_kept: float) -> np.ndarray:
+    """``refined`` with every coarse connected component (26-connected) of which it keeps less
+    than ``min_kept`` of the voxels restored to its coarse voxels. Arrays (Z, Y, X) bool."""
+    if min_kept <= 0 or not coarse.any():
+        return refined
+    labels = sitk.GetArrayViewFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(coarse.astype(np.uint8)), True))
+    total = np.bincount(labels[coarse])
+    kept = np.bincount(labels[coarse & refined], minlength=len(total))
+    lost = np.flatnonzero(kept < min_kept * total)
+    lost = lost[lost > 0]
+    if not len(lost):
+        return refined
+    out = refined.copy()
+    out[np.isin(labels, lost)] = True
+    return out
+
+
 class Refiner:
     """Boundary patch refinement with a BRNet.
 
@@ -56,7 +82,11 @@ class Refiner:
     ``network.build_model``. ``device``: "auto", "cpu" or "cuda".
     """
 
-    def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128) -> None:
+    def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128,
+                 min_kept: float = MIN_KEPT) -> None:
+        if not 0 <= min_kept <= 1:
+            raise RefineError(f"min_kept must be between 0 and 1 (got {min_kept}).")
+        self.min_kept = min_kept
         if batch_size < 1:
             raise RefineError(f"--batch-size must be at least 1 (got {batch_size}).")
         self.device = resolve_device(device)
@@ -72,6 +102,7 @@ class Refiner:
         mask = np.asarray(mask).astype(bool, copy=False)
         if not mask.any():
             raise RefineError("The coarse mask is empty: nothing to refine. Check the mask file or --label.")
+        check_not_whole_volume(mask)
         spacing = tuple(float(s) for s in spacing_zyx)
         box = lesion_box(mask, self._margin(spacing))
         seconds: dict[str, float] = {}
@@ -89,6 +120,7 @@ class Refiner:
             t = time.perf_counter()
             editable = sampling.editable_band(crop_mask, spacing, self.cfg.band_mm)
             refined_crop = canvas.result(crop_mask, editable).cpu().numpy()
+        refined_crop = keep_components(mask[box], refined_crop, self.min_kept)
         refined = mask.copy()
         refined[box] = refined_crop
         seconds["reassemble"] += time.perf_counter() - t
