@@ -70,7 +70,8 @@ def main() -> None:
             after = compute_metrics(truth, refined, spacing)
             deltas = np.array(lesion_dice(truth, refined, spacing)) - np.array(base_lesions)
             row = {"case": case.name, "model": name, "real": seed == 117, "lesions": len(deltas), "seconds": seconds,
-                   "worst_lesion_delta": float(deltas.min()) if len(deltas) else 0.0}
+                   "worst_lesion_delta": float(deltas.min()) if len(deltas) else 0.0,
+                   "lesions_worse": int((deltas < -0.05).sum()), "lesions_better": int((deltas > 0.05).sum())}
             row.update({f"coarse_{k}": base[k] for k in KEYS})
             row.update({f"refined_{k}": after[k] for k in KEYS})
             rows.append(row)
@@ -86,14 +87,19 @@ def main() -> None:
             mean = {k: (np.mean([r[f"coarse_{k}"] for r in sel]), np.mean([r[f"refined_{k}"] for r in sel])) for k in KEYS}
             better = np.mean([r["refined_dice"] > r["coarse_dice"] for r in sel])
             worst = min(r["worst_lesion_delta"] for r in sel)
+            lesions = sum(r["lesions"] for r in sel)
+            worse, improved = sum(r["lesions_worse"] for r in sel), sum(r["lesions_better"] for r in sel)
             label = "LiTS 117" if real else f"{len(sel)} phantoms"
             print(f"{name:>8} on {label}: " + "  ".join(f"{k} {a:.3f}->{b:.3f}" for k, (a, b) in mean.items())
-                  + f"  gain {mean['dice'][1] - mean['dice'][0]:+.3f}  improved {better:.0%}  worst lesion {worst:+.3f}")
+                  + f"  gain {mean['dice'][1] - mean['dice'][0]:+.3f}  improved {better:.0%}  worst lesion {worst:+.3f}"
+                  f"  lesions better/worse by >0.05: {improved}/{worse} of {lesions}")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
+        tmp = Path(args.csv).with_name(Path(args.csv).name + ".tmp")
+        with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        tmp.replace(args.csv)
 
 
 if __name__ == "__main__":

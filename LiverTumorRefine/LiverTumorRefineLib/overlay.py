@@ -8,13 +8,13 @@ right on the left of the screen.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_path
 from .errors import RefineError
 
 TRUTH_RGB = (255, 0, 0)
@@ -95,14 +95,8 @@ def write_png(rgb: np.ndarray, path: "str | os.PathLike[str]") -> None:
     if not target.parent.is_dir():
         raise RefineError(f"Cannot write {target}: folder {target.parent} does not exist; create it first.")
     # Same folder so os.replace is an atomic rename; .png suffix so SimpleITK picks the PNG writer.
-    handle, temporary = tempfile.mkstemp(suffix=".png", prefix=f".{target.stem}-", dir=target.parent)
-    os.close(handle)
-    try:
+    with atomic_path(target, ".png") as temporary:
         sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def default_slice(
