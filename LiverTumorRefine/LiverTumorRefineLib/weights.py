@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_path
 from .config import NetConfig, PatchConfig
 from .errors import RefineError
 from .network import BRNet, build_model
@@ -22,7 +22,9 @@ FORMAT = "livertumorrefine-brnet/1"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
 DEFAULT_MODEL = "brnet_default.pt"
 # Hashes of the models shipped in Resources/Models (their model cards give the training runs).
-SHIPPED_SHA256: dict[str, str] = {}
+SHIPPED_SHA256: dict[str, str] = {
+    "brnet_default.pt": "ea8e8c0b901c6cd18c7835b412739c6560c16490d95147e18080558048185cb8",
+}
 
 
 def default_weights_path(name: str = DEFAULT_MODEL) -> Path:
@@ -61,14 +63,8 @@ def save_model(model: BRNet, path: str | os.PathLike, meta: dict[str, Any] | Non
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta or {},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     digest = sha256_of(path)
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
     return digest
