@@ -63,7 +63,8 @@ def keep_components(coarse: np.ndarray, refined: np.ndarray, min_kept: float) ->
     than ``min_kept`` of the voxels restored to its coarse voxels. Arrays (Z, Y, X) bool."""
     if min_kept <= 0 or not coarse.any():
         return refined
-    labels = sitk.GetArrayViewFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(coarse.astype(np.uint8)), True))
+    # a copy, not a view: a view of a temporary image points at freed memory once the image is collected
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(coarse.astype(np.uint8)), True))
     total = np.bincount(labels[coarse])
     kept = np.bincount(labels[coarse & refined], minlength=len(total))
     lost = np.flatnonzero(kept < min_kept * total)
