@@ -152,3 +152,24 @@ def test_property_coverage_identity_and_untouched_outside(shape, spacing, seed, 
     covered = sampling.covered(centres, m.shape, spacing, CFG)
     assert not bool((band & ~covered).any())
     assert np.array_equal(canvas.result(m).numpy(), mask)
+
+
+@pytest.mark.parametrize("spacing", [(2.5, 0.75, 0.75), (1.0, 0.6, 1.3), (3.0, 2.0, 2.0)])
+def test_editable_band_is_the_boundary_within_band_mm_along_each_axis(spacing):
+    """The fast separable band equals its definition: voxels whose (2ry+1) x (2rx+1) in-plane box
+    holds both inside and outside voxels, with ry, rx = band_mm in voxels."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((4, 50, 60)) > 0.985
+    mask[:, 20:35, 25:45] = True
+    ry, rx = (max(1, int(6.0 / s)) for s in spacing[1:])
+    padded = np.pad(mask, ((0, 0), (ry, ry), (rx, rx)), constant_values=False)
+    # voxels beyond the image edge count neither as inside nor as outside (max-pool padding)
+    in_image = np.pad(np.ones_like(mask), ((0, 0), (ry, ry), (rx, rx)), constant_values=False)
+    any_in, any_out = np.zeros_like(mask), np.zeros_like(mask)
+    for dy in range(2 * ry + 1):
+        for dx in range(2 * rx + 1):
+            window = (slice(None), slice(dy, dy + mask.shape[1]), slice(dx, dx + mask.shape[2]))
+            any_in |= padded[window]
+            any_out |= ~padded[window] & in_image[window]
+    expected = any_in & any_out
+    assert np.array_equal(sampling.editable_band(torch.from_numpy(mask), spacing, 6.0).numpy(), expected)

@@ -1,14 +1,19 @@
-"""Refinement speed: seconds per stage and patches/s on a 512x512x120 CT with several tumours.
+"""Refinement speed: seconds per stage, patches/s and peak RSS on synthetic CTs with tumours.
 
     python bench/refine_speed.py [--tumours 5] [--size 512 512 120] [--device cpu] [--repeats 3]
+    python bench/refine_speed.py --sweep sizes     # the same tumours in 128x128x64 ... 512x512x300
+    python bench/refine_speed.py --sweep tumours   # 1 ... 20 tumours in 512x512x120
 
 Prints figures; asserts nothing (timings belong in benchmarks, not tests). Uses the shipped
-model when present, else an untrained BRNet of the same architecture (same cost).
+model when present, else an untrained BRNet of the same architecture (same cost). A sweep runs
+each configuration in its own process so that every peak RSS is that configuration's own.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +47,66 @@ def synthetic_case(size_xyz: tuple[int, int, int], n_tumours: int, spacing_zyx=(
     return image, coarse, spacing_zyx
 
 
+SIZES = [(128, 128, 64), (256, 256, 120), (512, 512, 120), (512, 512, 240), (512, 512, 300)]
+TUMOURS = [1, 2, 5, 10, 20]
+
+
+def embedded_case(size_xyz: tuple[int, int, int], n_tumours: int, block_xyz=(128, 128, 64)):
+    """The tumours of a ``block_xyz`` case placed at the centre of a larger noise volume, so that
+    every size holds exactly the same tumours."""
+    block, block_coarse, spacing = synthetic_case(block_xyz, n_tumours)
+    rng = np.random.default_rng(1)
+    nx, ny, nz = size_xyz
+    image = rng.normal(100, 15, (nz, ny, nx)).astype(np.float32)
+    coarse = np.zeros((nz, ny, nx), bool)
+    at = tuple(slice((n - b) // 2, (n - b) // 2 + b) for n, b in zip((nz, ny, nx), block.shape))
+    image[at], coarse[at] = block, block_coarse
+    return image, coarse, spacing
+
+
+def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: int, repeats: int, same_tumours: bool) -> dict:
+    """Best-of-``repeats`` refinement stats (after one warm-up) and this process's peak RSS."""
+    weights = default_weights_path()
+    model = weights if weights.is_file() else build_model(PatchConfig())
+    refiner = Refiner(model, device=device, batch_size=batch_size)
+    image, coarse, spacing = embedded_case(size, tumours) if same_tumours else synthetic_case(size, tumours)
+    refiner.refine(image, coarse, spacing)  # warm-up
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        stats = refiner.refine(image, coarse, spacing).stats
+        stats["wall"] = time.perf_counter() - t
+        runs.append(stats)
+    best = min(runs, key=lambda s: s["wall"])
+    return {"size": list(size), "tumours": tumours, "device": str(refiner.device), "patches": best["patches"],
+            "crop": list(best["crop_shape"]), "wall": best["wall"], "seconds": best["seconds"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "model": "shipped" if weights.is_file() else "untrained (same cost)", "threads": torch.get_num_threads()}
+
+
+def sweep(kind: str, args: argparse.Namespace) -> None:
+    """Each configuration in a fresh process; one table row per configuration."""
+    configs = [(size, args.tumours) for size in SIZES] if kind == "sizes" else [(tuple(args.size), n) for n in TUMOURS]
+    print(f"sweep {kind}: device {args.device}, best of {args.repeats} after a warm-up, one process per row")
+    print(f"{'size (x,y,z)':>16} {'tumours':>7} {'patches':>7} {'wall s':>7} {'peak RSS MB':>11}  stages")
+    rows = []
+    for size, n in configs:
+        command = [sys.executable, __file__, "--size", *map(str, size), "--tumours", str(n), "--device", args.device,
+                   "--batch-size", str(args.batch_size), "--repeats", str(args.repeats), "--json"]
+        if kind == "sizes":
+            command.append("--same-tumours")
+        row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        rows.append(row)
+        stages = "  ".join(f"{k} {v:.2f}" for k, v in row["seconds"].items())
+        print(f"{'x'.join(map(str, size)):>16} {n:>7} {row['patches']:>7} {row['wall']:>7.2f} {row['peak_rss_mb']:>11.0f}  {stages}",
+              flush=True)
+    if kind == "sizes":
+        walls = {tuple(r["size"]): r["wall"] for r in rows}
+        if (512, 512, 120) in walls and (512, 512, 240) in walls:
+            print(f"512x512x240 / 512x512x120 wall ratio (same tumours, twice the volume): "
+                  f"{walls[(512, 512, 240)] / walls[(512, 512, 120)]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 120), metavar=("X", "Y", "Z"))
@@ -49,26 +114,25 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sweep", choices=["sizes", "tumours"], help="run a series of configurations")
+    parser.add_argument("--same-tumours", action="store_true", help="the tumours of a 128x128x64 case, centred")
+    parser.add_argument("--json", action="store_true", help="print one JSON line (used by --sweep)")
     args = parser.parse_args()
-    weights = default_weights_path()
-    model = weights if weights.is_file() else build_model(PatchConfig())
-    refiner = Refiner(model, device=args.device, batch_size=args.batch_size)
-    image, coarse, spacing = synthetic_case(tuple(args.size), args.tumours)
-    print(f"case {tuple(args.size)} (x,y,z), {args.tumours} tumours, spacing zyx {spacing}; device {refiner.device}, "
-          f"torch threads {torch.get_num_threads()}, model {'shipped' if weights.is_file() else 'untrained (same cost)'}")
-    refiner.refine(image, coarse, spacing)  # warm-up
-    runs = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        stats = refiner.refine(image, coarse, spacing).stats
-        stats["wall"] = time.perf_counter() - t
-        runs.append(stats)
-    best = min(runs, key=lambda s: s["wall"])
-    stages = "  ".join(f"{k} {v:.3f}s" for k, v in best["seconds"].items())
-    print(f"patches {best['patches']}  crop {best['crop_shape']}")
-    print(f"best of {args.repeats}: wall {best['wall']:.3f}s  ({stages})")
-    print(f"patches/s {best['patches'] / best['wall']:.0f} overall, {best['patches'] / max(best['seconds']['infer'], 1e-9):.0f} in inference")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    if args.sweep:
+        sweep(args.sweep, args)
+        return
+    row = measure(tuple(args.size), args.tumours, args.device, args.batch_size, args.repeats, args.same_tumours)
+    if args.json:
+        print(json.dumps(row))
+        return
+    stages = "  ".join(f"{k} {v:.3f}s" for k, v in row["seconds"].items())
+    print(f"case {tuple(args.size)} (x,y,z), {args.tumours} tumours; device {row['device']}, torch threads {row['threads']}, "
+          f"model {row['model']}")
+    print(f"patches {row['patches']}  crop {tuple(row['crop'])}")
+    print(f"best of {args.repeats}: wall {row['wall']:.3f}s  ({stages})")
+    print(f"patches/s {row['patches'] / row['wall']:.0f} overall, "
+          f"{row['patches'] / max(row['seconds']['infer'], 1e-9):.0f} in inference")
+    print(f"peak RSS {row['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

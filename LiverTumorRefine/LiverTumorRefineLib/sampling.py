@@ -51,10 +51,14 @@ def editable_band(mask: torch.Tensor, spacing_zyx: Sequence[float], band_mm: flo
         return torch.ones_like(mask, dtype=torch.bool)
     ry, rx = (max(1, int(band_mm / s)) for s in spacing_zyx[1:])
     m = mask.float()[:, None]
-    kernel, pad = (2 * ry + 1, 2 * rx + 1), (ry, rx)
-    dilated = F.max_pool2d(m, kernel, stride=1, padding=pad)
-    eroded = -F.max_pool2d(-m, kernel, stride=1, padding=pad)
-    return (dilated != eroded)[:, 0]
+    return (_box_max(m, ry, rx) != -_box_max(-m, ry, rx))[:, 0]
+
+
+def _box_max(m: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    """Max over a (2ry+1) x (2rx+1) box, as two 1D passes: the same result as one 2D max pool, at
+    a cost that grows with ry + rx instead of ry * rx (the 6 mm band is 17x17 voxels at 0.75 mm)."""
+    rows = F.max_pool2d(m, (2 * ry + 1, 1), stride=1, padding=(ry, 0))
+    return F.max_pool2d(rows, (1, 2 * rx + 1), stride=1, padding=(0, rx))
 
 
 def _half_extent_vox(spacing_zyx: Sequence[float], cfg: PatchConfig) -> tuple[float, float]:
