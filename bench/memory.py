@@ -9,8 +9,9 @@ data flow as the real model, cheaper convolutions). Prints the resident memory b
 the peak (getrusage), wall seconds and CPU seconds (the latter is what to compare when other
 work shares the machine). Asserts nothing.
 
-``--spread far`` puts the lesions in opposite corners of the volume, so the lesion bounding box
-the Refiner crops spans most of it (the worst case); ``near`` keeps them 60 mm apart.
+``--spread far`` spreads the lesions along the volume's diagonal (one bounding box around them all
+would span most of the volume; the Refiner crops one box per lesion cluster instead); ``near``
+keeps them 60 mm apart.
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def main() -> None:
     seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     peak = peak_rss_mb()
     s = result.stats
-    print(f"refine {seconds:.1f} s wall, {cpu:.1f} s CPU (all threads): {s['patches']} patches, crop {s['crop_shape']} (z,y,x), "
+    print(f"refine {seconds:.1f} s wall, {cpu:.1f} s CPU (all threads): {s['patches']} patches, crops {s['crop_shapes']} (z,y,x), "
           f"{s['voxels_changed']} voxels changed")
     print(f"peak RSS {peak:.0f} MB = RSS before + {peak - before:.0f} MB "
           f"({(peak - before) / inputs_mb:.2f} x the inputs)")

@@ -100,7 +100,7 @@ def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: i
         runs.append(stats)
     best = min(runs, key=lambda s: s["wall"])
     return {"size": list(size), "tumours": tumours, "device": str(refiner.device), "patches": best["patches"],
-            "crop": list(best["crop_shape"]), "wall": best["wall"], "seconds": best["seconds"],
+            "crops": [list(c) for c in best["crop_shapes"]], "wall": best["wall"], "seconds": best["seconds"],
             "peak_rss_mb": peak_rss_mb(),
             "model": "shipped" if weights.is_file() else "untrained (same cost)", "threads": torch.get_num_threads()}
 
@@ -149,7 +149,7 @@ def main() -> None:
     stages = "  ".join(f"{k} {v:.3f}s" for k, v in row["seconds"].items())
     print(f"case {tuple(args.size)} (x,y,z), {args.tumours} tumours; device {row['device']}, torch threads {row['threads']}, "
           f"model {row['model']}")
-    print(f"patches {row['patches']}  crop {tuple(row['crop'])}")
+    print(f"patches {row['patches']}  crops {row['crops']}")
     print(f"best of {args.repeats}: wall {row['wall']:.3f}s  ({stages})")
     print(f"patches/s {row['patches'] / row['wall']:.0f} overall, "
           f"{row['patches'] / max(row['seconds']['infer'], 1e-9):.0f} in inference")

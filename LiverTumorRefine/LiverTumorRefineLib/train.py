@@ -25,7 +25,8 @@ from .config import NetConfig, PatchConfig
 from .errors import RefineError
 from .metrics import compute_metrics
 from .network import BRNet, build_model
-from .refiner import Refiner, lesion_box, resolve_device
+from .boxes import crop_margin, lesion_box
+from .refiner import Refiner, resolve_device
 from .weights import save_model
 
 Log = Callable[[str], None]
@@ -66,10 +67,7 @@ def cut_training_patches(case: TrainCase, cfg: PatchConfig, extra: float, rng: n
     """
     if not case.coarse.any():
         return torch.zeros((0, cfg.in_channels, cfg.patch_px, cfg.patch_px)), torch.zeros((0, cfg.patch_px, cfg.patch_px), dtype=torch.bool)
-    half = cfg.patch_mm / 2
-    margin = (math.ceil(max(abs(c) for c in cfg.context_mm) / case.spacing_zyx[0]) + 1,
-              math.ceil(half / case.spacing_zyx[1]) + 1, math.ceil(half / case.spacing_zyx[2]) + 1)
-    box = lesion_box(case.coarse, margin)
+    box = lesion_box(case.coarse, crop_margin(case.spacing_zyx, cfg))
     coarse = torch.from_numpy(np.ascontiguousarray(case.coarse[box]))
     truth = torch.from_numpy(np.ascontiguousarray(case.truth[box]))
     image = sampling.clean_hu(torch.from_numpy(np.ascontiguousarray(case.image[box], dtype=np.float32)), cfg.hu_window)
