@@ -178,3 +178,37 @@ def test_default_model_refined_beats_coarse(app):
     case = st.default_model_case(0)
     result = st.check_refine(app.scene, logic, st.build_scene_case(app.scene, case))
     st.check_refined_beats_coarse(result)
+
+
+def test_sagittal_ct_is_refined_in_axial_planes(app, logic, case):
+    """The same CT and segments stored sagittally (array axes x, z, y) give the same refined voxels
+    as the axial original: the logic refines the axial view and puts the result back."""
+    axial = st.build_scene_case(app.scene, case)
+    expected = ltr.export_segment_mask(axial.segmentationNode,
+                                       logic.refine(axial.volumeNode, axial.segmentationNode, axial.coarseId,
+                                                    device="cpu").refinedSegmentId, axial.volumeNode)
+
+    def sagittal(array):  # (z, y, x) -> (x, z, y): K runs along x, J along z, I along y
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+    spacing = (case.spacing_zyx[2], case.spacing_zyx[0], case.spacing_zyx[1])  # (K, J, I)
+    directions = ((0.0, -1.0, 0.0), (0.0, 0.0, 1.0), (-1.0, 0.0, 0.0))  # I, J, K in RAS (LPS-aligned y, z, x)
+    matrix = st.ijk_to_ras(spacing, (40.0, 30.0, -55.0), directions)
+    volume = st.add_ct(app.scene, sagittal(case.image), matrix, "sagittal CT")
+    segmentation = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "sagittal segmentation")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    coarseId = st.add_segment(segmentation, sagittal(case.coarse), "Tumour", (0.2, 0.4, 1.0), matrix)
+    result = logic.refine(volume, segmentation, coarseId, device="cpu")
+    refined = ltr.export_segment_mask(segmentation, result.refinedSegmentId, volume)
+    assert (expected != case.coarse).any()
+    assert np.array_equal(refined.transpose(1, 2, 0), expected)
+
+
+def test_ct_not_in_hounsfield_units_gives_a_note(app, logic, case):
+    """Raw stored values (rescale intercept -1024 missing): the refinement still runs, and the
+    user is told why it may be poor."""
+    raw = st.Case(case.name, case.image + 1024, case.truth, case.coarse, case.liver, case.spacing_zyx)
+    sc = st.build_scene_case(app.scene, raw)
+    result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
+    assert any("does not look like Hounsfield units" in note for note in result.notes)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -84,6 +84,36 @@ def to_lps(image: sitk.Image) -> sitk.Image:
     that array axis 0 runs inferior-superior and patches are cut in axial planes."""
     image = as_3d(image)
     return image if orientation(image.GetDirection()) == "LPS" else sitk.DICOMOrient(image, "LPS")
+
+
+def axial_arrays(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], direction: Sequence[float]
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], Callable[[np.ndarray], np.ndarray]]:
+    """``image`` and ``mask`` (z, y, x arrays of a grid with the 3x3 ``direction``, LPS, row-major as
+    SimpleITK stores it) reordered by axis permutation and flips (no resampling) so that axis 0 runs
+    inferior-superior, as the engine's axial patches need; with their spacing and a function that
+    puts a result array computed on them back in the original array order. Axial input is
+    returned as is."""
+    code = orientation(direction)
+    if code == "LPS":
+        return image, mask, tuple(float(s) for s in spacing_zyx), lambda result: result
+
+    def oriented(array: np.ndarray) -> sitk.Image:
+        item = sitk.GetImageFromArray(array)
+        item.SetSpacing([float(s) for s in reversed(tuple(spacing_zyx))])
+        item.SetDirection([float(d) for d in direction])
+        return sitk.DICOMOrient(item, "LPS")
+
+    lps_image = oriented(np.asarray(image))
+    lps_mask = oriented(np.asarray(mask, dtype=np.uint8))
+
+    def back(result: np.ndarray) -> np.ndarray:
+        item = sitk.GetImageFromArray(np.asarray(result, dtype=np.uint8))
+        item.CopyInformation(lps_mask)
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(item, code)).astype(bool)
+
+    spacing = lps_image.GetSpacing()
+    return (sitk.GetArrayFromImage(lps_image), sitk.GetArrayFromImage(lps_mask).astype(bool),
+            (float(spacing[2]), float(spacing[1]), float(spacing[0])), back)
 
 
 def read_geometry(path: str | os.PathLike) -> tuple[Geometry, tuple[int, int, int]]:

@@ -27,7 +27,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .checks import hu_plausibility
 from .errors import RefineCancelled, RefineError
+from .io import axial_arrays
 from .metrics import compute_metrics
 
 try:  # In Slicer the base class provides getParameterNode(); headless (slicer-core) it is absent.
@@ -89,6 +91,8 @@ class RefineInputs:
     spacing_zyx: tuple[float, float, float]
     device: str
     outlinesOnly: bool = True
+    # the CT's IJK axis directions in LPS (3x3, row-major, columns = axes), as SimpleITK stores them
+    direction_lps: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 @dataclass
@@ -197,7 +201,8 @@ class LiverTumorRefineLogic(_LogicBase):
                                   f"'{volumeNode.GetName()}': check that it belongs to this CT.")
         _report(progress, _PREPARE_END, "Segments exported")
         return RefineInputs(volumeNode, segmentationNode, coarseSegmentId, coarseName, truthSegmentationNode,
-                            truthSegmentId, image, coarse, truth, spacing_zyx, device, outlinesOnly)
+                            truthSegmentId, image, coarse, truth, spacing_zyx, device, outlinesOnly,
+                            _direction_lps(volumeNode))
 
     @staticmethod
     def _checkSegment(segmentationNode, segmentId, role: str) -> str:
@@ -226,11 +231,16 @@ class LiverTumorRefineLogic(_LogicBase):
             return None if progress is None else progress(
                 _PREPARE_END + (_ENGINE_END - _PREPARE_END) * float(fraction), message)
 
+        warning = hu_plausibility(inputs.image)
+        if warning:
+            notes.append(warning)
+        # Patches are axial: a sagittal or coronal volume is refined in its axial view and put back.
+        image, coarse, spacing, back = axial_arrays(inputs.image, inputs.coarse, inputs.spacing_zyx, inputs.direction_lps)
         _report(progress, _PREPARE_END, "Loading the refinement model")
         refiner = self._refiner(inputs.device)
         requested = str(refiner.device)
         try:
-            result = refiner.refine(inputs.image, inputs.coarse, inputs.spacing_zyx, engine_progress)
+            result = refiner.refine(image, coarse, spacing, engine_progress)
         except RefineError:
             raise
         except Exception as exc:  # noqa: BLE001 - only CUDA OOM is handled, the rest is re-raised
@@ -240,13 +250,13 @@ class LiverTumorRefineLogic(_LogicBase):
             notes.append("The GPU ran out of memory; the refinement ran on the CPU instead (slower). Close other "
                          "GPU programs or choose CPU to skip the GPU attempt.")
             logging.warning("LiverTumorRefine: CUDA out of memory (%s); retrying on the CPU", exc)
-            result = self._refiner("cpu").refine(inputs.image, inputs.coarse, inputs.spacing_zyx, engine_progress)
+            result = self._refiner("cpu").refine(image, coarse, spacing, engine_progress)
         device_used = str(result.stats.get("device", requested))
         if requested.startswith("cuda") and device_used == "cpu" and not notes:
             # The engine itself moved to the CPU after running out of GPU memory part-way.
             self._forget(inputs.device)
             notes.append("The GPU ran out of memory part-way; the refinement finished on the CPU (slower).")
-        mask = np.asarray(result.mask, dtype=bool)
+        mask = back(np.asarray(result.mask, dtype=bool))
         if mask.shape != inputs.coarse.shape:
             raise RuntimeError(f"engine returned a mask of shape {mask.shape} for a CT of shape {inputs.coarse.shape}")
         metrics = None
@@ -570,6 +580,16 @@ def _oriented_image_from_mask(mask: np.ndarray, volumeNode, segmentationNode):
         vtk.vtkMatrix4x4.Multiply4x4(volumeToSegmentation, ijkToRas, ijkToRas)
     image.SetImageToWorldMatrix(ijkToRas)
     return image
+
+
+def _direction_lps(volumeNode) -> tuple[float, ...]:
+    """The volume's IJK axis directions in LPS, row-major with one column per axis (SimpleITK's
+    layout): RAS rows 0 and 1 change sign."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASDirectionMatrix(matrix)
+    return tuple((-1.0 if row < 2 else 1.0) * matrix.GetElement(row, col) for row in range(3) for col in range(3))
 
 
 def _nodes_by_class(scene, className: str):
