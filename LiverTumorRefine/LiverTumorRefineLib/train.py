@@ -21,11 +21,11 @@ from torch.nn import functional as F
 
 from . import sampling
 from .augment import augment
+from .boxes import crop_margin, lesion_box
 from .config import NetConfig, PatchConfig
 from .errors import RefineError
 from .metrics import compute_metrics
 from .network import BRNet, build_model
-from .boxes import crop_margin, lesion_box
 from .refiner import Refiner, resolve_device
 from .weights import save_model
 
@@ -166,7 +166,8 @@ def train(cfg: TrainConfig, train_cases: Iterable[TrainCase], val_cases: Sequenc
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank)
     aug_generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + rank + 1)
     generators = {"sampler": generator, "augment": aug_generator}
-    start = _load_checkpoint(out / "checkpoint.pt", model, optimiser, generators, log) if resume else 0
+    run = _run_identity(cfg, train_names)
+    start = _load_checkpoint(out / "checkpoint.pt", model, optimiser, generators, run, log) if resume else 0
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     model.train()
@@ -188,7 +189,7 @@ def train(cfg: TrainConfig, train_cases: Iterable[TrainCase], val_cases: Sequenc
             progress((step + 1) / cfg.steps, f"step {step + 1} loss {running:.3f}")
         if rank == 0 and ((step + 1) % cfg.epoch_steps == 0 or step + 1 == cfg.steps):
             _end_of_epoch(model, optimiser, generators, step + 1, cfg, val_cases, dev, out, running,
-                          time.perf_counter() - t0, log)
+                          time.perf_counter() - t0, run, log)
     if world > 1:
         dist.barrier()
     path = out / "model.pt"
@@ -201,7 +202,7 @@ def train(cfg: TrainConfig, train_cases: Iterable[TrainCase], val_cases: Sequenc
 
 
 def _end_of_epoch(model: BRNet, optimiser: torch.optim.Optimizer, generators: dict[str, torch.Generator], step: int, cfg: TrainConfig, val_cases: Sequence[TrainCase],
-                  dev: torch.device, out: Path, loss: float, seconds: float, log: Log) -> None:
+                  dev: torch.device, out: Path, loss: float, seconds: float, run: dict, log: Log) -> None:
     rows = validate(model, val_cases, dev.type) if val_cases else []
     summary = ""
     if rows:
@@ -210,17 +211,41 @@ def _end_of_epoch(model: BRNet, optimiser: torch.optim.Optimizer, generators: di
         summary = f" | val Dice coarse {coarse:.4f} refined {refined:.4f} ({refined - coarse:+.4f}, {len(rows)} cases)"
     log(f"step {step}/{cfg.steps} loss {loss:.4f} lr {_lr_at(step - 1, cfg):.2e} {seconds:.0f}s{summary}")
     state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-             "generators": {k: g.get_state() for k, g in generators.items()}}
+             "generators": {k: g.get_state() for k, g in generators.items()}, "run": run}
     tmp = out / "checkpoint.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, out / "checkpoint.pt")  # a crash mid-save never leaves a broken checkpoint
 
 
+def _run_identity(cfg: TrainConfig, train_names: Sequence[str]) -> dict:
+    """What must match for a checkpoint to continue this run: every option that changes the
+    result (the validation/checkpoint interval does not) and the training cases."""
+    options = _plain(asdict(cfg))
+    options.pop("epoch_steps")
+    return {"options": options, "train_cases": list(train_names)}
+
+
+def _flat(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
 def _load_checkpoint(path: Path, model: BRNet, optimiser: torch.optim.Optimizer, generators: dict[str, torch.Generator],
-                     log: Log) -> int:
+                     run: dict, log: Log) -> int:
     if not path.is_file():
         raise RefineError(f"--resume: no checkpoint at {path}; start without --resume.")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = state.get("run")
+    if saved is not None:  # checkpoints from before this check carry no identity
+        was, now = _flat(saved["options"]), _flat(run["options"])
+        changed = [f"{key} {was.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
+        if changed:
+            raise RefineError(f"--resume: {path} was made with other options ({'; '.join(changed)}): pass the same "
+                              "options as that run, or start a new run in another --out folder.")
+        if saved["train_cases"] != run["train_cases"]:
+            raise RefineError(f"--resume: {path} was trained on other cases than --data gives now "
+                              f"({len(saved['train_cases'])} then, {len(run['train_cases'])} now): pass the same --data.")
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimiser"])
     for name, generator in generators.items():
