@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import blob_case
-from LiverTumorRefineLib import api, checks, io
+from LiverTumorRefineLib import api, checks, cli, io
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.volume import Geometry, Volume
 from LiverTumorRefineLib.weights import save_model
@@ -291,3 +291,17 @@ def test_existing_output_or_folder_is_refused_before_reading_anything(tmp_path):
     with pytest.raises(RefineError, match="is a folder"):
         api.refine_files(tmp_path / "no_ct.nii.gz", tmp_path / "no_mask.nii.gz", tmp_path / "dir.nii.gz", force=True)
     assert (tmp_path / "out.nii.gz").read_bytes() == b"keep"
+
+
+def test_overlay_of_a_sagittal_file_shows_the_same_axial_slice(tmp_path):
+    case = blob_case(4)
+    ct, mask = write_case(tmp_path, case)
+    ct_sag, mask_sag = tmp_path / "sag_ct.nii.gz", tmp_path / "sag_mask.nii.gz"
+    for source, target in ((ct, ct_sag), (mask, mask_sag)):
+        sitk.WriteImage(sitk.Flip(sitk.PermuteAxes(sitk.ReadImage(str(source)), [1, 2, 0]), [False, True, False]), str(target))
+    pictures = []
+    for image, coarse, name in ((ct, mask, "axial.png"), (ct_sag, mask_sag, "sagittal.png")):
+        assert cli.main(["overlay", "--image", str(image), "--coarse", str(coarse), "--out", str(tmp_path / name)]) == 0
+        pictures.append(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name))))
+    yellow = np.all(pictures[0] == (255, 255, 0), axis=-1)
+    assert yellow.any() and np.array_equal(pictures[0], pictures[1])

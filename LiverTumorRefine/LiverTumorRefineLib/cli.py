@@ -53,7 +53,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     from . import api, io
     from .overlay import render_overlay, write_png
 
-    ct = io.read_image(args.image)
+    ct = io.to_lps(io.read_image(args.image))  # axial slices, anterior up, whatever the file's storage order
     image = io.from_sitk(ct)
     masks: dict[str, object] = {}
     label = args.label
