@@ -86,6 +86,14 @@ def to_lps(image: sitk.Image) -> sitk.Image:
     return image if orientation(image.GetDirection()) == "LPS" else sitk.DICOMOrient(image, "LPS")
 
 
+def reoriented(volume: Volume, code: str) -> Volume:
+    """``volume`` with its axes permuted and flipped (no resampling) to the DICOM orientation
+    ``code`` (e.g. "LPS"); the same volume when it already has it."""
+    if orientation(volume.geometry.direction) == code:
+        return volume
+    return from_sitk(sitk.DICOMOrient(to_sitk(volume), code))
+
+
 def axial_arrays(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], direction: Sequence[float]
                  ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], Callable[[np.ndarray], np.ndarray]]:
     """``image`` and ``mask`` (z, y, x arrays of a grid with the 3x3 ``direction``, LPS, row-major as
@@ -93,27 +101,18 @@ def axial_arrays(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[floa
     inferior-superior, as the engine's axial patches need; with their spacing and a function that
     puts a result array computed on them back in the original array order. Axial input is
     returned as is."""
-    code = orientation(direction)
-    if code == "LPS":
-        return image, mask, tuple(float(s) for s in spacing_zyx), lambda result: result
-
-    def oriented(array: np.ndarray) -> sitk.Image:
-        item = sitk.GetImageFromArray(array)
-        item.SetSpacing([float(s) for s in reversed(tuple(spacing_zyx))])
-        item.SetDirection([float(d) for d in direction])
-        return sitk.DICOMOrient(item, "LPS")
-
-    lps_image = oriented(np.asarray(image))
-    lps_mask = oriented(np.asarray(mask, dtype=np.uint8))
+    geometry = Geometry(tuple(float(s) for s in reversed(tuple(spacing_zyx))), (0.0, 0.0, 0.0),
+                        tuple(float(d) for d in direction))
+    code = orientation(geometry.direction)
+    if code == "LPS":  # the usual case: no copies
+        return image, mask, geometry.spacing_zyx, lambda result: result
+    lps_image = reoriented(Volume(np.asarray(image), geometry), "LPS")
+    lps_mask = reoriented(Volume(np.asarray(mask, dtype=np.uint8), geometry), "LPS")
 
     def back(result: np.ndarray) -> np.ndarray:
-        item = sitk.GetImageFromArray(np.asarray(result, dtype=np.uint8))
-        item.CopyInformation(lps_mask)
-        return sitk.GetArrayFromImage(sitk.DICOMOrient(item, code)).astype(bool)
+        return reoriented(Volume(np.asarray(result, dtype=np.uint8), lps_mask.geometry), code).array.astype(bool)
 
-    spacing = lps_image.GetSpacing()
-    return (sitk.GetArrayFromImage(lps_image), sitk.GetArrayFromImage(lps_mask).astype(bool),
-            (float(spacing[2]), float(spacing[1]), float(spacing[0])), back)
+    return lps_image.array, lps_mask.array.astype(bool), lps_image.geometry.spacing_zyx, back
 
 
 def read_geometry(path: str | os.PathLike) -> tuple[Geometry, tuple[int, int, int]]:
@@ -137,11 +136,7 @@ def back_on_grid(volume: Volume, image_path: str | os.PathLike) -> Volume:
     """``volume``, computed on ``to_lps`` of the image at ``image_path``, back on that file's own grid
     (array order, spacing, origin and direction), to be written beside it."""
     geometry, shape = read_geometry(image_path)
-    target = orientation(geometry.direction)
-    if orientation(volume.geometry.direction) == target:
-        array = volume.array
-    else:
-        array = sitk.GetArrayFromImage(sitk.DICOMOrient(to_sitk(volume), target))
+    array = reoriented(volume, orientation(geometry.direction)).array
     if array.shape != shape:
         raise RuntimeError(f"the result {array.shape} does not map back onto {image_path} {shape}")  # a bug
     return Volume(array, geometry)
