@@ -10,7 +10,7 @@ in-plane axes; patch pixel ``i`` has its centre at ``(i + 0.5 - P/2) * pixel_mm`
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch.nn import functional as F
@@ -36,7 +36,7 @@ def network_input(patches: torch.Tensor, cfg: PatchConfig) -> torch.Tensor:
 def boundary_band(mask: torch.Tensor) -> torch.Tensor:
     """In-plane boundary band on both sides: voxels whose 3x3 neighbourhood in their slice mixes
     inside and outside. (Z, Y, X) bool -> (Z, Y, X) bool."""
-    return _by_slabs(mask, lambda m: _box_max(m, 1, 1) != -_box_max(-m, 1, 1))
+    return _mixed_within(mask, 1, 1)
 
 
 def editable_band(mask: torch.Tensor, spacing_zyx: Sequence[float], band_mm: float) -> torch.Tensor:
@@ -47,7 +47,7 @@ def editable_band(mask: torch.Tensor, spacing_zyx: Sequence[float], band_mm: flo
     if band_mm <= 0:
         return torch.ones_like(mask, dtype=torch.bool)
     ry, rx = (max(1, int(band_mm / s)) for s in spacing_zyx[1:])
-    return _by_slabs(mask, lambda m: _box_max(m, ry, rx) != -_box_max(-m, ry, rx))
+    return _mixed_within(mask, ry, rx)
 
 
 # Slices per chunk of the in-plane filters: their float temporaries are several times the mask's
@@ -55,12 +55,13 @@ def editable_band(mask: torch.Tensor, spacing_zyx: Sequence[float], band_mm: flo
 SLAB = 8
 
 
-def _by_slabs(mask: torch.Tensor, per_slice: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Apply an in-plane filter ((N, 1, Y, X) float -> bool) to ``mask`` (Z, Y, X) a few slices at
-    a time; exact, since each slice is filtered on its own."""
+def _mixed_within(mask: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    """Voxels whose in-plane (2ry+1) x (2rx+1) box holds both inside and outside voxels, computed
+    a few slices at a time (exact, since each slice is filtered on its own). (Z, Y, X) bool."""
     out = torch.empty(mask.shape, dtype=torch.bool, device=mask.device)
     for z in range(0, mask.shape[0], SLAB):
-        out[z:z + SLAB] = per_slice(mask[z:z + SLAB].float()[:, None])[:, 0]
+        m = mask[z:z + SLAB].float()[:, None]
+        out[z:z + SLAB] = (_box_max(m, ry, rx) != -_box_max(-m, ry, rx))[:, 0]
     return out
 
 
