@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from . import checks, io
+from .config import MIN_KEPT
 from .errors import RefineError
 from .metrics import compute_metrics
-from .refiner import MIN_KEPT, Progress, Refiner
+from .refiner import Progress, Refiner
 from .volume import Volume
 
 LITS_TUMOUR = 2

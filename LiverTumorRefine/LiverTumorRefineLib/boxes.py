@@ -16,6 +16,12 @@ Box = tuple[slice, slice, slice]
 BLOCK = 8
 
 
+def component_labels(mask: np.ndarray) -> np.ndarray:
+    """26-connected components of ``mask`` (Z, Y, X) labelled 1..N (0 = background), as an array of
+    its own: a view of SimpleITK's temporary output would point at freed memory."""
+    return sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+
+
 def crop_margin(spacing_zyx: Sequence[float], cfg: PatchConfig) -> tuple[int, int, int]:
     """Voxels to add around a lesion so every patch (half a patch in-plane) and every context
     slice of its boundary lies inside the crop."""
@@ -41,7 +47,7 @@ def lesion_boxes(mask: np.ndarray, margin: Sequence[int]) -> list[Box]:
     memory cost that follows the lesions: two small lesions in opposite corners of a huge CT no
     longer make a crop of most of the volume."""
     occupied = _occupancy(mask, BLOCK)
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(occupied.astype(np.uint8)), True))
+    labels = component_labels(occupied)
     boxes = []
     for label in range(1, int(labels.max()) + 1):
         blocks = lesion_box(labels == label, (0, 0, 0))

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .config import MIN_KEPT
 from .errors import RefineError
 
 PROG = "livertumorrefine"
@@ -125,9 +126,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--weights", help="model file (default: the shipped model)")
     p.add_argument("--batch-size", type=int, default=128, help="patches per inference batch")
-    p.add_argument("--min-kept", type=float, default=0.5, metavar="FRACTION",
+    p.add_argument("--min-kept", type=float, default=MIN_KEPT, metavar="FRACTION",
                    help="a coarse lesion the network would shrink below this fraction of its voxels keeps its "
-                        "coarse outline (default 0.5; 0 lets refinement delete lesions)")
+                        f"coarse outline (default {MIN_KEPT}; 0 lets refinement delete lesions)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_cmd_refine)
 

@@ -7,6 +7,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# A refinement moves boundaries; whether a lesion exists is the coarse segmenter's (or the
+# reader's) call. Chosen on validation phantoms (seeds 50100-50119; no guard / 0.3 / 0.5 / 0.7):
+# 0.5 keeps 86% of the mean Dice gain (+0.090 of +0.105) while the lesions made worse by more
+# than 0.05 Dice drop from 10 to 6 of 74 and the worst lesion change from -0.79 to -0.29.
+MIN_KEPT = 0.5  # the Refiner's and the CLI's default --min-kept
+
 
 @dataclass(frozen=True)
 class PatchConfig:
