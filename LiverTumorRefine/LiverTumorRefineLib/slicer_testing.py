@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import logic as ltr
+from .atomic import atomic_path
 from .errors import RefineCancelled, RefineError
 from .metrics import compute_metrics
 
@@ -694,9 +695,8 @@ def write_png(rgb: np.ndarray, path: str) -> None:
     image.GetPointData().SetScalars(scalars)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp.png"
     writer = vtk.vtkPNGWriter()
-    writer.SetFileName(tmp)
     writer.SetInputData(image)
-    writer.Write()
-    os.replace(tmp, path)
+    with atomic_path(path, ".png") as tmp:
+        writer.SetFileName(tmp)
+        writer.Write()

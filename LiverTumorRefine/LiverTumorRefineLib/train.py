@@ -20,6 +20,7 @@ from torch import distributed as dist
 from torch.nn import functional as F
 
 from . import sampling
+from .atomic import atomic_path
 from .augment import augment
 from .boxes import crop_margin, lesion_box
 from .config import NetConfig, PatchConfig
@@ -212,9 +213,8 @@ def _end_of_epoch(model: BRNet, optimiser: torch.optim.Optimizer, generators: di
     log(f"step {step}/{cfg.steps} loss {loss:.4f} lr {_lr_at(step - 1, cfg):.2e} {seconds:.0f}s{summary}")
     state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
              "generators": {k: g.get_state() for k, g in generators.items()}, "run": run}
-    tmp = out / "checkpoint.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out / "checkpoint.pt")  # a crash mid-save never leaves a broken checkpoint
+    with atomic_path(out / "checkpoint.pt") as tmp:  # a crash mid-save never leaves a broken checkpoint
+        torch.save(state, tmp)
 
 
 def _run_identity(cfg: TrainConfig, train_names: Sequence[str]) -> dict:
