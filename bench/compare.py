@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT / "LiverTumorRefine"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import find_triplets, read_triplet, simulated_cases  # noqa: E402
+from LiverTumorRefineLib.boxes import lesion_box  # noqa: E402
 from LiverTumorRefineLib.metrics import compute_metrics  # noqa: E402
 
 Method = Callable[[np.ndarray, np.ndarray, Sequence[float]], np.ndarray]
@@ -85,15 +86,6 @@ def kernel_size_vox(size_mm: float, spacing_zyx: Sequence[float]) -> tuple[int, 
     return tuple(max(int(round((size_mm / s + 1) / 2)) * 2 - 1, 1) for s in spacing_zyx)
 
 
-def _box(mask: np.ndarray, margin_vox: Sequence[int]) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``margin_vox`` per axis, clipped to the array."""
-    box = []
-    for axis, m in enumerate(margin_vox):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(hits[0]) - m, 0), min(int(hits[-1]) + 1 + m, mask.shape[axis])))
-    return tuple(box)
-
-
 def _margin_vox(mm: float, spacing_zyx: Sequence[float]) -> list[int]:
     return [int(math.ceil(mm / s)) for s in spacing_zyx]
 
@@ -118,7 +110,7 @@ def _binary_filter(mask: np.ndarray, spacing_zyx: Sequence[float], kernel_mm: fl
     radius_zyx = [(k - 1) // 2 for k in kernel_size_vox(kernel_mm, spacing_zyx)]
     if not mask.any() or not any(radius_zyx):
         return mask.copy()
-    box = _box(mask, [r + 2 for r in radius_zyx])
+    box = lesion_box(mask, [r + 2 for r in radius_zyx])
     out = run(_itk(mask[box].astype(np.uint8), spacing_zyx), radius_zyx[::-1])
     result = np.zeros_like(mask)
     result[box] = sitk.GetArrayFromImage(out) > 0
@@ -204,7 +196,7 @@ def grow_from_seeds(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[f
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return mask.copy()
-    box = _box(mask, _margin_vox(CROP_MARGIN_MM, spacing_zyx))
+    box = lesion_box(mask, _margin_vox(CROP_MARGIN_MM, spacing_zyx))
     seeds = growcut_seeds(mask[box], spacing_zyx)
     grow = cls()
     grow.SetIntensityVolume(_vtk_image(np.asarray(image[box], dtype=np.float32), spacing_zyx))
@@ -228,7 +220,7 @@ def geodesic_active_contour(image: np.ndarray, mask: np.ndarray, spacing_zyx: Se
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return mask.copy()
-    box = _box(mask, _margin_vox(CROP_MARGIN_MM, spacing_zyx))
+    box = lesion_box(mask, _margin_vox(CROP_MARGIN_MM, spacing_zyx))
     hu = np.clip(np.asarray(image[box], dtype=np.float32), *GAC_HU_WINDOW)
     gradient = sitk.GradientMagnitudeRecursiveGaussian(_itk(hu, spacing_zyx), sigma=GAC_SIGMA_MM)
     speed = sitk.Sigmoid(gradient, alpha=GAC_SIGMOID[0], beta=GAC_SIGMOID[1], outputMaximum=1.0, outputMinimum=0.0)

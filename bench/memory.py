@@ -6,7 +6,7 @@ Builds an int16 CT in memory (no file: reading and writing are not measured) wit
 spherical lesions and a coarse mask that is each lesion grown by 2 mm, then refines it with the
 engine's Refiner on the CPU using an untrained BRNet (PatchConfig(), base_channels=4: the same
 data flow as the real model, cheaper convolutions). Prints the resident memory before refining,
-the peak (getrusage), wall seconds and CPU seconds (the latter is what to compare when other
+the peak (VmHWM), wall seconds and CPU seconds (the latter is what to compare when other
 work shares the machine). Asserts nothing.
 
 ``--spread far`` spreads the lesions along the volume's diagonal (one bounding box around them all
@@ -16,7 +16,6 @@ keeps them 60 mm apart.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -29,20 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine")
 from LiverTumorRefineLib.config import NetConfig, PatchConfig  # noqa: E402
 from LiverTumorRefineLib.network import build_model  # noqa: E402
 from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
+from rss import peak_rss_mb, rss_mb  # noqa: E402  (bench/rss.py)
 
 SPACING_ZYX = (1.0, 0.7, 0.7)
-
-
-def rss_mb() -> float:
-    """Current resident set size in MB (Linux /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
 
 def lesion_centres(shape_zyx: tuple[int, int, int], n: int, spread: str) -> list[np.ndarray]:

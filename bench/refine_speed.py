@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from LiverTumorRefineLib.config import PatchConfig  # noqa: E402
 from LiverTumorRefineLib.network import build_model  # noqa: E402
 from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.weights import default_weights_path  # noqa: E402
+from rss import peak_rss_mb, reset_peak_rss  # noqa: E402  (bench/rss.py)
 
 
 def synthetic_case(size_xyz: tuple[int, int, int], n_tumours: int, spacing_zyx=(2.5, 0.75, 0.75), seed: int = 0):
@@ -63,25 +63,6 @@ def embedded_case(size_xyz: tuple[int, int, int], n_tumours: int, block_xyz=(128
     at = tuple(slice((n - b) // 2, (n - b) // 2 + b) for n, b in zip((nz, ny, nx), block.shape))
     image[at], coarse[at] = block, block_coarse
     return image, coarse, spacing
-
-
-def reset_peak_rss() -> None:
-    """Restart the kernel's peak-RSS counter (VmHWM) where Linux allows it (/proc/self/clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory since the last reset (VmHWM), else since the process started."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: int, repeats: int, same_tumours: bool) -> dict:
