@@ -37,6 +37,14 @@ def write_case(folder, case, geometry=AXIAL, name="case"):
     return ct, mask
 
 
+def write_sagittal(folder, ct, mask):
+    """The same scan stored sagittally: array axis 0 runs left-right, and one axis flipped."""
+    ct_sag, mask_sag = folder / "sag_ct.nii.gz", folder / "sag_mask.nii.gz"
+    for source, target in ((ct, ct_sag), (mask, mask_sag)):
+        sitk.WriteImage(sitk.Flip(sitk.PermuteAxes(sitk.ReadImage(str(source)), [1, 2, 0]), [False, True, False]), str(target))
+    return ct_sag, mask_sag
+
+
 def abdomen(shape=(12, 128, 128), seed=0) -> np.ndarray:
     """A crude axial CT in HU: air around a body of fat, muscle and liver, a spine, noise."""
     rng = np.random.default_rng(seed)
@@ -176,10 +184,7 @@ def test_mask_flipped_away_from_the_ct_is_refused(tmp_path):
 def test_non_axial_files_are_refined_in_axial_planes_and_written_on_their_own_grid(tmp_path, model_file):
     case = blob_case(4)
     ct, mask = write_case(tmp_path, case)
-    # the same scan stored sagittally: array axis 0 runs left-right, and one axis flipped
-    ct_sag, mask_sag = tmp_path / "sag_ct.nii.gz", tmp_path / "sag_mask.nii.gz"
-    for source, target in ((ct, ct_sag), (mask, mask_sag)):
-        sitk.WriteImage(sitk.Flip(sitk.PermuteAxes(sitk.ReadImage(str(source)), [1, 2, 0]), [False, True, False]), str(target))
+    ct_sag, mask_sag = write_sagittal(tmp_path, ct, mask)
     stored = sitk.ReadImage(str(ct_sag))
     assert io.orientation(stored.GetDirection()) not in ("LPS",) and sitk.GetArrayViewFromImage(stored).shape == (96, 24, 96)
 
@@ -296,9 +301,7 @@ def test_existing_output_or_folder_is_refused_before_reading_anything(tmp_path):
 def test_overlay_of_a_sagittal_file_shows_the_same_axial_slice(tmp_path):
     case = blob_case(4)
     ct, mask = write_case(tmp_path, case)
-    ct_sag, mask_sag = tmp_path / "sag_ct.nii.gz", tmp_path / "sag_mask.nii.gz"
-    for source, target in ((ct, ct_sag), (mask, mask_sag)):
-        sitk.WriteImage(sitk.Flip(sitk.PermuteAxes(sitk.ReadImage(str(source)), [1, 2, 0]), [False, True, False]), str(target))
+    ct_sag, mask_sag = write_sagittal(tmp_path, ct, mask)
     pictures = []
     for image, coarse, name in ((ct, mask, "axial.png"), (ct_sag, mask_sag, "sagittal.png")):
         assert cli.main(["overlay", "--image", str(image), "--coarse", str(coarse), "--out", str(tmp_path / name)]) == 0
