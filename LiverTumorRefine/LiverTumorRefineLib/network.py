@@ -51,8 +51,10 @@ class BRNet(nn.Module):
     the mask from scratch far from the boundary.
     """
 
-    def __init__(self, in_channels: int, net: NetConfig = NetConfig(), mask_prior: bool = False) -> None:
+    def __init__(self, in_channels: int, net: NetConfig = NetConfig(), mask_prior: bool = False,
+                 out_channels: int = 1) -> None:
         super().__init__()
+        self.out_channels = out_channels
         self.prior_scale = nn.Parameter(torch.tensor(2.0)) if mask_prior else None
         if len(net.path_blocks) != net.depth:
             raise ValueError("path_blocks needs one entry per depth level")
@@ -67,10 +69,11 @@ class BRNet(nn.Module):
             nn.Sequential(_conv_bn_relu(widths[i + 1] + widths[i], widths[i]), ResidualBlock(widths[i]))
             for i in range(net.depth)
         )
-        self.head = nn.Conv2d(widths[0], 1, 1)
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, P, P) -> (N, P, P) logits; P must be divisible by 2**depth."""
+        """(N, C, P, P) -> (N, P, P) logits, or (N, K, P, P) with ``out_channels`` K > 1; P must be
+        divisible by 2**depth."""
         features = [self.stem(x)]
         for block in self.down:
             features.append(block(features[-1]))
@@ -78,6 +81,8 @@ class BRNet(nn.Module):
         for level in reversed(range(len(self.paths))):
             y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
             y = self.up[level](torch.cat([y, self.paths[level](features[level])], dim=1))
+        if self.out_channels > 1:
+            return self.head(y)
         logits = self.head(y)[:, 0]
         if self.prior_scale is not None:
             logits = logits + self.prior_scale * (2 * x[:, -1] - 1)

@@ -53,17 +53,11 @@ def expected_sha256(path: Path) -> str | None:
     return None
 
 
-def save_model(model: BRNet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> str:
-    """Write ``model`` atomically with its configs and a ``.sha256`` sidecar; returns the hash."""
+def save_payload(path: str | os.PathLike, payload: dict[str, Any]) -> str:
+    """Write a model payload (tensors and primitives only) atomically with a ``.sha256``
+    sidecar; returns the hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "patch_config": model.patch_config.to_dict(),  # type: ignore[attr-defined]
-        "net_config": model.net_config.to_dict(),  # type: ignore[attr-defined]
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": meta or {},
-    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     digest = sha256_of(path)
@@ -71,8 +65,21 @@ def save_model(model: BRNet, path: str | os.PathLike, meta: dict[str, Any] | Non
     return digest
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BRNet:
-    """Load a BRNet from ``path`` after checking its SHA-256; RefineError on any problem."""
+def save_model(model: BRNet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> str:
+    """Write ``model`` atomically with its configs and a ``.sha256`` sidecar; returns the hash."""
+    return save_payload(path, {
+        "format": FORMAT,
+        "patch_config": model.patch_config.to_dict(),  # type: ignore[attr-defined]
+        "net_config": model.net_config.to_dict(),  # type: ignore[attr-defined]
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+    })
+
+
+def load_payload(path: str | os.PathLike, fmt: str, what: str = "LiverTumorRefine model",
+                 map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict in a model file of format ``fmt``, after checking its SHA-256 and loading it with
+    ``weights_only=True``; RefineError on any problem."""
     path = Path(path)
     if not path.is_file():
         hint = " Reinstall the extension or pass --weights." if path.parent.resolve() == MODELS_DIR else ""
@@ -89,8 +96,14 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except Exception as exc:  # truncated, not a torch file, or contains pickled code
         raise RefineError(f"Cannot read model weights {path} ({type(exc).__name__}): "
                           "the file is truncated or not a LiverTumorRefine model.") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise RefineError(f"{path} is not a LiverTumorRefine model file (format {FORMAT} expected).")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise RefineError(f"{path} is not a {what} file (format {fmt} expected).")
+    return payload
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BRNet:
+    """Load a BRNet from ``path`` after checking its SHA-256; RefineError on any problem."""
+    payload = load_payload(path, FORMAT, map_location=map_location)
     model = build_model(PatchConfig.from_dict(payload["patch_config"]), NetConfig.from_dict(payload["net_config"]))
     try:
         model.load_state_dict(payload["state_dict"])
