@@ -3,6 +3,7 @@
     python bench/refine_speed.py [--tumours 5] [--size 512 512 120] [--device cpu] [--repeats 3]
     python bench/refine_speed.py --sweep sizes     # the same tumours in 128x128x64 ... 512x512x300
     python bench/refine_speed.py --sweep tumours   # 1 ... 20 tumours in 512x512x120
+    python bench/refine_speed.py --seeded          # coarse mask grown from one seed per tumour, then refined
 
 Prints figures; asserts nothing (timings belong in benchmarks, not tests). Uses the shipped
 model when present, else an untrained BRNet of the same architecture (same cost). A sweep runs
@@ -23,9 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
+from LiverTumorRefineLib.boxes import component_labels  # noqa: E402
 from LiverTumorRefineLib.config import PatchConfig  # noqa: E402
 from LiverTumorRefineLib.network import build_model  # noqa: E402
 from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.seeded import grow_from_seeds  # noqa: E402
 from LiverTumorRefineLib.weights import default_weights_path  # noqa: E402
 from rss import peak_rss_mb, reset_peak_rss  # noqa: E402  (bench/rss.py)
 
@@ -65,19 +68,32 @@ def embedded_case(size_xyz: tuple[int, int, int], n_tumours: int, block_xyz=(128
     return image, coarse, spacing
 
 
-def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: int, repeats: int, same_tumours: bool) -> dict:
-    """Best-of-``repeats`` refinement stats (after one warm-up) and this process's peak RSS."""
+def tumour_centres(coarse: np.ndarray) -> list[tuple[float, float, float]]:
+    """One seed per lesion: the centroid (voxels, z y x) of each coarse component."""
+    labels = component_labels(coarse)
+    return [tuple(np.argwhere(labels == i).mean(axis=0)) for i in range(1, int(labels.max()) + 1)]
+
+
+def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: int, repeats: int, same_tumours: bool,
+            seeded: bool = False) -> dict:
+    """Best-of-``repeats`` refinement stats (after one warm-up) and this process's peak RSS. With
+    ``seeded`` each run first grows the coarse mask from one seed per tumour (``seconds["seed"]``)."""
     weights = default_weights_path()
     model = weights if weights.is_file() else build_model(PatchConfig())
     refiner = Refiner(model, device=device, batch_size=batch_size)
     image, coarse, spacing = embedded_case(size, tumours) if same_tumours else synthetic_case(size, tumours)
+    seeds = tumour_centres(coarse) if seeded else []
     reset_peak_rss()  # the peak from here on is the refinement's (plus the inputs it holds), not the case building
     refiner.refine(image, coarse, spacing)  # warm-up
     runs = []
     for _ in range(repeats):
         t = time.perf_counter()
-        stats = refiner.refine(image, coarse, spacing).stats
+        mask = grow_from_seeds(image, seeds, spacing) if seeded else coarse
+        grown = time.perf_counter() - t
+        stats = refiner.refine(image, mask, spacing).stats
         stats["wall"] = time.perf_counter() - t
+        if seeded:
+            stats["seconds"] = {"seed": grown, **stats["seconds"]}
         runs.append(stats)
     best = min(runs, key=lambda s: s["wall"])
     return {"size": list(size), "tumours": tumours, "device": str(refiner.device), "patches": best["patches"],
@@ -119,16 +135,18 @@ def main() -> None:
     parser.add_argument("--sweep", choices=["sizes", "tumours"], help="run a series of configurations")
     parser.add_argument("--same-tumours", action="store_true", help="the tumours of a 128x128x64 case, centred")
     parser.add_argument("--json", action="store_true", help="print one JSON line (used by --sweep)")
+    parser.add_argument("--seeded", action="store_true", help="grow the coarse mask from one seed per tumour first")
     args = parser.parse_args()
     if args.sweep:
         sweep(args.sweep, args)
         return
-    row = measure(tuple(args.size), args.tumours, args.device, args.batch_size, args.repeats, args.same_tumours)
+    row = measure(tuple(args.size), args.tumours, args.device, args.batch_size, args.repeats, args.same_tumours,
+                  args.seeded)
     if args.json:
         print(json.dumps(row))
         return
     stages = "  ".join(f"{k} {v:.3f}s" for k, v in row["seconds"].items())
-    print(f"case {tuple(args.size)} (x,y,z), {args.tumours} tumours; device {row['device']}, torch threads {row['threads']}, "
+    print(f"case {tuple(args.size)} (x,y,z), {args.tumours} tumours{' from one seed each' if args.seeded else ''}; device {row['device']}, torch threads {row['threads']}, "
           f"model {row['model']}")
     print(f"patches {row['patches']}  crops {row['crops']}")
     print(f"best of {args.repeats}: wall {row['wall']:.3f}s  ({stages})")

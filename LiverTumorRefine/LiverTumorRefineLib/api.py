@@ -1,13 +1,16 @@
-"""Python API on volumes and files: label selection, grid alignment, refinement, evaluation.
+"""Python API on volumes and files: label selection, grid alignment, coarse masks, refinement,
+evaluation.
 
     from LiverTumorRefineLib import api
     stats = api.refine_files("ct.nii.gz", "coarse.nii.gz", "refined.nii.gz")
+    stats = api.refine_without_mask("ct.nii.gz", "refined.nii.gz", seeds=[(-60.5, 20.0, -310.0)])
+    stats = api.refine_without_mask("ct.nii.gz", "refined.nii.gz", source="auto")
 """
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -15,6 +18,7 @@ from . import checks, io
 from .config import MIN_KEPT
 from .errors import RefineError
 from .metrics import compute_metrics
+from .points import Point, ras_to_voxels
 from .refiner import Progress, Refiner
 from .volume import Volume
 
@@ -78,6 +82,15 @@ def refine_volume(image: Volume, mask: Volume, label: int | None = None, refiner
     return Volume(merge_label(mask.array, result.mask, used), image.geometry), result.stats
 
 
+def load_ct(image_path: str | os.PathLike) -> Volume:
+    """The CT reoriented to LPS (see ``load_pair``), with a warning when it does not look like HU."""
+    image = io.from_sitk(io.to_lps(io.read_image(image_path)))
+    problem = checks.hu_plausibility(image.array)
+    if problem:
+        warnings.warn(f"{image_path}: {problem}", UserWarning, stacklevel=3)
+    return image
+
+
 def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
               image_is_ct: bool = True) -> tuple[Volume, Volume]:
     """CT and mask as volumes on the CT's grid, the mask resampled when its grid differs.
@@ -114,6 +127,101 @@ def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, ou
     refined, stats = refine_volume(image, mask, label, refiner, progress)
     io.write_volume(io.back_on_grid(refined, image_path), out, force=force)
     return stats
+
+
+COARSE_SOURCES = ("seeds", "auto", "totalsegmentator")
+
+
+def coarse_from_seeds(image: Volume, seeds_ras: Sequence[Point]) -> Volume:
+    """A 0/1 coarse tumour mask grown from one RAS point (mm) per lesion (see ``seeded``)."""
+    from .seeded import grow_from_seeds
+
+    voxels = ras_to_voxels(seeds_ras, image)
+    return image.with_array(grow_from_seeds(image.array, voxels, image.spacing_zyx).astype(np.uint8))
+
+
+def segment_volume(image: Volume, weights: str | os.PathLike | None = None, device: str = "auto",
+                   progress: Progress | None = None) -> Volume:
+    """Automatic coarse 0/1/2 (background, liver, tumour) labels of an LPS-oriented CT volume."""
+    from .autoseg import Segmenter
+
+    return image.with_array(Segmenter(weights, device=device).segment(image.array, image.spacing_zyx, progress))
+
+
+def coarse_for(image_path: str | os.PathLike, image: Volume, source: str, seeds: Sequence[Point] | None = None,
+               device: str = "auto", seg_weights: str | os.PathLike | None = None,
+               progress: Progress | None = None) -> Volume:
+    """The coarse mask of ``image`` (read from ``image_path``) from ``source``: "seeds" (0/1),
+    "auto" (0/1/2 from the shipped coarse network) or "totalsegmentator" (0/1)."""
+    if source == "seeds":
+        if not seeds:
+            raise RefineError("The seeded coarse source needs at least one seed inside a lesion (--seeds).")
+        coarse = coarse_from_seeds(image, seeds)
+    elif source == "auto":
+        coarse = segment_volume(image, seg_weights, device, progress)
+        if not (coarse.array == LITS_TUMOUR).any():
+            found = "a liver but no tumour" if (coarse.array == LITS_LIVER).any() else "neither liver nor tumour"
+            raise RefineError(f"The automatic coarse segmentation found {found} in {image_path}: place one seed per "
+                              "lesion (--seeds) or give a coarse mask (--mask).")
+    elif source == "totalsegmentator":
+        from .totalseg import tumour_mask
+
+        coarse = image.with_array(tumour_mask(image_path, image, device).astype(np.uint8))
+        if not coarse.array.any():
+            raise RefineError(f"TotalSegmentator found no liver tumour in {image_path}: place one seed per lesion "
+                              "(--seeds) or give a coarse mask (--mask).")
+    else:
+        raise RefineError(f"Unknown coarse source {source!r}: choose one of {', '.join(COARSE_SOURCES)}.")
+    return coarse
+
+
+def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLike, source: str = "seeds",
+                        seeds: Sequence[Point] | None = None, coarse_out: str | os.PathLike | None = None,
+                        device: str = "auto", weights: str | None = None, seg_weights: str | None = None,
+                        batch_size: int = 128, min_kept: float = MIN_KEPT, force: bool = False,
+                        progress: Progress | None = None) -> dict[str, Any]:
+    """Make a coarse mask from ``source`` (see ``coarse_for``), refine it and write the result
+    (and, with ``coarse_out``, the coarse mask) on the CT's grid; returns stats with the coarse
+    step's seconds under ``seconds["coarse"]``."""
+    import time
+
+    out = io.check_output(out_path, [image_path], force)
+    extra = io.check_output(coarse_out, [image_path], force) if coarse_out is not None else None
+    if extra is not None and extra.resolve() == out.resolve():
+        raise RefineError("--coarse-out and --out are the same file: choose two paths.")
+    refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept)  # fail early on bad weights
+    image = load_ct(image_path)
+    t0 = time.perf_counter()
+    coarse = coarse_for(image_path, image, source, seeds, device, seg_weights)
+    seconds = time.perf_counter() - t0
+    refined, stats = refine_volume(image, coarse, None, refiner, progress)
+    if extra is not None:
+        io.write_volume(io.back_on_grid(coarse, image_path), extra, force=force)
+    io.write_volume(io.back_on_grid(refined, image_path), out, force=force)
+    stats["seconds"]["coarse"] = seconds
+    stats["coarse_source"] = source
+    return stats
+
+
+def segment_file(image_path: str | os.PathLike, out_path: str | os.PathLike, weights: str | None = None,
+                 device: str = "auto", force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Write the automatic coarse 0/1/2 label map of a CT file on its grid; returns volumes and timing."""
+    import time
+
+    out = io.check_output(out_path, [image_path], force)
+    image = load_ct(image_path)
+    t0 = time.perf_counter()
+    from .autoseg import Segmenter
+    from .boxes import component_labels
+
+    segmenter = Segmenter(weights, device=device)
+    labels = image.with_array(segmenter.segment(image.array, image.spacing_zyx, progress))
+    seconds = time.perf_counter() - t0
+    io.write_volume(io.back_on_grid(labels, image_path), out, force=force)
+    ml = float(np.prod(image.spacing_zyx)) / 1000.0
+    return {"liver_ml": float((labels.array > 0).sum()) * ml, "tumour_ml": float((labels.array == 2).sum()) * ml,
+            "tumours": int(component_labels(labels.array == 2).max()), "seconds": seconds,
+            "device": str(segmenter.device)}
 
 
 def evaluate_files(truth_path: str | os.PathLike, pred_path: str | os.PathLike, label: int | None = None) -> dict[str, float]:

@@ -24,13 +24,27 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     from . import api
     from .progress import ProgressBar
 
-    stats = api.refine_files(args.image, args.mask, args.out, label=args.label, device=args.device,
-                             weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept, force=args.force,
-                             progress=ProgressBar("refine"))
+    from .points import parse_seeds
+
+    common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,
+                  force=args.force, progress=ProgressBar("refine"))
+    if args.mask is not None:
+        if args.coarse_out is not None:
+            raise RefineError("--coarse-out is for coarse masks this command makes (--seeds, --auto-coarse, "
+                              "--totalsegmentator); with --mask the coarse mask is your file.")
+        stats = api.refine_files(args.image, args.mask, args.out, label=args.label, **common)
+    else:
+        if args.label is not None:
+            raise RefineError("--label selects a label of --mask; the coarse sources make their own mask.")
+        source = "seeds" if args.seeds else "auto" if args.auto_coarse else "totalsegmentator"
+        seeds = parse_seeds(args.seeds) if args.seeds else None
+        stats = api.refine_without_mask(args.image, args.out, source, seeds, args.coarse_out,
+                                        seg_weights=args.coarse_weights, **common)
     s = stats["seconds"]
+    coarse = f"coarse {s['coarse']:.2f}, " if "coarse" in s else ""
     print(f"Refined {args.out}: {stats['patches']} patches, {stats['voxels_changed']} voxels changed, "
-          f"{s['total']:.2f} s on {stats['device']} (sample {s['sample']:.2f}, infer {s['infer']:.2f}, "
-          f"reassemble {s['reassemble']:.2f})")
+          f"{s['total'] + s.get('coarse', 0.0):.2f} s on {stats['device']} ({coarse}sample {s['sample']:.2f}, "
+          f"infer {s['infer']:.2f}, reassemble {s['reassemble']:.2f})")
     return 0
 
 
@@ -117,11 +131,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from . import api
+    from .progress import ProgressBar
+
+    stats = api.segment_file(args.image, args.out, weights=args.weights, device=args.device, force=args.force,
+                             progress=ProgressBar("segment"))
+    print(f"Wrote {args.out}: liver {stats['liver_ml']:.0f} ml, {stats['tumours']} tumour(s) "
+          f"{stats['tumour_ml']:.1f} ml, {stats['seconds']:.1f} s on {stats['device']}")
+    return 0
+
+
+def _cmd_train_coarse(args: argparse.Namespace) -> int:
+    from .progress import ProgressBar
+    from .segtrain import SegTrainConfig, train_segnet
+    from .trainset import VALIDATION_PHANTOM_SEED, parse_spec
+
+    data = parse_spec(args.data)
+    val = parse_spec(args.val) if args.val else parse_spec(f"phantom:{args.val_cases}:{VALIDATION_PHANTOM_SEED}")
+    cfg = SegTrainConfig(steps=args.steps, batch_size=args.batch_size, crop_px=args.crop, lr=args.lr, seed=args.seed,
+                         slices_per_case=args.slices_per_case)
+    train_segnet(cfg, data.cases(), list(val.cases()), args.out, device=args.device, progress=ProgressBar("train"))
+    return 0
+
+
 def _add_refine(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("refine", help="refine a coarse tumour mask")
+    p = sub.add_parser("refine", help="refine a coarse tumour mask (given, or made from seeds or automatically)")
     p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA)")
-    p.add_argument("--mask", required=True, help="coarse tumour mask or LiTS-style label map")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--mask", help="coarse tumour mask or LiTS-style label map")
+    source.add_argument("--seeds", help="one point inside each lesion: \"R,A,S;R,A,S\" in RAS mm as Slicer shows "
+                                        "them, or a Slicer point list file (.mrk.json)")
+    source.add_argument("--auto-coarse", action="store_true",
+                        help="make the coarse liver and tumour labels with the shipped coarse network")
+    source.add_argument("--totalsegmentator", action="store_true",
+                        help="make the coarse tumour mask with TotalSegmentator (installed separately)")
     p.add_argument("--out", required=True, help="refined mask, written on the CT's grid")
+    p.add_argument("--coarse-out", help="also write the coarse mask made from --seeds / --auto-coarse / "
+                                        "--totalsegmentator here")
+    p.add_argument("--coarse-weights", help="coarse network file for --auto-coarse (default: the shipped one)")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--weights", help="model file (default: the shipped model)")
@@ -192,8 +240,34 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="automatic coarse liver (1) and tumour (2) label map from a CT")
+    p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA)")
+    p.add_argument("--out", required=True, help="0/1/2 label map, written on the CT's grid")
+    p.add_argument("--weights", help="coarse model file (default: the shipped segnet_default.pt)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=_cmd_segment)
+
+
+def _add_train_coarse(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-coarse", help="train the automatic coarse liver and tumour network")
+    p.add_argument("--data", required=True, help="phantom:N[:SEED] or a LiTS / MSD Task03 / phantom folder")
+    p.add_argument("--val", help="validation data spec (default: 4 phantoms from the validation seed range)")
+    p.add_argument("--val-cases", type=int, default=4, help=argparse.SUPPRESS)
+    p.add_argument("--out", required=True, help="run folder: segnet.pt, segnet.pt.sha256")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128, help="training crop size in pixels (a multiple of 16)")
+    p.add_argument("--slices-per-case", type=int, default=24)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_train_coarse)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_refine, _add_evaluate, _add_overlay, _add_demo, _add_phantom, _add_train]
+    _add_refine, _add_segment, _add_evaluate, _add_overlay, _add_demo, _add_phantom, _add_train, _add_train_coarse]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,10 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_glue_seed_values(sys.argv[1:] if argv is None else list(argv)))
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one line, no source excerpt
         return _run(args)
+
+
+def _glue_seed_values(argv: list[str]) -> list[str]:
+    """``--seeds -6.4,22,-532`` as ``--seeds=-6.4,22,-532``: RAS coordinates are often negative,
+    and argparse would take the value for an option."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        value = out[i + 1]
+        if out[i] == "--seeds" and value[:1] == "-" and value[1:2] in set("0123456789."):
+            out[i:i + 2] = [f"--seeds={out[i + 1]}"]
+            break
+    return out
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
