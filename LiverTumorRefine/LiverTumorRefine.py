@@ -15,7 +15,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
@@ -24,6 +24,8 @@ from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.logic import LiverTumorRefineLogic  # noqa: F401  (Slicer finds <Module>Logic here)
 
 DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
+# GUI choice -> the logic's makeCoarseSegment source (None: refine the selected segment as it is)
+COARSE_SOURCES = {"Existing segment": None, "Seed points": "seeds", "Automatic": "automatic"}
 # Parameters connectGui cannot bind (it has no connector for segment selectors or table views):
 # they are synced by hand below. Testing/test_ui.py checks every parameter is bound one way or the other.
 MANUAL_BINDINGS = {"segmentationNode": "coarseSegmentSelector", "coarseSegmentId": "coarseSegmentSelector",
@@ -51,6 +53,8 @@ class LiverTumorRefine(ScriptedLoadableModule):
 @parameterNodeWrapper
 class LiverTumorRefineParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
+    coarseSource: Annotated[str, Choice(list(COARSE_SOURCES))] = "Existing segment"
+    seedPoints: vtkMRMLMarkupsFiducialNode
     segmentationNode: vtkMRMLSegmentationNode
     coarseSegmentId: str = ""
     truthSegmentationNode: vtkMRMLSegmentationNode
@@ -147,6 +151,10 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if p.truthSegmentId:
                 self.ui.truthSegmentSelector.setCurrentSegmentID(p.truthSegmentId)
             self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
+            self.ui.seedPlaceWidget.setCurrentNode(p.seedPoints)
+            seeds = COARSE_SOURCES[p.coarseSource] == "seeds"
+            for widget in (self.ui.seedPointsLabel, self.ui.seedPointsSelector, self.ui.seedPlaceWidget):
+                widget.visible = seeds
         finally:
             self._syncing = False
         if ((self.ui.coarseSegmentSelector.currentSegmentID() or "") != p.coarseSegmentId
@@ -180,11 +188,15 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateButtons(self):
         p = self._parameterNode
         running = self._job is not None
-        ready = bool(p and p.inputVolume and p.segmentationNode and p.coarseSegmentId)
+        source = COARSE_SOURCES[p.coarseSource] if p else None
+        coarse = bool(p and (p.segmentationNode and p.coarseSegmentId if source is None else
+                             source == "automatic" or p.seedPoints))
+        ready = bool(p and p.inputVolume and coarse)
         self.ui.applyButton.text = "Cancel" if running else "Apply"
         self.ui.applyButton.enabled = running or ready
         self.ui.applyButton.toolTip = ("Stop the refinement; the scene stays as it was." if running else
-                                       "Refine the coarse segment." if ready else "Choose the CT and the coarse segment.")
+                                       "Refine the coarse segment." if ready else
+                                       "Choose the CT and the coarse segment (or the seed point list).")
         self.ui.openSegmentEditorButton.enabled = not running and self._refinedSegmentId() is not None
 
     def onApplyButton(self):
@@ -199,6 +211,10 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         truthNode = p.truthSegmentationNode if p.truthSegmentId else None
         try:
             with slicer.util.WaitCursor():
+                source = COARSE_SOURCES[p.coarseSource]
+                if source is not None:  # a new coarse segment first; the user's segments stay as they are
+                    p.segmentationNode, p.coarseSegmentId = self.logic.makeCoarseSegment(
+                        p.inputVolume, source, p.seedPoints, p.segmentationNode, DEVICES[p.device])
                 self._job = self.logic.startRefine(p.inputVolume, p.segmentationNode, p.coarseSegmentId, truthNode,
                                                    p.truthSegmentId or None, DEVICES[p.device], p.outlinesOnly)
         except RefineError as exc:

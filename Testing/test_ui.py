@@ -35,6 +35,9 @@ EXPECTED_CLASSES = {
     "statusLabel": "QLabel",
     "metricsTableView": "qMRMLTableView",
     "openSegmentEditorButton": "QPushButton",
+    "seedPointsLabel": "QLabel",
+    "seedPointsSelector": "qMRMLNodeComboBox",
+    "seedPlaceWidget": "qSlicerMarkupsPlaceWidget",
 }
 # Signals and methods the Python calls, and the classes that have them.
 SIGNAL_CLASSES = {
@@ -46,7 +49,7 @@ SIGNAL_CLASSES = {
 METHOD_CLASSES = {
     "setCurrentSegmentID": {"qMRMLSegmentSelectorWidget"},
     "currentSegmentID": {"qMRMLSegmentSelectorWidget"},
-    "setCurrentNode": {"qMRMLSegmentSelectorWidget", "qMRMLNodeComboBox"},
+    "setCurrentNode": {"qMRMLSegmentSelectorWidget", "qMRMLNodeComboBox", "qSlicerMarkupsPlaceWidget"},
     "currentNode": {"qMRMLSegmentSelectorWidget", "qMRMLNodeComboBox"},
     "setMRMLTableNode": {"qMRMLTableView"},
     "hide": None, "show": None,  # any widget
@@ -55,7 +58,7 @@ PROPERTY_CLASSES = {
     "text": {"QPushButton", "QLabel", "QCheckBox"},
     "value": {"QProgressBar"},
     "format": {"QProgressBar"},
-    "enabled": None, "toolTip": None,
+    "enabled": None, "toolTip": None, "visible": None,
 }
 # connectGui connectors (slicer/parameterNodeWrapper/guiConnectors.py): widget class per type.
 CONNECTOR_FOR_TYPE = {"node": {"qMRMLNodeComboBox"}, "bool": {"QCheckBox", "QPushButton"},
@@ -179,6 +182,17 @@ def test_device_choices_match_combo_and_logic(ui, module_ast):
     assert "Choice(list(DEVICES))" in MODULE_PY.read_text()
 
 
+def test_coarse_source_choices_match_combo_and_logic(ui, module_ast):
+    from LiverTumorRefineLib.logic import COARSE_SEGMENT_NAMES
+
+    _, widgets = ui
+    sources = _module_constant(module_ast, "COARSE_SOURCES")
+    items = [i.find("property/string").text for i in widgets["coarseSourceComboBox"].findall("item")]
+    assert items == list(sources), f"combo items {items} differ from COARSE_SOURCES {list(sources)}"
+    assert set(sources.values()) - {None} == set(COARSE_SEGMENT_NAMES)
+    assert "Choice(list(COARSE_SOURCES))" in MODULE_PY.read_text()
+
+
 def test_mrml_widgets_receive_the_scene(ui):
     root, widgets = ui
     top = root.find("widget")
@@ -186,7 +200,7 @@ def test_mrml_widgets_receive_the_scene(ui):
     receivers = {c.findtext("receiver") for c in root.iter("connection")
                  if c.findtext("sender") == top.get("name") and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
                  and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
-    mrml = {name for name, w in widgets.items() if w.get("class", "").startswith("qMRML") and w is not top}
+    mrml = {name for name, w in widgets.items() if w.get("class", "").startswith(("qMRML", "qSlicer")) and w is not top}
     assert mrml <= receivers, f"MRML widgets without the scene: {sorted(mrml - receivers)}"
     declared = {c.findtext("class") for c in root.iter("customwidget")}
     used = {w.get("class") for w in widgets.values() if not w.get("class", "").startswith("Q")}

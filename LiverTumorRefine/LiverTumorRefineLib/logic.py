@@ -61,6 +61,8 @@ LIVER_NEOPLASM_TERMINOLOGY = (
 )
 REFINED_FROM_TAG = "LiverTumorRefine.RefinedFrom"  # on the refined segment: the coarse segment's ID
 DEVICES = ("auto", "cpu", "cuda")
+# coarse sources of makeCoarseSegment and the name of the segment each adds
+COARSE_SEGMENT_NAMES = {"seeds": "Tumour (seeded coarse)", "automatic": "Tumour (automatic coarse)"}
 
 # Fractions of the overall progress bar given to each phase.
 _PREPARE_END, _ENGINE_END, _METRICS_END = 0.05, 0.90, 0.95
@@ -163,15 +165,10 @@ class LiverTumorRefineLogic(_LogicBase):
     def prepare(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
                 device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True) -> RefineInputs:
         """Check the inputs and export them as arrays on the CT grid; the scene is not changed."""
-        slicer = _slicer()
+        _slicer()  # a clear error outside Slicer
         _report(progress, 0.0, "Reading the CT and the segments")
         device = _check_device(device)
-        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
-            raise RefineError("No CT volume is selected: load the CT and choose it as the input volume.")
-        if volumeNode.GetImageData() is None or min(volumeNode.GetImageData().GetDimensions()) < 1:
-            raise RefineError(f"The volume '{volumeNode.GetName()}' holds no image data: load the CT again.")
-        if volumeNode.GetImageData().GetDimensions()[2] < 2:
-            raise RefineError(f"The volume '{volumeNode.GetName()}' is a single slice: refinement needs a 3D CT.")
+        _check_volume(volumeNode)
         coarseName = self._checkSegment(segmentationNode, coarseSegmentId, "coarse")
         if truthSegmentationNode is not None and not truthSegmentId:
             raise RefineError("A reference (truth) segmentation is selected but no segment in it: choose the truth "
@@ -183,12 +180,7 @@ class LiverTumorRefineLogic(_LogicBase):
                 raise RefineError("The same segment is chosen as coarse and as reference (truth): pick the ground-truth "
                                   "segment as reference.")
 
-        image = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32, copy=True)
-        if image.ndim != 3:
-            raise RefineError(f"The volume '{volumeNode.GetName()}' is not a single-component 3D image "
-                              "(colour or vector volume?): choose the CT.")
-        spacing_xyz = volumeNode.GetSpacing()
-        spacing_zyx = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+        image, spacing_zyx = _ct_array(volumeNode)
         coarse = export_segment_mask(segmentationNode, coarseSegmentId, volumeNode)
         if not coarse.any():
             raise RefineError(f"The coarse segment '{coarseName}' lies outside the CT '{volumeNode.GetName()}': "
@@ -220,6 +212,88 @@ class LiverTumorRefineLogic(_LogicBase):
             raise RefineError(f"The {role} segment '{segment.GetName()}' is empty: draw or import the tumour "
                               "outline first, then refine.")
         return segment.GetName()
+
+    # ---------------------------------------------------------------- coarse segments the user has not drawn
+    def makeCoarseSegment(self, volumeNode, source: str, seedsNode=None, segmentationNode=None, device: str = "auto",
+                          progress: Progress | None = None) -> tuple[Any, str]:
+        """Add a coarse tumour segment made from one point per lesion (``source`` "seeds", a
+        markups point list ``seedsNode``) or by the coarse network ("automatic").
+
+        The segment is new (existing segments are never replaced) and goes into
+        ``segmentationNode``, or into a new segmentation node when None. Returns the node and
+        the segment ID, ready for ``refine``."""
+        _check_volume(volumeNode)
+        device = _check_device(device)
+        if source not in COARSE_SEGMENT_NAMES:
+            raise RefineError(f"Unknown coarse source {source!r}: choose one of {', '.join(COARSE_SEGMENT_NAMES)}.")
+        image, spacing_zyx = _ct_array(volumeNode)
+        _report(progress, 0.0, "Making the coarse segment")
+        if source == "seeds":
+            from .seeded import grow_from_seeds
+
+            mask = grow_from_seeds(image, self.seedVoxels(seedsNode, volumeNode), spacing_zyx)
+        else:
+            from .autoseg import Segmenter
+
+            axial, _, spacing, back = axial_arrays(image, np.zeros(image.shape, bool), spacing_zyx,
+                                                   _direction_lps(volumeNode))
+            labels = Segmenter(device=device).segment(axial, spacing, progress)
+            mask = back(labels == 2)
+            if not mask.any():
+                raise RefineError("The automatic coarse segmentation found no tumour in this CT: place one point "
+                                  "inside each lesion and use the seeds instead.")
+        return self._addCoarseSegment(volumeNode, segmentationNode, mask, COARSE_SEGMENT_NAMES[source])
+
+    @staticmethod
+    def seedVoxels(seedsNode, volumeNode) -> list[tuple[float, float, float]]:
+        """The control points of a markups node as (k, j, i) voxel indices of ``volumeNode``
+        (transforms of either node applied); a point outside the CT is an error naming it."""
+        slicer = _slicer()
+        import vtk
+
+        if seedsNode is None or seedsNode.GetNumberOfControlPoints() == 0:
+            raise RefineError("No seed points: place one point inside each lesion (Markups point list), then try again.")
+        worldToVolume = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), worldToVolume)
+        rasToIjk = vtk.vtkMatrix4x4()
+        volumeNode.GetRASToIJKMatrix(rasToIjk)
+        shape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
+        voxels = []
+        for n in range(seedsNode.GetNumberOfControlPoints()):
+            world = [0.0, 0.0, 0.0]
+            seedsNode.GetNthControlPointPositionWorld(n, world)
+            i, j, k, _ = rasToIjk.MultiplyPoint(list(worldToVolume.TransformPoint(world)) + [1.0])
+            if any(not -0.5 <= v < size - 0.5 for v, size in zip((k, j, i), shape)):
+                raise RefineError(f"Seed point '{seedsNode.GetNthControlPointLabel(n)}' lies outside the CT "
+                                  f"'{volumeNode.GetName()}': move it into a lesion on this CT.")
+            voxels.append((k, j, i))
+        return voxels
+
+    def _addCoarseSegment(self, volumeNode, segmentationNode, mask: np.ndarray, name: str) -> tuple[Any, str]:
+        slicer = _slicer()
+        if segmentationNode is None:
+            segmentationNode = volumeNode.GetScene().AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                                       f"{volumeNode.GetName()} coarse")
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+        unique, count = name, 1
+        while unique in names:  # a second run adds "... 2": the first coarse segment stays as it was
+            count += 1
+            unique = f"{name} {count}"
+        segment = slicer.vtkSegment()
+        segment.SetName(unique)
+        segment.SetNameAutoGenerated(False)
+        segment.SetColorAutoGenerated(False)
+        segment.SetColor(*COARSE_COLOR)
+        segment.SetTerminology(LIVER_NEOPLASM_TERMINOLOGY)
+        segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
+                                  _oriented_image_from_mask(mask, volumeNode, segmentationNode))
+        segmentId = segmentation.GenerateUniqueSegmentID(unique)
+        segmentation.AddSegment(segment, segmentId)
+        segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
+        return segmentationNode, segmentId
 
     # ---------------------------------------------------------------- phase 2: any thread, no MRML
     def compute(self, inputs: RefineInputs, progress: Progress | None = None) -> RefineOutcome:
@@ -590,6 +664,25 @@ def _direction_lps(volumeNode) -> tuple[float, ...]:
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASDirectionMatrix(matrix)
     return tuple((-1.0 if row < 2 else 1.0) * matrix.GetElement(row, col) for row in range(3) for col in range(3))
+
+
+def _check_volume(volumeNode) -> None:
+    if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise RefineError("No CT volume is selected: load the CT and choose it as the input volume.")
+    if volumeNode.GetImageData() is None or min(volumeNode.GetImageData().GetDimensions()) < 1:
+        raise RefineError(f"The volume '{volumeNode.GetName()}' holds no image data: load the CT again.")
+    if volumeNode.GetImageData().GetDimensions()[2] < 2:
+        raise RefineError(f"The volume '{volumeNode.GetName()}' is a single slice: refinement needs a 3D CT.")
+
+
+def _ct_array(volumeNode) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The CT as a float32 (k, j, i) copy and its spacing in that order."""
+    image = np.array(_slicer().util.arrayFromVolume(volumeNode), dtype=np.float32, copy=True)
+    if image.ndim != 3:
+        raise RefineError(f"The volume '{volumeNode.GetName()}' is not a single-component 3D image "
+                          "(colour or vector volume?): choose the CT.")
+    spacing_xyz = volumeNode.GetSpacing()
+    return image, (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
 
 
 def _nodes_by_class(scene, className: str):
