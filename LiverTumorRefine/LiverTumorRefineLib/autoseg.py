@@ -24,7 +24,7 @@ from .config import NetConfig
 from .errors import RefineError
 from .network import BRNet
 from .refiner import Progress, resolve_device
-from .weights import load_payload, save_payload
+from .weights import default_weights_path, load_payload, save_network, with_state
 
 FORMAT = "livertumorrefine-segnet/1"
 DEFAULT_SEG_MODEL = "segnet_default.pt"
@@ -60,29 +60,16 @@ def build_segnet(cfg: SegConfig = SegConfig(), net: NetConfig = SEG_NET) -> BRNe
 
 def save_segnet(model: BRNet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> str:
     """Write the coarse network atomically with a ``.sha256`` sidecar; returns the hash."""
-    return save_payload(path, {
-        "format": FORMAT,
-        "seg_config": model.seg_config.to_dict(),  # type: ignore[attr-defined]
-        "net_config": model.net_config.to_dict(),  # type: ignore[attr-defined]
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": meta or {},
-    })
+    return save_network(model, path, FORMAT, {"seg_config": model.seg_config.to_dict(),  # type: ignore[attr-defined]
+                                              "net_config": model.net_config.to_dict()}, meta)  # type: ignore[attr-defined]
 
 
 def load_segnet(path: str | os.PathLike | None = None) -> BRNet:
     """The coarse network from ``path`` (default: the shipped one), hash-checked."""
-    from .weights import default_weights_path
-
     path = Path(path) if path is not None else default_weights_path(DEFAULT_SEG_MODEL)
     payload = load_payload(path, FORMAT, "LiverTumorRefine coarse segmentation model")
     model = build_segnet(SegConfig.from_dict(payload["seg_config"]), NetConfig.from_dict(payload["net_config"]))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError:
-        raise RefineError(f"Model weights {path} were made for another network architecture: "
-                          "use weights trained with this version.") from None
-    model.meta = payload.get("meta", {})  # type: ignore[attr-defined]
-    return model.eval()
+    return with_state(model, payload, path)  # type: ignore[return-value]
 
 
 def plane_size(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], pixel_mm: float, multiple: int) -> tuple[int, int]:

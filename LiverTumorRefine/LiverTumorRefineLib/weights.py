@@ -65,15 +65,30 @@ def save_payload(path: str | os.PathLike, payload: dict[str, Any]) -> str:
     return digest
 
 
+def save_network(model: torch.nn.Module, path: str | os.PathLike, fmt: str, configs: dict[str, dict[str, Any]],
+                 meta: dict[str, Any] | None = None) -> str:
+    """Write a network of format ``fmt``: its configs (name -> plain dict), weights and metadata."""
+    return save_payload(path, {"format": fmt, **configs,
+                               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                               "meta": meta or {}})
+
+
+def with_state(model: torch.nn.Module, payload: dict[str, Any], path: str | os.PathLike) -> torch.nn.Module:
+    """``model`` with the payload's weights and metadata, in eval mode; RefineError when the
+    weights belong to another architecture."""
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError:
+        raise RefineError(f"Model weights {path} were made for another network architecture: "
+                          "use weights trained with this version.") from None
+    model.meta = payload.get("meta", {})  # type: ignore[attr-defined]
+    return model.eval()
+
+
 def save_model(model: BRNet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> str:
     """Write ``model`` atomically with its configs and a ``.sha256`` sidecar; returns the hash."""
-    return save_payload(path, {
-        "format": FORMAT,
-        "patch_config": model.patch_config.to_dict(),  # type: ignore[attr-defined]
-        "net_config": model.net_config.to_dict(),  # type: ignore[attr-defined]
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": meta or {},
-    })
+    return save_network(model, path, FORMAT, {"patch_config": model.patch_config.to_dict(),  # type: ignore[attr-defined]
+                                              "net_config": model.net_config.to_dict()}, meta)  # type: ignore[attr-defined]
 
 
 def load_payload(path: str | os.PathLike, fmt: str, what: str = "LiverTumorRefine model",
@@ -105,10 +120,4 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """Load a BRNet from ``path`` after checking its SHA-256; RefineError on any problem."""
     payload = load_payload(path, FORMAT, map_location=map_location)
     model = build_model(PatchConfig.from_dict(payload["patch_config"]), NetConfig.from_dict(payload["net_config"]))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError:
-        raise RefineError(f"Model weights {path} were made for another network architecture: "
-                          "use weights trained with this version.") from None
-    model.meta = payload.get("meta", {})  # type: ignore[attr-defined]
-    return model.eval()
+    return with_state(model, payload, path)  # type: ignore[return-value]
