@@ -268,3 +268,25 @@ def test_seed_point_errors_leave_the_scene_unchanged(app, logic, case):
                     "'far away' lies outside the CT")
     st.expect_error(lambda: logic.makeCoarseSegment(sc.volumeNode, "drawing", points, None), "Unknown coarse source")
     st.assert_same_scene(snapshot, st.scene_snapshot(app.scene), "after failed coarse segments")
+
+
+def test_automatic_coarse_segment_with_the_shipped_network(app):
+    """The shipped coarse network on a validation phantom: a new segmentation node with one new
+    coarse tumour segment that overlaps the truth; a CT without tumour is refused, scene unchanged."""
+    from LiverTumorRefineLib.phantom import make_phantom
+
+    phantom = make_phantom(50000)  # validation range of the coarse network: neither training nor evaluation
+    matrix = st.ijk_to_ras(phantom.image.spacing_zyx, (40.0, 30.0, -55.0))
+    volume = st.add_ct(app.scene, phantom.image.array, matrix, "phantom CT")
+    logic = ltr.LiverTumorRefineLogic()
+    node, segmentId = logic.makeCoarseSegment(volume, "automatic", device="cpu")
+    assert node.GetName() == "phantom CT coarse" and node.GetSegmentation().GetNumberOfSegments() == 1
+    assert node.GetSegmentation().GetSegment(segmentId).GetName() == "Tumour (automatic coarse)"
+    coarse = ltr.export_segment_mask(node, segmentId, volume)
+    truth = phantom.label.array == 2
+    assert 2 * (coarse & truth).sum() / (coarse.sum() + truth.sum()) > 0.5
+
+    plain = st.add_ct(app.scene, np.full((12, 64, 64), 60.0), st.ijk_to_ras((2.5, 0.8, 0.8), (0.0, 0.0, 0.0)), "no tumour")
+    snapshot = st.scene_snapshot(app.scene)
+    st.expect_error(lambda: logic.makeCoarseSegment(plain, "automatic", device="cpu"), "found no tumour")
+    st.assert_same_scene(snapshot, st.scene_snapshot(app.scene), "after an automatic coarse segment found nothing")
