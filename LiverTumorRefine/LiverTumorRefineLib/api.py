@@ -9,17 +9,21 @@ evaluation.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import checks, io
+from . import checks, io, totalseg
+from .autoseg import Segmenter
+from .boxes import component_labels
 from .config import MIN_KEPT
 from .errors import RefineError
 from .metrics import compute_metrics
 from .points import Point, ras_to_voxels
 from .refiner import Progress, Refiner
+from .seeded import grow_from_seeds
 from .volume import Volume
 
 LITS_TUMOUR = 2
@@ -134,8 +138,6 @@ COARSE_SOURCES = ("seeds", "auto", "totalsegmentator")
 
 def coarse_from_seeds(image: Volume, seeds_ras: Sequence[Point]) -> Volume:
     """A 0/1 coarse tumour mask grown from one RAS point (mm) per lesion (see ``seeded``)."""
-    from .seeded import grow_from_seeds
-
     voxels = ras_to_voxels(seeds_ras, image)
     return image.with_array(grow_from_seeds(image.array, voxels, image.spacing_zyx).astype(np.uint8))
 
@@ -143,8 +145,6 @@ def coarse_from_seeds(image: Volume, seeds_ras: Sequence[Point]) -> Volume:
 def segment_volume(image: Volume, weights: str | os.PathLike | None = None, device: str = "auto",
                    progress: Progress | None = None) -> Volume:
     """Automatic coarse 0/1/2 (background, liver, tumour) labels of an LPS-oriented CT volume."""
-    from .autoseg import Segmenter
-
     return image.with_array(Segmenter(weights, device=device).segment(image.array, image.spacing_zyx, progress))
 
 
@@ -164,9 +164,7 @@ def coarse_for(image_path: str | os.PathLike, image: Volume, source: str, seeds:
             raise RefineError(f"The automatic coarse segmentation found {found} in {image_path}: place one seed per "
                               "lesion (--seeds) or give a coarse mask (--mask).")
     elif source == "totalsegmentator":
-        from .totalseg import tumour_mask
-
-        coarse = image.with_array(tumour_mask(image_path, image, device).astype(np.uint8))
+        coarse = image.with_array(totalseg.tumour_mask(image_path, image, device).astype(np.uint8))
         if not coarse.array.any():
             raise RefineError(f"TotalSegmentator found no liver tumour in {image_path}: place one seed per lesion "
                               "(--seeds) or give a coarse mask (--mask).")
@@ -183,8 +181,6 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
     """Make a coarse mask from ``source`` (see ``coarse_for``), refine it and write the result
     (and, with ``coarse_out``, the coarse mask) on the CT's grid; returns stats with the coarse
     step's seconds under ``seconds["coarse"]``."""
-    import time
-
     out = io.check_output(out_path, [image_path], force)
     extra = io.check_output(coarse_out, [image_path], force) if coarse_out is not None else None
     if extra is not None and extra.resolve() == out.resolve():
@@ -206,14 +202,9 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
 def segment_file(image_path: str | os.PathLike, out_path: str | os.PathLike, weights: str | None = None,
                  device: str = "auto", force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Write the automatic coarse 0/1/2 label map of a CT file on its grid; returns volumes and timing."""
-    import time
-
     out = io.check_output(out_path, [image_path], force)
     image = load_ct(image_path)
     t0 = time.perf_counter()
-    from .autoseg import Segmenter
-    from .boxes import component_labels
-
     segmenter = Segmenter(weights, device=device)
     labels = image.with_array(segmenter.segment(image.array, image.spacing_zyx, progress))
     seconds = time.perf_counter() - t0

@@ -53,9 +53,8 @@ def case_slices(case: Case, cfg: SegTrainConfig, rng: np.random.Generator, multi
     spacing = case.image.spacing_zyx
     label = case.label.array
     size = plane_size(label.shape, spacing, cfg.seg.pixel_mm, multiple)
-    per_slice = [(label[k] == 2).any() for k in range(label.shape[0])], [(label[k] == 1).any() for k in range(label.shape[0])]
-    tumour = np.flatnonzero(per_slice[0])
-    liver = np.flatnonzero(per_slice[1])
+    tumour = np.flatnonzero((label == 2).any(axis=(1, 2)))
+    liver = np.flatnonzero((label == 1).any(axis=(1, 2)))
     n = cfg.slices_per_case
     picks = list(rng.choice(tumour, min(len(tumour), n // 2), replace=False)) if len(tumour) else []
     if len(liver):
