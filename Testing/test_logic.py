@@ -214,46 +214,8 @@ def test_ct_not_in_hounsfield_units_gives_a_note(app, logic, case):
     assert any("does not look like Hounsfield units" in note for note in result.notes)
 
 
-def _deepest_voxel(mask):
-    import SimpleITK as sitk
-
-    depth = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(sitk.GetImageFromArray(mask.astype(np.uint8)),
-                                                                insideIsPositive=True, squaredDistance=True))
-    return np.unravel_index(int(np.argmax(depth)), mask.shape)
-
-
 def test_coarse_segment_from_seed_points_then_refine(app, logic, case):
-    """One point in the lesion (its point list under a transform) gives a new coarse segment next
-    to the user's; the existing segments keep every voxel; the coarse segment refines."""
-    import slicer
-    import vtk
-
-    sc = st.build_scene_case(app.scene, case)
-    before = {sid: st.segment_voxels(sc.segmentationNode, sid)[0].copy() for sid in (sc.coarseId, sc.otherId, sc.truthId)}
-    k, j, i = _deepest_voxel(case.truth)
-    ras = sc.matrix @ np.array([i, j, k, 1.0])
-    points = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion clicks")
-    shift = vtk.vtkMatrix4x4()
-    shift.SetElement(0, 3, 25.0)  # the point list is under a transform: the world position is what counts
-    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-    transform.SetMatrixTransformToParent(shift)
-    points.SetAndObserveTransformNodeID(transform.GetID())
-    points.AddControlPoint([float(ras[0]) - 25.0, float(ras[1]), float(ras[2])])
-
-    node, coarseId = logic.makeCoarseSegment(sc.volumeNode, "seeds", points, sc.segmentationNode)
-    assert node is sc.segmentationNode
-    segment = node.GetSegmentation().GetSegment(coarseId)
-    assert segment.GetName() == "Tumour (seeded coarse)" and segment.GetColor() == ltr.COARSE_COLOR
-    coarse = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
-    dice = 2 * (coarse & case.truth).sum() / (coarse.sum() + case.truth.sum())
-    assert dice > 0.8, dice
-    for sid, voxels in before.items():
-        assert np.array_equal(st.segment_voxels(sc.segmentationNode, sid)[0], voxels)
-    result = logic.refine(sc.volumeNode, node, coarseId, sc.segmentationNode, sc.truthId, device="cpu")
-    assert result.metrics["refined"]["dice"] > 0.8
-    _, againId = logic.makeCoarseSegment(sc.volumeNode, "seeds", points, sc.segmentationNode)
-    assert againId != coarseId and node.GetSegmentation().GetSegment(againId).GetName() == "Tumour (seeded coarse) 2"
-    assert np.array_equal(ltr.export_segment_mask(node, coarseId, sc.volumeNode), coarse)  # first one untouched
+    st.check_seeded_coarse(app.scene, logic, st.build_scene_case(app.scene, case))
 
 
 def test_seed_point_errors_leave_the_scene_unchanged(app, logic, case):

@@ -523,6 +523,52 @@ def check_refined_beats_coarse(result, margin: float = 0.0) -> None:
     assert dice["refined"] > dice["coarse"] + margin, f"refined Dice {dice['refined']:.4f} does not beat coarse {dice['coarse']:.4f}"
 
 
+def deepest_voxel(mask: np.ndarray) -> tuple[int, int, int]:
+    """The (k, j, i) voxel of ``mask`` farthest from its surface: where a reader would click."""
+    import SimpleITK as sitk
+
+    depth = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(sitk.GetImageFromArray(mask.astype(np.uint8)),
+                                                                insideIsPositive=True, squaredDistance=True))
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(depth)), mask.shape))
+
+
+def check_seeded_coarse(scene, logic, sc: SceneCase):
+    """One point in the lesion (its point list under a transform) gives a new coarse segment next
+    to the user's; the existing segments keep every voxel; the coarse segment refines; a second
+    run adds a second segment and leaves the first as it was."""
+    import vtk
+
+    case = sc.case
+    ids = (sc.coarseId, sc.otherId, sc.truthId) if sc.truthSegmentationNode is sc.segmentationNode else (sc.coarseId, sc.otherId)
+    before = {sid: segment_voxels(sc.segmentationNode, sid)[0].copy() for sid in ids}
+    k, j, i = deepest_voxel(case.truth)
+    ras = sc.matrix @ np.array([i, j, k, 1.0])
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion clicks")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 25.0)  # the point list is under a transform: its world position is what counts
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform.SetMatrixTransformToParent(shift)
+    points.SetAndObserveTransformNodeID(transform.GetID())
+    points.AddControlPoint([float(ras[0]) - 25.0, float(ras[1]), float(ras[2])])
+
+    node, coarseId = logic.makeCoarseSegment(sc.volumeNode, "seeds", points, sc.segmentationNode, device="cpu")
+    assert node is sc.segmentationNode, "the coarse segment went into another segmentation"
+    segment = node.GetSegmentation().GetSegment(coarseId)
+    assert segment.GetName() == "Tumour (seeded coarse)", segment.GetName()
+    assert tuple(segment.GetColor()) == ltr.COARSE_COLOR
+    coarse = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    dice = 2 * (coarse & case.truth).sum() / (coarse.sum() + case.truth.sum())
+    assert dice > 0.8, f"seeded coarse Dice {dice:.3f}"
+    for sid, voxels in before.items():
+        assert np.array_equal(segment_voxels(sc.segmentationNode, sid)[0], voxels), f"segment {sid} changed"
+    result = logic.refine(sc.volumeNode, node, coarseId, sc.truthSegmentationNode, sc.truthId, device="cpu")
+    assert result.metrics["refined"]["dice"] > 0.8, f"refined Dice {result.metrics['refined']['dice']:.3f}"
+    _, againId = logic.makeCoarseSegment(sc.volumeNode, "seeds", points, sc.segmentationNode, device="cpu")
+    assert againId != coarseId and node.GetSegmentation().GetSegment(againId).GetName() == "Tumour (seeded coarse) 2"
+    assert np.array_equal(ltr.export_segment_mask(node, coarseId, sc.volumeNode), coarse), "first coarse segment changed"
+    return result
+
+
 def run_self_test(scene, logic=None, seed: int = 0, case: Optional[Case] = None) -> dict:
     """The whole module test on ``scene`` (cleared by the caller), as run in Slicer: by default
     with the shipped model on ``default_model_case``."""
@@ -535,6 +581,7 @@ def run_self_test(scene, logic=None, seed: int = 0, case: Optional[Case] = None)
     check_cancel_leaves_scene_unchanged(scene, logic, sc)
     check_errors(scene, logic, sc)
     geometry = check_geometry_differs(scene, logic, synthetic_case(seed + 1))
+    check_seeded_coarse(scene, logic, build_scene_case(scene, synthetic_case(seed + 2)))
     return {"dice": {row: result.metrics[row]["dice"] for row in ("coarse", "refined")},
             "geometry_dice": {row: geometry.metrics[row]["dice"] for row in ("coarse", "refined")}}
 
