@@ -43,7 +43,9 @@ class LiverTumorRefine(ScriptedLoadableModule):
         self.parent.helpText = (
             "Refines the boundary of a coarse liver-tumour segment on CT with a boundary patch refinement "
             "network. The result is added as a new segment \"&lt;segment&gt; refined\"; the coarse segment is not "
-            "changed. With a reference segment, Dice, VOE, RVD, ASSD and MSSD are shown for coarse and refined. "
+            "changed. Without a coarse segment, choose Seed points (one click inside each lesion) or Automatic "
+            "(a built-in coarse network) as the coarse source: a new coarse segment is added, then refined. "
+            "With a reference segment, Dice, VOE, RVD, ASSD and MSSD are shown for coarse and refined. "
             "Reference red, coarse yellow, refined green, drawn as outlines in the slice views.")
         self.parent.acknowledgementText = (
             "Boundary patch refinement with a BRNet (boundary refinement network) on patches along the tumour "
