@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
+from LiverTumorRefineLib.metrics import overlap_metrics  # noqa: E402
 from LiverTumorRefineLib.phantom import make_phantom  # noqa: E402
 from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.seeded import nearest_seed_labels, seed_labels  # noqa: E402
@@ -26,8 +27,8 @@ from LiverTumorRefineLib.seeded import nearest_seed_labels, seed_labels  # noqa:
 MIN_DIAMETER_MM = 10.0
 
 
-def clicks(truth: np.ndarray, spacing_zyx) -> tuple[np.ndarray, list[tuple[int, int, int]], list[float]]:
-    """Truth lesion labels, and the deepest point and equivalent diameter of each lesion over 10 mm."""
+def clicks(truth: np.ndarray, spacing_zyx) -> tuple[np.ndarray, list[tuple[int, int, int]], list[float], list[int]]:
+    """Truth lesion labels, and the deepest point, equivalent diameter and label of each lesion over 10 mm."""
     image = sitk.GetImageFromArray(truth.astype(np.uint8))
     image.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
     labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True))
@@ -45,10 +46,6 @@ def clicks(truth: np.ndarray, spacing_zyx) -> tuple[np.ndarray, list[tuple[int, 
         diameters.append(float(diameter))
         lesion_ids.append(lab)
     return labels, seeds, diameters, lesion_ids
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
 def main() -> None:
@@ -88,8 +85,8 @@ def main() -> None:
         kind = "real" if case.name.startswith("lits") or "117" in case.name else "phantom"
         for i, (lab, diameter) in enumerate(zip(ids, diameters)):
             lesion = labels == lab
-            before = dice(grown == i + 1, lesion)
-            after = dice(refined & (cells == i + 1), lesion) if refined is not None else float("nan")
+            before = overlap_metrics(lesion, grown == i + 1)["dice"]
+            after = overlap_metrics(lesion, refined & (cells == i + 1))["dice"] if refined is not None else float("nan")
             outside = float(((grown == i + 1) & ~truth).sum()) / max(float(lesion.sum()), 1.0)
             rows[kind].append((before, after, outside, diameter))
             print(f"{case.name:>14} lesion {lab:2d} {diameter:5.1f} mm: coarse {before:.3f} refined {after:.3f} "

@@ -106,6 +106,17 @@ def context_stack(plane: torch.Tensor, indices: Sequence[int], slice_mm: float, 
     return torch.stack(channels, dim=1)
 
 
+def network_plane(image: np.ndarray, size: tuple[int, int], window: tuple[float, float], slab: int = 16) -> torch.Tensor:
+    """A (Z, Y, X) CT in HU at network resolution (``size`` in-plane), normalised: what inference
+    and training both feed the network. Converted ``slab`` slices at a time so that a float32
+    copy of a large CT is never made."""
+    plane = torch.empty((image.shape[0], *size), dtype=torch.float32)
+    for start in range(0, image.shape[0], slab):
+        chunk = torch.from_numpy(np.ascontiguousarray(image[start:start + slab], dtype=np.float32))
+        plane[start:start + len(chunk)] = normalise(resample_plane(chunk, size), window)
+    return plane
+
+
 def labels_in_plane(label: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """A (Z, Y, X) 0/1/2 label map resized in-plane to ``size`` (nearest)."""
     return F.interpolate(torch.from_numpy(label.astype(np.uint8))[:, None].float(), size=size,
@@ -129,7 +140,7 @@ class Segmenter:
             raise RefineError(f"The CT must be a 3D volume (got {image.ndim}D).")
         size = plane_size(image.shape, spacing_zyx, self.cfg.pixel_mm, self.multiple)
         with torch.inference_mode():
-            plane = self._plane(image, size)
+            plane = network_plane(image, size, self.cfg.hu_window, self.slab)
             out = np.empty(image.shape, dtype=np.uint8)
             n = image.shape[0]
             for start in range(0, n, self.slab):
@@ -141,15 +152,6 @@ class Segmenter:
                 if progress is not None:
                     progress(min(start + self.slab, n) / n, "Segmenting liver and tumours")
         return clean_labels(out, spacing_zyx, self.cfg.min_tumour_ml)
-
-    def _plane(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """The whole CT at network resolution, normalised; converted a slab at a time so that a
-        float32 copy of a large CT is never made."""
-        plane = torch.empty((image.shape[0], *size), dtype=torch.float32)
-        for start in range(0, image.shape[0], self.slab):
-            slab = torch.from_numpy(np.ascontiguousarray(image[start:start + self.slab], dtype=np.float32))
-            plane[start:start + len(slab)] = normalise(resample_plane(slab, size), self.cfg.hu_window)
-        return plane
 
 
 def clean_labels(labels: np.ndarray, spacing_zyx: Sequence[float], min_tumour_ml: float) -> np.ndarray:

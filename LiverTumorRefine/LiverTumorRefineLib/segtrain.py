@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .autoseg import SegConfig, Segmenter, build_segnet, context_stack, labels_in_plane, normalise, plane_size, \
-    resample_plane, save_segnet
+from .autoseg import SegConfig, Segmenter, build_segnet, context_stack, labels_in_plane, network_plane, plane_size, \
+    save_segnet
 from .errors import RefineError
-from .metrics import compute_metrics
+from .metrics import overlap_metrics
 from .phantom import Case
 from .refiner import resolve_device
 from .train import _lr_at, _plain
@@ -61,8 +61,7 @@ def case_slices(case: Case, cfg: SegTrainConfig, rng: np.random.Generator, multi
         picks += list(rng.choice(liver, min(len(liver), n - len(picks) - n // 10), replace=False))
     picks += list(rng.choice(label.shape[0], min(label.shape[0], n - len(picks)), replace=False))
     picks = sorted(set(int(k) for k in picks))
-    plane = normalise(resample_plane(torch.from_numpy(np.ascontiguousarray(case.image.array, dtype=np.float32)), size),
-                      cfg.seg.hu_window)
+    plane = network_plane(case.image.array, size, cfg.seg.hu_window)
     x = context_stack(plane, picks, float(spacing[0]), cfg.seg.context_mm).half()
     y = labels_in_plane(label[picks], size)
     return [(x[i], y[i]) for i in range(len(picks))]
@@ -124,8 +123,8 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def evaluate_segmentation(labels: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float]) -> dict[str, float]:
     """Liver Dice (liver + tumour as the organ) and tumour Dice of a 0/1/2 prediction."""
-    liver = compute_metrics(truth > 0, labels > 0, spacing_zyx)["dice"]
-    tumour = compute_metrics(truth == 2, labels == 2, spacing_zyx)["dice"] if (truth == 2).any() else float("nan")
+    liver = overlap_metrics(truth > 0, labels > 0)["dice"]
+    tumour = overlap_metrics(truth == 2, labels == 2)["dice"] if (truth == 2).any() else float("nan")
     return {"liver_dice": float(liver), "tumour_dice": float(tumour)}
 
 
