@@ -89,10 +89,14 @@ def refine_volume(image: Volume, mask: Volume, label: int | None = None, refiner
 def load_ct(image_path: str | os.PathLike) -> Volume:
     """The CT reoriented to LPS (see ``load_pair``), with a warning when it does not look like HU."""
     image = io.from_sitk(io.to_lps(io.read_image(image_path)))
+    _warn_if_not_hu(image, image_path)
+    return image
+
+
+def _warn_if_not_hu(image: Volume, image_path: str | os.PathLike) -> None:
     problem = checks.hu_plausibility(image.array)
     if problem:
         warnings.warn(f"{image_path}: {problem}", UserWarning, stacklevel=3)
-    return image
 
 
 def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
@@ -113,9 +117,7 @@ def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
     image = io.from_sitk(ct)
     mask_volume = io.from_sitk(io.resample_mask_to(mask, ct))
     if image_is_ct:
-        problem = checks.hu_plausibility(image.array)
-        if problem:
-            warnings.warn(f"{image_path}: {problem}", UserWarning, stacklevel=2)
+        _warn_if_not_hu(image, image_path)
         checks.check_not_whole_volume(mask_volume.array)
     return image, mask_volume
 

@@ -22,9 +22,8 @@ PROG = "livertumorrefine"
 
 def _cmd_refine(args: argparse.Namespace) -> int:
     from . import api
-    from .progress import ProgressBar
-
     from .points import parse_seeds
+    from .progress import ProgressBar
 
     common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,
                   force=args.force, progress=ProgressBar("refine"))

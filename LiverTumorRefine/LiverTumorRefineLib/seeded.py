@@ -10,8 +10,7 @@ where the intensity leaves plausible soft tissue (fat, air, bone) or the image. 
 then made consistent: each ray's edge is chosen again, preferring radii near the lesion's
 median radius (or, for a lesion that stands out clearly from the noise, near its neighbouring
 rays' radius, so elongated lesions keep their shape), and replaced by the median of its
-neighbouring rays. The surface interpolated
-between the ray ends is the lesion's coarse mask. Every voxel belongs to at most one seed (the
+neighbouring rays. The surface interpolated between the ray ends is the lesion's coarse mask. Every voxel belongs to at most one seed (the
 nearest), so neighbouring lesions never merge; the Refiner then moves the boundary.
 """
 from __future__ import annotations
