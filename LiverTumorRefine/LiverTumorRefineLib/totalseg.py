@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,8 +34,6 @@ def find_executable() -> str | None:
     found = shutil.which(EXECUTABLE)
     if found:
         return found
-    import sys
-
     beside = Path(sys.executable).with_name(EXECUTABLE)
     return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
 
