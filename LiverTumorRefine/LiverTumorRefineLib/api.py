@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import checks, io, totalseg
+from . import checks, dicom, io, segments, totalseg
 from .autoseg import Segmenter
 from .boxes import component_labels
 from .config import MIN_KEPT
@@ -100,20 +101,25 @@ def _warn_if_not_hu(image: Volume, image_path: str | os.PathLike) -> None:
 
 
 def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
-              image_is_ct: bool = True) -> tuple[Volume, Volume]:
+              image_is_ct: bool = True, segment: str | int | None = None,
+              image_segment: str | int | None = None) -> tuple[Volume, Volume]:
     """CT and mask as volumes on the CT's grid, the mask resampled when its grid differs.
 
     Both are reoriented (axes permuted and flipped, never resampled) to the closest LPS order, so
     that patches are cut in axial planes whatever the file's orientation: put results back on the
     CT file's own grid with ``io.back_on_grid(volume, image_path)`` before writing them. With
     ``image_is_ct`` (refinement; False for truth/prediction pairs) a CT that does not look like
-    HU is warned about and a mask covering the whole CT is refused.
+    HU is warned about and a mask covering the whole CT is refused. The CT may be a DICOM series
+    folder; ``segment`` picks the mask's segment (name or number) in a DICOM SEG or .seg.nrrd,
+    ``image_segment`` the truth's when ``image_is_ct`` is False (see ``segments.read_mask``).
     """
-    ct = io.read_image(image_path)
-    mask = io.read_image(mask_path)
+    ct = io.read_image(image_path) if image_is_ct else segments.read_mask(image_path, image_segment)
+    mask = segments.read_mask(mask_path, segment)
     if ct.GetDimension() != mask.GetDimension():
         raise RefineError(f"CT is {ct.GetDimension()}D but the mask is {mask.GetDimension()}D: give matching volumes.")
     ct, mask = io.to_lps(ct), io.to_lps(mask)
+    if not image_is_ct and (segments.has_segments(image_path) or segments.has_segments(mask_path)):
+        ct = segments.padded_to_cover(ct, mask)  # a SEG truth is cropped to its frames: keep all predicted voxels
     image = io.from_sitk(ct)
     mask_volume = io.from_sitk(io.resample_mask_to(mask, ct))
     if image_is_ct:
@@ -125,14 +131,39 @@ def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
 def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, out_path: str | os.PathLike,
                  label: int | None = None, device: str = "auto", weights: str | None = None, batch_size: int = 128,
                  min_kept: float = MIN_KEPT,
-                 force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Refine the coarse mask file and write the result on the CT's grid; returns stats."""
-    out = io.check_output(out_path, [image_path, mask_path], force)
-    image, mask = load_pair(image_path, mask_path)
+                 force: bool = False, progress: Progress | None = None,
+                 segment: str | int | None = None) -> dict[str, Any]:
+    """Refine the coarse mask file and write the result on the CT's grid; returns stats.
+    ``image_path`` may be a DICOM series folder and ``mask_path`` a DICOM SEG or .seg.nrrd
+    (``segment`` picks the segment); an ``out_path`` ending in .dcm writes a DICOM SEG that
+    references the series."""
+    out = check_result_output(out_path, image_path, [image_path, mask_path], force)
+    image, mask = load_pair(image_path, mask_path, segment=segment)
     refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept)
     refined, stats = refine_volume(image, mask, label, refiner, progress)
-    io.write_volume(io.back_on_grid(refined, image_path), out, force=force)
+    write_result(refined, image_path, out, force)
     return stats
+
+
+def check_result_output(out_path: str | os.PathLike, image_path: str | os.PathLike,
+                        inputs: Sequence[str | os.PathLike | None], force: bool) -> Path:
+    """``io.check_output`` for a volume file; for a DICOM SEG (.dcm) the CT must be a DICOM series."""
+    if dicom.is_dicom_seg_path(out_path):
+        return dicom.check_seg_output(out_path, image_path, force)
+    return io.check_output(out_path, inputs, force)
+
+
+def write_result(volume: Volume, image_path: str | os.PathLike, out: str | os.PathLike, force: bool) -> None:
+    """Write ``volume``, computed on the LPS grid ``load_ct``/``load_pair`` give, back on the CT's
+    own grid: a DICOM SEG referencing the CT series for a .dcm ``out``, else a volume file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dropped DICOM slices were reported when the CT was read
+        on_grid = io.back_on_grid(volume, image_path)
+        series = dicom.read_series(image_path, pixels=False) if dicom.is_dicom_seg_path(out) else None
+    if series is not None:
+        dicom.write_seg(on_grid, series, out, force=force)
+    else:
+        io.write_volume(on_grid, out, force=force)
 
 
 COARSE_SOURCES = ("seeds", "auto", "totalsegmentator")
@@ -183,8 +214,8 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
     """Make a coarse mask from ``source`` (see ``coarse_for``), refine it and write the result
     (and, with ``coarse_out``, the coarse mask) on the CT's grid; returns stats with the coarse
     step's seconds under ``seconds["coarse"]``."""
-    out = io.check_output(out_path, [image_path], force)
-    extra = io.check_output(coarse_out, [image_path], force) if coarse_out is not None else None
+    out = check_result_output(out_path, image_path, [image_path], force)
+    extra = check_result_output(coarse_out, image_path, [image_path], force) if coarse_out is not None else None
     if extra is not None and extra.resolve() == out.resolve():
         raise RefineError("--coarse-out and --out are the same file: choose two paths.")
     refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept)  # fail early on bad weights
@@ -194,8 +225,8 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
     seconds = time.perf_counter() - t0
     refined, stats = refine_volume(image, coarse, None, refiner, progress)
     if extra is not None:
-        io.write_volume(io.back_on_grid(coarse, image_path), extra, force=force)
-    io.write_volume(io.back_on_grid(refined, image_path), out, force=force)
+        write_result(coarse, image_path, extra, force)
+    write_result(refined, image_path, out, force)
     stats["seconds"]["coarse"] = seconds
     stats["coarse_source"] = source
     return stats
@@ -204,22 +235,31 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
 def segment_file(image_path: str | os.PathLike, out_path: str | os.PathLike, weights: str | None = None,
                  device: str = "auto", force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Write the automatic coarse 0/1/2 label map of a CT file on its grid; returns volumes and timing."""
-    out = io.check_output(out_path, [image_path], force)
+    out = check_result_output(out_path, image_path, [image_path], force)
     image = load_ct(image_path)
     t0 = time.perf_counter()
     segmenter = Segmenter(weights, device=device)
     labels = image.with_array(segmenter.segment(image.array, image.spacing_zyx, progress))
     seconds = time.perf_counter() - t0
-    io.write_volume(io.back_on_grid(labels, image_path), out, force=force)
+    write_result(labels, image_path, out, force)
     ml = float(np.prod(image.spacing_zyx)) / 1000.0
     return {"liver_ml": float((labels.array > 0).sum()) * ml, "tumour_ml": float((labels.array == 2).sum()) * ml,
             "tumours": int(component_labels(labels.array == 2).max()), "seconds": seconds,
             "device": str(segmenter.device)}
 
 
-def evaluate_files(truth_path: str | os.PathLike, pred_path: str | os.PathLike, label: int | None = None) -> dict[str, float]:
-    """Metrics of a predicted mask file against a truth file (pred resampled onto truth's grid)."""
-    truth, pred = load_pair(truth_path, pred_path, image_is_ct=False)
+def evaluate_files(truth_path: str | os.PathLike, pred_path: str | os.PathLike, label: int | None = None,
+                   segment: str | int | None = None, pred_segment: str | int | None = None) -> dict[str, float]:
+    """Metrics of a predicted mask file against a truth file (pred resampled onto truth's grid).
+    ``segment`` picks the segment (name or number) of whichever file is a DICOM SEG or
+    .seg.nrrd; ``pred_segment`` overrides it for the prediction."""
+    truth_has, pred_has = segments.has_segments(truth_path), segments.has_segments(pred_path)
+    if segment is not None and not (truth_has or pred_has):
+        raise RefineError(f"A segment ({segment}) was given but neither {truth_path} nor {pred_path} is a DICOM SEG "
+                          "or .seg.nrrd: choose the tumour value with the label instead.")
+    pred_choice = pred_segment if pred_segment is not None else segment if pred_has else None
+    truth, pred = load_pair(truth_path, pred_path, image_is_ct=False, segment=pred_choice,
+                            image_segment=segment if truth_has else None)
     truth_mask, used = select_label(truth.array, label)
     return compute_metrics(truth_mask, prediction_mask(pred.array, used), truth.spacing_zyx)
 

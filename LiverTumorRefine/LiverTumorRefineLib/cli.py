@@ -31,10 +31,13 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         if args.coarse_out is not None:
             raise RefineError("--coarse-out is for coarse masks this command makes (--seeds, --auto-coarse, "
                               "--totalsegmentator); with --mask the coarse mask is your file.")
-        stats = api.refine_files(args.image, args.mask, args.out, label=args.label, **common)
+        stats = api.refine_files(args.image, args.mask, args.out, label=args.label, segment=args.segment, **common)
     else:
         if args.label is not None:
             raise RefineError("--label selects a label of --mask; the coarse sources make their own mask.")
+        if args.segment is not None:
+            raise RefineError("--segment selects a segment of --mask (a DICOM SEG or .seg.nrrd); the coarse sources "
+                              "make their own mask.")
         source = "seeds" if args.seeds else "auto" if args.auto_coarse else "totalsegmentator"
         seeds = parse_seeds(args.seeds) if args.seeds else None
         stats = api.refine_without_mask(args.image, args.out, source, seeds, args.coarse_out,
@@ -55,7 +58,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import api
     from .metrics import format_metrics_table
 
-    metrics = api.evaluate_files(args.truth, args.pred, args.label)
+    metrics = api.evaluate_files(args.truth, args.pred, args.label, segment=args.segment, pred_segment=args.pred_segment)
     if args.json:
         print(json.dumps({k: _json_number(float(v)) for k, v in metrics.items()}))
     else:
@@ -156,19 +159,23 @@ def _cmd_train_coarse(args: argparse.Namespace) -> int:
 
 def _add_refine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refine", help="refine a coarse tumour mask (given, or made from seeds or automatically)")
-    p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA)")
+    p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA) or a DICOM CT series folder")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--mask", help="coarse tumour mask or LiTS-style label map")
+    source.add_argument("--mask", help="coarse tumour mask or LiTS-style label map, or a DICOM SEG (.dcm) or Slicer "
+                                       ".seg.nrrd (pick the segment with --segment)")
     source.add_argument("--seeds", help="one point inside each lesion: \"R,A,S;R,A,S\" in RAS mm as Slicer shows "
                                         "them, or a Slicer point list file (.mrk.json)")
     source.add_argument("--auto-coarse", action="store_true",
                         help="make the coarse liver and tumour labels with the shipped coarse network")
     source.add_argument("--totalsegmentator", action="store_true",
                         help="make the coarse tumour mask with TotalSegmentator (installed separately)")
-    p.add_argument("--out", required=True, help="refined mask, written on the CT's grid")
+    p.add_argument("--out", required=True, help="refined mask, written on the CT's grid; a .dcm name writes a DICOM SEG "
+                                                "referencing the CT series (--image must be a DICOM folder)")
     p.add_argument("--coarse-out", help="also write the coarse mask made from --seeds / --auto-coarse / "
                                         "--totalsegmentator here")
     p.add_argument("--coarse-weights", help="coarse network file for --auto-coarse (default: the shipped one)")
+    p.add_argument("--segment", metavar="NAME", help="segment of a DICOM SEG or .seg.nrrd --mask, by name "
+                                                     "(case-insensitive) or number (default: its only segment)")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--weights", help="model file (default: the shipped model)")
@@ -185,6 +192,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truth", required=True)
     p.add_argument("--pred", required=True)
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
+    p.add_argument("--segment", metavar="NAME", help="segment (name or number) of whichever of --truth/--pred is a "
+                                                     "DICOM SEG (.dcm) or Slicer .seg.nrrd")
+    p.add_argument("--pred-segment", metavar="NAME", help="segment of --pred when its name differs from --segment's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -9,6 +9,7 @@ since a LiTS volume takes hundreds of megabytes.
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import re
@@ -142,17 +143,97 @@ def iter_msd(folder: str | os.PathLike, ids: Iterable[int] | None = None) -> Ite
 
 
 def find_cases(spec: str) -> Iterator[Case]:
-    """The cases a data spec names: ``lits117``, or a folder in LiTS, MSD Task03_Liver or
-    phantom layout (detected in that order). The layout is checked now; folder cases are read
-    one at a time as the iterator advances (``list()`` it for small sets)."""
+    """The cases a data spec names: ``lits117``, ``dicomseg:<folder>`` (see ``iter_dicomseg``),
+    or a folder in LiTS, MSD Task03_Liver or phantom layout (detected in that order). The layout
+    is checked now; folder cases are read one at a time as the iterator advances (``list()`` it
+    for small sets)."""
     if spec.strip().lower() == "lits117":
         return iter([load_lits117()])
+    if spec.startswith(DICOMSEG_PREFIX):
+        return iter_dicomseg(spec[len(DICOMSEG_PREFIX):])
     path = _existing_folder(spec)
     for detect in (_lits_pairs, _msd_pairs, _phantom_pairs):
         pairs = detect(path)
         if pairs:
             return _read_pairs(pairs)
     raise RefineError(f"No cases found in {path}: expected a folder in {LAYOUTS} layout, or 'lits117'.")
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM: CT series folders with DICOM SEG liver and tumour segments
+
+DICOMSEG_PREFIX = "dicomseg:"
+DICOMSEG_LAYOUT = ("<folder>/<case>/ (the CT series' slice files) with <folder>/<case>*.dcm beside it: DICOM SEG "
+                   "files holding a liver and a tumour segment (one file with both, or e.g. <case>_Liver.dcm and "
+                   "<case>_Tumor.dcm)")
+LIVER_WORDS = ("liver",)
+TUMOUR_WORDS = ("tumor", "tumour", "lesion")
+
+
+def _segment_role(label: str, file_name: str, only_segment: bool) -> str | None:
+    """"liver", "tumour" or None for a segment, from its label, else (a file's only segment) from
+    the file name such as ``<case>_ManualROI_Tumor.dcm``."""
+    for text in (label.lower(), file_name.lower() if only_segment else ""):
+        if any(word in text for word in TUMOUR_WORDS):
+            return "tumour"
+        if any(word in text for word in LIVER_WORDS):
+            return "liver"
+    return None
+
+
+def read_dicom_case(name: str, series_folder: str | os.PathLike, seg_paths: Iterable[str | os.PathLike]) -> Case:
+    """A case from a CT series folder and DICOM SEG files holding its liver and tumour segments
+    (found by segment label, or by file name for single-segment files): label 1 liver, 2 tumour
+    (the tumour overrides the liver), on the CT grid, both reoriented to the closest LPS order
+    without resampling, like ``read_oriented``."""
+    from . import dicom
+
+    seg_paths = [Path(p) for p in seg_paths]
+    image = dicom.read_series(series_folder).volume
+    label = np.zeros(image.array.shape, dtype=np.uint8)
+    found: dict[str, list[str]] = {"liver": [], "tumour": []}
+    masks: dict[str, np.ndarray] = {}
+    for path in seg_paths:
+        names = dicom.segment_names(dicom.read_seg_header(path))
+        for number, segment in names.items():
+            role = _segment_role(segment, Path(path).name, len(names) == 1)
+            if role is None:
+                continue
+            found[role].append(f"{Path(path).name}:{segment}")
+            mask = dicom.read_seg_on(path, image, number).array.astype(bool)
+            masks[role] = masks[role] | mask if role in masks else mask
+    missing = [role for role in ("liver", "tumour") if role not in masks]
+    if missing:
+        raise RefineError(f"{name}: no {' or '.join(missing)} segment in its DICOM SEG files "
+                          f"({', '.join(str(p) for p in seg_paths) or 'none'}); segments need labels (or single-"
+                          "segment file names) containing 'liver' and 'tumor'/'tumour'/'lesion'.")
+    label[masks["liver"]] = 1
+    label[masks["tumour"]] = 2
+    oriented = io.reoriented(image, "LPS")
+    return Case(name, Volume(oriented.array.astype(np.float32, copy=False), oriented.geometry),
+                io.reoriented(image.with_array(label), "LPS"))
+
+
+def _dicomseg_pairs(folder: Path) -> list[tuple[str, Path, list[Path]]]:
+    cases = []
+    for series in sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: _natural_key(p.name)):
+        segs = sorted(p for p in folder.glob(f"{glob.escape(series.name)}*.dcm") if p.is_file())
+        if segs:
+            cases.append((series.name, series, segs))
+    return cases
+
+
+def iter_dicomseg(folder: str | os.PathLike) -> Iterator[Case]:
+    """Cases in the ``dicomseg:<folder>`` layout: every CT series sub-folder ``<case>/`` that has
+    DICOM SEG files ``<case>*.dcm`` beside it (see ``DICOMSEG_LAYOUT``); read lazily."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise RefineError(f"{path} is not a folder; dicomseg: expects {DICOMSEG_LAYOUT}.")
+    cases = _dicomseg_pairs(path)
+    if not cases:
+        raise RefineError(f"No DICOM cases in {path}: expected {DICOMSEG_LAYOUT}.")
+    return (read_dicom_case(name, series, segs) for name, series, segs in cases)
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,6 +62,10 @@ def from_sitk(image: sitk.Image) -> Volume:
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
+    if Path(path).is_dir():  # a DICOM CT series is given as its folder; pydicom/highdicom load only then
+        from . import dicom
+
+        return to_sitk(dicom.read_series(path).volume)
     path = Path(path)
     volume_suffix(path)
     if not path.is_file():
@@ -117,6 +121,11 @@ def axial_arrays(image: np.ndarray, mask: np.ndarray | None, spacing_zyx: Sequen
 
 def read_geometry(path: str | os.PathLike) -> tuple[Geometry, tuple[int, int, int]]:
     """Geometry and (z, y, x) shape of the 3D volume ``read_volume(path)`` gives, from the header only."""
+    if Path(path).is_dir():  # a DICOM series folder: its slice headers
+        from . import dicom
+
+        series = dicom.read_series(path, pixels=False)
+        return series.geometry, series.shape
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()

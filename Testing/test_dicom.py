@@ -1,0 +1,307 @@
+"""DICOM series and SEG in and out, and Slicer .seg.nrrd segments, on small synthetic files."""
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pydicom = pytest.importorskip("pydicom")
+hd = pytest.importorskip("highdicom")
+
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.sr.codedict import codes  # noqa: E402
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+
+from LiverTumorRefineLib import api, datasets, dicom, io, segments  # noqa: E402
+from LiverTumorRefineLib.cli import main  # noqa: E402
+from LiverTumorRefineLib.errors import RefineError  # noqa: E402
+from LiverTumorRefineLib.volume import Geometry, Volume  # noqa: E402
+
+SHAPE = (8, 32, 32)  # z, y, x
+PIXEL = (0.7, 0.8)  # between rows, between columns (DICOM PixelSpacing order)
+STEP = 2.5
+ORIGIN = (-12.0, -20.0, -100.0)
+
+
+def ct_array() -> np.ndarray:
+    """HU with a gradient along every axis, so any misplaced slice, row or column shows."""
+    z, y, x = np.indices(SHAPE)
+    return (-200 + 40 * z + 3 * y + x).astype(np.int16)
+
+
+def truth_labels() -> np.ndarray:
+    """0/1/2: a liver box with a tumour ball inside, off-centre along z."""
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[1:7, 6:26, 5:27] = 1
+    z, y, x = np.indices(SHAPE)
+    labels[((z - 4) * STEP) ** 2 + ((y - 14) * PIXEL[0]) ** 2 + ((x - 17) * PIXEL[1]) ** 2 < 4.5 ** 2] = 2
+    return labels
+
+
+def slice_dataset(pixels: np.ndarray, position, orientation, uids: dict, number: int) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = CTImageStorage
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids["study"], uids["series"], uids["frame"]
+    ds.Modality, ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "CT", "p1", "Test^P", "", "O"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "120000", "1", "", ""
+    ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = 3, number, "test"
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.PixelSpacing = list(PIXEL)
+    ds.SliceThickness = STEP
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, -1024, "HU"  # stored values are HU + 1024
+    ds.PixelData = (pixels.astype(np.int32) + 1024).astype(np.uint16).tobytes()
+    return ds
+
+
+def write_series(folder: Path, stray: str | None = None, seed: int = 0) -> list[Dataset]:
+    """SHAPE as an axial series with shuffled file names (file order is not slice order); ``stray``
+    adds one slice of the same series that is not part of the volume."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uids = {"study": generate_uid(), "series": generate_uid(), "frame": generate_uid()}
+    axial = (1, 0, 0, 0, 1, 0)
+    array = ct_array()
+    slices = [slice_dataset(array[k], (ORIGIN[0], ORIGIN[1], ORIGIN[2] + STEP * k), axial, uids, k + 1)
+              for k in range(SHAPE[0])]
+    extra = []
+    if stray == "orientation":  # a coronal reformat stored in the series, as in one real case
+        extra = [slice_dataset(array[:, 3, :].repeat(4, axis=0), (ORIGIN[0], ORIGIN[1] + 3, ORIGIN[2]),
+                               (1, 0, 0, 0, 0, -1), uids, 99)]
+    elif stray == "spacing":  # a slice beyond the end at another spacing
+        extra = [slice_dataset(array[-1], (ORIGIN[0], ORIGIN[1], ORIGIN[2] + STEP * SHAPE[0] + 6.0), axial, uids, 98)]
+    names = [f"IM{n:04d}" for n in random.Random(seed).sample(range(1000), len(slices) + len(extra))]
+    for ds, name in zip(slices + extra, names):
+        ds.save_as(folder / name, enforce_file_format=True)
+    return slices
+
+
+def write_two_segment_seg(slices: list[Dataset], labels: np.ndarray, path: Path) -> None:
+    """A BINARY SEG with segments 1 "Liver" (liver and tumour) and 2 "Tumor", its frames stored in
+    a shuffled source order so that only plane positions place them."""
+    order = random.Random(1).sample(range(len(slices)), len(slices))
+    planes = np.stack([labels >= 1, labels == 2], axis=-1).astype(np.uint8)[order]
+    algorithm = hd.AlgorithmIdentificationSequence(name="test", version="1", family=codes.DCM.ArtificialIntelligence)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=i + 1, segment_label=name, segmented_property_category=codes.SCT.Organ,
+        segmented_property_type=codes.SCT.Liver, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm) for i, name in enumerate(["Liver", "Tumor"])]
+    seg = hd.seg.Segmentation(
+        source_images=[slices[i] for i in order], pixel_array=planes,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=10, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="test", manufacturer_model_name="test", software_versions="1", device_serial_number="1")
+    seg.save_as(path)
+
+
+@pytest.fixture()
+def series(tmp_path):
+    folder = tmp_path / "ct"
+    slices = write_series(folder)
+    seg_path = tmp_path / "labels.dcm"
+    write_two_segment_seg(slices, truth_labels(), seg_path)
+    return folder, slices, seg_path
+
+
+def expected_geometry():
+    return (PIXEL[1], PIXEL[0], STEP), ORIGIN
+
+
+def test_series_reads_as_the_array_and_geometry(series):
+    folder, slices, _ = series
+    read = dicom.read_series(folder)
+    assert np.array_equal(read.volume.array, ct_array().astype(np.float32))  # HU: intercept applied
+    spacing, origin = expected_geometry()
+    assert np.allclose(read.geometry.spacing, spacing) and np.allclose(read.geometry.origin, origin)
+    assert np.allclose(read.geometry.direction, np.eye(3).ravel())
+    assert [ds.SOPInstanceUID for ds in read.datasets] == [ds.SOPInstanceUID for ds in slices]
+    headers = dicom.read_series(folder, pixels=False)
+    assert headers.volume is None and headers.shape == SHAPE and headers.geometry.same_grid(read.geometry)
+    assert io.read_geometry(folder) == (read.geometry, SHAPE)  # what back_on_grid uses
+
+
+def test_file_order_does_not_matter(tmp_path):
+    a, b = write_series(tmp_path / "a", seed=1), write_series(tmp_path / "b", seed=2)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) != sorted(p.name for p in (tmp_path / "b").iterdir())
+    va, vb = dicom.read_series(tmp_path / "a").volume, dicom.read_series(tmp_path / "b").volume
+    assert np.array_equal(va.array, vb.array) and va.geometry.same_grid(vb.geometry)
+    assert np.array_equal(va.array, ct_array())
+
+
+@pytest.mark.parametrize("stray", ["orientation", "spacing"])
+def test_stray_slice_is_dropped_with_a_warning(tmp_path, stray):
+    write_series(tmp_path / "ct", stray=stray)
+    with pytest.warns(UserWarning, match=r"dropped 1 of 9 slices"):
+        read = dicom.read_series(tmp_path / "ct")
+    assert read.volume.array.shape == SHAPE and np.array_equal(read.volume.array, ct_array())
+
+
+def test_folder_with_two_series_is_refused(tmp_path):
+    write_series(tmp_path / "ct")
+    write_series(tmp_path / "other", seed=5)
+    for path in (tmp_path / "other").iterdir():
+        path.rename(tmp_path / "ct" / f"x{path.name}")
+    with pytest.raises(RefineError, match="holds 2 DICOM series"):
+        dicom.read_series(tmp_path / "ct")
+
+
+@pytest.mark.parametrize("segment, value", [("tumor", 2), ("TUMOR", 2), (2, 2), ("2", 2), ("Liver", 1)])
+def test_seg_segment_by_name_or_number_lands_on_its_voxels(series, segment, value):
+    folder, _, seg_path = series
+    ct = dicom.read_series(folder).volume
+    mask = dicom.read_seg_on(seg_path, ct, segment)
+    expected = truth_labels() == 2 if value == 2 else truth_labels() >= 1
+    assert expected.sum() > 20 and np.array_equal(mask.array.astype(bool), expected)
+    assert mask.geometry.same_grid(ct.geometry)
+
+
+def test_seg_on_another_grid_and_through_load_pair(series):
+    folder, _, seg_path = series
+    ct = dicom.read_series(folder).volume
+    flipped = io.reoriented(ct, "RAS")  # same voxels, axes flipped: match_geometry permutes/flips back
+    on_flipped = dicom.read_seg_on(seg_path, flipped, "tumor")
+    assert np.array_equal(io.reoriented(on_flipped, "LPS").array.astype(bool), truth_labels() == 2)
+    image, mask = api.load_pair(folder, seg_path, segment="Tumor")
+    assert np.array_equal(image.array, ct_array()) and np.array_equal(mask.array.astype(bool), truth_labels() == 2)
+
+
+def test_unknown_segment_lists_the_names(series):
+    _, _, seg_path = series
+    with pytest.raises(RefineError, match=r"no segment 'kidney'.*1 'Liver', 2 'Tumor'"):
+        dicom.read_seg(seg_path, "kidney")
+    with pytest.raises(RefineError, match=r"holds 2 segments .*--segment"):
+        dicom.read_seg(seg_path)
+
+
+def test_write_seg_references_the_series_and_reads_back(series, tmp_path):
+    folder, slices, _ = series
+    headers = dicom.read_series(folder, pixels=False)
+    labels = dicom.read_series(folder).volume.with_array(truth_labels())
+    out = dicom.write_seg(labels, headers, tmp_path / "out.dcm")
+    seg = hd.seg.segread(str(out))
+    assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [slices[0].SeriesInstanceUID]
+    assert seg.StudyInstanceUID == slices[0].StudyInstanceUID
+    assert dicom.segment_names(seg) == {1: "Liver", 2: "Tumor"}
+    assert np.array_equal(dicom.read_seg_on(out, labels, "tumor").array.astype(bool), truth_labels() == 2)
+    with pytest.raises(RefineError, match="already exists"):
+        dicom.write_seg(labels, headers, out)
+    assert not list(tmp_path.glob(".out.dcm*"))  # no temporary file left behind
+
+
+@pytest.fixture()
+def tiny_weights(tmp_path):
+    import torch
+
+    from LiverTumorRefineLib.config import NetConfig, PatchConfig
+    from LiverTumorRefineLib.network import build_model
+    from LiverTumorRefineLib.weights import save_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_model(build_model(PatchConfig(), NetConfig(base_channels=4)).eval(), path)
+    return path
+
+
+def test_refine_out_dcm_round_trip(series, tmp_path, tiny_weights):
+    folder, slices, seg_path = series
+    common = ["--image", str(folder), "--mask", str(seg_path), "--segment", "tumor", "--weights", str(tiny_weights),
+              "--device", "cpu", "--min-kept", "0"]
+    assert main(["refine", *common, "--out", str(tmp_path / "refined.dcm")]) == 0
+    assert main(["refine", *common, "--out", str(tmp_path / "refined.nii.gz")]) == 0
+    seg = hd.seg.segread(str(tmp_path / "refined.dcm"))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == slices[0].SeriesInstanceUID
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in slices}
+    nifti = io.read_volume(tmp_path / "refined.nii.gz")
+    from_seg = dicom.read_seg_on(tmp_path / "refined.dcm", nifti, "Tumor")
+    assert np.array_equal(from_seg.array.astype(bool), nifti.array > 0)
+    # evaluate reads SEG truth and SEG prediction by segment name
+    assert main(["evaluate", "--truth", str(seg_path), "--pred", str(tmp_path / "refined.dcm"), "--segment", "Tumor",
+                 "--json"]) == 0
+
+
+def test_dcm_output_needs_a_dicom_series(tmp_path, tiny_weights, capsys):
+    image = tmp_path / "ct.nii.gz"
+    io.write_volume(Volume(ct_array().astype(np.float32)), image)
+    io.write_volume(Volume(truth_labels()), tmp_path / "mask.nii.gz")
+    assert main(["refine", "--image", str(image), "--mask", str(tmp_path / "mask.nii.gz"), "--out",
+                 str(tmp_path / "o.dcm"), "--weights", str(tiny_weights), "--device", "cpu"]) == 2
+    assert "must be a DICOM series folder" in capsys.readouterr().err
+    assert not (tmp_path / "o.dcm").exists()
+
+
+def write_seg_nrrd(path: Path, layers: np.ndarray, names_layers_values, origin=(5.0, -3.0, 10.0),
+                   spacing=(0.8, 0.7, 2.5)) -> None:
+    """A multi-layer .seg.nrrd as Slicer writes it: 4D, kinds 'list domain domain domain', one
+    layer per component, segments described by Segment{i}_* header fields."""
+    header = ["NRRD0004", "type: unsigned char", "dimension: 4", "space: left-posterior-superior",
+              f"sizes: {layers.shape[-1]} {layers.shape[2]} {layers.shape[1]} {layers.shape[0]}",
+              f"space directions: none ({spacing[0]},0,0) (0,{spacing[1]},0) (0,0,{spacing[2]})",
+              "kinds: list domain domain domain", "encoding: raw", "endian: little",
+              f"space origin: ({origin[0]},{origin[1]},{origin[2]})"]
+    for i, (name, layer, value) in enumerate(names_layers_values):
+        header += [f"Segment{i}_ID:=Segment_{i + 1}", f"Segment{i}_Name:={name}", f"Segment{i}_Layer:={layer}",
+                   f"Segment{i}_LabelValue:={value}"]
+    path.write_bytes(("\n".join(header) + "\n\n").encode() + np.ascontiguousarray(layers, dtype=np.uint8).tobytes())
+
+
+def test_multilayer_seg_nrrd_segment_by_name(tmp_path):
+    labels = truth_labels()
+    layers = np.stack([(labels >= 1) * 1, (labels == 2) * 3], axis=-1)  # overlapping: tumour inside liver
+    path = tmp_path / "case.seg.nrrd"
+    write_seg_nrrd(path, layers, [("Liver", 0, 1), ("Tumour", 1, 3)])
+    with pytest.raises(RefineError, match="components per voxel"):
+        io.read_image(path)  # plain readers still refuse a multi-layer file ...
+    tumour = io.from_sitk(segments.read_mask(path, "tumour"))  # ... that a segment name opens
+    assert np.array_equal(tumour.array.astype(bool), labels == 2)
+    assert np.allclose(tumour.geometry.origin, (5.0, -3.0, 10.0)) and np.allclose(tumour.geometry.spacing, (0.8, 0.7, 2.5))
+    assert np.array_equal(io.from_sitk(segments.read_mask(path, 1)).array.astype(bool), labels >= 1)
+    with pytest.raises(RefineError, match=r"no segment 'kidney'.*1 'Liver', 2 'Tumour'"):
+        segments.read_mask(path, "kidney")
+    with pytest.raises(RefineError, match="--segment"):
+        segments.read_mask(path)
+    plain = tmp_path / "plain.nii.gz"
+    io.write_volume(Volume(truth_labels()), plain)
+    with pytest.raises(RefineError, match="plain mask file"):
+        segments.read_mask(plain, "tumour")
+
+
+def test_evaluate_with_a_cropped_seg_nrrd_truth_counts_predictions_outside_the_crop(tmp_path):
+    labels = truth_labels()
+    pred = (labels == 2).astype(np.uint8)
+    pred[0, 0:3, 0:3] = 1  # a false positive outside the truth's crop
+    geometry = Geometry((0.8, 0.7, 2.5), (5.0, -3.0, 10.0))
+    io.write_volume(Volume(pred, geometry), tmp_path / "pred.nii.gz")
+    crop = (slice(2, 7), slice(8, 22), slice(10, 25))  # the tumour only, as Slicer's cropped save
+    cropped = np.stack([(labels >= 1) * 1, (labels == 2) * 1], axis=-1)[crop]
+    origin = (5.0 + 10 * 0.8, -3.0 + 8 * 0.7, 10.0 + 2 * 2.5)
+    write_seg_nrrd(tmp_path / "truth.seg.nrrd", cropped, [("Liver", 0, 1), ("Tumor", 1, 1)], origin=origin)
+    with_fp = api.evaluate_files(tmp_path / "truth.seg.nrrd", tmp_path / "pred.nii.gz", segment="tumor")
+    io.write_volume(Volume((labels == 2).astype(np.uint8), geometry), tmp_path / "exact.nii.gz")
+    exact = api.evaluate_files(tmp_path / "truth.seg.nrrd", tmp_path / "exact.nii.gz", segment="tumor")
+    assert exact["dice"] == pytest.approx(1.0) and with_fp["dice"] < 1.0
+
+
+def test_dicomseg_data_spec(tmp_path):
+    root = tmp_path / "cases"
+    slices = write_series(root / "case1")
+    write_two_segment_seg(slices, truth_labels(), root / "case1.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cases = list(datasets.find_cases(f"dicomseg:{root}"))
+    assert [c.name for c in cases] == ["case1"]
+    assert cases[0].image.array.dtype == np.float32 and cases[0].label.array.dtype == np.uint8
+    assert np.array_equal(cases[0].label.array, truth_labels()) and np.array_equal(cases[0].image.array, ct_array())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RefineError, match="No DICOM"):
+        datasets.find_cases(f"dicomseg:{tmp_path / 'empty'}")
