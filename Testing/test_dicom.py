@@ -153,6 +153,8 @@ def test_folder_with_two_series_is_refused(tmp_path):
         path.rename(tmp_path / "ct" / f"x{path.name}")
     with pytest.raises(RefineError, match="holds 2 DICOM series"):
         dicom.read_series(tmp_path / "ct")
+    with pytest.raises(RefineError, match=r"no DICOM image slices.*holds folders \(ct, other\)"):
+        dicom.read_series(tmp_path)  # the parent of series folders
 
 
 @pytest.mark.parametrize("segment, value", [("tumor", 2), ("TUMOR", 2), (2, 2), ("2", 2), ("Liver", 1)])

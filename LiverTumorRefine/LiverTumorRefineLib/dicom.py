@@ -112,7 +112,9 @@ def _main_run(datasets: list[Any]) -> list[Any]:
 
 def _select_series(folder: Path, datasets: list[Any], series_uid: str | None) -> list[Any]:
     if not datasets:
-        raise RefineError(f"{folder}: no DICOM image slices found; give the folder of one CT series.")
+        inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        hint = f" It holds folders ({', '.join(inside[:6])}): give one series folder." if inside else ""
+        raise RefineError(f"{folder}: no DICOM image slices found; give the folder of one CT series.{hint}")
     series = Counter(str(ds.SeriesInstanceUID) for ds in datasets)
     if series_uid is not None:
         if series_uid not in series:
