@@ -456,7 +456,19 @@ def _draw_organs(rng: np.random.Generator, cavity: np.ndarray, z_top: float, z_b
 # --------------------------------------------------------------------------------------------
 # Voxel grid
 
-_COMMON_SLICE_MM = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+def _draw_slice_mm(rng: np.random.Generator) -> float:
+    """Slice spacing as clinical series have it: 5 mm 30%, 4-5 mm 10%, 2.5 or 3 mm 20%,
+    1-2 mm 20%, anything in 1-5 mm 20%."""
+    r = rng.random()
+    if r < 0.3:
+        return 5.0
+    if r < 0.4:
+        return float(rng.choice((4.0, rng.uniform(4.0, 5.0))))
+    if r < 0.6:
+        return float(rng.choice((2.5, 3.0)))
+    if r < 0.8:
+        return float(rng.choice((1.0, 1.25, 1.5, 2.0)))
+    return rng.uniform(1.0, 5.0)
 
 
 def _draw_grid(rng: np.random.Generator, an: _Anatomy, size_xy: int | None, n_slices: int | None,
@@ -465,7 +477,7 @@ def _draw_grid(rng: np.random.Generator, an: _Anatomy, size_xy: int | None, n_sl
     allows; otherwise (fine spacing) it is a crop centred towards the liver."""
     if spacing is None:
         s_xy = rng.uniform(0.6, 1.5)
-        s_z = float(rng.choice(_COMMON_SLICE_MM)) if rng.random() < 0.5 else rng.uniform(1.0, 5.0)
+        s_z = _draw_slice_mm(rng)
         spacing = (s_xy, s_xy, s_z)
     s_x, s_y, s_z = (float(s) for s in spacing)
     z_lo = an.z_bot - rng.uniform(0, 25)
@@ -738,10 +750,11 @@ def _paint_liver(canvas: _Canvas, rng: np.random.Generator, an: _Anatomy) -> _Li
         return None
     texture_hu = rng.uniform(1, 6)
     perfusion = _Waves.draw(rng, 3, (40, 150), rng.uniform(0, 6))  # large-scale enhancement variation
+    patchy = _Waves.draw(rng, 4, (15, 50), rng.uniform(1.5, 4.5))  # parenchymal heterogeneity, about +-5-10 HU
 
     def fn(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         f = shape(z, y, x)
-        texture = texture_hu * rng.standard_normal(f.shape) + perfusion(z, y, x)
+        texture = texture_hu * rng.standard_normal(f.shape) + perfusion(z, y, x) + patchy(z, y, x)
         return np.stack(np.broadcast_arrays(f, texture))
 
     sdf, texture = _field(canvas.grid, box, fn, 3.0)
@@ -876,7 +889,11 @@ def _place_lesions(rng: np.random.Generator, grid: _Grid, liver: _Liver, n: int)
     lesions: list[_Lesion] = []
     liver_size = float((-liver.sdf).max())  # deepest point: half the liver's thickness
     for _ in range(n):
-        radius = min(0.5 * math.exp(rng.uniform(math.log(5), math.log(60))), 0.6 * liver_size)
+        if rng.random() < 0.3:  # large (often heterogeneous) tumours: 24-60 mm across
+            radius = rng.uniform(12, 30)
+        else:  # 5-60 mm across, log-uniform: small lesions stay common
+            radius = 0.5 * math.exp(rng.uniform(math.log(5), math.log(60)))
+        radius = min(radius, 0.6 * liver_size)
         at_edge = rng.random() < 0.25
         for _attempt in range(6):
             centre = _find_centre(rng, grid, liver, radius, at_edge, lesions)
@@ -908,50 +925,171 @@ def _find_centre(rng: np.random.Generator, grid: _Grid, liver: _Liver, radius: f
 
 @dataclass(frozen=True)
 class _Look:
-    """How a lesion shows against the liver (HU offsets) and how sharp its margin is."""
+    """How a lesion shows against the liver (HU offsets) and at its margin. What lies inside the
+    label's surface (enhancing rim, capsule, necrotic core) is tumour; the halo outside is not."""
 
-    delta: float
-    rim_delta: float  # enhancing rim (0: none)
+    delta: float  # solid tumour minus liver
+    texture: _Waves  # smooth internal variation, HU
+    mottle_hu: float  # coarse-noise mottling of heterogeneous lesions (0: none)
+    mottle_mm: float
+    soft_mm: float  # blur of the visible margin beyond the voxel size
+    margin_mm: float  # infiltrative margin: the visible edge wanders this far about the label's (0: none)
+    margin: _Waves  # unit rms; displaces the visible edge, and makes the halo's width irregular
+    rim_delta: float  # enhancing rim just inside the surface (0: none)
     rim_mm: float
+    rim_irregular: float  # relative variation of the rim's thickness
+    rim_shape: _Waves  # unit rms
+    rim_cover: float  # partial rim: present where rim_gaps exceeds this (-inf: complete)
+    rim_gaps: _Waves  # unit rms
+    capsule_hu: float  # thin ring at the surface, HU relative to liver (0: none)
+    capsule_mm: float
+    halo_hu: float  # oedema / transition zone just outside the tumour, not labelled (0: none)
+    halo_mm: float
     necrosis_hu: float | None  # fluid-like core (None: solid)
-    core_depth: float  # mm from the surface where the core begins
-    soft_mm: float
-    texture: _Waves
+    core_depth: float  # mm from the surface where the main core begins
+    core_outline: _Waves  # mm, makes the core's outline irregular
+    core_patches: tuple[_Ellipsoid, ...]  # further necrotic patches
+    core_soft: float
+    wall_mm: float  # viable tissue the core always leaves under the surface
 
 
-def _draw_look(rng: np.random.Generator, phase: _Phase, radius: float) -> _Look:
+def _draw_look(rng: np.random.Generator, phase: _Phase, lesion: _Lesion) -> _Look:
+    """Appearance probabilities (per lesion; "big" is radius > 12 mm): heterogeneous mottled
+    interior 60% big / 20% otherwise; necrotic core 60% big / 25% for 8-12 mm, with extra
+    patches in a third of those; enhancing rim 20% rim-enhancing kind + 25% big / 10% others;
+    infiltrative margin 20%, soft margin 25%, else sharp; capsule 15% (not infiltrative);
+    hypodense halo 20%."""
     u = rng.uniform
-    kind = rng.choice(3, p=[0.65, 0.15, 0.2])  # hypodense, hyperdense, rim-enhancing
+    radius = lesion.radius
+    big = radius > 12
     contrast = phase.lesion_contrast
+    kind = rng.choice(3, p=[0.65, 0.15, 0.2])  # hypodense, hyperdense, rim-enhancing
     delta = (u(10, 50) if kind == 1 else -u(15, 80)) * contrast
     delta = math.copysign(max(abs(delta), 8.0), delta)  # faint, but not invisible under the noise
-    rim = u(15, 60) * contrast if kind == 2 or rng.random() < 0.1 else 0.0
-    necrotic = radius > 8 and rng.random() < 0.3
-    return _Look(delta, rim, u(1.5, 4), u(5, 30) if necrotic else None, radius * u(0.35, 0.6),
-                 u(0.7, 3) if rng.random() < 0.3 else 0.0, _Waves.draw(rng, 4, (4, 15), u(2, 8)))
+    heterogeneous = rng.random() < (0.6 if big else 0.2)
+    if heterogeneous:
+        texture = _Waves.draw(rng, 5, (3, 12), u(5, 12))
+        mottle_hu, mottle_mm = u(8, 25), u(2.5, 6)
+    else:
+        texture = _Waves.draw(rng, 4, (4, 15), u(2, 8))
+        mottle_hu, mottle_mm = 0.0, 4.0
+    margin_kind = rng.random()
+    infiltrative = margin_kind < 0.2
+    if infiltrative:  # ill-defined: a soft, irregular edge whose mid-point is the label's
+        soft_mm, margin_mm = u(1, 3), u(1, max(1.5, min(4.0, 0.3 * radius)))
+    else:
+        soft_mm, margin_mm = (u(0.5, 2.5) if margin_kind < 0.45 else 0.0), 0.0
+    margin = _Waves.draw(rng, 6, (3, 12), 1.0)
+    rim = kind == 2 or rng.random() < (0.25 if big else 0.1)
+    thickness = rng.random()  # thin, medium or thick
+    rim_mm = u(0.8, 2) if thickness < 0.35 else u(2, 4) if thickness < 0.75 else u(4, 7)
+    rim_mm = min(rim_mm, max(0.8, 0.4 * radius))
+    rim_irregular = u(0.2, 0.7) if rng.random() < 0.5 else 0.0
+    rim_cover = u(-1.0, 0.5) if rng.random() < 0.3 else -math.inf
+    rim_shape = _Waves.draw(rng, 5, (max(5.0, 0.5 * radius), max(10.0, 2 * radius)), 1.0)
+    rim_gaps = _Waves.draw(rng, 4, (max(6.0, 0.6 * radius), max(12.0, 2 * radius)), 1.0)
+    capsule = not infiltrative and rng.random() < 0.15
+    capsule_hu = (u(10, 40) if rng.random() < 0.6 else -u(10, 30)) * contrast
+    capsule_mm = u(1, 2)
+    halo = rng.random() < 0.2
+    halo_hu, halo_mm = -max(u(8, 25) * contrast, 5.0), u(2, 8)
+    necrotic = rng.random() < (0.6 if big else 0.25 if radius > 8 else 0.0)
+    core_depth = max(2.0, radius * u(0.15, 0.5))
+    core_outline = _Waves.draw(rng, 5, (0.5 * radius, 1.5 * radius), radius * u(0.05, 0.15))
+    patches = []
+    if rng.random() < 0.35:
+        for _ in range(rng.integers(1, 4)):
+            offset = _unit(rng.normal(size=3)) * radius * u(0.2, 0.6)
+            patches.append(_Ellipsoid(lesion.centre + offset, radius * u(0.12, 0.3, 3), _rotation(rng)))
+    necrosis_hu = u(5, 30)
+    if necrotic and not rim:  # the viable wall must show, or the outline is invisible around a visible core
+        delta = math.copysign(max(abs(delta), 15.0), delta)
+    core_soft = u(0.2, 1.0)
+    wall_mm = max(1.5, rim_mm if rim else 0.0, capsule_mm if capsule else 0.0)
+    return _Look(delta, texture, mottle_hu, mottle_mm, soft_mm, margin_mm, margin,
+                 u(15, 60) * contrast if rim else 0.0, rim_mm, rim_irregular, rim_shape, rim_cover, rim_gaps,
+                 capsule_hu if capsule else 0.0, capsule_mm, halo_hu if halo else 0.0, halo_mm,
+                 necrosis_hu if necrotic else None, core_depth, core_outline, tuple(patches), core_soft, wall_mm)
+
+
+def _lesion_fields(look: _Look, lesion: _Lesion) -> tuple[Field, Field, list[str], list[str]]:
+    """Smooth shape fields (sampled coarsely) and fine detail fields of one lesion, with names."""
+    shape_names = ["f"]
+    if look.rim_delta:
+        shape_names += ["rim", "cover"] if look.rim_cover > -math.inf else ["rim"]
+    if look.necrosis_hu is not None:
+        shape_names.append("core")
+    detail_names = ["texture"]
+    if look.margin_mm or look.halo_hu:
+        detail_names.append("margin")
+
+    def shape(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        f = lesion.sdf(z, y, x)
+        out = [f]
+        if look.rim_delta:
+            out.append(look.rim_mm * np.maximum(1.0 + look.rim_irregular * look.rim_shape(z, y, x), 0.3))
+            if look.rim_cover > -math.inf:
+                out.append(look.rim_gaps(z, y, x))
+        if look.necrosis_hu is not None:
+            core = f + look.core_depth + look.core_outline(z, y, x)
+            for patch in look.core_patches:
+                core = np.minimum(core, patch.sdf(z, y, x))
+            out.append(np.maximum(core, f + look.wall_mm))
+        return np.stack(np.broadcast_arrays(*out))
+
+    def detail(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        out = [look.texture(z, y, x)]
+        if "margin" in detail_names:
+            out.append(look.margin(z, y, x))
+        return np.stack(np.broadcast_arrays(*out))
+
+    return shape, detail, shape_names, detail_names
+
+
+_LESION_REACH_MM = 11.0  # >= 1.3 halo_mm and 2 soft_mm + margin_mm
 
 
 def _paint_lesions(canvas: _Canvas, rng: np.random.Generator, an: _Anatomy, liver: _Liver, n: int) -> None:
     grid = canvas.grid
     for lesion in _place_lesions(rng, grid, liver, n):
-        look = _draw_look(rng, an.phase, lesion.radius)
-        box = grid.box(*lesion.bounds(look.soft_mm * 2 + 2 * float(grid.spacing.max())))
+        look = _draw_look(rng, an.phase, lesion)
+        # the widest halo or soft margin, for every look: the box (hence the sampled shape and
+        # the label) does not depend on the appearance
+        box = grid.box(*lesion.bounds(_LESION_REACH_MM + 2 * float(grid.spacing.max())))
         box = None if box is None else _intersect(box, liver.box)
         if box is None:
             continue
-
-        def fn(z: np.ndarray, y: np.ndarray, x: np.ndarray, look: _Look = look, lesion: _Lesion = lesion) -> np.ndarray:
-            return np.stack(np.broadcast_arrays(lesion.sdf(z, y, x), look.texture(z, y, x)))
-
-        # big lesions are smooth on the voxel scale: sample them coarser and upsample
-        f, texture = _field(grid, box, fn, max(0.8, lesion.radius / 10))
+        shape_fn, detail_fn, shape_names, detail_names = _lesion_fields(look, lesion)
+        # big lesions are smooth on the voxel scale: sample their shape coarser and upsample
+        step = max(0.8, lesion.radius / 10)
+        fields = dict(zip(shape_names, _field(grid, box, shape_fn, step)))
+        fields.update(zip(detail_names, _field(grid, box, detail_fn, min(step, 1.5))))
+        f = fields["f"]
         in_liver = _sub_box(liver.box, box)
-        frac = np.minimum(_occupancy(f, look.soft_mm), liver.occupancy[in_liver])
-        value = an.phase.liver + look.delta + texture
+        liver_occ = liver.occupancy[in_liver]
+        footprint = _footprint(f)
+        if look.halo_hu:  # darker parenchyma fading out over halo_mm, painted over by the tumour
+            h = np.clip(1.0 - (f + 0.3 * look.halo_mm * fields["margin"]) / look.halo_mm, 0.0, 1.0)
+            h = h * h * (3.0 - 2.0 * h)
+            h *= liver_occ
+            h *= canvas.label[box] != TUMOUR
+            canvas.image[box] += look.halo_hu * h
+        visible = f + look.margin_mm * fields["margin"] if look.margin_mm else f
+        frac = np.minimum(_occupancy(visible, look.soft_mm, None if look.margin_mm else footprint), liver_occ)
+        value = an.phase.liver + look.delta + fields["texture"]
+        if look.mottle_hu:
+            value += look.mottle_hu * _blobs(rng, f.shape, grid.spacing, look.mottle_mm)
         if look.rim_delta:
-            value = value + look.rim_delta * (1.0 - _occupancy(f + look.rim_mm))
+            rim = 1.0 - _occupancy(f + fields["rim"], footprint=footprint)
+            if "cover" in fields:
+                rim *= np.clip(0.5 + 1.5 * (fields["cover"] - look.rim_cover), 0.0, 1.0)
+            value += look.rim_delta * rim
+        if look.capsule_hu:
+            ring = 1.0 - _occupancy(f + look.capsule_mm, footprint=footprint)
+            value += (an.phase.liver + look.capsule_hu - value) * ring
         if look.necrosis_hu is not None:
-            value = value + (look.necrosis_hu - value) * _occupancy(f + look.core_depth, 1.0)
+            core = _occupancy(fields["core"], look.core_soft)
+            value += (look.necrosis_hu + 0.3 * fields["texture"] - value) * core
         canvas.paint(box, frac, value)
         canvas.label[box][(f < 0) & (liver.sdf[in_liver] < 0)] = TUMOUR
 
@@ -960,18 +1098,63 @@ def _paint_lesions(canvas: _Canvas, rng: np.random.Generator, an: _Anatomy, live
 # Scanner and public API
 
 
+def _ct_noise(rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray, psf_mm: float,
+              sigma_hu: float) -> np.ndarray:
+    """Noise of standard deviation ``sigma_hu`` with a CT-like in-plane noise power spectrum:
+    filtered back-projection gives a ramp times the kernel's roll-off, so power peaks at mid
+    frequencies (a band-pass, difference-of-Gaussians-like shape) rather than being flat. Here
+    that band is blended with the smoother white-through-the-kernel part; slices are independent."""
+    u = rng.uniform
+    peak = u(0.12, 0.35)  # cycles/mm of the band-pass part's maximum
+    mix = u(0.4, 0.9)
+    ny, nx = shape[1], shape[2]
+
+    def power(fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
+        f2 = fy**2 + fx**2
+        band2 = (f2 / peak**2) * np.exp(1.0 - f2 / peak**2)
+        return np.exp(-4 * (math.pi * psf_mm) ** 2 * f2) * ((1 - mix) + mix * band2)
+
+    fy = np.fft.fftfreq(ny, spacing[1])[:, None]
+    variance = float(power(fy, np.fft.fftfreq(nx, spacing[2])[None, :]).mean())
+    gain = np.sqrt(power(fy, np.fft.rfftfreq(nx, spacing[2])[None, :]) / variance) * sigma_hu
+    white = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+    spectrum = torch.fft.rfft2(white, norm="ortho")
+    spectrum *= torch.from_numpy(gain.astype(np.float32))
+    return torch.fft.irfft2(spectrum, s=(ny, nx), norm="ortho").numpy()
+
+
+def _add_shading(image: np.ndarray, rng: np.random.Generator, grid: _Grid) -> None:
+    """Low-frequency shading (beam hardening, scatter): a smooth in-plane field of a few HU that
+    drifts slowly along z, and in 30% of scans faint dark or bright streaks that come and go
+    along z."""
+    u = rng.uniform
+    z, y, x = grid.coords(grid.full)
+    z, y, x = z.ravel(), y[0], x[0]  # (nz,), (ny, 1), (1, nx)
+    field = _Waves.draw(rng, 3, (80, 300), u(1, 6))(0.0, y, x).astype(np.float32)
+    drift = 1.0 + u(0, 0.4) * np.sin(2 * math.pi * z / u(100, 300) + u(0, 2 * math.pi))
+    streaks = np.zeros_like(field)
+    weight = np.zeros_like(z)
+    if rng.random() < 0.3:
+        for _ in range(rng.integers(1, 4)):
+            angle, py, px = u(0, math.pi), u(-60, 60), u(-80, 80)
+            dist = np.abs((x - px) * math.sin(angle) - (y - py) * math.cos(angle))
+            streaks += (u(3, 12) if rng.random() < 0.3 else -u(3, 12)) * np.exp(-((dist / u(1, 4)) ** 2))
+        weight = np.clip(1.0 + 0.8 * np.sin(2 * math.pi * z / u(20, 80) + u(0, 2 * math.pi)), 0.0, None)
+    for k in range(image.shape[0]):
+        image[k] += field * float(drift[k]) + streaks * float(weight[k])
+
+
 def _add_scanner(canvas: _Canvas, rng: np.random.Generator) -> None:
-    """Noise, then the reconstruction kernel, which blurs edges and gives the noise its grain
-    together (sharp kernels: crisp edges and fine grain); a calibration offset; integer HU
-    clipped at -1024 like most scanners' output."""
+    """Low-frequency shading, then the reconstruction kernel, which blurs edges (sharp kernels:
+    crisp edges and fine grain), noise with a mid-frequency power spectrum shaped by the same
+    kernel; a calibration offset; integer HU clipped at -1024 like most scanners' output."""
     s = canvas.grid.spacing
     psf_mm = rng.uniform(0.4, 1.0)
     sigma_vox = (rng.uniform(0.0, 0.3), psf_mm / s[1], psf_mm / s[2])
     sigma_hu = math.exp(rng.uniform(math.log(10), math.log(40)))  # low-dose scans are rarer
-    noise = rng.standard_normal(canvas.image.shape, dtype=np.float32)
-    noise *= sigma_hu / _blur_gain(sigma_vox)
-    noise += canvas.image
-    image = _blur(noise, sigma_vox)
+    _add_shading(canvas.image, rng, canvas.grid)
+    image = _blur(canvas.image, sigma_vox)
+    image += _ct_noise(rng, canvas.image.shape, s, psf_mm, sigma_hu)
     image += rng.uniform(-3, 3)
     canvas.image = np.clip(np.rint(image, out=image), -1024, None, out=image)
 
