@@ -130,8 +130,11 @@ PLAIN = dict(texture=FLAT, mottle_hu=0.0, soft_mm=0.0, margin_mm=0.0, rim_delta=
 
 def _case_with_look(monkeypatch, seed: int, **changes) -> phantom.Case:
     draw = phantom._draw_look
-    monkeypatch.setattr(phantom, "_draw_look",
-                        lambda rng, phase, lesion: dataclasses.replace(draw(rng, phase, lesion), **{**PLAIN, **changes}))
+
+    def forced(rng, phase, lesion):
+        return dataclasses.replace(draw(rng, phase, lesion), **{**PLAIN, **changes})
+
+    monkeypatch.setattr(phantom, "_draw_look", forced)
     case = phantom.make_phantom(seed, **LESION_GRID)
     monkeypatch.setattr(phantom, "_draw_look", draw)
     return case
@@ -141,7 +144,8 @@ def _distance_mm(mask: np.ndarray, spacing_zyx) -> np.ndarray:
     """Signed distance to the mask's surface, negative inside."""
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
-    return sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    return sitk.GetArrayFromImage(distance)
 
 
 def _lesion_regions(case: phantom.Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
