@@ -95,23 +95,6 @@ def test_cuda_requested_without_gpu_is_a_user_error(trained_model):
             Refiner(trained_model, device="cuda")
 
 
-def test_components_the_network_would_erase_keep_their_coarse_voxels():
-    from LiverTumorRefineLib.refiner import keep_components
-
-    coarse = np.zeros((3, 20, 20), bool)
-    coarse[1, 2:6, 2:6] = True  # 16 voxels: refinement keeps 4 (25%)
-    coarse[1, 10:16, 10:16] = True  # 36 voxels: refinement keeps 30 and grows 5
-    refined = np.zeros_like(coarse)
-    refined[1, 2:4, 2:4] = True
-    refined[1, 10:16, 10:15] = True
-    refined[1, 16, 10:15] = True
-    out = keep_components(coarse, refined, 0.5)
-    assert out[1, 2:6, 2:6].all()  # the mostly erased lesion is back as the coarse had it
-    assert np.array_equal(out[1, 8:, 8:], refined[1, 8:, 8:])  # the refined one is left alone
-    assert np.array_equal(keep_components(coarse, refined, 0.0), refined)
-    assert np.array_equal(keep_components(coarse, refined, 0.2), refined)  # 25% kept >= 20%
-
-
 def test_whole_volume_mask_is_refused(trained_model):
     case = blob_case(2)
     with pytest.raises(RefineError, match="every voxel"):

@@ -41,7 +41,7 @@ def _gaussian_blur(image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x.reshape(n, c, p, p)
 
 
-def _intensity(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _intensity(image: torch.Tensor, generator: torch.Generator, hu_shift: float) -> torch.Tensor:
     """HU shift, contrast around the patch mean, blur and noise, each at a random strength."""
     n, dev = image.shape[0], image.device
 
@@ -49,7 +49,7 @@ def _intensity(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return (low + (high - low) * torch.rand(n, generator=generator, device=dev))[:, None, None, None]
 
     mean = image.mean(dim=(1, 2, 3), keepdim=True)
-    image = (image - mean) * uniform(0.7, 1.35) + mean + uniform(-40.0, 40.0)
+    image = (image - mean) * uniform(0.7, 1.35) + mean + uniform(-hu_shift, hu_shift)
     blur = torch.rand(n, generator=generator, device=dev) < 0.3
     if bool(blur.any()):
         sigma = 0.4 + 0.8 * torch.rand(int(blur.sum()), generator=generator, device=dev)
@@ -58,8 +58,10 @@ def _intensity(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return image + noise
 
 
-def augment(batch: torch.Tensor, truth: torch.Tensor, n_image: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augmented copies of ``batch`` (N, C, P, P; image channels first, in HU) and ``truth`` (N, P, P)."""
+def augment(batch: torch.Tensor, truth: torch.Tensor, n_image: int, generator: torch.Generator,
+            hu_shift: float = 40.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augmented copies of ``batch`` (N, C, P, P; image channels first, in HU) and ``truth`` (N, P, P);
+    ``hu_shift``: the largest random HU offset."""
     batch, truth = _rotate_scale(batch.float(), truth.float(), n_image, generator)
-    image = _intensity(batch[:, :n_image], generator)
+    image = _intensity(batch[:, :n_image], generator, hu_shift)
     return torch.cat([image, batch[:, n_image:]], dim=1), truth

@@ -13,6 +13,19 @@ from typing import Any
 # than 0.05 Dice drop from 10 to 6 of 74 and the worst lesion change from -0.79 to -0.29.
 MIN_KEPT = 0.5  # the Refiner's and the CLI's default --min-kept
 
+# Test-time augmentation: orientations per patch, and the share of predictions that must agree
+# before a voxel leaves its coarse label (see ``tta`` and ``gate``).
+TTA = 4
+AGREEMENT = 0.75
+
+# What the parenchyma around the lesions is shifted to with ``normalise="liver"``: a portal-venous
+# liver, so the HU window and augmentations keep their meaning.
+LIVER_REFERENCE_HU = 100.0
+NORMALISE_MODES = ("none", "liver")
+
+# Fields added after models were shipped, with the value that reproduces those models.
+LEGACY_PATCH: dict[str, Any] = {"normalise": "none"}
+
 
 @dataclass(frozen=True)
 class PatchConfig:
@@ -24,12 +37,22 @@ class PatchConfig:
     """
 
     patch_mm: float = 32.0
-    patch_px: int = 64
+    # 48 px: 0.67 mm pixels, still no larger than the voxels of nearly every abdominal CT (0.7-1 mm),
+    # at 2.7x the patches/s of 64 px on a 2-core CPU (bench measured side by side).
+    patch_px: int = 48
     nms_iou: float = 0.35
     context_mm: tuple[float, ...] = (-3.0, 0.0, 3.0)  # z offsets of the image channels (2.5D)
     hu_window: tuple[float, float] = (-150.0, 250.0)
     use_mask: bool = True
     band_mm: float = 6.0  # only voxels this close (in-plane) to the coarse boundary may change; 0 = whole patch
+    # "liver": each lesion group's CT is shifted so the liver parenchyma around it reads
+    # ``LIVER_REFERENCE_HU`` before windowing, so contrast phase and scanner calibration do not
+    # move the input; "none": raw HU (models made before this option).
+    normalise: str = "liver"
+
+    def __post_init__(self) -> None:
+        if self.normalise not in NORMALISE_MODES:
+            raise ValueError(f"normalise must be one of {NORMALISE_MODES}, got {self.normalise!r}")
 
     @property
     def pixel_mm(self) -> float:
@@ -49,7 +72,7 @@ class PatchConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PatchConfig":
         known = {f.name for f in fields(cls)}
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        kwargs = {**LEGACY_PATCH, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}}
         return cls(**kwargs)
 
 

@@ -24,6 +24,7 @@ class Canvas:
         n = self.shape[0] * self.shape[1] * self.shape[2]
         self.total = torch.zeros(n, device=device, dtype=torch.float32)
         self.count = torch.zeros(n, device=device, dtype=torch.float32)
+        self.votes = torch.zeros(n, device=device, dtype=torch.float32)  # predictions >= 0.5
 
     def add(self, probs: torch.Tensor, centres: torch.Tensor, spacing_zyx: Sequence[float], cfg: PatchConfig) -> None:
         """Accumulate (N, P, P) probabilities of patches centred at ``centres`` (N, 3)."""
@@ -36,15 +37,32 @@ class Canvas:
         # Allocate everything first so a CUDA OOM leaves the canvas untouched (the Refiner retries).
         index, values = index[valid], values[valid]
         ones = torch.ones_like(values)
+        votes = (values >= 0.5).float()
         self.total.index_add_(0, index, values)
         self.count.index_add_(0, index, ones)
+        self.votes.index_add_(0, index, votes)
 
-    def result(self, coarse: torch.Tensor, editable: torch.Tensor | None = None, threshold: float = 0.5) -> torch.Tensor:
+    def result(self, coarse: torch.Tensor, editable: torch.Tensor | None = None, threshold: float = 0.5,
+               agreement: float = 0.0) -> torch.Tensor:
         """Thresholded average where covered (and ``editable``, if given), the coarse label
-        elsewhere. (Z, Y, X) bool."""
+        elsewhere. With ``agreement`` > 0 a voxel leaves its coarse label only where at least
+        that fraction of the predictions covering it (patches and augmentations) are on its new
+        side. (Z, Y, X) bool."""
+        proposed, sure = self.proposal(coarse, editable, threshold)
+        if agreement > 0:
+            proposed = torch.where(sure >= agreement, proposed, coarse.reshape(self.shape).bool())
+        return proposed
+
+    def proposal(self, coarse: torch.Tensor, editable: torch.Tensor | None = None,
+                 threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ungated result (as ``result`` without agreement) and, per voxel, the fraction of
+        the predictions that agree with it (1 where nothing was predicted). (Z, Y, X) each."""
         covered = self.count > 0
         if editable is not None:
             covered &= editable.reshape(-1)
-        mean = self.total / self.count.clamp(min=1)
-        refined = torch.where(covered, mean >= threshold, coarse.reshape(-1).bool())
-        return refined.view(self.shape)
+        count = self.count.clamp(min=1)
+        inside = self.total / count >= threshold
+        refined = torch.where(covered, inside, coarse.reshape(-1).bool())
+        votes = self.votes / count
+        sure = torch.where(covered, torch.where(inside, votes, 1 - votes), torch.ones_like(votes))
+        return refined.view(self.shape), sure.view(self.shape)

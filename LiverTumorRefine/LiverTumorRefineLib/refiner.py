@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 from . import sampling
-from .boxes import Box, component_labels, crop_margin, lesion_boxes
+from . import tta as tta_module
+from .boxes import Box, crop_margin, lesion_boxes
 from .checks import check_not_whole_volume
-from .config import MIN_KEPT
+from .config import AGREEMENT, MIN_KEPT, TTA
 from .errors import RefineCancelled, RefineError
+from .gate import box_offset, lesion_gate
 from .network import BRNet
 from .reassembly import Canvas
 from .weights import default_weights_path, load_model
@@ -41,37 +43,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def keep_components(coarse: np.ndarray, refined: np.ndarray, min_kept: float) -> np.ndarray:
-    """``refined`` with every coarse connected component (26-connected) of which it keeps less
-    than ``min_kept`` of the voxels restored to its coarse voxels. Arrays (Z, Y, X) bool."""
-    if min_kept <= 0 or not coarse.any():
-        return refined
-    labels = component_labels(coarse)
-    total = np.bincount(labels[coarse])
-    kept = np.bincount(labels[coarse & refined], minlength=len(total))
-    lost = np.flatnonzero(kept < min_kept * total)
-    lost = lost[lost > 0]
-    if not len(lost):
-        return refined
-    out = refined.copy()
-    out[np.isin(labels, lost)] = True
-    return out
-
-
 class Refiner:
     """Boundary patch refinement with a BRNet.
 
     ``weights``: None (the shipped default model), a model file, or a BRNet built by
-    ``network.build_model``. ``device``: "auto", "cpu" or "cuda".
+    ``network.build_model``. ``device``: "auto", "cpu" or "cuda". ``tta``: orientations each
+    patch is predicted in (1-8); ``agreement``: share of those predictions that must agree before
+    a voxel leaves its coarse label (0: no voxel gate); ``min_kept``: the share of a lesion's
+    coarse voxels it keeps at least, when the refinement is fully sure (see ``gate``).
     """
 
     def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128,
-                 min_kept: float = MIN_KEPT) -> None:
+                 min_kept: float = MIN_KEPT, tta: int = TTA, agreement: float = AGREEMENT) -> None:
         if not 0 <= min_kept <= 1:
             raise RefineError(f"min_kept must be between 0 and 1 (got {min_kept}).")
-        self.min_kept = min_kept
-        if batch_size < 1:
-            raise RefineError(f"--batch-size must be at least 1 (got {batch_size}).")
+        if not 0 <= agreement <= 1:
+            raise RefineError(f"agreement must be between 0 and 1 (got {agreement}).")
+        try:
+            self.tta = tta_module.check_count(tta)
+        except ValueError as exc:
+            raise RefineError(f"{exc}.") from None
+        self.min_kept, self.agreement = min_kept, agreement
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise RefineError(f"The batch size must be a whole number of at least 1 (got {batch_size!r}).")
         self.device = resolve_device(device)
         model = weights if isinstance(weights, torch.nn.Module) else load_model(weights or default_weights_path())
         self.model: BRNet = model.to(self.device).eval()
@@ -92,30 +86,37 @@ class Refiner:
         refined = mask.copy()
         seconds = {"crop": 0.0, "sample": 0.0, "extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         patches = changed = 0
+        lesions: list[dict[str, Any]] = []
+        parenchyma: list[float | None] = []
         for i, box in enumerate(boxes):
-            refined_crop, box_seconds, n = self._refine_box(image, mask, box, spacing, _part(progress, i, len(boxes)))
+            part = self._refine_box(image, mask, box, spacing, _part(progress, i, len(boxes)))
             # counted on the crop: nothing outside it changes, and a full-volume comparison would
             # cost one more mask-sized temporary (1 GB at 1024x1024x1000)
-            changed += int(np.count_nonzero(refined_crop != mask[box]))
-            refined[box] = refined_crop
-            patches += n
-            for stage, value in box_seconds.items():
+            changed += int(np.count_nonzero(part.mask != mask[box]))
+            refined[box] = part.mask
+            patches += part.patches
+            parenchyma.append(part.parenchyma_hu)
+            for decision in part.lesions:
+                lesions.append({**decision.to_dict(), "lesion": len(lesions) + 1})
+            for stage, value in part.seconds.items():
                 seconds[stage] += value
         seconds["total"] = time.perf_counter() - t0
         _report(progress, 1.0, "Done")
         stats = {"patches": patches, "seconds": seconds, "voxels_changed": changed, "device": str(self.device),
-                 "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes]}
+                 "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
+                 "tta": self.tta, "parenchyma_hu": parenchyma, "lesions": lesions}
         return RefineResult(refined, stats)
 
     def _refine_box(self, image: np.ndarray, mask: np.ndarray, box: Box, spacing: tuple[float, ...],
-                    progress: Progress | None) -> tuple[np.ndarray, dict[str, float], int]:
-        """The refined mask inside ``box``, seconds per stage and the patch count."""
+                    progress: Progress | None) -> "_BoxResult":
+        """The refined mask inside ``box`` with what it cost and the gate's decisions."""
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
         with torch.inference_mode():
             crop_mask = torch.from_numpy(np.ascontiguousarray(mask[box])).to(self.device)
             crop_image = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32)).to(self.device)
             crop_image = sampling.clean_hu(crop_image, self.cfg.hu_window)
+            crop_image, liver_hu = sampling.normalised(crop_image, crop_mask, spacing, self.cfg)
             seconds["crop"] = time.perf_counter() - t0
             t = time.perf_counter()
             centres = sampling.place_centres(crop_mask, spacing, self.cfg)
@@ -124,10 +125,14 @@ class Refiner:
             seconds.update(seconds_run)
             t = time.perf_counter()
             editable = sampling.editable_band(crop_mask, spacing, self.cfg.band_mm)
-            refined_crop = canvas.result(crop_mask, editable).cpu().numpy()
-        refined_crop = keep_components(mask[box], refined_crop, self.min_kept)
+            proposed, sure = canvas.proposal(crop_mask, editable)
+            wanted = proposed != crop_mask
+            gated = torch.where(wanted & (sure < self.agreement), crop_mask, proposed)
+            coarse_crop = mask[box]
+            refined_crop, decisions = lesion_gate(coarse_crop, gated.cpu().numpy(), wanted.cpu().numpy(),
+                                                  self.min_kept, box_offset(box))
         seconds["reassemble"] += time.perf_counter() - t
-        return refined_crop, seconds, int(len(centres))
+        return _BoxResult(refined_crop, seconds, int(len(centres)), liver_hu, decisions)
 
     def _run_batches(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
                      progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
@@ -145,7 +150,8 @@ class Refiner:
                 probs = self._predict(sampling.network_input(patches, self.cfg))
                 _sync(self.device)
                 t2 = time.perf_counter()
-                canvas.add(probs, part, spacing, self.cfg)
+                for view in probs:  # one prediction per orientation, each a vote at every voxel
+                    canvas.add(view, part, spacing, self.cfg)
                 _sync(self.device)
             except torch.cuda.OutOfMemoryError:  # canvas.add is all-or-nothing, so a retry never double-counts
                 image, mask, centres, canvas, batch = self._shrink_after_oom(image, mask, centres, canvas, batch)
@@ -158,10 +164,9 @@ class Refiner:
         return canvas, seconds
 
     def _predict(self, patches: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                return torch.sigmoid(self.model(patches).float())
-        return torch.sigmoid(self.model(patches))
+        """(tta, N, P, P) probabilities."""
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            return tta_module.predict(self.model, patches, self.tta)
 
     def _shrink_after_oom(self, image, mask, centres, canvas, batch):
         torch.cuda.empty_cache()
@@ -172,8 +177,19 @@ class Refiner:
         self.device = torch.device("cpu")
         self.model = self.model.to(self.device)
         moved = Canvas(canvas.shape, self.device)
-        moved.total, moved.count = canvas.total.cpu(), canvas.count.cpu()
+        moved.total, moved.count, moved.votes = canvas.total.cpu(), canvas.count.cpu(), canvas.votes.cpu()
         return image.cpu(), mask.cpu(), centres.cpu(), moved, self.batch_size
+
+
+@dataclass
+class _BoxResult:
+    """One lesion group's refinement."""
+
+    mask: np.ndarray
+    seconds: dict[str, float]
+    patches: int
+    parenchyma_hu: float | None
+    lesions: list
 
 
 def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float]) -> None:

@@ -15,13 +15,59 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-from .config import PatchConfig
+from .config import LIVER_REFERENCE_HU, PatchConfig
 
 
 def clean_hu(image: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
     """float32 HU with NaN and -inf set to the window's low end and +inf to its high end."""
     low, high = window
     return torch.nan_to_num(image.float(), nan=low, posinf=high, neginf=low)
+
+
+# Parenchyma estimate: the shell 3-15 mm outside the coarse lesions, soft-tissue HU only (fat, air
+# and bone excluded), and the most common value there, since vessels and neighbouring organs are
+# the minority of that shell while liver is the majority.
+SHELL_MM = (3.0, 15.0)
+SOFT_TISSUE_HU = (-30.0, 300.0)
+MIN_SHELL_VOXELS = 200
+PARENCHYMA_RANGE_HU = (20.0, 220.0)  # any liver, unenhanced to arterial; outside it the estimate is wrong
+
+
+def parenchyma_hu(image: torch.Tensor, mask: torch.Tensor, spacing_zyx: Sequence[float]) -> float | None:
+    """HU of the liver parenchyma around the coarse lesions of ``mask`` (the mode of the soft
+    tissue in an in-plane shell ``SHELL_MM`` outside them), or None when the shell holds too
+    little soft tissue to tell. ``image`` clean HU and ``mask`` bool, both (Z, Y, X)."""
+    inner, outer = (_dilated(mask, spacing_zyx, mm) for mm in SHELL_MM)
+    low, high = SOFT_TISSUE_HU
+    values = image[outer & ~inner & (image > low) & (image < high)]
+    if values.numel() < MIN_SHELL_VOXELS:
+        return None
+    bins = int((high - low) / 5)
+    hist = torch.histc(values.float(), bins=bins, min=low, max=high)
+    hist = F.conv1d(hist[None, None], torch.tensor([[[1.0, 2.0, 3.0, 2.0, 1.0]]], device=hist.device), padding=2)[0, 0]
+    mode = low + (float(hist.argmax()) + 0.5) * (high - low) / bins
+    near = values[(values - mode).abs() <= 25]  # the liver's own peak, without vessels and organs
+    estimate = float(near.median()) if near.numel() else mode
+    lo, hi = PARENCHYMA_RANGE_HU
+    return estimate if lo <= estimate <= hi else None
+
+
+def normalised(image: torch.Tensor, mask: torch.Tensor, spacing_zyx: Sequence[float], cfg: PatchConfig) -> tuple[torch.Tensor, float | None]:
+    """``image`` as the network expects it under ``cfg.normalise`` and the parenchyma HU found
+    (None when not normalised or not found: the image is then used as it is)."""
+    if cfg.normalise != "liver":
+        return image, None
+    liver = parenchyma_hu(image, mask, spacing_zyx)
+    return (image if liver is None else image + (LIVER_REFERENCE_HU - liver)), liver
+
+
+def _dilated(mask: torch.Tensor, spacing_zyx: Sequence[float], mm: float) -> torch.Tensor:
+    """``mask`` grown in-plane by ``mm`` (a square of that half-side), slab by slab."""
+    ry, rx = (max(1, round(mm / s)) for s in spacing_zyx[1:])
+    out = torch.empty(mask.shape, dtype=torch.bool, device=mask.device)
+    for z in range(0, mask.shape[0], SLAB):
+        out[z:z + SLAB] = _box_max(mask[z:z + SLAB].float()[:, None], ry, rx)[:, 0] > 0
+    return out
 
 
 def network_input(patches: torch.Tensor, cfg: PatchConfig) -> torch.Tensor:

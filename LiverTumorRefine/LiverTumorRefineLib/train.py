@@ -32,6 +32,10 @@ from .weights import save_model
 
 Log = Callable[[str], None]
 
+# Random HU offset in augmentation: with raw HU it stands for other phases and scanners; with the
+# liver pinned to a reference it only needs to cover the error of the parenchyma estimate.
+HU_SHIFT = {"none": 40.0, "liver": 15.0}
+
 
 @dataclass
 class TrainCase:
@@ -72,6 +76,7 @@ def cut_training_patches(case: TrainCase, cfg: PatchConfig, extra: float, rng: n
     coarse = torch.from_numpy(np.ascontiguousarray(case.coarse[box]))
     truth = torch.from_numpy(np.ascontiguousarray(case.truth[box]))
     image = sampling.clean_hu(torch.from_numpy(np.ascontiguousarray(case.image[box], dtype=np.float32)), cfg.hu_window)
+    image, _ = sampling.normalised(image, coarse, case.spacing_zyx, cfg)  # exactly as the Refiner will see it
     centres = sampling.place_centres(coarse, case.spacing_zyx, cfg)
     band = sampling.boundary_band(coarse).nonzero()
     n_extra = min(int(extra * len(centres)), len(band))
@@ -145,8 +150,12 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def train(cfg: TrainConfig, train_cases: Iterable[TrainCase], val_cases: Sequence[TrainCase], out_dir: str | os.PathLike,
-          device: str = "auto", resume: bool = False, log: Log = print, progress: Callable[[float, str], object] | None = None) -> Path:
+          device: str = "auto", resume: bool = False, log: Log = print, progress: Callable[[float, str], object] | None = None,
+          init: BRNet | None = None) -> Path:
     """Train and write ``out_dir/model.pt`` (+ ``.sha256``); returns its path.
+
+    ``init``: a model to start from (fine-tuning a site's own data); its patch and net configs
+    must be those of ``cfg``.
 
     ``out_dir/checkpoint.pt`` is written every ``cfg.epoch_steps`` steps; ``resume`` continues
     from it. Deterministic for a given seed on the CPU.
@@ -162,7 +171,10 @@ def train(cfg: TrainConfig, train_cases: Iterable[TrainCase], val_cases: Sequenc
     inputs, truths, train_names = build_bank(train_cases, cfg.patch, cfg.extra_centres, cfg.seed, log if rank == 0 else _quiet)
     if rank == 0:
         log(f"validating on {len(val_cases)} cases every {cfg.epoch_steps} steps; {cfg.steps} steps of {cfg.batch_size} patches")
-    model = build_model(cfg.patch, cfg.net).to(dev)
+    model = build_model(cfg.patch, cfg.net)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    model = model.to(dev)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank)
     aug_generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + rank + 1)
@@ -175,7 +187,8 @@ def train(cfg: TrainConfig, train_cases: Iterable[TrainCase], val_cases: Sequenc
     t0, running = time.perf_counter(), 0.0
     for step in range(start, cfg.steps):
         index = torch.randint(len(inputs), (cfg.batch_size,), generator=generator)
-        batch, truth = augment(inputs[index].to(dev), truths[index].to(dev), cfg.patch.image_channels, aug_generator)
+        batch, truth = augment(inputs[index].to(dev), truths[index].to(dev), cfg.patch.image_channels, aug_generator,
+                               hu_shift=HU_SHIFT[cfg.patch.normalise])
         for group in optimiser.param_groups:
             group["lr"] = _lr_at(step, cfg)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):

@@ -56,6 +56,8 @@ def parse_spec(spec: str) -> DataSpec:
         if n < 1 or len(parts) > 3:
             raise RefineError(f"Bad data spec {spec!r}: use phantom:N or phantom:N:SEED with N >= 1.")
         return DataSpec(phantoms=n, seed=seed)
+    if spec.startswith("dicomseg:"):
+        return DataSpec(folder=Path(spec))  # datasets.find_cases reads the prefix
     folder = Path(spec)
     if not folder.is_dir():
         raise RefineError(f"Data spec {spec!r} is neither phantom:N[:SEED] nor an existing folder.")
