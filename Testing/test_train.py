@@ -11,6 +11,8 @@ from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.train import TrainConfig, train
 from LiverTumorRefineLib.weights import load_model
 
+pytestmark = pytest.mark.slow  # real training runs: pytest -m slow
+
 CFG = TrainConfig(steps=4, epoch_steps=2, batch_size=4, warmup_steps=1, extra_centres=0.5, net=NetConfig(base_channels=4))
 
 
@@ -58,3 +60,15 @@ def test_resume_with_other_options_or_data_is_refused(blob_cases, tmp_path):
         train(CFG, blob_cases[:3], [], out, device="cpu", resume=True, log=quiet)
     with pytest.raises(RefineError, match="no checkpoint"):
         train(CFG, blob_cases[:2], [], tmp_path / "empty", device="cpu", resume=True, log=quiet)
+
+
+def test_fine_tuning_starts_from_the_given_weights(blob_cases, tmp_path):
+    cases = blob_cases[:2]
+    start = load_model(train(CFG, cases, [], tmp_path / "start", device="cpu", log=quiet), "cpu")
+    tuned = weights(train(replace(CFG, steps=1, lr=1e-6, warmup_steps=1), cases, [], tmp_path / "tuned", device="cpu",
+                          log=quiet, init=start))
+    fresh = weights(train(replace(CFG, steps=1, lr=1e-6, warmup_steps=1), cases, [], tmp_path / "fresh", device="cpu", log=quiet))
+    base = start.state_dict()
+    conv = next(k for k in base if k.endswith("weight") and base[k].dim() == 4)
+    # one tiny step from the given weights stays next to them; a fresh run is elsewhere
+    assert torch.allclose(tuned[conv], base[conv], atol=1e-4) and not torch.allclose(fresh[conv], base[conv], atol=1e-3)
