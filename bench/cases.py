@@ -3,6 +3,9 @@
 * Held-out simulated cases: phantoms with seeds ``EVALUATION_PHANTOM_SEED`` + 0..N-1 (training
   uses 1000+, validation 50000+) and LiTS case 117, each with truth = label 2 and a coarse mask
   from ``simulate_coarse`` with the fixed seed ``seed + 7``. Nothing here feeds training.
+* Real validation cases: ``realct_1720`` and ``realct_mip10`` (rebuilt by ``bench/realct.py``) and
+  LiTS 117, with coarse masks from ``independent_coarse``: boundary errors drawn independently of
+  the training simulator, so a model is not judged on the errors it was trained on.
 * Given cases: (CT, truth, coarse) triplets on disk, as ``livertumorrefine demo`` writes them
   (``ct.nii.gz``, ``truth.nii.gz``, ``coarse.nii.gz`` in one folder).
 """
@@ -12,14 +15,16 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
 from LiverTumorRefineLib import io  # noqa: E402
 from LiverTumorRefineLib.coarse import _tumour_mask, simulate_coarse  # noqa: E402
+from LiverTumorRefineLib.boxes import component_labels  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
 from LiverTumorRefineLib.phantom import Case, make_phantom  # noqa: E402
 from LiverTumorRefineLib.trainset import EVALUATION_PHANTOM_SEED  # noqa: E402
@@ -56,6 +61,43 @@ def simulated_cases(n_phantoms: int, lits: bool,
             log(f"{case.name}: coarse mask empty (all lesions missed); skipped")
             continue
         yield case, seed, truth, coarse
+
+
+# ------------------------------------------------------------------------------ real validation cases
+def real_cases(lits: bool = True) -> Iterator[Case]:
+    """The two rebuilt real cases, then LiTS 117."""
+    from realct import load_cases  # bench/realct.py: the rebuilt real cases in their cache
+
+    yield from load_cases()
+    if lits:
+        from LiverTumorRefineLib.datasets import load_lits117
+
+        yield load_lits117()
+
+
+def independent_coarse(truth: np.ndarray, spacing_zyx: Sequence[float], seed: int) -> np.ndarray:
+    """A coarse mask with boundary errors drawn independently of the training simulator."""
+    rng = np.random.default_rng(seed)
+    spacing = np.asarray(spacing_zyx, float)
+    labels = component_labels(truth)
+    out = np.zeros(truth.shape, bool)
+    margin = np.ceil(8.0 / spacing).astype(int) + 1
+    for k in range(1, int(labels.max()) + 1):
+        idx = np.argwhere(labels == k)
+        box = tuple(slice(max(lo - m, 0), min(hi + m + 1, n)) for lo, hi, m, n in zip(idx.min(0), idx.max(0), margin, truth.shape))
+        lesion = sitk.GetImageFromArray((labels[box] == k).astype(np.uint8))
+        lesion.SetSpacing(tuple(spacing[::-1]))
+        d = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(lesion, insideIsPositive=False, squaredDistance=False,
+                                                                useImageSpacing=True))
+        noise = sitk.GetImageFromArray(rng.standard_normal(d.shape).astype(np.float32))
+        noise.SetSpacing(tuple(spacing[::-1]))
+        wander = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(noise, 5.0))
+        wander *= rng.uniform(0.5, 2.0) / max(float(wander.std()), 1e-6)
+        level = rng.uniform(-2.5, 2.5) + wander
+        if spacing[0] >= 2.5:
+            level += rng.normal(0, 0.8, d.shape[0])[:, None, None]
+        out[box] |= d < level
+    return out
 
 
 # ------------------------------------------------------------------------------ given triplets
@@ -121,8 +163,6 @@ def read_triplet(name: str, ct_path: Path, truth_path: Path, coarse_path: Path) 
     """Read a triplet: the CT reoriented like the dataset readers, truth and coarse put on its grid
     (nearest neighbour). A 0/1/2 label map gives its tumour label, a binary mask its foreground,
     a probability map values >= 0.5."""
-    import SimpleITK as sitk
-
     from LiverTumorRefineLib.datasets import read_oriented
 
     image = read_oriented(ct_path)

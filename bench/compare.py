@@ -14,6 +14,8 @@ Cases:
   --phantoms N   held-out phantoms, seeds 90000..90000+N-1 (set "phantoms").
   --lits117      LiTS case 117 (set "lits117").
   Held-out cases get exactly bench/heldout.py's coarse masks (bench/cases.py).
+  --real V       the real validation set (realct_1720, realct_mip10 from bench/realct.py's cache,
+                 and LiTS 117), each with V coarse masks from cases.independent_coarse (set "real").
 
 Methods (each ``f(image, mask, spacing_zyx) -> mask``, millimetres converted per axis):
   coarse         the coarse mask as is.
@@ -54,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "LiverTumorRefine"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cases import find_triplets, read_triplet, simulated_cases  # noqa: E402
+from cases import find_triplets, independent_coarse, read_triplet, real_cases, simulated_cases  # noqa: E402
 from LiverTumorRefineLib.boxes import lesion_box  # noqa: E402
 from LiverTumorRefineLib.metrics import compute_metrics  # noqa: E402
 
@@ -270,7 +272,8 @@ class BenchCase:
     spacing_zyx: tuple[float, ...]
 
 
-def iter_cases(specs: Sequence[str], n_phantoms: int, lits: bool, log: Callable[[str], None] = print) -> Iterator[BenchCase]:
+def iter_cases(specs: Sequence[str], n_phantoms: int, lits: bool, log: Callable[[str], None] = print,
+               real_variants: int = 0) -> Iterator[BenchCase]:
     for triplet in find_triplets(specs) if specs else []:
         c = read_triplet(*triplet)
         if not c.truth.any() or not c.coarse.any():
@@ -287,6 +290,11 @@ def iter_cases(specs: Sequence[str], n_phantoms: int, lits: bool, log: Callable[
                 yield BenchCase("lits117", case.name, case.image.array, truth, coarse, tuple(case.image.spacing_zyx))
         except RefineError as exc:
             log(f"LiTS 117 unavailable, skipped: {exc}")
+    for case in real_cases() if real_variants else []:
+        truth = case.label.array == 2
+        for v in range(real_variants):
+            coarse = independent_coarse(truth, case.image.spacing_zyx, v)
+            yield BenchCase("real", f"{case.name}#{v}", case.image.array, truth, coarse, tuple(case.image.spacing_zyx))
 
 
 # ------------------------------------------------------------------------------ running and reporting
@@ -474,11 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("cases", nargs="*", metavar="CASES", help="folders/CT files of (CT, truth, coarse) triplets")
     parser.add_argument("--phantoms", type=int, default=0, metavar="N", help="held-out phantoms 90000..90000+N-1")
     parser.add_argument("--lits117", action="store_true", help="LiTS case 117")
+    parser.add_argument("--real", type=int, default=0, metavar="V",
+                        help="the real validation set with V independent coarse masks per case")
     parser.add_argument("--out", default=str(ROOT / "runs" / "compare"), help="output folder (default runs/compare)")
     parser.add_argument("--model", action="append", metavar="NAME=PATH", help="a refinement model (repeatable)")
     args = parser.parse_args(argv)
-    if not args.cases and not args.phantoms and not args.lits117:
-        parser.error("no cases: give CASES, --phantoms N and/or --lits117")
+    if not args.cases and not args.phantoms and not args.lits117 and not args.real:
+        parser.error("no cases: give CASES, --phantoms N, --lits117 and/or --real V")
 
     models = parse_models(args.model)
     if not models:
@@ -503,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     csv_path, png_path = out / "compare.csv", out / "compare.png"
     rows: list[dict] = []
     names = list(methods)
-    for case in iter_cases(args.cases, args.phantoms, args.lits117):
+    for case in iter_cases(args.cases, args.phantoms, args.lits117, real_variants=args.real):
         for name, method in methods.items():
             row = {"set": case.set, "case": case.name, "method": name, "error": ""}
             try:
