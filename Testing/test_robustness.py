@@ -3,18 +3,26 @@ orientations that differ, single-slice and edge-touching lesions, whole-volume m
 that must be refused before any work."""
 from __future__ import annotations
 
+import json
 import os
+import re
+import stat
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import blob_case
-from LiverTumorRefineLib import api, checks, cli, io
-from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib import api, autoseg, checks, cli, io, overlay, points, weights
+from LiverTumorRefineLib.config import NetConfig, PatchConfig
+from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.network import build_model
+from LiverTumorRefineLib.refiner import Refiner
 from LiverTumorRefineLib.volume import Geometry, Volume
 from LiverTumorRefineLib.weights import save_model
 
@@ -252,8 +260,9 @@ def test_mask_covering_the_whole_ct_is_refused(tmp_path, value):
     ct, _ = write_case(tmp_path, blob_case(1))
     full = tmp_path / "full.nii.gz"
     io.write_volume(Volume(np.full((24, 96, 96), value, np.uint8), AXIAL), full)
-    with pytest.raises(RefineError, match=rf"every voxel of the CT as tumour \(value {value} everywhere\).*--label"):
+    with pytest.raises(RefineError, match=rf"every voxel of the CT as tumour \(value {value} everywhere\)") as error:
         api.refine_files(ct, full, tmp_path / "out.nii.gz", weights=str(tmp_path / "unused.pt"))
+    assert "--label" in error.value.for_cli() and "--" not in str(error.value)  # flags only on the command line
     assert not (tmp_path / "out.nii.gz").exists()
     almost = np.ones((20, 256, 256), bool)
     almost[5, 51, 51] = False  # off the subsample's stride of 2: the full check must see it
@@ -290,7 +299,7 @@ def test_output_that_is_an_input_is_refused_even_with_force(tmp_path):
 
 def test_existing_output_or_folder_is_refused_before_reading_anything(tmp_path):
     (tmp_path / "out.nii.gz").write_bytes(b"keep")
-    with pytest.raises(RefineError, match="already exists.*--force"):
+    with pytest.raises(RefineError, match="already exists.*force=True"):
         api.refine_files(tmp_path / "no_ct.nii.gz", tmp_path / "no_mask.nii.gz", tmp_path / "out.nii.gz")
     (tmp_path / "dir.nii.gz").mkdir()
     with pytest.raises(RefineError, match="is a folder"):
@@ -308,3 +317,421 @@ def test_overlay_of_a_sagittal_file_shows_the_same_axial_slice(tmp_path):
         pictures.append(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name))))
     yellow = np.all(pictures[0] == (255, 255, 0), axis=-1)
     assert yellow.any() and np.array_equal(pictures[0], pictures[1])
+
+
+# 8. Round 2 (issue 15): every bad input and fault refused with a one-line RefineError ------------
+#
+# Each row: a kind of trial, how to set it up and run it (API or CLI), and the start of the message
+# the user must get. ``run`` gets the test's folder and a ``Files`` of small inputs written there.
+
+class Files:
+    """A small blob case on disk: CT, binary coarse mask, LiTS 0/1/2 truth, a liver-only truth and a
+    model file (untrained, width 4: loading and writing are real, refining is cheap)."""
+
+    def __init__(self, folder):
+        case = blob_case(1)
+        self.folder = folder
+        self.ct, self.mask = write_case(folder, case)
+        lits = np.where(case.truth, 2, 1).astype(np.uint8)
+        lits[:, :8] = 0
+        self.truth, self.liver_only = folder / "truth.nii.gz", folder / "liver.nii.gz"
+        io.write_volume(Volume(lits, AXIAL), self.truth)
+        io.write_volume(Volume((lits > 0).astype(np.uint8), AXIAL), self.liver_only)
+        self.model = folder / "small.pt"
+        save_model(build_model(PatchConfig(), NetConfig(base_channels=4)), self.model)
+        self.shape = case.image.shape
+
+    def cli(self, capsys, *argv: str) -> str:
+        """Run the CLI; it must exit 2 with one error line on stderr (after any progress lines) and no
+        traceback. Returns the error line."""
+        capsys.readouterr()
+        code = cli.main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("livertumorrefine:")]
+        assert code == 2 and len(errors) == 1 and err.strip().endswith(errors[0]) and "Traceback" not in err, err
+        return errors[0]
+
+    def refine(self, capsys, *argv: str) -> str:
+        return self.cli(capsys, "refine", "--image", self.ct, "--out", self.folder / "out.nii.gz",
+                        "--weights", self.model, "--device", "cpu", *argv)
+
+
+def truncated(path, fraction=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+    return path
+
+
+def with_bad_crc(path):
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0xFF  # the gzip trailer's CRC-32
+    path.write_bytes(bytes(data))
+    return path
+
+
+def payload_file(files, change):
+    """A copy of the model file with ``change(payload)`` applied and a matching sidecar."""
+    payload = torch.load(files.model, weights_only=True)
+    change(payload)
+    path = files.folder / "bad.pt"
+    torch.save(payload, path)
+    (files.folder / "bad.pt.sha256").write_text(f"{weights.sha256_of(path)}  bad.pt\n")
+    return path
+
+
+def nested(section, key, value):
+    def change(payload):
+        payload[section][key] = value
+    return change
+
+
+def flipped_mask(files):
+    mask = sitk.ReadImage(str(files.mask))
+    mask.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # mirrored about the CT's corner: the boxes touch, voxels miss
+    mask.SetOrigin(tuple(np.array(AXIAL.origin) + (10.0, 10.0, 0.0)))
+    path = files.folder / "flipped.nii.gz"
+    sitk.WriteImage(mask, str(path))
+    return path
+
+
+def markups(files, position):
+    path = files.folder / "seeds.mrk.json"
+    path.write_text(json.dumps({"markups": [{"coordinateSystem": "RAS", "controlPoints": [
+        {"label": "F-1", "position": [0.0, 0.0, 0.0]}, {"label": "F-2", "position": position}]}]}))
+    return path
+
+
+def all_nan_ct(files, name):
+    path = files.folder / name
+    io.write_volume(Volume(np.full(files.shape, np.nan, np.float32), AXIAL), path)
+    return path
+
+
+TWENTY_FIVE_SEEDS = ";".join(f"{-40 - i * 0.5:.1f},{-20 - i:.1f},{300 + i:.1f}" for i in range(25))
+
+TRIALS = [
+    # 1. overlay never writes over an input, nor PNG bytes under another extension
+    ("overlay out is the CT", lambda f, c: f.cli(c, "overlay", "--image", f.ct, "--out", f.ct, "--force"),
+     r"unsupported file type for this output; give a name ending in \.png"),
+    ("overlay out is the truth", lambda f, c: f.cli(c, "overlay", "--image", f.ct, "--truth", f.truth, "--out", f.truth,
+                                                    "--force"), r"\.png"),
+    ("overlay out is not .png", lambda f, c: f.cli(c, "overlay", "--image", f.ct, "--out", f.folder / "ov.nii.gz"),
+     r"\.png"),
+    ("overlay --force on an unrelated NIfTI", lambda f, c: f.cli(c, "overlay", "--image", f.ct, "--out", f.mask,
+                                                                 "--force"), r"\.png"),
+    ("write_png under another name", lambda f, c: overlay.write_png(np.zeros((4, 4, 3), np.uint8), f.folder / "o.nii.gz"),
+     r"must end in \.png"),
+    # 4. damaged inputs
+    ("truncated .nii.gz CT", lambda f, c: api.load_ct(truncated(f.ct)), r"ct\.nii\.gz is damaged: .*cut short"),
+    ("gzip CRC error", lambda f, c: api.load_ct(with_bad_crc(f.ct)), r"is damaged: .*CRC"),
+    ("truncated mask", lambda f, c: api.load_pair(f.ct, truncated(f.mask, 0.8)), r"case_mask\.nii\.gz is damaged"),
+    ("truncated uncompressed .nii", lambda f, c: api.load_ct(_short_nii(f)), r"raw\.nii is truncated"),
+    # 5. evaluate against a reference without tumour
+    ("evaluate: empty truth", lambda f, c: f.cli(c, "evaluate", "--truth", _empty(f), "--pred", f.truth),
+     r"has no tumour voxels: .*no tumour in the reference"),
+    ("evaluate: liver-only truth", lambda f, c: f.cli(c, "evaluate", "--truth", f.liver_only, "--pred", f.truth),
+     r"looks like a liver with no tumour.*--label 1"),
+    # 6. background as the tumour label
+    ("--label 0", lambda f, c: f.refine(c, "--mask", f.truth, "--label", "0"), r"--label 0: label 0 is the background"),
+    ("API label=0", lambda f, c: api.select_label(np.array([0, 1, 2]), 0), r"label 0 is the background"),
+    # 7. and 8. seeds decided by syntax
+    ("--seeds ''", lambda f, c: f.refine(c, "--seeds", ""), r"No seeds given"),
+    ("25 inline seeds", lambda f, c: f.refine(c, "--seeds", TWENTY_FIVE_SEEDS), r"Seed 1 at RAS .* lies outside the CT"),
+    ("seed file missing", lambda f, c: f.refine(c, "--seeds", f.folder / "none.mrk.json"), r"Seed file .*: file not found"),
+    # 9. markups with a position that is not numbers
+    ("non-numeric markups position", lambda f, c: f.refine(c, "--seeds", markups(f, ["a", None, 3])),
+     r"point F-2 has position \['a', None, 3\], which is not three numbers"),
+    # 10. malformed model files with a valid sidecar
+    ("weights: format tag only", lambda f, c: f.refine(c, "--mask", f.mask, "--weights",
+                                                       payload_file(f, lambda p: [p.pop(k) for k in list(p) if k != "format"])),
+     r"are malformed: they hold no network weights"),
+    ("weights: empty sidecar", lambda f, c: (f.folder.joinpath("small.pt.sha256").write_text(""),
+                                             weights.load_model(f.model)), r"small\.pt\.sha256 is empty or malformed"),
+    ("weights: patch_px 0", lambda f, c: weights.load_model(payload_file(f, nested("patch_config", "patch_px", 0))),
+     r"patch_config\.patch_px = 0, expected a whole number from 16 to 256"),
+    ("weights: base_channels 4096", lambda f, c: f.refine(c, "--mask", f.mask, "--weights",
+                                                          payload_file(f, nested("net_config", "base_channels", 4096))),
+     r"net_config\.base_channels = 4096"),
+    ("weights: depth without path blocks", lambda f, c: weights.load_model(payload_file(f, nested("net_config", "depth", 4))),
+     r"3 path_blocks for depth 4"),
+    ("weights: patch_px not divisible", lambda f, c: weights.load_model(payload_file(f, nested("patch_config", "patch_px", 60))),
+     r"patch_px 60 is not divisible by 2\*\*depth = 8"),
+    ("weights: hu_window reversed", lambda f, c: weights.load_model(payload_file(f, nested("patch_config", "hu_window",
+                                                                                           [250.0, -150.0]))),
+     r"hu_window = .*low < high"),
+    ("weights: context_mm far", lambda f, c: weights.load_model(payload_file(f, nested("patch_config", "context_mm",
+                                                                                        [0.0, 90.0]))), r"within \+-20 mm"),
+    ("segnet: net_config missing", lambda f, c: autoseg.load_segnet(_segnet_without(f, "net_config")),
+     r"'net_config' is missing"),
+    # 11. the CT given as the mask
+    ("--mask is the CT", lambda f, c: f.refine(c, "--mask", _integer_ct(f)), r"this looks like an image .*not a label map"),
+    # 12. API input errors are RefineError, without CLI flags
+    ("API seeds=[(1, 2)]", lambda f, c: api.refine_without_mask(f.ct, f.folder / "o.nii.gz", seeds=[(1, 2)],
+                                                                weights=str(f.model)), r"Seed 1 \(\(1, 2\)\) is not a point"),
+    ("API malformed seed string", lambda f, c: api.refine_without_mask(f.ct, f.folder / "o.nii.gz", seeds="1,2",
+                                                                       weights=str(f.model)), r"Seed 1 \('1,2'\)"),
+    ("Refiner(batch_size=2.5)", lambda f, c: Refiner(str(f.model), device="cpu", batch_size=2.5),
+     r"^The batch size must be a whole number of at least 1 \(got 2\.5\)"),
+    ("API existing output", lambda f, c: api.refine_files(f.ct, f.mask, f.truth, weights=str(f.model)),
+     r"already exists: choose another output, or pass force=True"),
+    # 13. messages that named the wrong problem
+    ("mask flipped off the CT", lambda f, c: api.load_pair(f.ct, flipped_mask(f)), r"labelled voxels all lie outside the CT"),
+    ("a folder given as the model", lambda f, c: Refiner(str(_folder(f, "dir.pt"))), r"dir\.pt is a folder, not a file"),
+    ("all-NaN NIfTI CT", lambda f, c: api.load_ct(all_nan_ct(f, "nan.nii.gz")), r"every voxel is NaN"),
+    ("all-NaN NRRD CT", lambda f, c: _warning_of(api.load_ct, all_nan_ct(f, "nan.nrrd")), r"no finite intensities"),
+    ("weights not found (API)", lambda f, c: Refiner(str(f.folder / "none.pt")), r"Check the path, or use the shipped model"),
+    ("weights not found (CLI)", lambda f, c: f.refine(c, "--mask", f.mask, "--weights", f.folder / "none.pt"),
+     r"leave out --weights to use the shipped model"),
+]
+
+
+def _empty(files):
+    path = files.folder / "empty.nii.gz"
+    io.write_volume(Volume(np.zeros(files.shape, np.uint8), AXIAL), path)
+    return path
+
+
+def _short_nii(files):
+    path = files.folder / "raw.nii"
+    io.write_volume(io.read_volume(files.ct), path)
+    return truncated(path, 0.7)
+
+
+def _integer_ct(files):
+    path = files.folder / "ct_int.nii.gz"
+    io.write_volume(Volume(np.round(io.read_volume(files.ct).array * 10).astype(np.int16), AXIAL), path)
+    return path
+
+
+def _folder(files, name):
+    (files.folder / name).mkdir()
+    return files.folder / name
+
+
+def _segnet_without(files, key):
+    model = autoseg.build_segnet(net=NetConfig(base_channels=4, depth=2, path_blocks=(1, 1), mask_prior=False))
+    path = files.folder / "seg.pt"
+    autoseg.save_segnet(model, path)
+    payload = torch.load(path, weights_only=True)
+    del payload[key]
+    torch.save(payload, path)
+    (files.folder / "seg.pt.sha256").write_text(weights.sha256_of(path))
+    return path
+
+
+def _warning_of(function, *args):
+    """Turn the warning ``function`` gives into an error, so the table can match its text."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            function(*args)
+        except UserWarning as warning:
+            raise RefineError(str(warning)) from None
+
+
+@pytest.mark.parametrize("kind, run, message", TRIALS, ids=[t[0] for t in TRIALS])
+def test_bad_input_or_fault_is_a_clear_refine_error(tmp_path, capsys, kind, run, message):
+    files = Files(tmp_path)
+    before = {p.name: p.read_bytes() for p in (files.ct, files.mask, files.truth)}
+    try:
+        line = run(files, capsys)
+    except RefineError as exc:
+        line = exc.for_cli() if "--" in message else str(exc)
+        assert "--" in message or "--" not in str(exc), f"API message names a CLI flag: {exc}"
+    assert re.search(message, line or ""), line
+    damaged = kind.startswith(("truncated", "gzip"))
+    for name, data in before.items():  # inputs are never modified (bar the ones the trial damaged itself)
+        assert damaged or (tmp_path / name).read_bytes() == data, name
+    assert not (tmp_path / "out.nii.gz").exists() and not (tmp_path / "o.nii.gz").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary file was left behind"
+
+
+# 8b. Round 2 faults that need more than one call: full disk, two-file formats, file modes ----------
+
+def small_volume(seed=0) -> Volume:
+    """Noise that gzip cannot shrink: 1.5 MB as float32, more than a 1 MiB disk holds."""
+    return Volume(np.random.default_rng(seed).normal(0, 100, (24, 128, 128)).astype(np.float32), AXIAL)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs when this process may mount one (root on Linux); else None."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+        yield None
+        return
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # lazy: a failed writer may still hold a file open
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd"])
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing(full_disk, suffix):
+    if full_disk is None:
+        pytest.skip("cannot mount a small tmpfs here (not root?): the simulated test below covers this")
+    out = full_disk / f"o{suffix}"
+    with pytest.raises(RefineError, match=r"Writing .* failed .*is the disk full\?"):
+        io.write_volume(small_volume(), out)
+    assert list(full_disk.iterdir()) == []  # no output, no temporary file, no orphaned data file
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".nhdr"])
+def test_a_short_write_without_any_error_is_caught_by_the_read_back(tmp_path, monkeypatch, suffix):
+    """ENOSPC simulated: the writer 'succeeds' but the file (or data file) is cut short, as NIfTI
+    files are on a full disk."""
+    real_write = sitk.WriteImage
+
+    def short_write(image, name, *args, **kwargs):
+        real_write(image, name, *args, **kwargs)
+        written = sorted(p for p in Path(name).parent.iterdir() if p.name != Path(name).name and p.is_file()) \
+            if suffix == ".nhdr" else [Path(name)]
+        truncated(written[0], 0.5)
+
+    monkeypatch.setattr(io.sitk, "WriteImage", short_write)
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(RefineError, match=r"Writing .*o\..* failed"):
+        io.write_volume(small_volume(), tmp_path / f"o{suffix}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_refine_on_a_full_disk_exits_2_without_output(tmp_path, monkeypatch, capsys):
+    files = Files(tmp_path)
+    real_write = sitk.WriteImage
+
+    def short_write(image, name, *args, **kwargs):  # what a full disk does to a NIfTI write: no error, half a file
+        real_write(image, name, *args, **kwargs)
+        truncated(Path(name), 0.5)
+
+    monkeypatch.setattr(io.sitk, "WriteImage", short_write)
+    err = files.refine(capsys, "--mask", files.mask)
+    assert "out.nii.gz failed" in err and "is the disk full?" in err and "Refined" not in capsys.readouterr().out
+    assert not (tmp_path / "out.nii.gz").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("suffix, data_name", [(".nhdr", "r.raw"), (".mhd", "r.raw")])
+def test_two_file_formats_are_written_and_replaced_as_a_pair(tmp_path, suffix, data_name):
+    out = tmp_path / f"r{suffix}"
+    for seed in (0, 1, 2):  # the first write, then two --force reruns
+        io.write_volume(small_volume(seed), out, force=seed > 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, data_name])  # no orphaned hidden data files
+    header = out.read_text(errors="replace")
+    assert re.search(rf"^(data file:|ElementDataFile =) {re.escape(data_name)}$", header, re.M), header
+    assert np.array_equal(io.read_volume(out).array, small_volume(2).array)
+
+
+def test_force_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    out = tmp_path / "o.nii.gz"
+    io.write_volume(small_volume(0), out)
+    out.chmod(0o444)
+    io.write_volume(small_volume(1), out, force=True)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o444
+    new = tmp_path / "new.nii.gz"
+    io.write_volume(small_volume(0), new)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
+
+
+def test_an_unreadable_file_says_so_not_that_it_is_missing(tmp_path, monkeypatch):
+    files = Files(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(io.os, "access", lambda path, mode: False if Path(path) == files.ct else real_access(path, mode))
+    with pytest.raises(RefineError, match=r"case_ct\.nii\.gz exists but is not readable \(permissions\)"):
+        api.load_ct(files.ct)
+    with pytest.raises(RefineError, match=r"Seed file .* is a folder, not a file"):
+        points.parse_seeds(str(tmp_path))
+
+
+def test_seeds_are_told_apart_from_files_by_syntax():
+    seeds = points.parse_seeds(TWENTY_FIVE_SEEDS)
+    assert len(seeds) == 25 and seeds[0] == (-40.0, -20.0, 300.0)
+    assert points.is_seed_file("x.mrk.json") and points.is_seed_file("seeds") and not points.is_seed_file("1,2,3")
+    assert not points.is_seed_file("") and not points.is_seed_file("1,2,3;4,5,6" * 200)  # never stat()ed
+    with pytest.raises(RefineError, match="No seeds given"):
+        points.parse_seeds("")
+
+
+def test_evaluate_scores_a_liver_only_truth_when_label_1_is_asked_for(tmp_path):
+    files = Files(tmp_path)
+    assert api.evaluate_files(files.liver_only, files.truth, label=1)["dice"] < 1.0
+    metrics = api.evaluate_files(files.truth, files.truth)
+    assert metrics["dice"] == 1.0 and metrics["hd95"] == 0.0
+
+
+# 9. Round 2: a newcomer's rough edges (help, demo and coarse-stage progress) ----------------------
+
+@pytest.mark.parametrize("command, option, default", [
+    ("refine", "--batch-size", "128"), ("train", "--steps", "6000"), ("train", "--lr", "0.002"),
+    ("train", "--seed", "0"), ("phantom", "--cases", "10"), ("train-coarse", "--batch-size", "8"),
+    ("segment", "--device", "auto"),
+])
+def test_help_shows_defaults(capsys, command, option, default):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.search(rf"{option} \S+ .*?\(default: {re.escape(default)}\)", text), text
+
+
+@pytest.mark.parametrize("command, option", [("evaluate", "--truth"), ("evaluate", "--pred"), ("overlay", "--image")])
+def test_every_option_has_help_text(capsys, command, option):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.search(rf"{option} [A-Z]+ [a-zA-Z]", text), text
+
+
+def test_demo_says_where_its_case_comes_from(monkeypatch, tmp_path):
+    from LiverTumorRefineLib import datasets, demo
+
+    lines: list[str] = []
+    monkeypatch.setattr(demo, "lits117_source", lambda: ("the wheel downloaded from PyPI into X", True))
+    monkeypatch.setattr(datasets, "load_lits117", lambda: "case")
+    assert demo.get_demo_case(lines.append) == "case"
+    assert lines == ["Downloading LiTS case 117: the wheel downloaded from PyPI into X ...",
+                     "Case: LiTS 117 (a public liver CT with reference labels) from the wheel downloaded from PyPI into X."]
+
+    def offline():
+        raise RefineError("offline")
+
+    lines.clear()
+    monkeypatch.setattr(datasets, "load_lits117", offline)
+    monkeypatch.setattr(demo, "make_phantom", lambda seed: f"phantom {seed}")
+    assert demo.get_demo_case(lines.append) == "phantom 20260" and "using generated phantom 20260" in lines[-1]
+    monkeypatch.undo()
+    monkeypatch.setattr(datasets, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
+    assert demo.lits117_source()[1] is True
+    (tmp_path / datasets.LITS117_WHEEL).write_bytes(b"")
+    assert demo.lits117_source() == (f"the cached wheel {tmp_path / datasets.LITS117_WHEEL}", False)
+
+
+def tiny_segnet(path):
+    autoseg.save_segnet(autoseg.build_segnet(net=NetConfig(base_channels=4, depth=2, path_blocks=(1, 1),
+                                                           mask_prior=False)), path)
+    return path
+
+
+def test_the_coarse_network_reports_progress_from_start_to_end_and_can_be_cancelled(tmp_path):
+    segmenter = autoseg.Segmenter(str(tiny_segnet(tmp_path / "seg.pt")), device="cpu", slab=4)
+    calls: list[tuple[float, str]] = []
+    segmenter.segment(abdomen(shape=(32, 64, 64)).astype(np.float32), (2.5, 0.8, 0.8),
+                      lambda f, m: calls.append((f, m)))
+    fractions = [f for f, _ in calls]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions) and len(calls) >= 5
+    assert max(np.diff(fractions)) < 0.2  # no long silent stretch: one report per slab of 4 of 32 slices
+    with pytest.raises(RefineCancelled):
+        segmenter.segment(abdomen(shape=(12, 64, 64)).astype(np.float32), (2.5, 0.8, 0.8), lambda f, m: False)
+
+
+def test_refine_auto_coarse_shows_the_coarse_stage(tmp_path, capsys):
+    files = Files(tmp_path)
+    capsys.readouterr()
+    code = cli.main(["refine", "--image", str(files.ct), "--out", str(tmp_path / "out.nii.gz"), "--weights",
+                     str(files.model), "--device", "cpu", "--auto-coarse", "--coarse-weights",
+                     str(tiny_segnet(tmp_path / "seg.pt"))])
+    lines = capsys.readouterr().err.splitlines()
+    coarse = [line for line in lines if line.startswith("coarse ")]
+    assert coarse[0].startswith("coarse   0.0% Preparing slices") and coarse[-1].startswith("coarse 100.0%")
+    assert code == 2 and lines[-1].startswith("livertumorrefine: error:")  # an untrained network's labels are refused

@@ -19,16 +19,18 @@ import numpy as np
 from . import checks, dicom, io, segments, totalseg
 from .autoseg import Segmenter
 from .boxes import component_labels
-from .config import MIN_KEPT
+from .config import MIN_KEPT, TTA
 from .errors import RefineError
 from .metrics import compute_metrics
-from .points import Point, ras_to_voxels
+from .points import Point, check_points, parse_seeds, ras_to_voxels
 from .refiner import Progress, Refiner
 from .seeded import grow_from_seeds
 from .volume import Volume
 
 LITS_TUMOUR = 2
 LITS_LIVER = 1
+# A mask with more distinct values than this is an image (a CT has thousands), not a label map.
+MAX_LABELS = 256
 
 
 def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarray, int | None]:
@@ -42,7 +44,13 @@ def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarr
         if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
             raise RefineError("The mask has non-integer values: give a binary mask or a label map "
                               "(threshold probability maps first).")
+    if label is not None and (isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label <= 0):
+        raise RefineError(f"Tumour label {label!r} is not valid: label 0 is the background, so the tumour label is a "
+                          "positive whole number (2 in a LiTS map, 1 in a binary mask).")
     values = set(np.unique(labels).tolist())
+    if len(values) > MAX_LABELS:
+        raise RefineError(f"The mask has {len(values)} different values: this looks like an image (a CT?), not a "
+                          "label map. Give the coarse tumour mask or label map instead.")
     present = ", ".join(str(int(v)) for v in sorted(values))
     if label is not None:
         if label not in values:
@@ -132,14 +140,14 @@ def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, ou
                  label: int | None = None, device: str = "auto", weights: str | None = None, batch_size: int = 128,
                  min_kept: float = MIN_KEPT,
                  force: bool = False, progress: Progress | None = None,
-                 segment: str | int | None = None) -> dict[str, Any]:
+                 segment: str | int | None = None, tta: int = TTA) -> dict[str, Any]:
     """Refine the coarse mask file and write the result on the CT's grid; returns stats.
     ``image_path`` may be a DICOM series folder and ``mask_path`` a DICOM SEG or .seg.nrrd
     (``segment`` picks the segment); an ``out_path`` ending in .dcm writes a DICOM SEG that
     references the series."""
     out = check_result_output(out_path, image_path, [image_path, mask_path], force)
     image, mask = load_pair(image_path, mask_path, segment=segment)
-    refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept)
+    refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta)
     refined, stats = refine_volume(image, mask, label, refiner, progress)
     write_result(refined, image_path, out, force)
     return stats
@@ -187,9 +195,12 @@ def coarse_for(image_path: str | os.PathLike, image: Volume, source: str, seeds:
     """The coarse mask of ``image`` (read from ``image_path``) from ``source``: "seeds" (0/1),
     "auto" (0/1/2 from the shipped coarse network) or "totalsegmentator" (0/1)."""
     if source == "seeds":
-        if not seeds:
-            raise RefineError("The seeded coarse source needs at least one seed inside a lesion (--seeds).")
-        coarse = coarse_from_seeds(image, seeds)
+        if isinstance(seeds, str):
+            seeds = parse_seeds(seeds)
+        if seeds is None or len(seeds) == 0:
+            raise RefineError("The seeded coarse source needs at least one seed inside a lesion.",
+                              cli="The seeded coarse source needs at least one seed inside a lesion (--seeds).")
+        coarse = coarse_from_seeds(image, check_points(seeds))
     elif source == "auto":
         coarse = segment_volume(image, seg_weights, device, progress)
         if not (coarse.array == LITS_TUMOUR).any():
@@ -210,18 +221,21 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
                         seeds: Sequence[Point] | None = None, coarse_out: str | os.PathLike | None = None,
                         device: str = "auto", weights: str | None = None, seg_weights: str | None = None,
                         batch_size: int = 128, min_kept: float = MIN_KEPT, force: bool = False,
-                        progress: Progress | None = None) -> dict[str, Any]:
+                        progress: Progress | None = None, coarse_progress: Progress | None = None,
+                        tta: int = TTA) -> dict[str, Any]:
     """Make a coarse mask from ``source`` (see ``coarse_for``), refine it and write the result
     (and, with ``coarse_out``, the coarse mask) on the CT's grid; returns stats with the coarse
-    step's seconds under ``seconds["coarse"]``."""
+    step's seconds under ``seconds["coarse"]``. ``seeds``: RAS points in mm, or the same as a
+    string ``"R,A,S;R,A,S"``. ``coarse_progress`` reports the coarse network's progress."""
     out = check_result_output(out_path, image_path, [image_path], force)
     extra = check_result_output(coarse_out, image_path, [image_path], force) if coarse_out is not None else None
     if extra is not None and extra.resolve() == out.resolve():
-        raise RefineError("--coarse-out and --out are the same file: choose two paths.")
-    refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept)  # fail early on bad weights
+        raise RefineError("coarse_out and out_path are the same file: choose two paths.",
+                          cli="--coarse-out and --out are the same file: choose two paths.")
+    refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta)  # fail early on bad weights
     image = load_ct(image_path)
     t0 = time.perf_counter()
-    coarse = coarse_for(image_path, image, source, seeds, device, seg_weights)
+    coarse = coarse_for(image_path, image, source, seeds, device, seg_weights, coarse_progress)
     seconds = time.perf_counter() - t0
     refined, stats = refine_volume(image, coarse, None, refiner, progress)
     if extra is not None:
@@ -261,6 +275,17 @@ def evaluate_files(truth_path: str | os.PathLike, pred_path: str | os.PathLike, 
     truth, pred = load_pair(truth_path, pred_path, image_is_ct=False, segment=pred_choice,
                             image_segment=segment if truth_has else None)
     truth_mask, used = select_label(truth.array, label)
+    if not truth_mask.any():
+        raise RefineError(f"The reference {truth_path} has no tumour voxels: Dice and surface distances are undefined "
+                          "against an empty reference (there is no tumour in the reference). Evaluate cases whose "
+                          "reference has a tumour, or check the file and the tumour label.")
+    if label is None and used == LITS_LIVER and set(np.unique(truth.array).tolist()) <= {0, LITS_LIVER}:
+        pred_values = set(np.unique(pred.array).tolist())
+        if LITS_TUMOUR in pred_values and pred_values <= {0, LITS_LIVER, LITS_TUMOUR}:
+            message = (f"The reference {truth_path} holds label 1 only while {pred_path} is a LiTS liver (1) and "
+                       "tumour (2) map: the reference looks like a liver with no tumour, and scoring it would score "
+                       "the liver. If label 1 really is the tumour, select it explicitly")
+            raise RefineError(message + " (label=1).", cli=message + " (--label 1).")
     return compute_metrics(truth_mask, prediction_mask(pred.array, used), truth.spacing_zyx)
 
 

@@ -21,15 +21,20 @@ import torch
 from torch.nn import functional as F
 
 from .config import NetConfig
-from .errors import RefineError
+from .errors import RefineCancelled, RefineError
 from .network import BRNet
 from .refiner import Progress, resolve_device
-from .weights import default_weights_path, load_payload, save_network, with_state
+from .weights import NET_BOUNDS, check_fields, default_weights_path, load_payload, save_network, with_state
 
 FORMAT = "livertumorrefine-segnet/1"
 DEFAULT_SEG_MODEL = "segnet_default.pt"
 SEG_NET = NetConfig(base_channels=16, depth=4, path_blocks=(1, 1, 1, 1), mask_prior=False)
 N_CLASSES = 3  # background, liver, tumour
+# Sane bounds of a coarse model file's SegConfig (see ``weights.check_fields``).
+SEG_BOUNDS: dict[str, tuple[Any, ...]] = {
+    "pixel_mm": ("number", 0.25, 10), "context_mm": ("offsets", 15, 40), "hu_window": ("window", -2000, 4000),
+    "min_tumour_ml": ("number", 0, 1000),
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,18 @@ def load_segnet(path: str | os.PathLike | None = None) -> BRNet:
     """The coarse network from ``path`` (default: the shipped one), hash-checked."""
     path = Path(path) if path is not None else default_weights_path(DEFAULT_SEG_MODEL)
     payload = load_payload(path, FORMAT, "LiverTumorRefine coarse segmentation model")
-    model = build_segnet(SegConfig.from_dict(payload["seg_config"]), NetConfig.from_dict(payload["net_config"]))
-    return with_state(model, payload, path)  # type: ignore[return-value]
+    if not isinstance(payload.get("state_dict"), dict):
+        raise RefineError(f"Model weights {path} are malformed: they hold no network weights (state_dict).")
+    seg = check_fields(path, "seg_config", payload.get("seg_config"), SEG_BOUNDS)
+    net = check_fields(path, "net_config", payload.get("net_config"), NET_BOUNDS)
+    try:
+        seg_config, net_config = SegConfig.from_dict(seg), NetConfig.from_dict(net)
+    except (TypeError, ValueError) as exc:
+        raise RefineError(f"Model weights {path} are malformed ({exc}).") from None
+    if len(net_config.path_blocks) != net_config.depth:
+        raise RefineError(f"Model weights {path} are malformed: {len(net_config.path_blocks)} path_blocks for depth "
+                          f"{net_config.depth}.")
+    return with_state(build_segnet(seg_config, net_config), payload, path)  # type: ignore[return-value]  # type: ignore[return-value]
 
 
 def plane_size(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], pixel_mm: float, multiple: int) -> tuple[int, int]:
@@ -139,6 +154,7 @@ class Segmenter:
         if image.ndim != 3:
             raise RefineError(f"The CT must be a 3D volume (got {image.ndim}D).")
         size = plane_size(image.shape, spacing_zyx, self.cfg.pixel_mm, self.multiple)
+        _report(progress, 0.0, "Preparing slices for the coarse network")
         with torch.inference_mode():
             plane = network_plane(image, size, self.cfg.hu_window, self.slab)
             out = np.empty(image.shape, dtype=np.uint8)
@@ -149,9 +165,17 @@ class Segmenter:
                 prob = torch.softmax(self.model(x).float(), dim=1)
                 prob = F.interpolate(prob, size=image.shape[1:], mode="bilinear", align_corners=False)
                 out[start:start + len(index)] = prob.argmax(dim=1).to(torch.uint8).cpu().numpy()
-                if progress is not None:
-                    progress(min(start + self.slab, n) / n, "Segmenting liver and tumours")
-        return clean_labels(out, spacing_zyx, self.cfg.min_tumour_ml)
+                done = min(start + self.slab, n)
+                _report(progress, 0.05 + 0.85 * done / n, f"Segmenting liver and tumours: slice {done}/{n}")
+        _report(progress, 0.9, "Cleaning up the coarse labels")
+        labels = clean_labels(out, spacing_zyx, self.cfg.min_tumour_ml)
+        _report(progress, 1.0, "Coarse labels done")
+        return labels
+
+
+def _report(progress: Progress | None, fraction: float, message: str) -> None:
+    if progress is not None and progress(fraction, message) is False:
+        raise RefineCancelled()
 
 
 def clean_labels(labels: np.ndarray, spacing_zyx: Sequence[float], min_tumour_ml: float) -> np.ndarray:

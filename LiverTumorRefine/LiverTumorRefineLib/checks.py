@@ -57,5 +57,6 @@ def check_not_whole_volume(mask: np.ndarray) -> None:
         return
     if not (mask != first).any():
         value = "" if mask.dtype == bool else f" (value {first.item():g} everywhere)"
-        raise RefineError(f"The mask marks every voxel of the CT as tumour{value}: that is not a tumour outline. "
-                          "Check the mask file and the tumour label (--label).")
+        message = f"The mask marks every voxel of the CT as tumour{value}: that is not a tumour outline. "
+        raise RefineError(message + "Check the mask file and the tumour label.",
+                          cli=message + "Check the mask file and the tumour label (--label).")

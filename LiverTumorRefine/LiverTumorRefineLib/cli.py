@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import MIN_KEPT
+from .config import MIN_KEPT, TTA
 from .errors import RefineError
 
 PROG = "livertumorrefine"
@@ -25,8 +25,13 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     from .points import parse_seeds
     from .progress import ProgressBar
 
+    if args.batch_size < 1:
+        raise RefineError(f"--batch-size must be at least 1 (got {args.batch_size}).")
+    if args.label is not None and args.label <= 0:
+        raise RefineError(f"--label {args.label}: label 0 is the background and cannot be the tumour; "
+                          "give the tumour's label (usually 2 in a LiTS map, 1 in a binary mask).")
     common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,
-                  force=args.force, progress=ProgressBar("refine"))
+                  tta=args.tta, force=args.force, progress=ProgressBar("refine"))
     if args.mask is not None:
         if args.coarse_out is not None:
             raise RefineError("--coarse-out is for coarse masks this command makes (--seeds, --auto-coarse, "
@@ -38,10 +43,11 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         if args.segment is not None:
             raise RefineError("--segment selects a segment of --mask (a DICOM SEG or .seg.nrrd); the coarse sources "
                               "make their own mask.")
-        source = "seeds" if args.seeds else "auto" if args.auto_coarse else "totalsegmentator"
-        seeds = parse_seeds(args.seeds) if args.seeds else None
+        source = "seeds" if args.seeds is not None else "auto" if args.auto_coarse else "totalsegmentator"
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
         stats = api.refine_without_mask(args.image, args.out, source, seeds, args.coarse_out,
-                                        seg_weights=args.coarse_weights, **common)
+                                        seg_weights=args.coarse_weights, coarse_progress=ProgressBar("coarse"),
+                                        **common)
     s = stats["seconds"]
     coarse = f"coarse {s['coarse']:.2f}, " if "coarse" in s else ""
     print(f"Refined {args.out}: {stats['patches']} patches, {stats['voxels_changed']} voxels changed, "
@@ -70,6 +76,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     from . import api, io
     from .overlay import render_overlay, write_png
 
+    out = io.check_output(args.out, [args.image, args.truth, args.coarse, args.refined], args.force, suffixes=(".png",))
     ct = io.to_lps(io.read_image(args.image))  # axial slices, anterior up, whatever the file's storage order
     image = io.from_sitk(ct)
     masks: dict[str, object] = {}
@@ -83,9 +90,6 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
             masks[name], label = api.select_label(mask, None)
         else:
             masks[name] = api.prediction_mask(mask, label)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise RefineError(f"{out} already exists: choose another output or pass --force.")
     write_png(render_overlay(image.array, image.spacing_zyx, slice_index=args.slice, **masks), out)
     print(f"Wrote {out}")
     return 0
@@ -122,14 +126,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = parse_spec(args.data)
     val = parse_spec(args.val) if args.val else (parse_spec(f"phantom:{args.val_cases}:{VALIDATION_PHANTOM_SEED}")
                                                  if data.folder is None else None)
+    init = None
+    patch, net = PatchConfig(use_mask=not args.no_mask_patch), NetConfig(base_channels=args.width)
+    if args.init:  # fine-tuning: the architecture and patch layout are the starting model's
+        from .weights import load_model
+
+        init = load_model(args.init)
+        patch, net = init.patch_config, init.net_config  # type: ignore[attr-defined]
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, epoch_steps=args.epoch_steps,
-                      patch=PatchConfig(use_mask=not args.no_mask_patch), net=NetConfig(base_channels=args.width))
+                      patch=patch, net=net)
     cases = with_coarse(data.cases(), args.variants, args.seed, args.coarse_dir)
     if val is None:  # a folder without --val: every 10th case is held out for validation
         train_cases, val_cases = split_every(cases, 10)
     else:
         train_cases, val_cases = cases, list(with_coarse(val.cases(), 1, args.seed + 1))
-    train(cfg, train_cases, val_cases, args.out, device=args.device, resume=args.resume, progress=ProgressBar("train"))
+    train(cfg, train_cases, val_cases, args.out, device=args.device, resume=args.resume, progress=ProgressBar("train"),
+          init=init)
     return 0
 
 
@@ -177,20 +189,25 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segment", metavar="NAME", help="segment of a DICOM SEG or .seg.nrrd --mask, by name "
                                                      "(case-insensitive) or number (default: its only segment)")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto uses a CUDA GPU when there is one")
     p.add_argument("--weights", help="model file (default: the shipped model)")
     p.add_argument("--batch-size", type=int, default=128, help="patches per inference batch")
     p.add_argument("--min-kept", type=float, default=MIN_KEPT, metavar="FRACTION",
-                   help="a coarse lesion the network would shrink below this fraction of its voxels keeps its "
-                        f"coarse outline (default {MIN_KEPT}; 0 lets refinement delete lesions)")
+                   help="a lesion keeps at least this fraction of its coarse voxels when the refinement is fully "
+                        "sure, and more when it is less sure; otherwise it keeps its coarse outline "
+                        f"(default {MIN_KEPT}; 0 lets refinement delete lesions)")
+    p.add_argument("--tta", type=int, default=TTA, metavar="N",
+                   help=f"orientations each patch is predicted in, 1-8 (default {TTA}); a voxel changes only where "
+                        "the predictions covering it agree; 1 is fastest")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_cmd_refine)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="Dice, VOE, RVD, ASSD, MSSD, HD95 of a mask against truth")
-    p.add_argument("--truth", required=True)
-    p.add_argument("--pred", required=True)
+    p.add_argument("--truth", required=True, help="reference mask or LiTS-style label map (NIfTI, NRRD, MHA)")
+    p.add_argument("--pred", required=True, help="predicted mask, resampled onto the truth's grid when it differs")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
     p.add_argument("--segment", metavar="NAME", help="segment (name or number) of whichever of --truth/--pred is a "
                                                      "DICOM SEG (.dcm) or Slicer .seg.nrrd")
@@ -201,11 +218,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_overlay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("overlay", help="PNG of an axial slice with truth/coarse/refined outlines")
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA)")
     p.add_argument("--truth", help="ground truth (red)")
     p.add_argument("--coarse", help="coarse mask (yellow)")
     p.add_argument("--refined", help="refined mask (green)")
-    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--out", required=True, help="PNG file (never one of the inputs)")
     p.add_argument("--slice", type=int, help="axial slice index (default: the one with the most tumour)")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
@@ -215,7 +232,8 @@ def _add_overlay(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="refine a default case (LiTS 117 or a phantom) and write everything to a folder")
     p.add_argument("--out", default="livertumorrefine-demo", help="output folder (default: ./livertumorrefine-demo)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto uses a CUDA GPU when there is one")
     p.add_argument("--weights", help="model file (default: the shipped model)")
     p.set_defaults(func=_cmd_demo)
 
@@ -235,16 +253,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                  "or every 10th case of a folder)")
     p.add_argument("--val-cases", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--out", required=True, help="run folder: model.pt, model.pt.sha256, checkpoint.pt")
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=6000, help="training steps (batches)")
     p.add_argument("--epoch-steps", type=int, default=1000, help="steps between validation and checkpoints")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=32, help="patches per training batch")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
     p.add_argument("--width", type=int, default=16, help="BRNet base channels")
     p.add_argument("--variants", type=int, default=2, help="simulated coarse masks per case")
     p.add_argument("--coarse-dir", help="folder of real coarse predictions <case>*.nii.gz instead of simulated ones")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0, help="random seed (sampling, augmentation, initial weights)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto uses a CUDA GPU when there is one")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init", metavar="MODEL", help="start from these weights (e.g. brnet_default.pt) to fine-tune on "
+                                                   "a site's own data; its architecture replaces --width")
     p.add_argument("--no-mask-patch", action="store_true", help="ablation: image channels only, no mask patch")
     p.set_defaults(func=_cmd_train)
 
@@ -254,7 +275,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA)")
     p.add_argument("--out", required=True, help="0/1/2 label map, written on the CT's grid")
     p.add_argument("--weights", help="coarse model file (default: the shipped segnet_default.pt)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto uses a CUDA GPU when there is one")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_cmd_segment)
 
@@ -265,18 +287,30 @@ def _add_train_coarse(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", help="validation data spec (default: 4 phantoms from the validation seed range)")
     p.add_argument("--val-cases", type=int, default=4, help=argparse.SUPPRESS)
     p.add_argument("--out", required=True, help="run folder: segnet.pt, segnet.pt.sha256")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=3000, help="training steps (batches)")
+    p.add_argument("--batch-size", type=int, default=8, help="slice stacks per training batch")
     p.add_argument("--crop", type=int, default=128, help="training crop size in pixels (a multiple of 16)")
-    p.add_argument("--slices-per-case", type=int, default=24)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--slices-per-case", type=int, default=24, help="training slices drawn from each case")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (sampling, augmentation, initial weights)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto uses a CUDA GPU when there is one")
     p.set_defaults(func=_cmd_train_coarse)
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_refine, _add_segment, _add_evaluate, _add_overlay, _add_demo, _add_phantom, _add_train, _add_train_coarse]
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to every option that has a real default and does not state it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or "default" in text or text == argparse.SUPPRESS):
+            return action.help
+        return f"{text} (default: %(default)s)".strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsHelpFormatter
     return parser
 
 
@@ -318,7 +354,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except RefineError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc.for_cli()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; no partial file was left (completed files and checkpoints stay).", file=sys.stderr)

@@ -6,6 +6,7 @@ coarse, refined, an overlay PNG and a metrics table, and says where they are.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from . import io
+from .atomic import write_text
 from .coarse import simulate_coarse
 from .errors import RefineError
 from .metrics import compute_metrics, format_metrics_table
@@ -26,15 +28,33 @@ Log = Callable[[str], None]
 COARSE_SEED = 117  # fixed so every run of the demo shows the same coarse mask
 
 
+def lits117_source() -> tuple[str, bool]:
+    """Where ``datasets.load_lits117()`` will take LiTS 117 from, and whether that is a download."""
+    from .datasets import LITS117_PACKAGE, LITS117_REQUIREMENT, LITS117_WHEEL, cache_dir
+
+    if importlib.util.find_spec(LITS117_PACKAGE) is not None:
+        return f"the installed package {LITS117_PACKAGE}", False
+    wheel = cache_dir() / LITS117_WHEEL
+    if wheel.is_file():
+        return f"the cached wheel {wheel}", False
+    return f"the {LITS117_REQUIREMENT} wheel (4.5 MB) downloaded from PyPI with pip into {cache_dir()}", True
+
+
 def get_demo_case(log: Log) -> Case:
-    """LiTS 117 when the wheel is installed or downloadable, else a phantom (and say which)."""
+    """LiTS 117 when the wheel is installed or downloadable, else a phantom; says which, and
+    before a download that it is downloading."""
     from .datasets import load_lits117
 
+    source, download = lits117_source()
+    if download:
+        log(f"Downloading LiTS case 117: {source} ...")
     try:
-        return load_lits117()
+        case = load_lits117()
     except RefineError as exc:
-        log(f"LiTS case 117 unavailable ({exc}); using a generated phantom instead.")
+        log(f"LiTS case 117 unavailable ({exc}); using generated phantom 20260 instead (livertumorrefine phantom).")
         return make_phantom(20260)
+    log(f"Case: LiTS 117 (a public liver CT with reference labels) from {source}.")
+    return case
 
 
 def run_demo(out_dir: str | Path, device: str = "auto", weights: str | None = None, log: Log = print,
@@ -45,10 +65,12 @@ def run_demo(out_dir: str | Path, device: str = "auto", weights: str | None = No
     case = get_demo_case(log)
     spacing = case.image.spacing_zyx
     truth = case.label.array == 2
+    log("Simulating a coarse segmentation (the reference grown, shrunk and distorted) ...")
     coarse = simulate_coarse(truth, spacing, np.random.default_rng(COARSE_SEED), image=case.image.array)
     if not coarse.any():
         raise RefineError("The simulated coarse mask came out empty; rerun the demo.")
     log(f"case {case.name}: {case.image.array.shape[::-1]} voxels (x,y,z), spacing {tuple(round(s, 3) for s in case.image.geometry.spacing)} mm")
+    log("Refining the coarse mask's boundary with the shipped model ...")
     result = Refiner(weights, device=device).refine(case.image.array, coarse, spacing, progress)
     rows = {"coarse": compute_metrics(truth, coarse, spacing), "refined": compute_metrics(truth, result.mask, spacing)}
     geometry = case.image.geometry
@@ -59,9 +81,9 @@ def run_demo(out_dir: str | Path, device: str = "auto", weights: str | None = No
         io.write_volume(volume, out / name, force=True)
     write_png(render_overlay_panel(case.image.array, spacing, truth=truth, coarse=coarse, refined=result.mask), out / "overlay.png")
     table = format_metrics_table(rows)
-    (out / "metrics.txt").write_text(table + "\n")
-    (out / "metrics.json").write_text(json.dumps({k: {m: (v if math.isfinite(v) else None) for m, v in r.items()}
-                                                  for k, r in rows.items()}, indent=2) + "\n")
+    write_text(out / "metrics.txt", table + "\n")
+    write_text(out / "metrics.json", json.dumps({k: {m: (v if math.isfinite(v) else None) for m, v in r.items()}
+                                                for k, r in rows.items()}, indent=2) + "\n")
     s = result.stats
     log(f"refined {s['patches']} boundary patches in {s['seconds']['total']:.2f} s on {s['device']}, "
         f"{s['voxels_changed']} voxels changed")

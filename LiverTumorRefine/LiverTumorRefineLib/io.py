@@ -1,18 +1,23 @@
 """Reading and writing volumes with SimpleITK, keeping geometry, and putting masks on the CT grid."""
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+import warnings
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
+from .atomic import atomic_files, atomic_path
 from .errors import RefineError
 from .volume import Geometry, Volume
 
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+TWO_FILE_SUFFIXES = (".nhdr", ".mhd")  # a header plus a separate data file
 
 
 def volume_suffix(path: str | os.PathLike) -> str:
@@ -61,15 +66,108 @@ def from_sitk(image: sitk.Image) -> Volume:
     return Volume(sitk.GetArrayFromImage(image), geometry)
 
 
+def readable_file(path: str | os.PathLike, what: str = "File") -> Path:
+    """``path`` if it is a readable file; else a RefineError saying whether it is missing, a
+    folder or not readable (permissions), and what to do."""
+    path = Path(path)
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise RefineError(f"{what} {str(path)[:80]}: cannot be opened ({exc.strerror}).") from None
+    if not exists:
+        raise RefineError(f"{what} {path}: file not found. Check the path.")
+    if is_dir:
+        raise RefineError(f"{what} {path} is a folder, not a file: give the file inside it.")
+    if not os.access(path, os.R_OK):
+        raise RefineError(f"{what} {path} exists but is not readable (permissions): make it readable "
+                          f"(chmod u+r) or copy it somewhere you can read.")
+    return path
+
+
+NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32, float64
+
+
+def _nifti_layout(head: bytes) -> tuple[int, int, np.dtype | None] | None:
+    """(voxel data offset, voxel data bytes, numpy dtype when the voxels are floats) from the start
+    of a NIfTI-1 or NIfTI-2 file, or None when the header is not one."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            datatype = struct.unpack(endian + "h", head[70:72])[0]
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+        elif len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            datatype = struct.unpack(endian + "h", head[12:14])[0]
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            dims = struct.unpack(endian + "8q", head[16:80])
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+        else:
+            continue
+        count = 1
+        for n in dims[1:1 + max(0, min(int(dims[0]), 7))]:
+            count *= max(int(n), 1)
+        dtype = np.dtype(endian + NIFTI_FLOATS[datatype]) if datatype in NIFTI_FLOATS else None
+        return max(offset, 348), count * max(int(bitpix), 8) // 8, dtype
+    return None
+
+
+def check_complete(path: str | os.PathLike) -> tuple[int, int]:
+    """Refuse a NIfTI file whose gzip stream is corrupt (CRC error, cut short) or that holds fewer
+    voxel bytes than its header describes: SimpleITK would read the missing part as zeros. Returns
+    (NaN voxels, voxels) of a float NIfTI, which SimpleITK also reads as zeros; (0, 0) otherwise.
+    (NRRD and MetaImage readers already refuse short data.)"""
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return 0, 0
+    compressed = name.endswith(".gz")
+    nans = 0
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            head = stream.read(540)
+            length = len(head)
+            layout = _nifti_layout(head)
+            if layout is None:
+                return 0, 0
+            offset, size, dtype = layout
+            pending = head[offset:]
+            if offset > len(head):
+                length += len(stream.read(offset - len(head)))
+            left = size  # voxel bytes still to scan for NaN
+            for chunk in iter(lambda: stream.read(1 << 22), b""):
+                length += len(chunk)
+                if dtype is not None and left > 0:
+                    pending += chunk
+                    usable = min(len(pending) - len(pending) % dtype.itemsize, left)
+                    nans += int(np.count_nonzero(np.isnan(np.frombuffer(pending[:usable], dtype))))
+                    pending, left = pending[usable:], left - usable
+            if dtype is not None and left > 0 and pending:
+                usable = min(len(pending) - len(pending) % dtype.itemsize, left)
+                nans += int(np.count_nonzero(np.isnan(np.frombuffer(pending[:usable], dtype))))
+    except (OSError, EOFError, zlib.error) as exc:
+        raise RefineError(f"{path} is damaged: its compressed data is corrupt or cut short ({exc}). It was "
+                          "probably truncated in transfer or by a full disk: copy or export it again.") from None
+    if length < offset + size:
+        raise RefineError(f"{path} is truncated: its header describes {size} bytes of voxels but only "
+                          f"{max(0, length - offset)} are there. Copy or export it again.")
+    return (nans, size // dtype.itemsize) if dtype is not None else (0, 0)
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
+    """A scalar image from a volume file (checked readable and complete) or a DICOM series folder."""
     if Path(path).is_dir():  # a DICOM CT series is given as its folder; pydicom/highdicom load only then
         from . import dicom
 
         return to_sitk(dicom.read_series(path).volume)
     path = Path(path)
     volume_suffix(path)
-    if not path.is_file():
-        raise RefineError(f"{path}: file not found.")
+    readable_file(path)
+    nans, voxels = check_complete(path)
+    if voxels and nans == voxels:
+        raise RefineError(f"{path}: every voxel is NaN (not a number), so the file holds no image: export it again.")
+    if nans:
+        warnings.warn(f"{path}: {nans} of {voxels} voxels are NaN (not a number); they are read as 0.", UserWarning,
+                      stacklevel=2)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -156,28 +254,67 @@ def read_volume(path: str | os.PathLike) -> Volume:
     return from_sitk(read_image(path))
 
 
+def exists_error(path: str | os.PathLike) -> RefineError:
+    """The refusal to overwrite an existing output, worded for the API and for the CLI."""
+    return RefineError(f"{path} already exists: choose another output, or pass force=True to overwrite it.",
+                       cli=f"{path} already exists: choose another output or pass --force.")
+
+
+def verify_written(written: str | os.PathLike, volume: Volume, target: str | os.PathLike) -> None:
+    """Read back a just-written volume file and refuse it unless voxels and grid are what was
+    written (a full disk can leave a short file without any write error)."""
+    try:
+        check_complete(written)
+        back = from_sitk(sitk.ReadImage(str(written)))
+        expected = np.asarray(volume.array)
+        if np.issubdtype(expected.dtype, np.floating):  # NIfTI reads NaN back as 0
+            expected, got = np.nan_to_num(expected, nan=0.0), np.nan_to_num(back.array, nan=0.0)
+        else:
+            got = back.array
+        same = (got.shape == expected.shape and back.geometry.same_grid(volume.geometry, tol=1e-4)
+                and np.array_equal(got, expected))
+        problem = "" if same else "the file read back differs from what was written"
+    except (RefineError, RuntimeError):
+        problem = "the file read back is incomplete or unreadable"
+    if problem:
+        raise RefineError(f"Writing {target} failed ({problem}): is the disk full? Free some space or choose "
+                          "another folder; nothing was written.")
+
+
 def write_volume(volume: Volume, path: str | os.PathLike, force: bool = False) -> None:
-    """Write ``volume`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``volume`` atomically: to a temporary file in the same folder (a header and data
+    file pair for .nhdr/.mhd, renamed as a pair), verified by reading it back, then renamed."""
     path = Path(path)
     suffix = volume_suffix(path)
     if path.exists() and not force:
-        raise RefineError(f"{path} already exists: choose another output or pass --force.")
-    with atomic_path(path, suffix) as tmp:
-        sitk.WriteImage(to_sitk(volume), tmp, useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        raise exists_error(path)
+    with (atomic_files(path) if suffix in TWO_FILE_SUFFIXES else atomic_path(path, suffix)) as tmp:
+        try:
+            sitk.WriteImage(to_sitk(volume), tmp, useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "write error"
+            raise RefineError(f"Writing {path} failed ({reason}): is the disk full? Free some space or choose "
+                              "another folder; nothing was written.") from None
+        verify_written(tmp, volume, path)
 
 
-def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], force: bool) -> Path:
+def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], force: bool,
+                 suffixes: Sequence[str] | None = None) -> Path:
     """Refuse, before any work, outputs that would clobber an input or an existing file, or
-    that cannot be written."""
+    that cannot be written. ``suffixes``: the allowed file types (default: volume files)."""
     out = Path(out)
-    volume_suffix(out)
+    if suffixes is None:
+        volume_suffix(out)
+    elif not str(out).lower().endswith(tuple(suffixes)):
+        raise RefineError(f"{out}: unsupported file type for this output; give a name ending in {', '.join(suffixes)}.")
     for source in inputs:
         if source is not None and Path(source).exists() and out.exists() and os.path.samefile(out, source):
             raise RefineError(f"Output {out} is one of the inputs: choose another output path.")
     if out.is_dir():
-        raise RefineError(f"Output {out} is a folder: give a file name such as {out / 'refined.nii.gz'}.")
+        example = out / ("refined.nii.gz" if suffixes is None else f"out{suffixes[0]}")
+        raise RefineError(f"Output {out} is a folder: give a file name such as {example}.")
     if out.exists() and not force:
-        raise RefineError(f"{out} already exists: choose another output or pass --force.")
+        raise exists_error(out)
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise RefineError(f"Output folder {folder} does not exist: create it first.")
@@ -207,4 +344,8 @@ def resample_mask_to(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     if np.any(hi_m <= lo_r) or np.any(hi_r <= lo_m):
         raise RefineError("The mask does not overlap the CT in physical space (different origin or orientation): "
                           "check that they belong to the same scan.")
-    return sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+    moved = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+    if not sitk.GetArrayViewFromImage(moved).any() and sitk.GetArrayViewFromImage(mask).any():
+        raise RefineError("The mask's labelled voxels all lie outside the CT (its box overlaps the CT's, but its "
+                          "voxels do not: different origin or orientation): check that they belong to the same scan.")
+    return moved

@@ -88,15 +88,25 @@ def render_overlay_panel(
 
 
 def write_png(rgb: np.ndarray, path: "str | os.PathLike[str]") -> None:
-    """Write an (H, W, 3) uint8 picture as PNG, atomically (a reader never sees half a file)."""
+    """Write an (H, W, 3) uint8 picture as PNG, atomically (a reader never sees half a file) and
+    verified by reading it back before the rename. The name must end in ``.png``."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
     target = Path(path)
+    if target.suffix.lower() != ".png":
+        raise RefineError(f"Cannot write {target}: an overlay is a PNG picture, so its name must end in .png.")
     if not target.parent.is_dir():
         raise RefineError(f"Cannot write {target}: folder {target.parent} does not exist; create it first.")
     # Same folder so os.replace is an atomic rename; .png suffix so SimpleITK picks the PNG writer.
     with atomic_path(target, ".png") as temporary:
         sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), temporary)
+        try:
+            same = np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(temporary)), rgb)
+        except RuntimeError:
+            same = False
+        if not same:
+            raise RefineError(f"Writing {target} failed (the file read back differs): is the disk full? Free some "
+                              "space or choose another folder; nothing was written.")
 
 
 def default_slice(

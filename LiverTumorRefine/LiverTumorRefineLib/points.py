@@ -7,9 +7,10 @@ file (``.mrk.json``) stores its points in LPS or RAS (its ``coordinateSystem``);
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -20,10 +21,16 @@ from .volume import Volume
 Point = tuple[float, float, float]
 
 
+def is_seed_file(spec: str) -> bool:
+    """Whether ``spec`` names a markups file rather than inline seeds, decided by its syntax alone
+    (a long seed string must never be tried as a path): a ``.json`` name, or no comma at all."""
+    return spec.strip().lower().endswith(".json") or ("," not in spec and spec.strip() != "")
+
+
 def parse_seeds(spec: str) -> list[Point]:
     """RAS points from ``"R,A,S;R,A,S"`` or from a ``.mrk.json`` file path."""
-    if spec.lower().endswith(".json") or Path(spec).is_file():
-        return read_markups(spec)
+    if is_seed_file(spec):
+        return read_markups(spec.strip())
     points = []
     for number, part in enumerate((p for p in spec.split(";") if p.strip()), start=1):
         try:
@@ -41,9 +48,7 @@ def parse_seeds(spec: str) -> list[Point]:
 
 def read_markups(path: str | os.PathLike) -> list[Point]:
     """The control points of a Slicer markups JSON file, in RAS."""
-    path = Path(path)
-    if not path.is_file():
-        raise RefineError(f"Seed file {path} does not exist: export the point list from Slicer (.mrk.json).")
+    path = io.readable_file(path, "Seed file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         markups = data["markups"]
@@ -58,11 +63,41 @@ def read_markups(path: str | os.PathLike) -> list[Point]:
             position = control.get("position")
             if not isinstance(position, list) or len(position) != 3:
                 continue
+            if not all(_finite_number(v) for v in position):
+                label = control.get("label") or f"number {len(points) + 1}"
+                raise RefineError(f"{path}: point {label} has position {position!r}, which is not three numbers: "
+                                  "place the point again in Slicer and save the point list.")
             x, y, z = (float(v) for v in position)
             points.append((-x, -y, z) if system == "LPS" else (x, y, z))
     if not points:
         raise RefineError(f"{path} holds no points: place one point inside each lesion and save again.")
     return points
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_points(points: Sequence[Any]) -> list[Point]:
+    """``points`` as RAS triples of floats; RefineError naming the first that is not three finite numbers."""
+    out = []
+    for number, point in enumerate(points, start=1):
+        try:
+            values = [float(v) for v in point]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
+            raise RefineError(f"Seed {number} ({point!r}) is not a point: give each seed as three numbers (R, A, S) "
+                              "in millimetres.")
+        out.append((values[0], values[1], values[2]))
+    return out
+
+
+def voxel_to_ras(voxel_zyx: Sequence[float], image: Volume) -> Point:
+    """The RAS point (mm, as Slicer shows it) of voxel index (z, y, x) of ``image``."""
+    reference = io.to_sitk(Volume(np.zeros((1, 1, 1), np.uint8), image.geometry))
+    x, y, z = reference.TransformContinuousIndexToPhysicalPoint([float(v) for v in reversed(tuple(voxel_zyx))])
+    return (-x, -y, z)  # SimpleITK is LPS
 
 
 def ras_to_voxels(points_ras: Sequence[Point], image: Volume) -> list[tuple[float, float, float]]:

@@ -14,7 +14,8 @@ from typing import TextIO
 class ProgressBar:
     """Callable matching the engine's ``progress(fraction, message)``; never cancels."""
 
-    def __init__(self, label: str, stream: TextIO = sys.stderr, width: int = 30, log_step: float = 0.05) -> None:
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30, log_step: float = 0.05) -> None:
+        stream = sys.stderr if stream is None else stream  # looked up now: sys.stderr may have been replaced
         self.label, self.stream, self.width, self.log_step = label, stream, width, log_step
         self._last = 0.0
         self._logged = -1

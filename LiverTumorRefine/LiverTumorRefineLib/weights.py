@@ -7,15 +7,18 @@ default model's hash is also pinned here, so a swapped or truncated file is refu
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_text
 from .config import NetConfig, PatchConfig
 from .errors import RefineError
+from .io import readable_file
 from .network import BRNet, build_model
 
 FORMAT = "livertumorrefine-brnet/1"
@@ -50,7 +53,11 @@ def expected_sha256(path: Path) -> str | None:
         return SHIPPED_SHA256.get(path.name)
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.exists():
-        return sidecar.read_text().split()[0].strip()
+        words = sidecar.read_text(errors="replace").split()
+        if not words or not re.fullmatch(r"[0-9a-fA-F]{64}", words[0]):
+            raise RefineError(f"The SHA-256 file {sidecar} is empty or malformed (64 hex digits expected): write it "
+                              f"again (sha256sum {path.name} > {sidecar.name}) if you trust the model, or retrain it.")
+        return words[0].lower()
     return None
 
 
@@ -60,9 +67,14 @@ def save_payload(path: str | os.PathLike, payload: dict[str, Any]) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    digest = sha256_of(path)
-    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+        try:
+            torch.save(payload, tmp)
+            torch.load(tmp, map_location="cpu", weights_only=True)  # verify what was written before the rename
+        except Exception as exc:  # a full disk, or a payload that is not tensors and primitives
+            raise RefineError(f"Writing {path} failed ({type(exc).__name__}: {str(exc)[:120]}): is the disk full? "
+                              "Free some space or choose another folder; nothing was written.") from None
+        digest = sha256_of(Path(tmp))
+    write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
     return digest
 
 
@@ -92,14 +104,105 @@ def save_model(model: BRNet, path: str | os.PathLike, meta: dict[str, Any] | Non
                                               "net_config": model.net_config.to_dict()}, meta)  # type: ignore[attr-defined]
 
 
+# Sane bounds of the architecture fields a model file stores, checked before anything is built
+# (a hostile or damaged file must not divide by zero or allocate 20 GB). Fields not listed are
+# not bounded here (their dataclass checks them); a field missing from a file takes its default.
+# Kinds: ("int", lo, hi), ("number", lo, hi), ("bool",), ("ints", lo, hi) a list of ints each in
+# lo..hi, ("offsets", max count, max |mm|), ("window", lo, hi) two numbers lo <= low < high <= hi.
+PATCH_BOUNDS: dict[str, tuple[Any, ...]] = {
+    "patch_mm": ("number", 4, 128), "patch_px": ("int", 16, 256), "nms_iou": ("number", 0, 1),
+    "context_mm": ("offsets", 9, 20), "hu_window": ("window", -2000, 4000), "use_mask": ("bool",),
+    "band_mm": ("number", 0, 30),
+}
+NET_BOUNDS: dict[str, tuple[Any, ...]] = {
+    "base_channels": ("int", 1, 128), "depth": ("int", 1, 6), "path_blocks": ("ints", 0, 8), "mask_prior": ("bool",),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _within(bound: tuple[Any, ...], value: Any) -> str | None:
+    """None when ``value`` satisfies ``bound``, else what was expected."""
+    kind, *limits = bound
+    if kind == "bool":
+        return None if isinstance(value, bool) else "true or false"
+    if kind == "int":
+        lo, hi = limits
+        ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+        return None if ok else f"a whole number from {lo} to {hi}"
+    if kind == "number":
+        lo, hi = limits
+        return None if _is_number(value) and lo <= value <= hi else f"a number from {lo} to {hi}"
+    if kind == "ints":
+        lo, hi = limits
+        ok = isinstance(value, (list, tuple)) and all(_within(("int", lo, hi), v) is None for v in value)
+        return None if ok else f"a list of whole numbers from {lo} to {hi}"
+    if kind == "offsets":
+        count, reach = limits
+        ok = (isinstance(value, (list, tuple)) and 1 <= len(value) <= count
+              and all(_is_number(v) and abs(v) <= reach for v in value))
+        return None if ok else f"1 to {count} offsets within +-{reach} mm"
+    if kind == "window":
+        lo, hi = limits
+        ok = (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
+              and lo <= value[0] < value[1] <= hi)
+        return None if ok else f"two numbers low < high within {lo}..{hi}"
+    raise ValueError(f"unknown bound kind {kind!r}")  # a bug in a bounds table
+
+
+def check_fields(path: str | os.PathLike, section: str, values: Any, bounds: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """``values`` (a config dict from a model file) if every field in ``bounds`` that it holds
+    is within them; RefineError naming the first that is not. Unknown fields pass."""
+    if not isinstance(values, dict):
+        raise RefineError(f"Model weights {path} are malformed: '{section}' is missing or not a dict. "
+                          "Use a model file written by this version's training.")
+    for key, bound in bounds.items():
+        if key in values:
+            expected = _within(bound, values[key])
+            if expected is not None:
+                raise RefineError(f"Model weights {path} are malformed: {section}.{key} = {values[key]!r}, expected "
+                                  f"{expected}. Use a model file written by this version's training.")
+    return values
+
+
+def check_architecture(payload: dict[str, Any], path: str | os.PathLike) -> tuple[PatchConfig, NetConfig]:
+    """The patch and network configs of a refinement model payload, after checking that they are
+    present and within ``PATCH_BOUNDS`` / ``NET_BOUNDS`` and consistent (``len(path_blocks) ==
+    depth``, ``patch_px`` divisible by ``2**depth``); RefineError otherwise, before anything is built."""
+    if not isinstance(payload.get("state_dict"), dict):
+        raise RefineError(f"Model weights {path} are malformed: they hold no network weights (state_dict). "
+                          "Use a model file written by this version's training.")
+    patch = check_fields(path, "patch_config", payload.get("patch_config"), PATCH_BOUNDS)
+    net = check_fields(path, "net_config", payload.get("net_config"), NET_BOUNDS)
+    try:
+        patch_config, net_config = PatchConfig.from_dict(patch), NetConfig.from_dict(net)
+    except (TypeError, ValueError) as exc:
+        raise RefineError(f"Model weights {path} are malformed ({exc}). Use a model file written by this version's "
+                          "training.") from None
+    if len(net_config.path_blocks) != net_config.depth:
+        raise RefineError(f"Model weights {path} are malformed: {len(net_config.path_blocks)} path_blocks for depth "
+                          f"{net_config.depth}. Use a model file written by this version's training.")
+    if patch_config.patch_px % 2 ** net_config.depth:
+        raise RefineError(f"Model weights {path} are malformed: patch_px {patch_config.patch_px} is not divisible by "
+                          f"2**depth = {2 ** net_config.depth}. Use a model file written by this version's training.")
+    return patch_config, net_config
+
+
 def load_payload(path: str | os.PathLike, fmt: str, what: str = "LiverTumorRefine model",
                  map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The dict in a model file of format ``fmt``, after checking its SHA-256 and loading it with
     ``weights_only=True``; RefineError on any problem."""
     path = Path(path)
-    if not path.is_file():
-        hint = " Reinstall the extension or pass --weights." if path.parent.resolve() == MODELS_DIR else ""
-        raise RefineError(f"Model weights not found: {path}.{hint}")
+    if not path.exists():
+        if path.parent.resolve() == MODELS_DIR:
+            message = f"Model weights not found: {path}. The extension's model files are missing: reinstall it"
+            raise RefineError(message + ", or give a model file.", cli=message + ", or pass --weights MODEL.pt.")
+        message = f"Model weights not found: {path}. Check the path"
+        raise RefineError(message + ", or use the shipped model (weights=None).",
+                          cli=message + ", or leave out --weights to use the shipped model.")
+    readable_file(path, "Model weights")
     expected = expected_sha256(path)
     if expected is None:
         raise RefineError(f"Model weights {path} have no SHA-256 to check against: keep the {path.name}.sha256 "
@@ -120,5 +223,5 @@ def load_payload(path: str | os.PathLike, fmt: str, what: str = "LiverTumorRefin
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BRNet:
     """Load a BRNet from ``path`` after checking its SHA-256; RefineError on any problem."""
     payload = load_payload(path, FORMAT, map_location=map_location)
-    model = build_model(PatchConfig.from_dict(payload["patch_config"]), NetConfig.from_dict(payload["net_config"]))
+    model = build_model(*check_architecture(payload, path))
     return with_state(model, payload, path)  # type: ignore[return-value]
