@@ -1,11 +1,15 @@
 """Shared fixtures: small synthetic CT cases and a BRNet trained for a few hundred steps.
 
-Tests that need a model that really refines use ``trained_model`` (trained once per session on
-simple generated cases, never a stub returning its input); the shipped default weights are
-tested separately.
+Tests that need a model that really refines use ``trained_model`` (trained on simple generated
+cases, never a stub returning its input; cached in pytest's cache folder, keyed by the training
+code, so only the first run on a machine pays for the training); the shipped default weights are
+tested separately. Tests marked ``slow`` (real training runs) are left out of the default run:
+``pytest -m slow`` runs them.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -46,11 +50,31 @@ def blob_cases() -> list[TrainCase]:
     return [blob_case(s) for s in range(8)]
 
 
+def _training_key(cfg: TrainConfig) -> str:
+    """What the test model's weights depend on: its config, the training code and torch."""
+    digest = hashlib.sha256(repr(cfg).encode() + torch.__version__.encode())
+    library = Path(__file__).resolve().parents[1] / "LiverTumorRefine" / "LiverTumorRefineLib"
+    for source in [Path(__file__)] + [library / f"{name}.py" for name in ("augment", "boxes", "config", "network", "sampling", "train")]:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def trained_model(blob_cases):
-    """BRNet trained for 250 steps on blob cases (about half a minute on two CPU cores)."""
+def trained_model(blob_cases, request):
+    """BRNet trained for 250 steps on blob cases (about half a minute on two free CPU cores), or
+    the same weights from pytest's cache when the training code has not changed."""
     torch.manual_seed(0)
     cfg = TrainConfig(steps=250, batch_size=24, lr=3e-3, warmup_steps=20, net=NetConfig(base_channels=8))
+    cache = getattr(request.config, "cache", None)
+    cached = cache.mkdir("trained_model") / f"{_training_key(cfg)}.pt" if cache is not None else None
+    if cached is not None and cached.is_file():
+        model = build_model(cfg.patch, cfg.net)
+        model.load_state_dict(torch.load(cached, weights_only=True))
+        return model.eval()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # shown even with -q: the first tests wait for this
+        reporter.write_line(f"\nconftest: training the shared test model ({cfg.steps} steps: about 30 s on two free CPU "
+                            "cores, minutes on a busy machine; cached for later runs)")
     inputs, truths, _ = build_bank(blob_cases, cfg.patch, 1.0, 0, log=lambda _: None)
     model = build_model(cfg.patch, cfg.net)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
@@ -63,4 +87,8 @@ def trained_model(blob_cases):
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    if cached is not None:
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}")
+        torch.save(model.state_dict(), partial)
+        os.replace(partial, cached)
     return model.eval()

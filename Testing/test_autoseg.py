@@ -53,6 +53,7 @@ def tiny_run(tmp_path_factory):
     return cfg, path
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_writes_a_checked_model(tiny_run, tmp_path):
     cfg, path = tiny_run
     again = train_segnet(cfg, small_phantoms([1000, 1001]), [], tmp_path, device="cpu", log=lambda _: None)
@@ -81,6 +82,7 @@ def test_segment_cli_writes_labels_on_the_ct_grid(tmp_path):
     assert "liver" in proc.stdout
 
 
+@pytest.mark.slow
 def test_shipped_coarse_network_finds_the_liver():
     path = default_weights_path("segnet_default.pt")
     assert SHIPPED_SHA256["segnet_default.pt"] == sha256_of(path)
