@@ -4,6 +4,7 @@
     python bench/refine_speed.py --sweep sizes     # the same tumours in 128x128x64 ... 512x512x300
     python bench/refine_speed.py --sweep tumours   # 1 ... 20 tumours in 512x512x120
     python bench/refine_speed.py --seeded          # coarse mask grown from one seed per tumour, then refined
+    python bench/refine_speed.py --quick           # under a minute: README's headline case once, against its figure
 
 Prints figures; asserts nothing (timings belong in benchmarks, not tests). Uses the shipped
 model when present, else an untrained BRNet of the same architecture (same cost). A sweep runs
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -51,6 +53,8 @@ def synthetic_case(size_xyz: tuple[int, int, int], n_tumours: int, spacing_zyx=(
     return image, coarse, spacing_zyx
 
 
+# README's headline figure for 512x512x120 with 5 tumours (2 idle CPU cores, shipped model), for --quick.
+README_WALL_S = 2.21
 SIZES = [(128, 128, 64), (256, 256, 120), (512, 512, 120), (512, 512, 240), (512, 512, 300)]
 TUMOURS = [1, 2, 5, 10, 20]
 
@@ -136,7 +140,11 @@ def main() -> None:
     parser.add_argument("--same-tumours", action="store_true", help="the tumours of a 128x128x64 case, centred")
     parser.add_argument("--json", action="store_true", help="print one JSON line (used by --sweep)")
     parser.add_argument("--seeded", action="store_true", help="grow the coarse mask from one seed per tumour first")
+    parser.add_argument("--quick", action="store_true",
+                        help="one run of the default case after a warm-up (under a minute), compared with README's figure")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
     if args.sweep:
         sweep(args.sweep, args)
         return
@@ -153,6 +161,11 @@ def main() -> None:
     print(f"patches/s {row['patches'] / row['wall']:.0f} overall, "
           f"{row['patches'] / max(row['seconds']['infer'], 1e-9):.0f} in inference")
     print(f"peak RSS {row['peak_rss_mb']:.0f} MB")
+    if args.quick:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"README: {README_WALL_S:.2f} s for this case on 2 otherwise idle CPU cores (best of 3); here "
+              f"{row['wall']:.2f} s (one run) with {os.cpu_count()} CPUs and a load average of {load:.1f}. "
+              "Other work on the machine (load above 0.5) slows inference in proportion.")
 
 
 if __name__ == "__main__":
