@@ -18,6 +18,7 @@ pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
 from LiverTumorRefineLib import logic as ltr  # noqa: E402
 from LiverTumorRefineLib import slicer_testing as st  # noqa: E402
+from LiverTumorRefineLib import worker  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
 
 LIB_DIR = Path(__file__).resolve().parents[1] / "LiverTumorRefine"
@@ -28,9 +29,15 @@ def app():
     return st.make_app()
 
 
+# The Refiner's per-lesion gate (config.MIN_KEPT) keeps the coarse mask of these small synthetic
+# lesions, whose truth is the coarse shrunk by up to 3 mm (half the volume): min_kept 0 lets the
+# test model's refinement through, and shows that refiner options reach the worker.
+REFINER_OPTIONS = {"min_kept": 0.0}
+
+
 @pytest.fixture(scope="module")
 def logic(trained_model):
-    return ltr.LiverTumorRefineLogic(weights=trained_model)
+    return ltr.LiverTumorRefineLogic(weights=trained_model, refinerOptions=REFINER_OPTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +75,7 @@ def test_cancel_leaves_scene_unchanged(app, logic, case):
     st.check_cancel_leaves_scene_unchanged(app.scene, logic, st.build_scene_case(app.scene, case))
 
 
-def test_worker_thread_matches_direct_call(app, logic, case):
+def test_worker_process_matches_in_process_call(app, logic, case):
     st.check_worker_job(app.scene, logic, st.build_scene_case(app.scene, case))
 
 
@@ -128,21 +135,24 @@ class _OomRefiner:
 
 
 @pytest.mark.parametrize("mode, note", [("raise", "ran on the CPU instead"), ("part-way", "finished on the CPU")])
-def test_gpu_out_of_memory_falls_back_to_cpu(app, trained_model, case, mode, note):
-    logic = ltr.LiverTumorRefineLogic(weights=trained_model)
-    cpu = logic._refiner("cpu")
-    logic._refiners["auto"] = _OomRefiner(cpu, mode)
+def test_gpu_out_of_memory_falls_back_to_cpu(app, logic, case, mode, note, monkeypatch):
+    real = worker.make_refiner
+
+    def make_refiner(model, device, batch_size, options):
+        cpu = real(model, "cpu", batch_size, options)
+        return cpu if device == "cpu" else _OomRefiner(cpu, mode)
+
+    monkeypatch.setattr(worker, "make_refiner", make_refiner)
     sc = st.build_scene_case(app.scene, case)
     result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId,
                           device="auto")
     assert result.device == "cpu"
     assert len(result.notes) == 1 and "GPU ran out of memory" in result.notes[0] and note in result.notes[0]
-    assert "auto" not in logic._refiners, "the failed GPU refiner is still cached"
     assert sc.segmentationNode.GetSegmentation().GetSegment(result.refinedSegmentId) is not None
 
 
 def test_missing_torch_gives_install_hint(app, case, monkeypatch):
-    monkeypatch.delitem(sys.modules, "LiverTumorRefineLib.refiner", raising=False)
+    monkeypatch.delitem(sys.modules, "LiverTumorRefineLib.refiner", raising=False)  # refine runs in this process
     monkeypatch.setitem(sys.modules, "torch", None)
     sc = st.build_scene_case(app.scene, case)
     before = st.scene_snapshot(app.scene)
@@ -218,31 +228,43 @@ def test_coarse_segment_from_seed_points_then_refine(app, logic, case):
     st.check_seeded_coarse(app.scene, logic, st.build_scene_case(app.scene, case))
 
 
+def test_seed_coarse_segment_goes_into_the_chosen_segmentation_without_reference(app, logic, case):
+    st.check_seeded_coarse(app.scene, logic, st.build_scene_case(app.scene, case, separate_truth=True))
+
+
 def test_seed_point_errors_leave_the_scene_unchanged(app, logic, case):
     sc = st.build_scene_case(app.scene, case)
     points = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
     snapshot = st.scene_snapshot(app.scene)
-    st.expect_error(lambda: logic.makeCoarseSegment(sc.volumeNode, "seeds", points, sc.segmentationNode),
-                    "No seed points")
+
+    def seeded(source="seeds"):
+        return lambda: logic.refine(sc.volumeNode, sc.segmentationNode, "", device="cpu", coarseSource=source,
+                                    seedsNode=points)
+
+    st.expect_error(seeded(), "No seed points")
+    points.AddControlPoint([0.0, 0.0, 0.0])
+    points.UnsetNthControlPointPosition(0)  # a point whose position is not set yet is no seed
+    st.expect_error(seeded(), "No seed points")
     points.AddControlPoint([900.0, 900.0, 900.0])
-    points.SetNthControlPointLabel(0, "far away")
-    st.expect_error(lambda: logic.makeCoarseSegment(sc.volumeNode, "seeds", points, None),
-                    "'far away' lies outside the CT")
-    st.expect_error(lambda: logic.makeCoarseSegment(sc.volumeNode, "drawing", points, None), "Unknown coarse source")
+    points.SetNthControlPointLabel(1, "far away")
+    st.expect_error(seeded(), "'far away' lies outside the CT")
+    st.expect_error(seeded("drawing"), "Unknown coarse source")
     st.assert_same_scene(snapshot, st.scene_snapshot(app.scene), "after failed coarse segments")
 
 
-def test_automatic_coarse_segment_with_the_shipped_network(app):
+def test_automatic_coarse_segment_with_the_shipped_network(app, trained_model):
     """The shipped coarse network on a validation phantom: a new segmentation node with one new
-    coarse tumour segment that overlaps the truth; a CT without tumour is refused, scene unchanged."""
+    coarse tumour segment that overlaps the truth, refined in the same job; a CT without tumour
+    is refused, scene unchanged."""
     from LiverTumorRefineLib.phantom import make_phantom
 
     phantom = make_phantom(50000)  # validation range of the coarse network: neither training nor evaluation
     matrix = st.ijk_to_ras(phantom.image.spacing_zyx, (40.0, 30.0, -55.0))
     volume = st.add_ct(app.scene, phantom.image.array, matrix, "phantom CT")
-    logic = ltr.LiverTumorRefineLogic()
-    node, segmentId = logic.makeCoarseSegment(volume, "automatic", device="cpu")
-    assert node.GetName() == "phantom CT coarse" and node.GetSegmentation().GetNumberOfSegments() == 1
+    logic = ltr.LiverTumorRefineLogic(weights=trained_model, refinerOptions=REFINER_OPTIONS)
+    result = logic.refine(volume, None, "", device="cpu", coarseSource="automatic")
+    node, segmentId = result.segmentationNode, result.coarseSegmentId
+    assert node.GetName() == "phantom CT coarse" and node.GetSegmentation().GetNumberOfSegments() == 2
     assert node.GetSegmentation().GetSegment(segmentId).GetName() == "Tumour (automatic coarse)"
     coarse = ltr.export_segment_mask(node, segmentId, volume)
     truth = phantom.label.array == 2
@@ -250,5 +272,5 @@ def test_automatic_coarse_segment_with_the_shipped_network(app):
 
     plain = st.add_ct(app.scene, np.full((12, 64, 64), 60.0), st.ijk_to_ras((2.5, 0.8, 0.8), (0.0, 0.0, 0.0)), "no tumour")
     snapshot = st.scene_snapshot(app.scene)
-    st.expect_error(lambda: logic.makeCoarseSegment(plain, "automatic", device="cpu"), "found no tumour")
+    st.expect_error(lambda: logic.refine(plain, None, "", device="cpu", coarseSource="automatic"), "found no tumour")
     st.assert_same_scene(snapshot, st.scene_snapshot(app.scene), "after an automatic coarse segment found nothing")

@@ -1,36 +1,37 @@
-"""Slicer-side logic: the MRML scene in, the engine in the middle, a refined segment out.
+"""Slicer-side logic: the MRML scene in, the engine's worker in the middle, segments out.
 
 The one engine module that talks to Slicer (``slicer``/``vtk``, never ``qt``), imported only by
 the Slicer module and its tests. It runs inside the Slicer application and in plain Python with
 the PyPI ``slicer-core`` package, so it is tested headless.
 
-A refinement has three phases, so that the GUI can run the slow one on a worker thread:
+A refinement has three phases:
 
-1. ``prepare`` (main thread): checks the inputs and exports the CT and the coarse (and truth)
-   segments as numpy arrays on the CT's voxel grid. The scene is left as it was.
-2. ``compute`` (any thread): runs the engine and the metrics on those arrays; it never touches
-   MRML. Cancelling through ``progress`` stops here.
-3. ``apply`` (main thread): adds the refined segment, sets colours, outlines and terminology and
-   fills the metrics table. Nothing is written to the scene before this phase, so a cancelled or
-   failed refinement leaves the scene exactly as it was.
-
-``LiverTumorRefineLogic.refine`` runs the three phases in a row; ``startRefine`` returns a
-``RefineJob`` whose ``compute`` runs on a ``threading.Thread`` (the module polls it with a timer).
+1. ``prepare`` (main thread): checks the inputs and writes the CT, the coarse (and truth)
+   segments as arrays on the CT's voxel grid, the seed points and the options into a temporary
+   job folder (``worker.write_job``). The scene is left as it was.
+2. the worker (``LiverTumorRefineLib.worker``): makes the coarse mask when the source is seed
+   points, the automatic network or TotalSegmentator, refines it and computes the metrics. It
+   never touches MRML. ``startRefine`` runs it in its own process (``workerprocess``): Slicer's
+   main thread holds the GIL while it idles, so a thread would crawl; ``refine`` runs the same
+   code in this process (blocking; scripts and tests).
+3. ``apply`` (main thread): adds the coarse segment the worker made, the refined segment, sets
+   colours, outlines and terminology and fills the metrics table. Nothing is written to the
+   scene before this phase, so a cancelled or failed job leaves the scene exactly as it was.
 """
 from __future__ import annotations
 
-import logging
-import threading
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .checks import hu_plausibility
+from . import worker
 from .errors import RefineCancelled, RefineError
-from .io import axial_arrays
-from .metrics import compute_metrics
+from .workerprocess import WorkerProcess
 
 try:  # In Slicer the base class provides getParameterNode(); headless (slicer-core) it is absent.
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -61,11 +62,13 @@ LIVER_NEOPLASM_TERMINOLOGY = (
 )
 REFINED_FROM_TAG = "LiverTumorRefine.RefinedFrom"  # on the refined segment: the coarse segment's ID
 DEVICES = ("auto", "cpu", "cuda")
-# coarse sources of makeCoarseSegment and the name of the segment each adds
-COARSE_SEGMENT_NAMES = {"seeds": "Tumour (seeded coarse)", "automatic": "Tumour (automatic coarse)"}
+# Coarse sources the worker can make a coarse segment from, and the name of the segment each adds
+# (the source "mask", an existing segment, adds none).
+COARSE_SEGMENT_NAMES = {"seeds": "Tumour (seeded coarse)", "automatic": "Tumour (automatic coarse)",
+                        "totalsegmentator": "Tumour (TotalSegmentator coarse)"}
 
 # Fractions of the overall progress bar given to each phase.
-_PREPARE_END, _ENGINE_END, _METRICS_END = 0.05, 0.90, 0.95
+PREPARE_END, WORKER_END = 0.05, 0.95
 
 
 def _slicer():
@@ -79,33 +82,31 @@ def _slicer():
 
 @dataclass
 class RefineInputs:
-    """What ``prepare`` hands to ``compute``: plain arrays on the CT grid, safe for a worker thread."""
+    """What ``prepare`` hands to the worker (as a job folder) and to ``apply``."""
 
     volumeNode: Any
-    segmentationNode: Any
-    coarseSegmentId: str
+    segmentationNode: Any  # holds the coarse segment; for a made coarse segment: where it goes (None: new node)
+    coarseSegmentId: str  # "" until apply adds a made coarse segment
     coarseName: str
     truthSegmentationNode: Any
     truthSegmentId: Optional[str]
-    image: np.ndarray  # (z, y, x) float32 HU
-    coarse: np.ndarray  # (z, y, x) bool
-    truth: Optional[np.ndarray]  # (z, y, x) bool, or None
-    spacing_zyx: tuple[float, float, float]
     device: str
     outlinesOnly: bool = True
-    # the CT's IJK axis directions in LPS (3x3, row-major, columns = axes), as SimpleITK stores them
-    direction_lps: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    coarseSource: str = "mask"  # or a key of COARSE_SEGMENT_NAMES
+    folder: Optional[Path] = None  # the job folder
+    jobPath: Optional[Path] = None
 
 
 @dataclass
 class RefineOutcome:
-    """What ``compute`` hands to ``apply``."""
+    """What the worker hands to ``apply``."""
 
     mask: np.ndarray  # (z, y, x) bool, refined, on the CT grid
     stats: dict[str, Any]
     metrics: Optional[dict[str, dict[str, float]]]  # {"coarse": {...}, "refined": {...}}
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    coarse: Optional[np.ndarray] = None  # the coarse mask the worker made, or None
 
 
 @dataclass
@@ -117,59 +118,92 @@ class LiverTumorRefineResult:
     tableNode: Any  # vtkMRMLTableNode, or None without a truth segment
     metrics: Optional[dict[str, dict[str, float]]]
     patches: int
-    seconds: dict[str, float]  # the engine's timings plus "overall" (export, engine, metrics, scene)
+    seconds: dict[str, float]  # the engine's timings plus "overall" (export, worker, scene)
     device: str
     notes: list[str]  # messages for the user (e.g. GPU out of memory, finished on the CPU)
-    stats: dict[str, Any]
+    stats: dict[str, Any]  # the engine's stats, e.g. "lesions" (per-lesion gate) and "parenchyma_hu"
+    coarseSegmentId: str = ""  # the coarse segment refined (new for seeds/automatic/TotalSegmentator)
 
 
 class LiverTumorRefineLogic(_LogicBase):
     """Refines a coarse tumour segment of a CT in the MRML scene.
 
     ``weights``: None for the model shipped in ``Resources/Models``, a model file, or a BRNet
-    (``torch.nn.Module``); ``batchSize``: patches per inference batch.
+    (``torch.nn.Module``); ``batchSize``: patches per inference batch; ``refinerOptions``: more
+    ``Refiner`` options (``tta``, ``agreement``, ``min_kept``); ``segWeights``: the automatic
+    coarse network's model file (None: the shipped one).
     """
 
-    def __init__(self, weights: Any = None, batchSize: int = 128) -> None:
+    def __init__(self, weights: Any = None, batchSize: int = 128, refinerOptions: Optional[dict[str, Any]] = None,
+                 segWeights: Optional[str] = None) -> None:
         if _LogicBase is not object:
             _LogicBase.__init__(self)
         self.weights = weights
         self.batchSize = batchSize
-        self._refiners: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self.refinerOptions = dict(refinerOptions or {})
+        self.segWeights = segWeights
+        self.pythonExecutable: Optional[str] = None  # None: PythonSlicer in Slicer, this Python headless
+        self._weightsFolder: Optional[tempfile.TemporaryDirectory] = None
 
     # ---------------------------------------------------------------- one call
     def refine(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
-               device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True) -> LiverTumorRefineResult:
-        """Refine ``coarseSegmentId`` of ``segmentationNode`` on the CT ``volumeNode``.
+               device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True,
+               coarseSource: str = "mask", seedsNode=None) -> LiverTumorRefineResult:
+        """Refine ``coarseSegmentId`` of ``segmentationNode`` on the CT ``volumeNode`` (blocking, in
+        this process).
 
         Adds "<coarse name> refined" to the same segmentation node (replacing an earlier one) and,
-        with a truth segment, fills the "LiverTumorRefine metrics" table. ``progress(fraction,
-        message)`` returning False cancels with ``RefineCancelled``; the scene is then unchanged.
+        with a truth segment, fills the "LiverTumorRefine metrics" table. ``coarseSource`` "seeds"
+        (``seedsNode``: one markups point per lesion), "automatic" or "totalsegmentator" first makes
+        a new coarse segment (in ``segmentationNode``, or a new node when that is None or holds the
+        reference). ``progress(fraction, message)`` returning False cancels with
+        ``RefineCancelled``; the scene is then unchanged.
         """
         inputs = self.prepare(volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode, truthSegmentId,
-                              device, progress, outlinesOnly)
-        outcome = self.compute(inputs, progress)
-        return self.apply(inputs, outcome, progress)
+                              device, progress, outlinesOnly, coarseSource, seedsNode)
+        try:
+            def part(fraction: float, message: str):
+                return None if progress is None else progress(
+                    PREPARE_END + (WORKER_END - PREPARE_END) * float(fraction), message)
+
+            weights = self.weights if _is_module(self.weights) else None
+            worker.run_job(inputs.jobPath, part, weights=weights)
+            return self.apply(inputs, self.readOutcome(inputs), progress)
+        finally:
+            self.cleanup(inputs)
 
     def startRefine(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None,
-                    truthSegmentId=None, device: str = "auto", outlinesOnly: bool = True) -> "RefineJob":
-        """Prepare on this (main) thread and start ``compute`` on a worker thread."""
+                    truthSegmentId=None, device: str = "auto", outlinesOnly: bool = True, coarseSource: str = "mask",
+                    seedsNode=None) -> "RefineJob":
+        """Prepare on this (main) thread and start the worker process; see ``refine``."""
         inputs = self.prepare(volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode, truthSegmentId,
-                              device, None, outlinesOnly)
-        job = RefineJob(self, inputs)
-        job.start()
-        return job
+                              device, None, outlinesOnly, coarseSource, seedsNode)
+        try:
+            process = WorkerProcess(inputs.jobPath, self.pythonExecutable)
+        except BaseException:
+            self.cleanup(inputs)
+            raise
+        return RefineJob(self, inputs, process)
 
     # ---------------------------------------------------------------- phase 1: main thread, read only
     def prepare(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
-                device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True) -> RefineInputs:
-        """Check the inputs and export them as arrays on the CT grid; the scene is not changed."""
+                device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True,
+                coarseSource: str = "mask", seedsNode=None) -> RefineInputs:
+        """Check the inputs and write the job folder; the scene is not changed."""
         _slicer()  # a clear error outside Slicer
         _report(progress, 0.0, "Reading the CT and the segments")
         device = _check_device(device)
         _check_volume(volumeNode)
-        coarseName = self._checkSegment(segmentationNode, coarseSegmentId, "coarse")
+        if coarseSource != "mask" and coarseSource not in COARSE_SEGMENT_NAMES:
+            raise RefineError(f"Unknown coarse source {coarseSource!r}: choose an existing segment, seed points, "
+                              "automatic or TotalSegmentator.")
+        made = coarseSource != "mask"
+        if made:
+            coarseSegmentId, coarseName = "", COARSE_SEGMENT_NAMES[coarseSource]
+            if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+                segmentationNode = None
+        else:
+            coarseName = self._checkSegment(segmentationNode, coarseSegmentId, "coarse")
         if truthSegmentationNode is not None and not truthSegmentId:
             raise RefineError("A reference (truth) segmentation is selected but no segment in it: choose the truth "
                               "segment, or clear the reference segmentation.")
@@ -179,22 +213,53 @@ class LiverTumorRefineLogic(_LogicBase):
             if truthSegmentationNode is segmentationNode and truthSegmentId == coarseSegmentId:
                 raise RefineError("The same segment is chosen as coarse and as reference (truth): pick the ground-truth "
                                   "segment as reference.")
+            if made and truthSegmentationNode is segmentationNode:
+                segmentationNode = None  # a made coarse segment never goes into the reference segmentation
+        seeds = self.seedPoints(seedsNode, volumeNode) if coarseSource == "seeds" else None
 
-        image, spacing_zyx = _ct_array(volumeNode)
-        coarse = export_segment_mask(segmentationNode, coarseSegmentId, volumeNode)
-        if not coarse.any():
-            raise RefineError(f"The coarse segment '{coarseName}' lies outside the CT '{volumeNode.GetName()}': "
-                              "check that the segmentation belongs to this CT (same patient and series).")
+        image = _ct_array(volumeNode)
+        coarse = None
+        if not made:
+            coarse = export_segment_mask(segmentationNode, coarseSegmentId, volumeNode)
+            if not coarse.any():
+                raise RefineError(f"The coarse segment '{coarseName}' lies outside the CT '{volumeNode.GetName()}': "
+                                  "check that the segmentation belongs to this CT (same patient and series).")
         truth = None
         if truthSegmentationNode is not None:
             truth = export_segment_mask(truthSegmentationNode, truthSegmentId, volumeNode)
             if not truth.any():
                 raise RefineError(f"The reference (truth) segment '{truthName}' lies outside the CT "
                                   f"'{volumeNode.GetName()}': check that it belongs to this CT.")
-        _report(progress, _PREPARE_END, "Segments exported")
-        return RefineInputs(volumeNode, segmentationNode, coarseSegmentId, coarseName, truthSegmentationNode,
-                            truthSegmentId, image, coarse, truth, spacing_zyx, device, outlinesOnly,
-                            _direction_lps(volumeNode))
+        inputs = RefineInputs(volumeNode, segmentationNode, coarseSegmentId, coarseName, truthSegmentationNode,
+                              truthSegmentId, device, outlinesOnly, coarseSource)
+        inputs.folder = Path(tempfile.mkdtemp(prefix="LiverTumorRefine-"))
+        try:
+            source = {"source": coarseSource, **({"seeds_ras": seeds} if seeds is not None else {})}
+            inputs.jobPath = worker.write_job(inputs.folder, image, volume_geometry(volumeNode), source, coarse, truth,
+                                              device=device, weights=self._weightsFile(), seg_weights=self.segWeights,
+                                              batch_size=self.batchSize, refiner=self.refinerOptions)
+        except BaseException:
+            self.cleanup(inputs)
+            raise
+        _report(progress, PREPARE_END, "Segments exported")
+        return inputs
+
+    def _weightsFile(self) -> Optional[str]:
+        """The model file the worker process loads: an in-memory BRNet is saved once per Logic."""
+        if self.weights is None or not _is_module(self.weights):
+            return None if self.weights is None else str(self.weights)
+        if self._weightsFolder is None:
+            from .weights import save_model
+
+            self._weightsFolder = tempfile.TemporaryDirectory(prefix="LiverTumorRefine-model-")
+            save_model(self.weights, Path(self._weightsFolder.name) / "model.pt")
+        return str(Path(self._weightsFolder.name) / "model.pt")
+
+    @staticmethod
+    def cleanup(inputs: RefineInputs) -> None:
+        """Remove the job folder (the worker's inputs and outputs)."""
+        if inputs.folder is not None:
+            shutil.rmtree(inputs.folder, ignore_errors=True)
 
     @staticmethod
     def _checkSegment(segmentationNode, segmentId, role: str) -> str:
@@ -213,156 +278,88 @@ class LiverTumorRefineLogic(_LogicBase):
                               "outline first, then refine.")
         return segment.GetName()
 
-    # ---------------------------------------------------------------- coarse segments the user has not drawn
-    def makeCoarseSegment(self, volumeNode, source: str, seedsNode=None, segmentationNode=None, device: str = "auto",
-                          progress: Progress | None = None) -> tuple[Any, str]:
-        """Add a coarse tumour segment made from one point per lesion (``source`` "seeds", a
-        markups point list ``seedsNode``) or by the coarse network ("automatic").
-
-        The segment is new (existing segments are never replaced) and goes into
-        ``segmentationNode``, or into a new segmentation node when None. Returns the node and
-        the segment ID, ready for ``refine``."""
-        _check_volume(volumeNode)
-        device = _check_device(device)
-        if source not in COARSE_SEGMENT_NAMES:
-            raise RefineError(f"Unknown coarse source {source!r}: choose one of {', '.join(COARSE_SEGMENT_NAMES)}.")
-        image, spacing_zyx = _ct_array(volumeNode)
-        _report(progress, 0.0, "Making the coarse segment")
-        if source == "seeds":
-            from .seeded import grow_from_seeds
-
-            mask = grow_from_seeds(image, self.seedVoxels(seedsNode, volumeNode), spacing_zyx)
-        else:
-            from .autoseg import Segmenter
-
-            axial, _, spacing, back = axial_arrays(image, None, spacing_zyx, _direction_lps(volumeNode))
-            labels = Segmenter(device=device).segment(axial, spacing, progress)
-            mask = back(labels == 2)
-            if not mask.any():
-                raise RefineError("The automatic coarse segmentation found no tumour in this CT: place one point "
-                                  "inside each lesion and use the seeds instead.")
-        return self._addCoarseSegment(volumeNode, segmentationNode, mask, COARSE_SEGMENT_NAMES[source])
-
     @staticmethod
-    def seedVoxels(seedsNode, volumeNode) -> list[tuple[float, float, float]]:
-        """The control points of a markups node as (k, j, i) voxel indices of ``volumeNode``
-        (transforms of either node applied); a point outside the CT is an error naming it."""
+    def validSegmentId(segmentationNode, segmentId: Optional[str]) -> str:
+        """``segmentId`` when ``segmentationNode`` still holds that segment, else "" (a selector
+        may keep a stale ID after its segmentation changed or was cleared)."""
+        if not segmentId or segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+            return ""
+        return segmentId if segmentationNode.GetSegmentation().GetSegment(segmentId) is not None else ""
+
+    def canRefine(self, volumeNode, coarseSource: str, segmentationNode, coarseSegmentId: Optional[str],
+                  seedsNode=None) -> bool:
+        """Whether the inputs are complete enough to press Apply (the checks of ``prepare`` come later)."""
+        if volumeNode is None:
+            return False
+        if coarseSource == "mask":
+            return bool(self.validSegmentId(segmentationNode, coarseSegmentId))
+        if coarseSource == "seeds":
+            return seedsNode is not None and bool(self.definedPointIndices(seedsNode))
+        return coarseSource in COARSE_SEGMENT_NAMES
+
+    # ---------------------------------------------------------------- seed points
+    @staticmethod
+    def definedPointIndices(seedsNode) -> list[int]:
+        """Indices of the control points whose position is defined (not being placed, not skipped)."""
+        defined = _slicer().vtkMRMLMarkupsNode.PositionDefined
+        return [n for n in range(seedsNode.GetNumberOfControlPoints())
+                if seedsNode.GetNthControlPointPositionStatus(n) == defined]
+
+    @classmethod
+    def seedPoints(cls, seedsNode, volumeNode) -> list[tuple[float, float, float]]:
+        """The defined control points of a markups node as RAS points in ``volumeNode``'s own
+        (untransformed) space; a point outside the CT is an error naming it."""
         slicer = _slicer()
         import vtk
 
-        if seedsNode is None or seedsNode.GetNumberOfControlPoints() == 0:
+        indices = [] if seedsNode is None else cls.definedPointIndices(seedsNode)
+        if not indices:
             raise RefineError("No seed points: place one point inside each lesion (Markups point list), then try again.")
         worldToVolume = vtk.vtkGeneralTransform()
         slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), worldToVolume)
         rasToIjk = vtk.vtkMatrix4x4()
         volumeNode.GetRASToIJKMatrix(rasToIjk)
         shape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
-        voxels = []
-        for n in range(seedsNode.GetNumberOfControlPoints()):
+        points = []
+        for n in indices:
             world = [0.0, 0.0, 0.0]
             seedsNode.GetNthControlPointPositionWorld(n, world)
-            i, j, k, _ = rasToIjk.MultiplyPoint(list(worldToVolume.TransformPoint(world)) + [1.0])
+            local = tuple(float(v) for v in worldToVolume.TransformPoint(world))
+            i, j, k, _ = rasToIjk.MultiplyPoint(list(local) + [1.0])
             if any(not -0.5 <= v < size - 0.5 for v, size in zip((k, j, i), shape)):
                 raise RefineError(f"Seed point '{seedsNode.GetNthControlPointLabel(n)}' lies outside the CT "
                                   f"'{volumeNode.GetName()}': move it into a lesion on this CT.")
-            voxels.append((k, j, i))
-        return voxels
+            points.append(local)
+        return points
 
-    def _addCoarseSegment(self, volumeNode, segmentationNode, mask: np.ndarray, name: str) -> tuple[Any, str]:
-        if segmentationNode is None:
-            segmentationNode = volumeNode.GetScene().AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                                       f"{volumeNode.GetName()} coarse")
-            segmentationNode.CreateDefaultDisplayNodes()
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segmentation = segmentationNode.GetSegmentation()
-        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
-        unique, count = name, 1
-        while unique in names:  # a second run adds "... 2": the first coarse segment stays as it was
-            count += 1
-            unique = f"{name} {count}"
-        segment = _tumour_segment(unique, COARSE_COLOR, _oriented_image_from_mask(mask, volumeNode, segmentationNode))
-        segmentId = segmentation.GenerateUniqueSegmentID(unique)
-        segmentation.AddSegment(segment, segmentId)
-        segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
-        return segmentationNode, segmentId
-
-    # ---------------------------------------------------------------- phase 2: any thread, no MRML
-    def compute(self, inputs: RefineInputs, progress: Progress | None = None) -> RefineOutcome:
-        """Run the engine (and the metrics, with a truth segment) on the prepared arrays."""
-        t0 = time.perf_counter()
-        notes: list[str] = []
-
-        def engine_progress(fraction: float, message: str):
-            return None if progress is None else progress(
-                _PREPARE_END + (_ENGINE_END - _PREPARE_END) * float(fraction), message)
-
-        warning = hu_plausibility(inputs.image)
-        if warning:
-            notes.append(warning)
-        # Patches are axial: a sagittal or coronal volume is refined in its axial view and put back.
-        image, coarse, spacing, back = axial_arrays(inputs.image, inputs.coarse, inputs.spacing_zyx, inputs.direction_lps)
-        _report(progress, _PREPARE_END, "Loading the refinement model")
-        refiner = self._refiner(inputs.device)
-        requested = str(refiner.device)
-        try:
-            result = refiner.refine(image, coarse, spacing, engine_progress)
-        except RefineError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - only CUDA OOM is handled, the rest is re-raised
-            if not _is_cuda_oom(exc) or requested == "cpu":
-                raise
-            self._forget(inputs.device)
-            notes.append("The GPU ran out of memory; the refinement ran on the CPU instead (slower). Close other "
-                         "GPU programs or choose CPU to skip the GPU attempt.")
-            logging.warning("LiverTumorRefine: CUDA out of memory (%s); retrying on the CPU", exc)
-            result = self._refiner("cpu").refine(image, coarse, spacing, engine_progress)
-        device_used = str(result.stats.get("device", requested))
-        if requested.startswith("cuda") and device_used == "cpu" and not notes:
-            # The engine itself moved to the CPU after running out of GPU memory part-way.
-            self._forget(inputs.device)
-            notes.append("The GPU ran out of memory part-way; the refinement finished on the CPU (slower).")
-        mask = back(np.asarray(result.mask, dtype=bool))
-        if mask.shape != inputs.coarse.shape:
-            raise RuntimeError(f"engine returned a mask of shape {mask.shape} for a CT of shape {inputs.coarse.shape}")
-        metrics = None
-        if inputs.truth is not None:
-            _report(progress, _ENGINE_END, "Computing metrics")
-            metrics = {"coarse": compute_metrics(inputs.truth, inputs.coarse, inputs.spacing_zyx),
-                       "refined": compute_metrics(inputs.truth, mask, inputs.spacing_zyx)}
-        _report(progress, _METRICS_END, "Refinement computed")
-        return RefineOutcome(mask, dict(result.stats), metrics, notes, time.perf_counter() - t0)
-
-    def _refiner(self, device: str):
-        """A cached engine ``Refiner`` for ``device`` (loading the model takes a moment)."""
-        with self._lock:
-            refiner = self._refiners.get(device)
-            if refiner is None:
-                try:
-                    from .refiner import Refiner
-                except ImportError as exc:
-                    if getattr(exc, "name", "") == "torch" or "torch" in str(exc):
-                        raise RefineError("PyTorch is not installed: install it with the PyTorch Utils module "
-                                          "(PyTorch extension), restart 3D Slicer and try again.") from None
-                    raise
-                refiner = Refiner(self.weights, device=device, batch_size=self.batchSize)
-                self._refiners[device] = refiner
-            return refiner
-
-    def _forget(self, device: str) -> None:
-        with self._lock:
-            self._refiners.pop(device, None)
+    # ---------------------------------------------------------------- phase 2 result
+    @staticmethod
+    def readOutcome(inputs: RefineInputs) -> RefineOutcome:
+        """The worker's results in the job folder."""
+        result, mask, coarse = worker.read_result(inputs.folder)
+        shape = tuple(reversed(inputs.volumeNode.GetImageData().GetDimensions()))
+        if mask.shape != shape:
+            raise RuntimeError(f"the worker returned a mask of shape {mask.shape} for a CT of shape {shape}")
+        stats = dict(result.get("stats") or {})
+        stats["device"] = result.get("device", stats.get("device", ""))
+        return RefineOutcome(mask, stats, result.get("metrics"), list(result.get("notes") or []),
+                             float(result.get("seconds", 0.0)), coarse)
 
     # ---------------------------------------------------------------- phase 3: main thread, writes
     def apply(self, inputs: RefineInputs, outcome: RefineOutcome, progress: Progress | None = None) -> LiverTumorRefineResult:
-        """Write the refined segment, display settings and metrics table into the scene."""
+        """Write the coarse segment the worker made, the refined segment, display settings and the
+        metrics table into the scene."""
         t0 = time.perf_counter()
         # Last chance to cancel: after this check the scene is modified.
-        _report(progress, _METRICS_END, "Adding the refined segment")
-        segmentationNode = inputs.segmentationNode
-        for node, what in ((segmentationNode, "segmentation"), (inputs.volumeNode, "CT"),
+        _report(progress, WORKER_END, "Adding the refined segment")
+        for node, what in ((inputs.segmentationNode, "segmentation"), (inputs.volumeNode, "CT"),
                            (inputs.truthSegmentationNode, "reference segmentation")):
             if node is not None and node.GetScene() is None:
                 raise RefineError(f"The {what} was closed while refining: nothing was added.")
+        if outcome.coarse is not None:
+            inputs.segmentationNode, inputs.coarseSegmentId, inputs.coarseName = self._addCoarseSegment(
+                inputs.volumeNode, inputs.segmentationNode, outcome.coarse, inputs.coarseName)
+        segmentationNode = inputs.segmentationNode
         segmentation = segmentationNode.GetSegmentation()
         if segmentation.GetSegment(inputs.coarseSegmentId) is None:
             raise RefineError("The coarse segment was deleted while refining: nothing was added.")
@@ -378,7 +375,29 @@ class LiverTumorRefineLogic(_LogicBase):
             progress(1.0, "Done")  # the scene is written: cancelling now has no effect
         return LiverTumorRefineResult(refinedId, segmentationNode, tableNode, outcome.metrics,
                                       int(outcome.stats.get("patches", 0)), seconds,
-                                      str(outcome.stats.get("device", "")), list(outcome.notes), dict(outcome.stats))
+                                      str(outcome.stats.get("device", "")), list(outcome.notes), dict(outcome.stats),
+                                      inputs.coarseSegmentId)
+
+    @staticmethod
+    def _addCoarseSegment(volumeNode, segmentationNode, mask: np.ndarray, name: str) -> tuple[Any, str, str]:
+        """Add ``mask`` as a new coarse segment (existing segments are never replaced: a second run
+        adds "... 2") to ``segmentationNode``, or to a new node when None; (node, ID, name)."""
+        if segmentationNode is None:
+            segmentationNode = volumeNode.GetScene().AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                                       f"{volumeNode.GetName()} coarse")
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+        unique, count = name, 1
+        while unique in names:
+            count += 1
+            unique = f"{name} {count}"
+        segment = _tumour_segment(unique, COARSE_COLOR, _oriented_image_from_mask(mask, volumeNode, segmentationNode))
+        segmentId = segmentation.GenerateUniqueSegmentID(unique)
+        segmentation.AddSegment(segment, segmentId)
+        segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
+        return segmentationNode, segmentId, unique
 
     def findRefinedSegmentId(self, segmentationNode, coarseSegmentId: str) -> Optional[str]:
         """ID of the segment an earlier run made from ``coarseSegmentId``, or None."""
@@ -390,7 +409,7 @@ class LiverTumorRefineLogic(_LogicBase):
             if segmentId == coarseSegmentId:
                 continue
             segment = segmentation.GetSegment(segmentId)
-            tag = _tag(segment, REFINED_FROM_TAG)
+            tag = segment_tag(segment, REFINED_FROM_TAG)
             if tag == coarseSegmentId:
                 return segmentId
             if tag is None and coarse is not None and segment.GetName() == coarse.GetName() + REFINED_SUFFIX:
@@ -457,7 +476,7 @@ class LiverTumorRefineLogic(_LogicBase):
         import vtk
 
         table = None
-        for node in _nodes_by_class(scene, "vtkMRMLTableNode"):
+        for node in nodes_by_class(scene, "vtkMRMLTableNode"):
             if node.GetName() == METRICS_TABLE_NAME:
                 table = node
                 break
@@ -491,67 +510,51 @@ class LiverTumorRefineLogic(_LogicBase):
         return table
 
 
-class RefineJob:
-    """A refinement whose ``compute`` phase runs on a worker thread.
 
-    The caller (the module's timer on the main thread) polls ``state()``, may ``cancel()``, and
-    calls ``finish()`` once ``done``: it writes the scene on the calling thread, or raises the
-    worker's error (``RefineCancelled`` after a cancel).
+
+class RefineJob:
+    """A refinement running in a worker process (``workerprocess.WorkerProcess``).
+
+    The caller (the module's timer on the main thread) polls ``done`` and ``state()`` (both cheap,
+    never blocking), may ``cancel()`` (ends the process), and calls ``finish()`` once ``done``: it
+    writes the scene on the calling thread, or raises the worker's error (``RefineCancelled``
+    after a cancel). The job folder is removed by ``finish``.
     """
 
-    def __init__(self, logic: LiverTumorRefineLogic, inputs: RefineInputs) -> None:
-        self.logic, self.inputs = logic, inputs
-        self._cancel = threading.Event()
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._fraction, self._message = 0.0, "Starting"
-        self._outcome: Optional[RefineOutcome] = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="LiverTumorRefine", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _progress(self, fraction: float, message: str) -> bool:
-        with self._lock:
-            self._fraction, self._message = float(fraction), message
-        return not self._cancel.is_set()
-
-    def _run(self) -> None:
-        try:
-            self._outcome = self.logic.compute(self.inputs, self._progress)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by finish()
-            self._error = exc
-        finally:
-            self._done.set()
+    def __init__(self, logic: LiverTumorRefineLogic, inputs: RefineInputs, process: WorkerProcess) -> None:
+        self.logic, self.inputs, self.process = logic, inputs, process
 
     def cancel(self) -> None:
-        self._cancel.set()
+        self.process.cancel()
 
     @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        return self.process.cancelled
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self.process.done
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+        """Block until the worker ends (tests and scripts; the GUI polls ``done`` instead)."""
+        return self.process.wait(timeout)
 
     def state(self) -> tuple[float, str]:
-        with self._lock:
-            return self._fraction, self._message
+        fraction, message = self.process.state()
+        return PREPARE_END + (WORKER_END - PREPARE_END) * fraction, message
 
     def finish(self) -> LiverTumorRefineResult:
         """Apply the result on this thread (call once ``done``); raises what the worker raised."""
-        if not self._done.is_set():
+        if not self.process.done:
             raise RuntimeError("RefineJob.finish() called before the worker finished")
-        if self._error is not None:
-            raise self._error
-        if self._cancel.is_set():
-            raise RefineCancelled()
-        return self.logic.apply(self.inputs, self._outcome, self._progress)
+        try:
+            self.process.check()
+            outcome = self.logic.readOutcome(self.inputs)
+            seconds = outcome.stats.setdefault("seconds", {})
+            seconds["process"] = time.perf_counter() - self.process.started
+            return self.logic.apply(self.inputs, outcome)
+        finally:
+            self.logic.cleanup(self.inputs)
 
 
 # -------------------------------------------------------------------- helpers
@@ -648,7 +651,8 @@ def _tumour_segment(name: str, color, image):
     segment.SetNameAutoGenerated(False)
     segment.SetColorAutoGenerated(False)
     segment.SetColor(*color)
-    segment.SetTerminology(LIVER_NEOPLASM_TERMINOLOGY)
+    # vtkSegment.SetTerminology exists only from Slicer 5.10: the tag works on every version.
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), LIVER_NEOPLASM_TERMINOLOGY)
     segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), image)
     return segment
 
@@ -672,22 +676,34 @@ def _check_volume(volumeNode) -> None:
         raise RefineError(f"The volume '{volumeNode.GetName()}' is a single slice: refinement needs a 3D CT.")
 
 
-def _ct_array(volumeNode) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """The CT as a float32 (k, j, i) copy and its spacing in that order."""
+def _ct_array(volumeNode) -> np.ndarray:
+    """The CT as a float32 (k, j, i) copy."""
     image = np.array(_slicer().util.arrayFromVolume(volumeNode), dtype=np.float32, copy=True)
     if image.ndim != 3:
         raise RefineError(f"The volume '{volumeNode.GetName()}' is not a single-component 3D image "
                           "(colour or vector volume?): choose the CT.")
-    spacing_xyz = volumeNode.GetSpacing()
-    return image, (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+    return image
 
 
-def _nodes_by_class(scene, className: str):
+def volume_geometry(volumeNode) -> dict[str, list[float]]:
+    """The volume's grid in SimpleITK conventions (LPS; spacing and origin x, y, z; direction
+    row-major, one column per axis), as the worker's job file holds it."""
+    origin = volumeNode.GetOrigin()
+    return {"spacing": [float(s) for s in volumeNode.GetSpacing()],
+            "origin": [-float(origin[0]), -float(origin[1]), float(origin[2])],
+            "direction": list(_direction_lps(volumeNode))}
+
+
+def nodes_by_class(scene, className: str) -> list:
+    """The scene's nodes of ``className``. ``GetNodesByClass`` returns a new reference: it is
+    released here (as ``slicer.util.getNodesByClass`` does), or every call leaks a collection."""
     nodes = scene.GetNodesByClass(className)
+    nodes.UnRegister(None)
     return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
 
 
-def _tag(segment, name: str) -> Optional[str]:
+def segment_tag(segment, name: str) -> Optional[str]:
+    """The value of tag ``name`` of a vtkSegment, or None when it is unset or empty."""
     import vtk
 
     value = vtk.reference("")
@@ -710,10 +726,9 @@ def _check_device(device: str) -> str:
     return device
 
 
-def _is_cuda_oom(exc: BaseException) -> bool:
-    if type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "cuda" in str(exc).lower()
+def _is_module(weights: Any) -> bool:
+    """True for an in-memory network (``torch.nn.Module``), without importing torch."""
+    return weights is not None and hasattr(weights, "state_dict") and hasattr(weights, "patch_config")
 
 
 def _report(progress: Progress | None, fraction: float, message: str) -> None:

@@ -26,6 +26,7 @@ from .metrics import compute_metrics
 # An axial CT as Slicer loads it from DICOM: IJK axes along -R, -A, +S (i.e. LPS-aligned).
 LPS_ALIGNED_DIRECTIONS = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0))
 OTHER_SEGMENT_COLOR = (0.85, 0.55, 0.4)
+TERMINOLOGY_TAG = "TerminologyEntry"  # vtkSegment::GetTerminologyEntryTagName()
 
 
 # ---------------------------------------------------------------------------- bootstrap
@@ -253,7 +254,7 @@ def scene_snapshot(scene) -> dict:
             for k in range(segmentation.GetNumberOfSegments()):
                 segmentId = segmentation.GetNthSegmentID(k)
                 segment = segmentation.GetSegment(segmentId)
-                tagValues = (segment.GetTerminology(), ltr._tag(segment, ltr.REFINED_FROM_TAG))
+                tagValues = (ltr.segment_tag(segment, TERMINOLOGY_TAG), ltr.segment_tag(segment, ltr.REFINED_FROM_TAG))
                 voxels, extent, matrix = segment_voxels(node, segmentId)
                 segments.append((segmentId, segment.GetName(), tuple(segment.GetColor()), tagValues,
                                  segmentation.GetLayerIndex(segmentId), extent, matrix, voxels.copy()))
@@ -329,8 +330,9 @@ def check_refine(scene, logic, sc: SceneCase):
     refined = segmentation.GetSegment(refinedId)
     assert refined is not None, "the refined segment is not in the coarse segment's segmentation"
     assert refined.GetName() == coarseName + " refined", f"refined segment is named {refined.GetName()!r}"
-    assert refined.GetTerminology() == ltr.LIVER_NEOPLASM_TERMINOLOGY, f"terminology {refined.GetTerminology()!r}"
-    assert "SCT^108369006^Neoplasm" in refined.GetTerminology() and "SCT^10200004^Liver" in refined.GetTerminology()
+    terminology = ltr.segment_tag(refined, TERMINOLOGY_TAG)  # vtkSegment.GetTerminology is missing in Slicer 5.8
+    assert terminology == ltr.LIVER_NEOPLASM_TERMINOLOGY, f"terminology {terminology!r}"
+    assert "SCT^108369006^Neoplasm" in terminology and "SCT^10200004^Liver" in terminology
     assert tuple(refined.GetColor()) == ltr.REFINED_COLOR, f"refined colour {refined.GetColor()}"
     assert tuple(segmentation.GetSegment(sc.coarseId).GetColor()) == ltr.COARSE_COLOR
     truthSegment = sc.truthSegmentationNode.GetSegmentation().GetSegment(sc.truthId)
@@ -409,7 +411,7 @@ def check_rerun_replaces(scene, logic, sc: SceneCase) -> None:
 
 
 def check_cancel_leaves_scene_unchanged(scene, logic, sc: SceneCase) -> None:
-    """Cancelling at any point, directly or on the worker thread, leaves the scene as it was,
+    """Cancelling at any point, directly or in the worker process, leaves the scene as it was,
     also when an earlier refined segment and table exist."""
 
     def cancel_when(predicate):
@@ -417,8 +419,8 @@ def check_cancel_leaves_scene_unchanged(scene, logic, sc: SceneCase) -> None:
 
     points = {
         "at once": cancel_when(lambda f, m: True),
-        "while exporting": cancel_when(lambda f, m: f >= ltr._PREPARE_END and "exported" in m),
-        "inside the engine": cancel_when(lambda f, m: ltr._PREPARE_END < f < ltr._ENGINE_END and "patches" in m),
+        "while exporting": cancel_when(lambda f, m: f >= ltr.PREPARE_END and "exported" in m),
+        "inside the engine": cancel_when(lambda f, m: ltr.PREPARE_END < f < ltr.WORKER_END and "patches" in m),
         "before writing": cancel_when(lambda f, m: "Adding the refined segment" in m),
     }
     for rounds in ("fresh scene", "after a first run"):
@@ -434,31 +436,57 @@ def check_cancel_leaves_scene_unchanged(scene, logic, sc: SceneCase) -> None:
             assert_same_scene(before, scene_snapshot(scene), f"cancel {label}, {rounds}")
         job = logic.startRefine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode,
                                 sc.truthId, "cpu")
-        job.cancel()
-        assert job.wait(120), "the worker thread did not stop after cancel"
-        try:
-            job.finish()
-        except RefineCancelled:
-            pass
-        else:
-            raise AssertionError("a cancelled RefineJob wrote its result")
+        cancel_job(job)
         assert_same_scene(before, scene_snapshot(scene), f"worker cancel, {rounds}")
         if rounds == "fresh scene":
             logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId, "cpu")
 
 
+def cancel_job(job, after: float = 0.0, timeout: float = 300.0) -> None:
+    """Cancel ``job`` once its progress passed ``after`` (0: at once); its worker process and
+    everything in its process group must be gone and ``finish`` must raise RefineCancelled."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while after > 0 and job.state()[0] < after and not job.done:
+        assert time.monotonic() < deadline, f"the worker never got past {after} ({job.state()})"
+        time.sleep(0.05)
+    assert not job.done, f"the job ended before it could be cancelled at {after}"
+    job.cancel()
+    assert job.wait(60), "the worker process did not stop after cancel"
+    try:
+        job.finish()
+    except RefineCancelled:
+        pass
+    else:
+        raise AssertionError("a cancelled RefineJob wrote its result")
+    assert job.process.process.returncode is not None, "the worker process is still running"
+    if os.name == "posix":
+        try:
+            os.killpg(job.process.process.pid, 0)
+        except ProcessLookupError:
+            pass
+        else:
+            raise AssertionError("a process of the cancelled worker's group is still running")
+    assert not job.inputs.folder.exists(), "the job folder was left behind"
+
+
 def check_worker_job(scene, logic, sc: SceneCase):
-    """The threaded path gives what the direct call gives, and reports progress while running."""
+    """The worker process gives what the in-process call gives, reports progress, and leaves no
+    job folder behind."""
     job = logic.startRefine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId,
                             "cpu")
-    assert job.wait(300), "the worker thread did not finish"
+    assert job.wait(300), "the worker process did not finish"
     fraction, message = job.state()
-    assert fraction >= ltr._METRICS_END, f"worker stopped at {fraction} ({message})"
+    assert fraction >= ltr.WORKER_END, f"worker stopped at {fraction} ({message})"
     result = job.finish()
+    assert not job.inputs.folder.exists(), "the job folder was left behind"
     refined = ltr.export_segment_mask(sc.segmentationNode, result.refinedSegmentId, sc.volumeNode)
     direct = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId, "cpu")
     assert direct.refinedSegmentId == result.refinedSegmentId
     assert np.array_equal(refined, ltr.export_segment_mask(sc.segmentationNode, direct.refinedSegmentId, sc.volumeNode))
+    assert result.metrics == direct.metrics, (result.metrics, direct.metrics)
+    assert "lesions" in result.stats and "parenchyma_hu" in result.stats, sorted(result.stats)
     return result
 
 
@@ -533,9 +561,11 @@ def deepest_voxel(mask: np.ndarray) -> tuple[int, int, int]:
 
 
 def check_seeded_coarse(scene, logic, sc: SceneCase):
-    """One point in the lesion (its point list under a transform) gives a new coarse segment next
-    to the user's; the existing segments keep every voxel; the coarse segment refines; a second
-    run adds a second segment and leaves the first as it was."""
+    """One point in the lesion (its point list under a transform, with a point still being placed
+    and one whose position is unset beside it) gives a new coarse segment, refined in the same job.
+    The coarse segment never goes into the segmentation holding the reference: a new node is made;
+    the user's segments keep every voxel; a second run adds a second coarse segment to the chosen
+    segmentation and leaves the first as it was."""
     import vtk
 
     case = sc.case
@@ -550,23 +580,45 @@ def check_seeded_coarse(scene, logic, sc: SceneCase):
     transform.SetMatrixTransformToParent(shift)
     points.SetAndObserveTransformNodeID(transform.GetID())
     points.AddControlPoint([float(ras[0]) - 25.0, float(ras[1]), float(ras[2])])
+    corner = sc.matrix @ np.array([1.0, 1.0, 1.0, 1.0])  # in the CT but outside the lesion: would add a blob
+    preview = points.AddControlPoint([float(corner[0]) - 25.0, float(corner[1]), float(corner[2])])
+    points.SetNthControlPointPosition(preview, float(corner[0]) - 25.0, float(corner[1]), float(corner[2]),
+                                      slicer_position_status("PositionPreview"))
+    unset = points.AddControlPoint([900.0, 900.0, 900.0])  # outside the CT: an error if it were used
+    points.UnsetNthControlPointPosition(unset)
+    assert ltr.LiverTumorRefineLogic.definedPointIndices(points) == [0]
 
-    node, coarseId = logic.makeCoarseSegment(sc.volumeNode, "seeds", points, sc.segmentationNode, device="cpu")
-    assert node is sc.segmentationNode, "the coarse segment went into another segmentation"
+    result = logic.refine(sc.volumeNode, sc.segmentationNode, "", sc.truthSegmentationNode, sc.truthId, "cpu",
+                          coarseSource="seeds", seedsNode=points)
+    node, coarseId = result.segmentationNode, result.coarseSegmentId
+    if sc.truthSegmentationNode is sc.segmentationNode:
+        assert node is not sc.segmentationNode, "the coarse segment went into the reference segmentation"
+    else:
+        assert node is sc.segmentationNode, "the coarse segment went into another segmentation"
     segment = node.GetSegmentation().GetSegment(coarseId)
     assert segment.GetName() == "Tumour (seeded coarse)", segment.GetName()
     assert tuple(segment.GetColor()) == ltr.COARSE_COLOR
+    assert node.GetSegmentation().GetSegment(result.refinedSegmentId).GetName() == "Tumour (seeded coarse) refined"
     coarse = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
     dice = 2 * (coarse & case.truth).sum() / (coarse.sum() + case.truth.sum())
     assert dice > 0.8, f"seeded coarse Dice {dice:.3f}"
     for sid, voxels in before.items():
         assert np.array_equal(segment_voxels(sc.segmentationNode, sid)[0], voxels), f"segment {sid} changed"
-    result = logic.refine(sc.volumeNode, node, coarseId, sc.truthSegmentationNode, sc.truthId, device="cpu")
     assert result.metrics["refined"]["dice"] > 0.8, f"refined Dice {result.metrics['refined']['dice']:.3f}"
-    _, againId = logic.makeCoarseSegment(sc.volumeNode, "seeds", points, sc.segmentationNode, device="cpu")
-    assert againId != coarseId and node.GetSegmentation().GetSegment(againId).GetName() == "Tumour (seeded coarse) 2"
+    again = logic.refine(sc.volumeNode, node, "", sc.truthSegmentationNode, sc.truthId, "cpu", coarseSource="seeds",
+                         seedsNode=points)
+    assert again.segmentationNode is node, "the second coarse segment did not go into the chosen segmentation"
+    assert again.coarseSegmentId != coarseId
+    assert node.GetSegmentation().GetSegment(again.coarseSegmentId).GetName() == "Tumour (seeded coarse) 2"
     assert np.array_equal(ltr.export_segment_mask(node, coarseId, sc.volumeNode), coarse), "first coarse segment changed"
     return result
+
+
+def slicer_position_status(name: str) -> int:
+    """A ``vtkMRMLMarkupsNode`` position status (``PositionPreview``, ...) by name."""
+    import slicer
+
+    return int(getattr(slicer.vtkMRMLMarkupsNode, name))
 
 
 def run_self_test(scene, logic=None, seed: int = 0, case: Optional[Case] = None) -> dict:
@@ -582,6 +634,7 @@ def run_self_test(scene, logic=None, seed: int = 0, case: Optional[Case] = None)
     check_errors(scene, logic, sc)
     geometry = check_geometry_differs(scene, logic, synthetic_case(seed + 1))
     check_seeded_coarse(scene, logic, build_scene_case(scene, synthetic_case(seed + 2)))
+    check_worker_job(scene, logic, build_scene_case(scene, synthetic_case(seed + 3)))
     return {"dice": {row: result.metrics[row]["dice"] for row in ("coarse", "refined")},
             "geometry_dice": {row: geometry.metrics[row]["dice"] for row in ("coarse", "refined")}}
 
