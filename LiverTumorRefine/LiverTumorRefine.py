@@ -3,11 +3,8 @@
 Thin Slicer module: the GUI lives here; the scene logic is ``LiverTumorRefineLib.logic`` and the
 engine (numpy, torch, SimpleITK) the rest of ``LiverTumorRefineLib``.
 
-The refinement runs on a worker thread (``RefineJob``) that calls the engine directly, not a CLI
-subprocess: the engine's progress callback gives exact progress and stops within one patch batch
-on Cancel, no temporary files are written, and torch releases the GIL while it computes, so the
-GUI stays responsive. A timer on the main thread polls the job and writes the result into the
-scene there (MRML is not thread-safe).
+The coarse step and the refinement run in a worker process (``RefineJob``), polled by a 100 ms
+timer; Cancel ends it; the scene is written once the job succeeded. Slicer 5.8 or later.
 """
 import logging
 from typing import Annotated
@@ -24,8 +21,9 @@ from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.logic import LiverTumorRefineLogic  # noqa: F401  (Slicer finds <Module>Logic here)
 
 DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
-# GUI choice -> the logic's makeCoarseSegment source (None: refine the selected segment as it is)
-COARSE_SOURCES = {"Existing segment": None, "Seed points": "seeds", "Automatic": "automatic"}
+# GUI choice -> the logic's coarse source ("mask": refine the selected segment as it is)
+COARSE_SOURCES = {"Existing segment": "mask", "Seed points": "seeds", "Automatic": "automatic",
+                  "TotalSegmentator": "totalsegmentator"}
 # Parameters connectGui cannot bind (it has no connector for segment selectors or table views):
 # they are synced by hand below. Testing/test_ui.py checks every parameter is bound one way or the other.
 MANUAL_BINDINGS = {"segmentationNode": "coarseSegmentSelector", "coarseSegmentId": "coarseSegmentSelector",
@@ -43,8 +41,9 @@ class LiverTumorRefine(ScriptedLoadableModule):
         self.parent.helpText = (
             "Refines the boundary of a coarse liver-tumour segment on CT with a boundary patch refinement "
             "network. The result is added as a new segment \"&lt;segment&gt; refined\"; the coarse segment is not "
-            "changed. Without a coarse segment, choose Seed points (one click inside each lesion) or Automatic "
-            "(a built-in coarse network) as the coarse source: a new coarse segment is added, then refined. "
+            "changed. Without a coarse segment, choose Seed points (one click inside each lesion), Automatic "
+            "(a built-in coarse network) or TotalSegmentator as the coarse source: a new coarse segment is added, "
+            "then refined. "
             "With a reference segment, Dice, VOE, RVD, ASSD and MSSD are shown for coarse and refined. "
             "Reference red, coarse yellow, refined green, drawn as outlines in the slice views.")
         self.parent.acknowledgementText = (
@@ -100,17 +99,12 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         if self._job is not None:
             self._job.cancel()
+            self._job.wait(5)
         self._timer.stop()
         self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()
-
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event):
         if self._job is not None:
@@ -131,6 +125,10 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.segmentationNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
 
     def setParameterNode(self, inputParameterNode):
+        # Connected once per parameter node, kept on exit(): on Slicer 5.8 connectGui returns no tag, so
+        # disconnectGui(tag) is a no-op and a second connectGui would leave a stale connector behind.
+        if inputParameterNode and self._parameterNode and inputParameterNode.parameterNode is self._parameterNode.parameterNode:
+            return self._onParameterNodeModified()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
@@ -146,12 +144,10 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._syncing = True
         try:  # parameter node -> the widgets connectGui does not bind
             p = self._parameterNode
-            self.ui.coarseSegmentSelector.setCurrentNode(p.segmentationNode)
-            if p.coarseSegmentId:
-                self.ui.coarseSegmentSelector.setCurrentSegmentID(p.coarseSegmentId)
+            self.ui.coarseSegmentSelector.setCurrentNode(p.segmentationNode)  # stale IDs are dropped below
+            self.ui.coarseSegmentSelector.setCurrentSegmentID(self.logic.validSegmentId(p.segmentationNode, p.coarseSegmentId))
             self.ui.truthSegmentSelector.setCurrentNode(p.truthSegmentationNode)
-            if p.truthSegmentId:
-                self.ui.truthSegmentSelector.setCurrentSegmentID(p.truthSegmentId)
+            self.ui.truthSegmentSelector.setCurrentSegmentID(self.logic.validSegmentId(p.truthSegmentationNode, p.truthSegmentId))
             self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
             self.ui.seedPlaceWidget.setCurrentNode(p.seedPoints)
             seeds = COARSE_SOURCES[p.coarseSource] == "seeds"
@@ -173,9 +169,9 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             wasModifying = p.StartModify()  # one ModifiedEvent for the four values
             p.segmentationNode = self.ui.coarseSegmentSelector.currentNode()
-            p.coarseSegmentId = self.ui.coarseSegmentSelector.currentSegmentID() or ""
+            p.coarseSegmentId = self.logic.validSegmentId(p.segmentationNode, self.ui.coarseSegmentSelector.currentSegmentID())
             p.truthSegmentationNode = self.ui.truthSegmentSelector.currentNode()
-            p.truthSegmentId = self.ui.truthSegmentSelector.currentSegmentID() or ""
+            p.truthSegmentId = self.logic.validSegmentId(p.truthSegmentationNode, self.ui.truthSegmentSelector.currentSegmentID())
             p.EndModify(wasModifying)
         finally:
             self._syncing = False
@@ -190,10 +186,8 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateButtons(self):
         p = self._parameterNode
         running = self._job is not None
-        source = COARSE_SOURCES[p.coarseSource] if p else None
-        coarse = bool(p and (p.segmentationNode and p.coarseSegmentId if source is None else
-                             source == "automatic" or p.seedPoints))
-        ready = bool(p and p.inputVolume and coarse)
+        ready = bool(p and self.logic.canRefine(p.inputVolume, COARSE_SOURCES[p.coarseSource], p.segmentationNode,
+                                                p.coarseSegmentId, p.seedPoints))
         self.ui.applyButton.text = "Cancel" if running else "Apply"
         self.ui.applyButton.enabled = running or ready
         self.ui.applyButton.toolTip = ("Stop the refinement; the scene stays as it was." if running else
@@ -207,20 +201,17 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Cancelling..."
             self.ui.applyButton.enabled = False
             return
-        if not self._ensureTorch():
-            return
         p = self._parameterNode
         truthNode = p.truthSegmentationNode if p.truthSegmentId else None
-        try:
+        try:  # the coarse step runs in the worker too: nothing enters the scene before the job succeeded
+            if not self._ensureTorch():
+                return
             with slicer.util.WaitCursor():
-                source = COARSE_SOURCES[p.coarseSource]
-                if source is not None:  # a new coarse segment first; the user's segments stay as they are
-                    p.segmentationNode, p.coarseSegmentId = self.logic.makeCoarseSegment(
-                        p.inputVolume, source, p.seedPoints, p.segmentationNode, DEVICES[p.device])
                 self._job = self.logic.startRefine(p.inputVolume, p.segmentationNode, p.coarseSegmentId, truthNode,
-                                                   p.truthSegmentId or None, DEVICES[p.device], p.outlinesOnly)
-        except RefineError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="Liver Tumor Refine")
+                                                   p.truthSegmentId or None, DEVICES[p.device], p.outlinesOnly,
+                                                   COARSE_SOURCES[p.coarseSource], p.seedPoints)
+        except Exception as exc:  # noqa: BLE001 - a RefineError or a bug: always a dialog, never only the console
+            self._showError(exc)
             return
         self.ui.statusLabel.text = ""
         self.ui.progressBar.value = 0
@@ -241,22 +232,28 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             result = job.finish()
         except RefineCancelled:
             self.ui.statusLabel.text = "Cancelled: the scene is unchanged."
-        except RefineError as exc:
-            self.ui.statusLabel.text = str(exc)
-            slicer.util.errorDisplay(str(exc), windowTitle="Liver Tumor Refine")
-        except Exception as exc:  # noqa: BLE001 - a bug: show it and keep the traceback in the log
-            logging.exception("LiverTumorRefine failed")
-            slicer.util.errorDisplay(f"Refinement failed unexpectedly: {exc}\nDetails are in the Python console.",
-                                     windowTitle="Liver Tumor Refine")
+        except Exception as exc:  # noqa: BLE001 - a RefineError or a bug: always a dialog
+            self._showError(exc)
         else:
             self._showResult(result)
         finally:
             self.ui.progressBar.hide()
             self._updateButtons()
 
+    def _showError(self, exc):
+        if isinstance(exc, RefineError):
+            message = str(exc)
+        else:  # a bug: keep the traceback in the log
+            logging.exception("LiverTumorRefine failed")
+            message = f"Refinement failed unexpectedly: {exc}\nDetails are in the Python console."
+        self.ui.statusLabel.text = message
+        slicer.util.errorDisplay(message, windowTitle="Liver Tumor Refine")
+
     def _showResult(self, result):
-        self._parameterNode.metricsTable = result.tableNode
-        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, fit=False)
+        p = self._parameterNode
+        p.segmentationNode, p.coarseSegmentId = result.segmentationNode, result.coarseSegmentId  # a new coarse one
+        p.metricsTable = result.tableNode
+        slicer.util.setSliceViewerLayers(background=p.inputVolume, fit=False)
         summary = (f"Refined in {result.seconds['overall']:.1f} s on {result.device.upper()} "
                    f"({result.patches} boundary patches).")
         self.ui.statusLabel.text = " ".join([summary] + result.notes)
@@ -301,8 +298,12 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "Liver Tumor Refine needs PyTorch, which is not installed yet.\n\nDownload and install it now? "
                     "This needs internet access and can take several minutes.", windowTitle="Install PyTorch"):
                 return False
-            with slicer.util.WaitCursor():
-                torch = torchLogic.installTorch(askConfirmation=False)
+            try:  # a failed install raises (CalledProcessError); None means the user declined
+                with slicer.util.WaitCursor():
+                    torch = torchLogic.installTorch(askConfirmation=False)
+            except Exception as exc:  # noqa: BLE001 - onApplyButton shows it in a dialog
+                raise RefineError(f"Installing PyTorch failed ({exc}): check the internet connection or install it "
+                                  "from the PyTorch Utils module, then try again.") from exc
             if torch is None:
                 slicer.util.errorDisplay("PyTorch was not installed. Install it from the PyTorch Utils module.")
                 return False

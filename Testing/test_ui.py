@@ -189,7 +189,7 @@ def test_coarse_source_choices_match_combo_and_logic(ui, module_ast):
     sources = _module_constant(module_ast, "COARSE_SOURCES")
     items = [i.find("property/string").text for i in widgets["coarseSourceComboBox"].findall("item")]
     assert items == list(sources), f"combo items {items} differ from COARSE_SOURCES {list(sources)}"
-    assert set(sources.values()) - {None} == set(COARSE_SEGMENT_NAMES)
+    assert set(sources.values()) - {"mask"} == set(COARSE_SEGMENT_NAMES)
     assert "Choice(list(COARSE_SOURCES))" in MODULE_PY.read_text()
 
 
@@ -249,3 +249,61 @@ def test_extension_metadata():
     assert values["EXTENSION_SCREENSHOTURLS"].endswith("Resources/Screenshots/slice_outlines.png")
     assert (ROOT / "Resources" / "Screenshots" / "slice_outlines.png").is_file()
     assert "add_subdirectory(LiverTumorRefine)" in text
+
+
+# Issue 12, items 3, 4, 7 and 8: what can be seen without a Slicer application is checked on the
+# source; the behaviour itself (dialogs, re-entering the module) only a real Slicer can show.
+def _method(tree, name):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    raise AssertionError(f"no method {name} in LiverTumorRefine.py")
+
+
+def _calls_in(node):
+    return {ast.unparse(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
+
+
+def test_gui_is_connected_once_per_parameter_node(module_ast):
+    """Item 3: on Slicer 5.8 connectGui returns None, so disconnectGui(tag) disconnects nothing."""
+    users = {node.name for node in ast.walk(module_ast) if isinstance(node, ast.FunctionDef)
+             and any(c.endswith(("connectGui", "disconnectGui")) for c in _calls_in(node))}
+    assert users == {"setParameterNode"}, f"connectGui/disconnectGui called from {sorted(users)}"
+    setter = _method(module_ast, "setParameterNode")
+    first = setter.body[0]
+    assert isinstance(first, ast.If) and "parameterNode is self._parameterNode.parameterNode" in ast.unparse(first.test)
+    assert isinstance(first.body[-1], ast.Return), "the same parameter node must not be connected again"
+
+
+def test_every_failure_of_apply_reaches_a_dialog(module_ast):
+    """Item 4: any exception (a failed PyTorch install, a bug) gives a dialog, not only a traceback."""
+    for name in ("onApplyButton", "_poll"):
+        handlers = [h for t in ast.walk(_method(module_ast, name)) if isinstance(t, ast.Try) for h in t.handlers]
+        assert any(h.type is not None and ast.unparse(h.type) == "Exception" for h in handlers), name
+    apply = _method(module_ast, "onApplyButton")
+    guarded = [t for t in ast.walk(apply) if isinstance(t, ast.Try)
+               and any(ast.unparse(h.type) == "Exception" for h in t.handlers if h.type is not None)]
+    assert any("self._ensureTorch" in _calls_in(t) and "self.logic.startRefine" in _calls_in(t) for t in guarded)
+    install = [t for t in ast.walk(_method(module_ast, "_ensureTorch")) if isinstance(t, ast.Try)
+               and any(c.endswith("installTorch") for c in _calls_in(t))]
+    assert install and any(ast.unparse(h.type) == "Exception" for h in install[0].handlers if h.type is not None)
+    assert "_showError" in {n.name for n in ast.walk(module_ast) if isinstance(n, ast.FunctionDef)}
+    assert "slicer.util.errorDisplay" in _calls_in(_method(module_ast, "_showError"))
+
+
+def test_stale_segment_ids_are_dropped_and_apply_asks_the_logic(module_ast):
+    """Item 7: IDs go through the Logic's validSegmentId both ways; Apply is enabled by canRefine."""
+    for name in ("_onParameterNodeModified", "_segmentSelectorsToParameterNode"):
+        calls = [c for c in _calls_in(_method(module_ast, name)) if c == "self.logic.validSegmentId"]
+        assert calls, f"{name} does not drop stale segment IDs"
+    assert "self.logic.canRefine" in _calls_in(_method(module_ast, "_updateButtons"))
+
+
+def test_new_coarse_segments_can_go_into_a_new_segmentation(ui, module_ast):
+    """Item 8: "None" is selectable for the coarse segmentation, and the Logic (which never writes a
+    made coarse segment into the reference's segmentation) gets the source and the seeds."""
+    _, widgets = ui
+    assert widgets["coarseSegmentSelector"].find("property[@name='noneEnabled']/bool").text == "true"
+    start = [n for n in ast.walk(_method(module_ast, "onApplyButton"))
+             if isinstance(n, ast.Call) and ast.unparse(n.func) == "self.logic.startRefine"]
+    assert start and "COARSE_SOURCES[p.coarseSource]" in ast.unparse(start[0]) and "p.seedPoints" in ast.unparse(start[0])
