@@ -78,7 +78,8 @@ class Refiner:
         _check_inputs(image, mask, spacing_zyx)
         mask = np.asarray(mask).astype(bool, copy=False)
         if not mask.any():
-            raise RefineError("The coarse mask is empty: nothing to refine. Check the mask file or --label.")
+            raise RefineError("The coarse mask is empty: nothing to refine. Check the mask and its tumour label.",
+                              cli="The coarse mask is empty: nothing to refine. Check the mask file or --label.")
         check_not_whole_volume(mask)
         spacing = tuple(float(s) for s in spacing_zyx)
         boxes = lesion_boxes(mask, crop_margin(spacing, self.cfg))
@@ -140,7 +141,8 @@ class Refiner:
         finally falls back to the CPU."""
         seconds = {"extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         canvas = Canvas(mask.shape, self.device)
-        start, batch = 0, self.batch_size
+        # batch_size counts network inputs: each patch goes in once per orientation
+        start, batch = 0, max(1, self.batch_size // self.tta)
         while start < len(centres):
             part = centres[start:start + batch]
             try:
@@ -178,7 +180,7 @@ class Refiner:
         self.model = self.model.to(self.device)
         moved = Canvas(canvas.shape, self.device)
         moved.total, moved.count, moved.votes = canvas.total.cpu(), canvas.count.cpu(), canvas.votes.cpu()
-        return image.cpu(), mask.cpu(), centres.cpu(), moved, self.batch_size
+        return image.cpu(), mask.cpu(), centres.cpu(), moved, max(1, self.batch_size // self.tta)
 
 
 @dataclass
