@@ -79,7 +79,8 @@ def test_red_slice_shows_three_outlines_where_the_segments_are(egl, trained_mode
     app = st.make_app()
     case = st.synthetic_case(0)
     sc = st.build_scene_case(app.scene, case)
-    logic = ltr.LiverTumorRefineLogic(weights=trained_model)
+    # min_kept 0: the Refiner's per-lesion gate would keep this small lesion's coarse mask (see test_logic)
+    logic = ltr.LiverTumorRefineLogic(weights=trained_model, refinerOptions={"min_kept": 0.0})
     result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId,
                           device="cpu")
     refined = ltr.export_segment_mask(sc.segmentationNode, result.refinedSegmentId, sc.volumeNode)
