@@ -1,12 +1,13 @@
-"""Overlay picture: colours on the right disc boundaries, slice choice, aspect ratio, PNG writing."""
+"""Overlay picture: 2 px outlines in their places and styles, legend and slice number, slice choice, aspect
+ratio, PNG writing."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy.ndimage import binary_erosion
+from scipy.ndimage import binary_dilation, binary_erosion
 
-from LiverTumorRefineLib import overlay
+from LiverTumorRefineLib import bitmapfont, overlay
 from LiverTumorRefineLib.errors import RefineError
 
 RED, YELLOW, GREEN = overlay.TRUTH_RGB, overlay.COARSE_RGB, overlay.REFINED_RGB
@@ -40,10 +41,19 @@ def _pixels_of(rgb: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     return np.all(rgb == np.array(colour, dtype=np.uint8), axis=2)
 
 
-def _expected_rim(disc: np.ndarray) -> np.ndarray:
-    """Independent reference: upscale by pixel repetition, then mask minus its 4-neighbour erosion."""
-    big = np.repeat(np.repeat(disc, ZOOM, axis=0), ZOOM, axis=1)
-    return big & ~binary_erosion(big, border_value=0)
+def _big(disc: np.ndarray) -> np.ndarray:
+    return np.repeat(np.repeat(disc, ZOOM, axis=0), ZOOM, axis=1)
+
+
+def _inner_rim(disc: np.ndarray) -> np.ndarray:
+    """Independent reference: upscale by pixel repetition, then mask minus its 2-step 4-neighbour erosion."""
+    big = _big(disc)
+    return big & ~binary_erosion(big, iterations=overlay.OUTLINE_PX, border_value=0)
+
+
+def _outer_ring(disc: np.ndarray) -> np.ndarray:
+    big = _big(disc)
+    return binary_dilation(big, iterations=overlay.OUTLINE_PX) & ~big
 
 
 def test_outlines_lie_on_their_disc_boundaries(tmp_path) -> None:
@@ -55,27 +65,65 @@ def test_outlines_lie_on_their_disc_boundaries(tmp_path) -> None:
     np.testing.assert_array_equal(read_back, rgb)
 
     assert read_back.shape == (SHAPE[1] * ZOOM, SHAPE[2] * ZOOM, 3)
-    rims = {
-        RED: _expected_rim(truth[6]),
-        YELLOW: _expected_rim(coarse[6] > 0),
-        GREEN: _expected_rim(refined[6]),
+    rings = {
+        RED: _outer_ring(truth[6]),  # truth: 2 px just outside its mask
+        YELLOW: _inner_rim(coarse[6] > 0),  # coarse: 2 px inside, dashed
+        GREEN: _inner_rim(refined[6]),  # refined: 2 px inside, solid
     }
     for colour, (centre, radius) in ((RED, TRUTH_DISC), (YELLOW, COARSE_DISC), (GREEN, REFINED_DISC)):
         coloured = _pixels_of(read_back, colour)
-        # Every pixel of this colour is on its own disc's rim ...
-        assert coloured.any() and not (coloured & ~rims[colour]).any()
-        # ... about one circumference of them (thin outline), at the disc's radius from its centre.
+        # Every pixel of this colour is on its own disc's ring ...
+        assert coloured.any() and not (coloured & ~rings[colour]).any()
+        # ... a 2 px wide outline (half of it for the dashed coarse one), at the disc's radius.
         circumference = 2 * np.pi * radius * ZOOM
-        assert 0.5 * circumference < coloured.sum() < 1.3 * circumference
+        share = 0.5 if colour == YELLOW else 1.0
+        assert 0.7 * share * 2 * circumference < coloured.sum() < 1.3 * share * 2 * circumference
         rows, cols = np.nonzero(coloured)
         centre_px = (np.array(centre) + 0.5) * ZOOM - 0.5
         distance = np.hypot(rows - centre_px[0], cols - centre_px[1])
         assert np.all(np.abs(distance - radius * ZOOM) <= ZOOM)
-    # Drawing order: the refined outline is on top wherever outlines cross.
-    assert np.all(_pixels_of(read_back, GREEN)[rims[GREEN]])
+    # The coarse outline is dashed: about half its ring, in several separate dashes.
+    yellow = _pixels_of(read_back, YELLOW)
+    assert 0.35 < yellow.sum() / rings[YELLOW].sum() < 0.65
+    assert sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(yellow.astype(np.uint8)))).max() > 20
+    # Green is whole wherever the dashes leave it.
+    assert np.all((_pixels_of(read_back, GREEN) | yellow)[rings[GREEN]])
     # Away from the outlines the picture is the grey soft-tissue window: 60 HU in (-160, 240).
-    untouched = ~(rims[RED] | rims[YELLOW] | rims[GREEN])
+    untouched = ~(rings[RED] | rings[YELLOW] | rings[GREEN])
     assert np.all(read_back[untouched] == round((60 + 160) / 400 * 255))
+
+
+def test_coincident_outlines_all_stay_visible() -> None:
+    """Truth, coarse and refined identical: red ring outside, yellow dashes and green inside."""
+    image, truth, _, _ = _phantom()
+    rgb = overlay.render_overlay(image, (2.5, 1.0, 1.0), truth, truth, truth, slice_index=6)
+    rim = _inner_rim(truth[6])
+    counts = {colour: _pixels_of(rgb, colour).sum() for colour in (RED, YELLOW, GREEN)}
+    assert counts[RED] >= _outer_ring(truth[6]).sum() * 0.99
+    assert 0.35 * rim.sum() < counts[YELLOW] < 0.65 * rim.sum()
+    assert 0.35 * rim.sum() < counts[GREEN] < 0.65 * rim.sum()
+
+
+def test_figure_has_legend_and_slice_number() -> None:
+    image, truth, coarse, refined = _phantom()
+    picture = overlay.render_overlay(image, (2.5, 1.0, 1.0), truth, coarse, refined, slice_index=6)
+    figure = overlay.render_overlay_figure(image, (2.5, 1.0, 1.0), truth, coarse, refined, slice_index=6)
+    np.testing.assert_array_equal(figure[: picture.shape[0]], picture)
+    strip = figure[picture.shape[0]:]
+    assert strip.shape[0] > 30 and strip.shape[1] == picture.shape[1]
+    legend_row, text_row = strip[: strip.shape[0] // 2], strip[strip.shape[0] // 2:]
+    for colour in (RED, YELLOW, GREEN):
+        assert _pixels_of(legend_row, colour).sum() > 40, colour  # line sample and name in each colour
+    # The slice number, drawn in the built-in font at the caption scale, is there pixel for pixel.
+    ink = bitmapfont.text_mask("SLICE 6 OF 9", overlay.CAPTION_SCALE)
+    top = overlay.CAPTION_PAD_PX + bitmapfont.LINE * overlay.CAPTION_SCALE
+    left = overlay.CAPTION_PAD_PX
+    window = strip[top: top + ink.shape[0], left: left + ink.shape[1]]
+    np.testing.assert_array_equal(_pixels_of(window, overlay.TEXT_RGB), ink)
+    # Only the masks given are in the legend.
+    only_refined = overlay.render_overlay_figure(image, (2.5, 1.0, 1.0), refined=refined, slice_index=6)
+    strip = only_refined[picture.shape[0]:]
+    assert _pixels_of(strip, GREEN).any() and not _pixels_of(strip, RED).any() and not _pixels_of(strip, YELLOW).any()
 
 
 def test_default_slice_has_most_truth() -> None:
@@ -124,7 +172,7 @@ def test_panel_puts_three_tumour_slices_side_by_side() -> None:
     image, truth, coarse, refined = _phantom()
     assert overlay.panel_slices(SHAPE[0], truth, coarse, refined) == [3, 5, 6]
     panel = overlay.render_overlay_panel(image, (2.5, 1.0, 1.0), truth, coarse, refined)
-    single = overlay.render_overlay(image, (2.5, 1.0, 1.0), truth, coarse, refined, slice_index=5)
+    single = overlay.render_overlay_figure(image, (2.5, 1.0, 1.0), truth, coarse, refined, slice_index=5)
     width = single.shape[1]
     assert panel.shape == (single.shape[0], 3 * width + 2 * overlay.PANEL_GAP_PX, 3)
     middle = panel[:, width + overlay.PANEL_GAP_PX : 2 * width + overlay.PANEL_GAP_PX]
