@@ -67,6 +67,7 @@ DEVICES = ("auto", "cpu", "cuda")
 COARSE_SEGMENT_NAMES = {"seeds": "Tumour (seeded coarse)", "automatic": "Tumour (automatic coarse)",
                         "totalsegmentator": "Tumour (TotalSegmentator coarse)"}
 
+JOB_FOLDER_PREFIX = "LiverTumorRefine-job-"  # temporary job folders (removed by finish/refine)
 # Fractions of the overall progress bar given to each phase.
 PREPARE_END, WORKER_END = 0.05, 0.95
 
@@ -232,16 +233,16 @@ class LiverTumorRefineLogic(_LogicBase):
                                   f"'{volumeNode.GetName()}': check that it belongs to this CT.")
         inputs = RefineInputs(volumeNode, segmentationNode, coarseSegmentId, coarseName, truthSegmentationNode,
                               truthSegmentId, device, outlinesOnly, coarseSource)
-        inputs.folder = Path(tempfile.mkdtemp(prefix="LiverTumorRefine-"))
+        inputs.folder = Path(tempfile.mkdtemp(prefix=JOB_FOLDER_PREFIX))
         try:
             source = {"source": coarseSource, **({"seeds_ras": seeds} if seeds is not None else {})}
             inputs.jobPath = worker.write_job(inputs.folder, image, volume_geometry(volumeNode), source, coarse, truth,
                                               device=device, weights=self._weightsFile(), seg_weights=self.segWeights,
                                               batch_size=self.batchSize, refiner=self.refinerOptions)
+            _report(progress, PREPARE_END, "Segments exported")  # a cancel here must not leave the folder
         except BaseException:
             self.cleanup(inputs)
             raise
-        _report(progress, PREPARE_END, "Segments exported")
         return inputs
 
     def _weightsFile(self) -> Optional[str]:

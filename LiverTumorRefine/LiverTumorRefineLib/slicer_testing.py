@@ -423,8 +423,14 @@ def check_cancel_leaves_scene_unchanged(scene, logic, sc: SceneCase) -> None:
         "inside the engine": cancel_when(lambda f, m: ltr.PREPARE_END < f < ltr.WORKER_END and "patches" in m),
         "before writing": cancel_when(lambda f, m: "Adding the refined segment" in m),
     }
+    import glob
+    import tempfile
+
+    def job_folders():
+        return set(glob.glob(os.path.join(tempfile.gettempdir(), ltr.JOB_FOLDER_PREFIX + "*")))
+
     for rounds in ("fresh scene", "after a first run"):
-        before = scene_snapshot(scene)
+        before, folders = scene_snapshot(scene), job_folders()
         for label, progress in points.items():
             try:
                 logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId,
@@ -434,6 +440,7 @@ def check_cancel_leaves_scene_unchanged(scene, logic, sc: SceneCase) -> None:
             else:
                 raise AssertionError(f"cancel {label} ({rounds}) did not raise RefineCancelled")
             assert_same_scene(before, scene_snapshot(scene), f"cancel {label}, {rounds}")
+            assert job_folders() <= folders, f"cancel {label} ({rounds}) left a job folder behind"
         job = logic.startRefine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode,
                                 sc.truthId, "cpu")
         cancel_job(job)
