@@ -16,13 +16,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import checks, dicom, io, segments, totalseg
+from . import checks, dicom, io, review, segments, totalseg
 from .autoseg import Segmenter
 from .boxes import component_labels
 from .config import MIN_KEPT, TTA
 from .errors import RefineError
 from .metrics import compute_metrics
-from .points import Point, check_points, parse_seeds, ras_to_voxels
+from .points import Point, check_points, is_seed_file, parse_seeds, ras_to_voxels
 from .refiner import Progress, Refiner
 from .seeded import grow_from_seeds
 from .volume import Volume
@@ -140,17 +140,43 @@ def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, ou
                  label: int | None = None, device: str = "auto", weights: str | None = None, batch_size: int = 128,
                  min_kept: float = MIN_KEPT,
                  force: bool = False, progress: Progress | None = None,
-                 segment: str | int | None = None, tta: int = TTA) -> dict[str, Any]:
+                 segment: str | int | None = None, tta: int = TTA,
+                 report: str | os.PathLike | None = None) -> dict[str, Any]:
     """Refine the coarse mask file and write the result on the CT's grid; returns stats.
     ``image_path`` may be a DICOM series folder and ``mask_path`` a DICOM SEG or .seg.nrrd
     (``segment`` picks the segment); an ``out_path`` ending in .dcm writes a DICOM SEG that
-    references the series."""
+    references the series. ``report``: also write the lesion-by-lesion review (``review``) as
+    .csv or .json there; its rows are returned under ``stats["review"]``."""
     out = check_result_output(out_path, image_path, [image_path, mask_path], force)
+    report_out = check_report_output(report, [image_path, mask_path], force)
     image, mask = load_pair(image_path, mask_path, segment=segment)
     refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta)
     refined, stats = refine_volume(image, mask, label, refiner, progress)
     write_result(refined, image_path, out, force)
+    if report_out is not None:
+        _write_review(image, mask, refined, label, stats, report_out, force)
     return stats
+
+
+def check_report_output(report: str | os.PathLike | None, inputs: Sequence[str | os.PathLike | None],
+                        force: bool) -> Path | None:
+    """Refuse, before any work, a lesion report path that is not .csv/.json (so it is never a
+    mask output), exists (unless ``force``), is an input or is in a missing folder."""
+    if report is None:
+        return None
+    review.report_suffix(report)
+    return io.check_output(report, inputs, force, suffixes=review.REPORT_SUFFIXES)
+
+
+def _write_review(image: Volume, coarse: Volume, refined: Volume, label: int | None, stats: dict[str, Any],
+                  report: Path, force: bool) -> None:
+    """Review the refinement lesion by lesion, write the report and put its rows in ``stats``."""
+    coarse_mask, used = select_label(coarse.array, label)
+    refined_mask = refined.array == used if used is not None else refined.array != 0
+    rows = review.review_lesions(coarse_mask, refined_mask, image.spacing_zyx, refiner_lesions=stats.get("lesions"),
+                                 geometry=image.geometry)
+    review.write_report(rows, report, force=force)
+    stats["review"] = [row.to_dict() for row in rows]
 
 
 def check_result_output(out_path: str | os.PathLike, image_path: str | os.PathLike,
@@ -222,16 +248,19 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
                         device: str = "auto", weights: str | None = None, seg_weights: str | None = None,
                         batch_size: int = 128, min_kept: float = MIN_KEPT, force: bool = False,
                         progress: Progress | None = None, coarse_progress: Progress | None = None,
-                        tta: int = TTA) -> dict[str, Any]:
+                        tta: int = TTA, report: str | os.PathLike | None = None) -> dict[str, Any]:
     """Make a coarse mask from ``source`` (see ``coarse_for``), refine it and write the result
     (and, with ``coarse_out``, the coarse mask) on the CT's grid; returns stats with the coarse
     step's seconds under ``seconds["coarse"]``. ``seeds``: RAS points in mm, or the same as a
-    string ``"R,A,S;R,A,S"``. ``coarse_progress`` reports the coarse network's progress."""
+    string ``"R,A,S;R,A,S"``. ``coarse_progress`` reports the coarse network's progress.
+    ``report``: as in ``refine_files``."""
     out = check_result_output(out_path, image_path, [image_path], force)
     extra = check_result_output(coarse_out, image_path, [image_path], force) if coarse_out is not None else None
     if extra is not None and extra.resolve() == out.resolve():
         raise RefineError("coarse_out and out_path are the same file: choose two paths.",
                           cli="--coarse-out and --out are the same file: choose two paths.")
+    seed_file = seeds if isinstance(seeds, (str, os.PathLike)) and is_seed_file(str(seeds)) else None
+    report_out = check_report_output(report, [image_path, seed_file], force)
     refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta)  # fail early on bad weights
     image = load_ct(image_path)
     t0 = time.perf_counter()
@@ -241,6 +270,8 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
     if extra is not None:
         write_result(coarse, image_path, extra, force)
     write_result(refined, image_path, out, force)
+    if report_out is not None:
+        _write_review(image, coarse, refined, None, stats, report_out, force)
     stats["seconds"]["coarse"] = seconds
     stats["coarse_source"] = source
     return stats

@@ -22,7 +22,7 @@ PROG = "livertumorrefine"
 
 def _cmd_refine(args: argparse.Namespace) -> int:
     from . import api
-    from .points import parse_seeds
+    from .points import is_seed_file, parse_seeds
     from .progress import ProgressBar
 
     if args.batch_size < 1:
@@ -31,7 +31,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         raise RefineError(f"--label {args.label}: label 0 is the background and cannot be the tumour; "
                           "give the tumour's label (usually 2 in a LiTS map, 1 in a binary mask).")
     common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,
-                  tta=args.tta, force=args.force, progress=ProgressBar("refine"))
+                  tta=args.tta, force=args.force, progress=ProgressBar("refine"), report=args.report)
     if args.mask is not None:
         if args.coarse_out is not None:
             raise RefineError("--coarse-out is for coarse masks this command makes (--seeds, --auto-coarse, "
@@ -44,6 +44,9 @@ def _cmd_refine(args: argparse.Namespace) -> int:
             raise RefineError("--segment selects a segment of --mask (a DICOM SEG or .seg.nrrd); the coarse sources "
                               "make their own mask.")
         source = "seeds" if args.seeds is not None else "auto" if args.auto_coarse else "totalsegmentator"
+        if args.report is not None:
+            api.check_report_output(args.report, [args.image, args.seeds if args.seeds and is_seed_file(args.seeds) else None],
+                                    args.force)
         seeds = parse_seeds(args.seeds) if args.seeds is not None else None
         stats = api.refine_without_mask(args.image, args.out, source, seeds, args.coarse_out,
                                         seg_weights=args.coarse_weights, coarse_progress=ProgressBar("coarse"),
@@ -53,6 +56,10 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     print(f"Refined {args.out}: {stats['patches']} patches, {stats['voxels_changed']} voxels changed, "
           f"{s['total'] + s.get('coarse', 0.0):.2f} s on {stats['device']} ({coarse}sample {s['sample']:.2f}, "
           f"infer {s['infer']:.2f}, reassemble {s['reassemble']:.2f})")
+    if args.report is not None:
+        rows = stats["review"]
+        flagged = sum(1 for row in rows if row["flags"])
+        print(f"Wrote {args.report}: {len(rows)} lesion(s), {flagged} flagged for review")
     return 0
 
 
@@ -74,7 +81,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
     from . import api, io
-    from .overlay import render_overlay, write_png
+    from .overlay import render_overlay_figure, write_png
 
     out = io.check_output(args.out, [args.image, args.truth, args.coarse, args.refined], args.force, suffixes=(".png",))
     ct = io.to_lps(io.read_image(args.image))  # axial slices, anterior up, whatever the file's storage order
@@ -90,8 +97,42 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
             masks[name], label = api.select_label(mask, None)
         else:
             masks[name] = api.prediction_mask(mask, label)
-    write_png(render_overlay(image.array, image.spacing_zyx, slice_index=args.slice, **masks), out)
+    write_png(render_overlay_figure(image.array, image.spacing_zyx, slice_index=args.slice, **masks), out)
     print(f"Wrote {out}")
+    return 0
+
+
+def _cmd_qa(args: argparse.Namespace) -> int:
+    from . import io, qa
+    from .overlay import write_png
+
+    if args.batch is not None:
+        if any(getattr(args, name) is not None for name in ("image", "truth", "coarse", "refined")):
+            raise RefineError("--batch finds each case's files in the folder; leave out --image, --truth, --coarse "
+                              "and --refined.")
+        cases = qa.find_cases(args.batch)
+        out_dir = Path(args.out)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise RefineError(f"--out {out_dir} is a file: with --batch give a folder for the sheets.")
+        if not out_dir.parent.is_dir():
+            raise RefineError(f"Output folder {out_dir.parent} does not exist: create it first.")
+        out_dir.mkdir(exist_ok=True)
+        jobs = [(case, io.check_output(out_dir / f"{case.name}.png", [], args.force, suffixes=(".png",)))
+                for case in cases]
+    else:
+        missing = [f"--{name}" for name in ("image", "coarse", "refined") if getattr(args, name) is None]
+        if missing:
+            raise RefineError(f"qa needs {', '.join(missing)} (or --batch FOLDER).")
+        inputs = [args.image, args.truth, args.coarse, args.refined]
+        out = io.check_output(args.out, inputs, args.force, suffixes=(".png",))
+        name = Path(args.refined).name
+        jobs = [(qa.QaCase(name, Path(args.image), Path(args.truth) if args.truth else None, Path(args.coarse),
+                           Path(args.refined)), out)]
+    for case, out in jobs:
+        image, truth, coarse, refined = qa.load_case(case.ct, case.coarse, case.refined, case.truth, args.label)
+        sheet, tiles = qa.render_qa_sheet(image.array, image.spacing_zyx, coarse, refined, truth, title=case.name)
+        write_png(sheet, out)
+        print(f"Wrote {out}: {len(tiles)} lesion(s)")
     return 0
 
 
@@ -200,7 +241,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", type=int, default=TTA, metavar="N",
                    help=f"orientations each patch is predicted in, 1-8 (default {TTA}); a voxel changes only where "
                         "the predictions covering it agree; 1 is fastest")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--report", metavar="FILE", help="also write a lesion-by-lesion review (volumes, RECIST diameters, "
+                                                    "confidence, decision, flags) as FILE.csv or FILE.json")
+    p.add_argument("--force", action="store_true", help="overwrite OUT (and the report) if it exists")
     p.set_defaults(func=_cmd_refine)
 
 
@@ -227,6 +270,20 @@ def _add_overlay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_cmd_overlay)
+
+
+def _add_qa(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("qa", help="PNG contact sheet: one zoomed tile per lesion with truth/coarse/refined outlines")
+    p.add_argument("--image", help="CT volume (NIfTI, NRRD, MHA)")
+    p.add_argument("--truth", help="ground truth (red; optional: Dice needs it)")
+    p.add_argument("--coarse", help="coarse mask (yellow, dashed)")
+    p.add_argument("--refined", help="refined mask (green)")
+    p.add_argument("--batch", metavar="FOLDER", help="every case in FOLDER and its sub-folders: [NAME_]ct, truth, "
+                                                     "coarse, refined .nii.gz (as demo writes them); one sheet each")
+    p.add_argument("--out", required=True, help="PNG file, or with --batch the folder for NAME.png sheets")
+    p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
+    p.add_argument("--force", action="store_true", help="overwrite existing sheets")
+    p.set_defaults(func=_cmd_qa)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -299,7 +356,7 @@ def _add_train_coarse(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_refine, _add_segment, _add_evaluate, _add_overlay, _add_demo, _add_phantom, _add_train, _add_train_coarse]
+    _add_refine, _add_segment, _add_evaluate, _add_overlay, _add_qa, _add_demo, _add_phantom, _add_train, _add_train_coarse]
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
