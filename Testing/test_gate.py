@@ -91,3 +91,16 @@ def test_parenchyma_estimate_finds_the_liver_not_the_vessels_or_fat():
     # no soft tissue around the lesion (all fat): no estimate, the image is left as it is
     fat = np.where(mask, 60, -100).astype(np.float32)
     assert sampling.parenchyma_hu(torch.from_numpy(fat), torch.from_numpy(mask), spacing) is None
+
+
+def test_a_capped_shrink_gives_back_the_least_sure_voxels_first():
+    coarse = np.zeros((1, 20, 20), bool)
+    coarse[0, 2:12, 2:12] = True  # 100 voxels
+    refined = coarse.copy()
+    refined[0, 2:12, 2:8] = False  # loses 60%: more than the 50% a sure refinement may take
+    probability = np.zeros(coarse.shape, np.float32)
+    probability[0, 2:12, 7] = 0.4  # the removed column the network was least sure of
+    probability[0, 2:12, 6] = 0.3
+    out, [decision] = lesion_gate(coarse, refined, refined != coarse, 0.5, probability=probability)
+    assert out.sum() == 50 and out[0, 2:12, 7:12].all() and not out[0, 2:12, 2:7].any()  # column 7 only
+    assert decision.decision == REFINED and decision.refined_voxels == 50 and "capped at 50%" in decision.reason

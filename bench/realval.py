@@ -60,7 +60,7 @@ def parse_setting(spec: str) -> tuple[str, dict]:
     options = {}
     for item in filter(None, rest.split(",")):
         key, value = item.split("=")
-        options[key] = int(value) if key == "tta" else float(value)
+        options[key] = int(value) if key == "tta" else value if key == "shrink" else float(value)
     return name, options
 
 

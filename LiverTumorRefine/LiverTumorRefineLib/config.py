@@ -17,6 +17,10 @@ MIN_KEPT = 0.5  # the Refiner's and the CLI's default --min-kept
 # before a voxel leaves its coarse label (see ``tta`` and ``gate``).
 TTA = 4
 AGREEMENT = 0.75
+# A lesion that would shrink more than the gate allows: "revert" to its coarse outline, or "cap"
+# the shrink at the limit (see ``gate.lesion_gate``).
+SHRINK_MODES = ("revert", "cap")
+SHRINK = "revert"
 
 # What the parenchyma around the lesions is shifted to with ``normalise="liver"``: a portal-venous
 # liver, so the HU window and augmentations keep their meaning.

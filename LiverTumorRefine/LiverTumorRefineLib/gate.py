@@ -41,10 +41,12 @@ def allowed_shrink(confidence: float, min_kept: float) -> float:
 
 
 def lesion_gate(coarse: np.ndarray, refined: np.ndarray, wanted: np.ndarray, min_kept: float,
-                offset: int = 0) -> tuple[np.ndarray, list[LesionDecision]]:
+                offset: int = 0, probability: np.ndarray | None = None) -> tuple[np.ndarray, list[LesionDecision]]:
     """``refined`` with lesions whose shrinkage the evidence does not support restored to
     ``coarse``, and one decision per lesion. ``wanted``: voxels the ungated refinement would
-    change (bool, like the masks); ``offset``: the first slice of these arrays in the volume."""
+    change (bool, like the masks); ``offset``: the first slice of these arrays in the volume.
+    With ``probability`` (the mean prediction per voxel) such a lesion is not restored whole:
+    the removed voxels the network was least sure of come back until the shrink is allowed."""
     labels = component_labels(coarse | refined | wanted)  # held-back additions belong to their lesion
     n = int(labels.max())
     if n == 0:
@@ -58,17 +60,32 @@ def lesion_gate(coarse: np.ndarray, refined: np.ndarray, wanted: np.ndarray, min
     for k in range(1, n + 1):
         confidence = float(n_made[k] / n_wanted[k]) if n_wanted[k] else 1.0
         decision, reason = REFINED, ""
-        if n_coarse[k] and n_refined[k] < (1 - allowed_shrink(confidence, min_kept)) * n_coarse[k]:
-            decision = KEPT_COARSE
+        allowed = allowed_shrink(confidence, min_kept)
+        if n_coarse[k] and n_refined[k] < (1 - allowed) * n_coarse[k]:
             reason = f"would shrink by {1 - n_refined[k] / n_coarse[k]:.0%} at confidence {confidence:.2f}"
             if out is refined:
                 out = refined.copy()
             inside = labels == k
-            out[inside] = coarse[inside]
-        final = int(np.count_nonzero(out[labels == k])) if decision == KEPT_COARSE else int(n_refined[k])
+            if probability is None:
+                decision = KEPT_COARSE
+                out[inside] = coarse[inside]
+            else:
+                reason += f"; capped at {allowed:.0%}"
+                _restore_least_sure(out, coarse & inside & ~refined, probability,
+                                    int(np.ceil((1 - allowed) * n_coarse[k])) - int(n_refined[k]))
+        final = int(np.count_nonzero(out[labels == k])) if reason else int(n_refined[k])
         decisions.append(LesionDecision(k, (int(z_first[k]) + offset, int(z_last[k]) + offset), int(n_coarse[k]),
                                         final, int(n_refined[k]), round(confidence, 4), decision, reason))
     return out, decisions
+
+
+def _restore_least_sure(out: np.ndarray, removed: np.ndarray, probability: np.ndarray, n: int) -> None:
+    """Set back the ``n`` voxels of ``removed`` with the highest ``probability``, in place."""
+    index = np.flatnonzero(removed)
+    if n <= 0 or not len(index):
+        return
+    order = np.argsort(-probability.ravel()[index], kind="stable")[:n]
+    out.ravel()[index[order]] = True
 
 
 def _slice_range(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -53,6 +53,10 @@ class Canvas:
             proposed = torch.where(sure >= agreement, proposed, coarse.reshape(self.shape).bool())
         return proposed
 
+    def mean(self) -> torch.Tensor:
+        """(Z, Y, X) mean prediction per voxel (0 where nothing was predicted)."""
+        return (self.total / self.count.clamp(min=1)).view(self.shape)
+
     def proposal(self, coarse: torch.Tensor, editable: torch.Tensor | None = None,
                  threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
         """The ungated result (as ``result`` without agreement) and, per voxel, the fraction of

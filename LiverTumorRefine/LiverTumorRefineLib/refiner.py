@@ -14,7 +14,7 @@ from . import sampling
 from . import tta as tta_module
 from .boxes import Box, crop_margin, lesion_boxes
 from .checks import check_not_whole_volume
-from .config import AGREEMENT, MIN_KEPT, TTA
+from .config import AGREEMENT, MIN_KEPT, SHRINK, SHRINK_MODES, TTA
 from .errors import RefineCancelled, RefineError
 from .gate import box_offset, lesion_gate
 from .network import BRNet
@@ -50,11 +50,14 @@ class Refiner:
     ``network.build_model``. ``device``: "auto", "cpu" or "cuda". ``tta``: orientations each
     patch is predicted in (1-8); ``agreement``: share of those predictions that must agree before
     a voxel leaves its coarse label (0: no voxel gate); ``min_kept``: the share of a lesion's
-    coarse voxels it keeps at least, when the refinement is fully sure (see ``gate``).
+    coarse voxels it keeps at least, when the refinement is fully sure (see ``gate``); ``shrink``:
+    what happens to a lesion that would shrink more: "revert" gives it its coarse outline back,
+    "cap" gives back only the removed voxels the network was least sure of, up to the limit.
     """
 
     def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128,
-                 min_kept: float = MIN_KEPT, tta: int = TTA, agreement: float = AGREEMENT) -> None:
+                 min_kept: float = MIN_KEPT, tta: int = TTA, agreement: float = AGREEMENT,
+                 shrink: str = SHRINK) -> None:
         if not 0 <= min_kept <= 1:
             raise RefineError(f"min_kept must be between 0 and 1 (got {min_kept}).")
         if not 0 <= agreement <= 1:
@@ -63,7 +66,9 @@ class Refiner:
             self.tta = tta_module.check_count(tta)
         except ValueError as exc:
             raise RefineError(f"{exc}.") from None
-        self.min_kept, self.agreement = min_kept, agreement
+        if shrink not in SHRINK_MODES:
+            raise RefineError(f"shrink must be one of {', '.join(SHRINK_MODES)} (got {shrink!r}).")
+        self.min_kept, self.agreement, self.shrink = min_kept, agreement, shrink
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise RefineError(f"The batch size must be a whole number of at least 1 (got {batch_size!r}).")
         self.device = resolve_device(device)
@@ -130,8 +135,9 @@ class Refiner:
             wanted = proposed != crop_mask
             gated = torch.where(wanted & (sure < self.agreement), crop_mask, proposed)
             coarse_crop = mask[box]
+            probability = canvas.mean().cpu().numpy() if self.shrink == "cap" else None
             refined_crop, decisions = lesion_gate(coarse_crop, gated.cpu().numpy(), wanted.cpu().numpy(),
-                                                  self.min_kept, box_offset(box))
+                                                  self.min_kept, box_offset(box), probability)
         seconds["reassemble"] += time.perf_counter() - t
         return _BoxResult(refined_crop, seconds, int(len(centres)), liver_hu, decisions)
 
