@@ -198,7 +198,7 @@ def review_lesions(coarse: np.ndarray, refined: np.ndarray, spacing_zyx: Sequenc
     spacing = tuple(float(s) for s in spacing_zyx)
     ml = float(np.prod(spacing)) / 1000.0
     shape_stats = sitk.LabelShapeStatisticsImageFilter()
-    shape_stats.Execute(sitk.GetImageFromArray(labels.astype(np.uint32)))
+    shape_stats.Execute(sitk.GetImageFromArray(np.asarray(labels, dtype=np.uint32)))
     truth_size = _truth_sizes(labels, reference, n) if reference is not None else None
     rows = []
     for k in range(1, n + 1):
