@@ -55,3 +55,14 @@ def test_refining_box_by_box_equals_one_box_around_everything(trained_model, mon
     assert len(whole.stats["crop_shapes"]) == 1
     assert np.array_equal(split.mask, whole.mask) and (split.mask != coarse).any()
     assert split.stats["patches"] == whole.stats["patches"]
+
+
+def test_label_boxes_bound_each_label_inclusively():
+    from LiverTumorRefineLib.boxes import label_boxes
+
+    labels = np.zeros((5, 8, 9), np.uint32)
+    labels[1:3, 2:5, 3:4] = 1
+    labels[4, 7, 0:9] = 2
+    boxes = label_boxes(labels, 3)
+    assert boxes[1] == (1, 2, 2, 4, 3, 3) and boxes[2] == (4, 4, 7, 7, 0, 8)
+    assert boxes[3][0] > boxes[3][1]  # absent: empty

@@ -24,13 +24,14 @@ def two_lesions() -> tuple[np.ndarray, np.ndarray]:
 
 def test_a_sure_refinement_that_erases_most_of_a_lesion_is_refused():
     coarse, refined = two_lesions()
-    out, decisions = lesion_gate(coarse, refined, coarse != refined, 0.5, offset=7)
+    out, decisions = lesion_gate(coarse, refined, coarse != refined, 0.5, origin=(7, 0, 3))
     assert out[1, 2:6, 2:6].all()  # the mostly erased lesion is back as the coarse had it
     assert np.array_equal(out[1, 8:, 8:], refined[1, 8:, 8:])  # the refined one is left alone
     by_size = sorted(decisions, key=lambda d: d.coarse_voxels)
     assert [d.decision for d in by_size] == [KEPT_COARSE, REFINED]
     assert by_size[0].refined_voxels == 16 and by_size[0].proposed_voxels == 4 and "75%" in by_size[0].reason
     assert by_size[1].refined_voxels == 35 and by_size[1].slices == (8, 8) and by_size[1].confidence == 1.0
+    assert by_size[1].box == (8, 8, 10, 16, 13, 18)
     assert np.array_equal(lesion_gate(coarse, refined, coarse != refined, 0.0)[0], refined)
     assert np.array_equal(lesion_gate(coarse, refined, coarse != refined, 0.2)[0], refined)  # 25% kept >= 20%
 
@@ -86,8 +87,9 @@ def test_parenchyma_estimate_finds_the_liver_not_the_vessels_or_fat():
     image[mask] = 60
     hu = sampling.parenchyma_hu(torch.from_numpy(image), torch.from_numpy(mask), spacing)
     assert hu == pytest.approx(135, abs=3)
-    normal, found = sampling.normalised(torch.from_numpy(image), torch.from_numpy(mask), spacing, PatchConfig())
-    assert found == hu and float(normal[0, 5, 40]) == pytest.approx(float(image[0, 5, 40]) + 100 - hu)
+    normal = sampling.normalised(torch.from_numpy(image), hu, PatchConfig())
+    assert float(normal[0, 5, 40]) == pytest.approx(float(image[0, 5, 40]) + 100 - hu)
+    assert torch.equal(sampling.normalised(torch.from_numpy(image), None, PatchConfig()), torch.from_numpy(image))
     # no soft tissue around the lesion (all fat): no estimate, the image is left as it is
     fat = np.where(mask, 60, -100).astype(np.float32)
     assert sampling.parenchyma_hu(torch.from_numpy(fat), torch.from_numpy(mask), spacing) is None

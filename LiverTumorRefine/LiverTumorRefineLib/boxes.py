@@ -22,6 +22,20 @@ def component_labels(mask: np.ndarray) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
 
 
+def label_boxes(labels: np.ndarray, n: int) -> list[tuple[int, int, int, int, int, int]]:
+    """Inclusive (z0, z1, y0, y1, x0, x1) voxel box of each label 0..n of ``labels`` (a label
+    that is absent gets an empty box, first > last). One pass per axis, whatever ``n`` is."""
+    first = np.zeros((3, n + 1), dtype=np.int64)
+    last = np.full((3, n + 1), -1, dtype=np.int64)
+    for axis in range(3):
+        first[axis] = labels.shape[axis]
+        for i in range(labels.shape[axis]):
+            present = np.unique(labels.take(i, axis=axis))
+            first[axis, present] = np.minimum(first[axis, present], i)
+            last[axis, present] = i
+    return [tuple(int(v) for axis in range(3) for v in (first[axis, k], last[axis, k])) for k in range(n + 1)]  # type: ignore[misc]
+
+
 def crop_margin(spacing_zyx: Sequence[float], cfg: PatchConfig) -> tuple[int, int, int]:
     """Voxels to add around a lesion so every patch (half a patch in-plane) and every context
     slice of its boundary lies inside the crop."""

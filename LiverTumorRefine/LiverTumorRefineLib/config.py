@@ -49,7 +49,7 @@ class PatchConfig:
     hu_window: tuple[float, float] = (-150.0, 250.0)
     use_mask: bool = True
     band_mm: float = 6.0  # only voxels this close (in-plane) to the coarse boundary may change; 0 = whole patch
-    # "liver": each lesion group's CT is shifted so the liver parenchyma around it reads
+    # "liver": the CT is shifted so the liver parenchyma around the lesions reads
     # ``LIVER_REFERENCE_HU`` before windowing, so contrast phase and scanner calibration do not
     # move the input; "none": raw HU (models made before this option).
     normalise: str = "liver"

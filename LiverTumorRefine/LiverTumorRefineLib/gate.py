@@ -10,10 +10,11 @@ take most of it away.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 
-from .boxes import Box, component_labels
+from .boxes import Box, component_labels, label_boxes
 
 REFINED, KEPT_COARSE = "refined", "kept coarse"
 
@@ -24,6 +25,7 @@ class LesionDecision:
 
     lesion: int
     slices: tuple[int, int]  # first and last axial slice (inclusive)
+    box: tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 voxel indices in the volume (inclusive)
     coarse_voxels: int
     refined_voxels: int  # after the gate
     proposed_voxels: int  # what the refinement proposed before the lesion-level decision
@@ -41,10 +43,10 @@ def allowed_shrink(confidence: float, min_kept: float) -> float:
 
 
 def lesion_gate(coarse: np.ndarray, refined: np.ndarray, wanted: np.ndarray, min_kept: float,
-                offset: int = 0, probability: np.ndarray | None = None) -> tuple[np.ndarray, list[LesionDecision]]:
+                origin: Sequence[int] = (0, 0, 0), probability: np.ndarray | None = None) -> tuple[np.ndarray, list[LesionDecision]]:
     """``refined`` with lesions whose shrinkage the evidence does not support restored to
     ``coarse``, and one decision per lesion. ``wanted``: voxels the ungated refinement would
-    change (bool, like the masks); ``offset``: the first slice of these arrays in the volume.
+    change (bool, like the masks); ``origin``: the volume index (z, y, x) of these arrays' first voxel.
     With ``probability`` (the mean prediction per voxel) such a lesion is not restored whole:
     the removed voxels the network was least sure of come back until the shrink is allowed."""
     labels = component_labels(coarse | refined | wanted)  # held-back additions belong to their lesion
@@ -55,7 +57,7 @@ def lesion_gate(coarse: np.ndarray, refined: np.ndarray, wanted: np.ndarray, min
     count = lambda m: np.bincount(flat[m.ravel()], minlength=n + 1)  # noqa: E731 - voxels per label
     n_coarse, n_refined = count(coarse), count(refined)
     n_wanted, n_made = count(wanted), count(wanted & (refined != coarse))
-    z_first, z_last = _slice_range(labels, n)
+    boxes = label_boxes(labels, n)
     out, decisions = refined, []
     for k in range(1, n + 1):
         confidence = float(n_made[k] / n_wanted[k]) if n_wanted[k] else 1.0
@@ -74,8 +76,9 @@ def lesion_gate(coarse: np.ndarray, refined: np.ndarray, wanted: np.ndarray, min
                 _restore_least_sure(out, coarse & inside & ~refined, probability,
                                     int(np.ceil((1 - allowed) * n_coarse[k])) - int(n_refined[k]))
         final = int(np.count_nonzero(out[labels == k])) if reason else int(n_refined[k])
-        decisions.append(LesionDecision(k, (int(z_first[k]) + offset, int(z_last[k]) + offset), int(n_coarse[k]),
-                                        final, int(n_refined[k]), round(confidence, 4), decision, reason))
+        box = tuple(v + int(origin[i // 2]) for i, v in enumerate(boxes[k]))
+        decisions.append(LesionDecision(k, box[:2], box, int(n_coarse[k]), final, int(n_refined[k]),  # type: ignore[arg-type]
+                                        round(confidence, 4), decision, reason))
     return out, decisions
 
 
@@ -88,17 +91,6 @@ def _restore_least_sure(out: np.ndarray, removed: np.ndarray, probability: np.nd
     out.ravel()[index[order]] = True
 
 
-def _slice_range(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """First and last slice index of each label 1..n."""
-    first = np.full(n + 1, labels.shape[0], dtype=np.int64)
-    last = np.full(n + 1, -1, dtype=np.int64)
-    for z in range(labels.shape[0]):
-        present = np.unique(labels[z])
-        first[present] = np.minimum(first[present], z)
-        last[present] = z
-    return first, last
-
-
-def box_offset(box: Box) -> int:
-    """The first slice of ``box`` in the volume."""
-    return int(box[0].start or 0)
+def box_origin(box: Box) -> tuple[int, int, int]:
+    """The volume index of ``box``'s first voxel."""
+    return tuple(int(s.start or 0) for s in box)  # type: ignore[return-value]

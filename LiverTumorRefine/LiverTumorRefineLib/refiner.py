@@ -16,7 +16,7 @@ from .boxes import Box, crop_margin, lesion_boxes
 from .checks import check_not_whole_volume
 from .config import AGREEMENT, MIN_KEPT, SHRINK, SHRINK_MODES, TTA
 from .errors import RefineCancelled, RefineError
-from .gate import box_offset, lesion_gate
+from .gate import box_origin, lesion_gate
 from .network import BRNet
 from .reassembly import Canvas
 from .weights import default_weights_path, load_model
@@ -93,15 +93,14 @@ class Refiner:
         seconds = {"crop": 0.0, "sample": 0.0, "extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         patches = changed = 0
         lesions: list[dict[str, Any]] = []
-        parenchyma: list[float | None] = []
+        liver_hu = self._parenchyma(image, mask, boxes, spacing)
         for i, box in enumerate(boxes):
-            part = self._refine_box(image, mask, box, spacing, _part(progress, i, len(boxes)))
+            part = self._refine_box(image, mask, box, spacing, liver_hu, _part(progress, i, len(boxes)))
             # counted on the crop: nothing outside it changes, and a full-volume comparison would
             # cost one more mask-sized temporary (1 GB at 1024x1024x1000)
             changed += int(np.count_nonzero(part.mask != mask[box]))
             refined[box] = part.mask
             patches += part.patches
-            parenchyma.append(part.parenchyma_hu)
             for decision in part.lesions:
                 lesions.append({**decision.to_dict(), "lesion": len(lesions) + 1})
             for stage, value in part.seconds.items():
@@ -110,19 +109,31 @@ class Refiner:
         _report(progress, 1.0, "Done")
         stats = {"patches": patches, "seconds": seconds, "voxels_changed": changed, "device": str(self.device),
                  "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
-                 "tta": self.tta, "parenchyma_hu": parenchyma, "lesions": lesions}
+                 "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions}
         return RefineResult(refined, stats)
 
+    def _parenchyma(self, image: np.ndarray, mask: np.ndarray, boxes: list[Box], spacing: tuple[float, ...]) -> float | None:
+        """The liver parenchyma's HU around all the lesions (pooled over their boxes, so how the
+        lesions are grouped into boxes does not change it), or None when not normalising."""
+        if self.cfg.normalise != "liver":
+            return None
+        with torch.inference_mode():
+            values = [sampling.shell_values(self._crop_image(image, box), torch.from_numpy(np.ascontiguousarray(mask[box])).to(self.device),
+                                            spacing) for box in boxes]
+            return sampling.parenchyma_from(torch.cat(values))
+
+    def _crop_image(self, image: np.ndarray, box: Box) -> torch.Tensor:
+        crop = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32)).to(self.device)
+        return sampling.clean_hu(crop, self.cfg.hu_window)
+
     def _refine_box(self, image: np.ndarray, mask: np.ndarray, box: Box, spacing: tuple[float, ...],
-                    progress: Progress | None) -> "_BoxResult":
+                    liver_hu: float | None, progress: Progress | None) -> "_BoxResult":
         """The refined mask inside ``box`` with what it cost and the gate's decisions."""
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
         with torch.inference_mode():
             crop_mask = torch.from_numpy(np.ascontiguousarray(mask[box])).to(self.device)
-            crop_image = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32)).to(self.device)
-            crop_image = sampling.clean_hu(crop_image, self.cfg.hu_window)
-            crop_image, liver_hu = sampling.normalised(crop_image, crop_mask, spacing, self.cfg)
+            crop_image = sampling.normalised(self._crop_image(image, box), liver_hu, self.cfg)
             seconds["crop"] = time.perf_counter() - t0
             t = time.perf_counter()
             centres = sampling.place_centres(crop_mask, spacing, self.cfg)
@@ -137,9 +148,9 @@ class Refiner:
             coarse_crop = mask[box]
             probability = canvas.mean().cpu().numpy() if self.shrink == "cap" else None
             refined_crop, decisions = lesion_gate(coarse_crop, gated.cpu().numpy(), wanted.cpu().numpy(),
-                                                  self.min_kept, box_offset(box), probability)
+                                                  self.min_kept, box_origin(box), probability)
         seconds["reassemble"] += time.perf_counter() - t
-        return _BoxResult(refined_crop, seconds, int(len(centres)), liver_hu, decisions)
+        return _BoxResult(refined_crop, seconds, int(len(centres)), decisions)
 
     def _run_batches(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
                      progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
@@ -196,7 +207,6 @@ class _BoxResult:
     mask: np.ndarray
     seconds: dict[str, float]
     patches: int
-    parenchyma_hu: float | None
     lesions: list
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import write_text
-from .boxes import component_labels
+from .boxes import component_labels, label_boxes
 from .errors import RefineError
 from .volume import Geometry
 
@@ -349,23 +349,24 @@ def _attach_refiner_rows(rows: list[LesionReview], coarse: np.ndarray, labels: n
                          refiner_lesions: Sequence[Mapping[str, Any]]) -> None:
     """Give each row the confidence, decision and reason of the best-matching Refiner row.
 
-    The Refiner's rows carry slice ranges and voxel counts, not voxels, so the match scores the
-    overlap of slice ranges (intersection over union) and the agreement of coarse voxel counts;
-    a Refiner lesion that merged several of ours (through voxels it proposed and then dropped)
-    matches each of them."""
+    The Refiner's rows carry bounding boxes and voxel counts, not voxels, so the match scores
+    the overlap of the boxes (intersection over union of their volumes; rows without a box use
+    the slice range) and the agreement of coarse voxel counts; a Refiner lesion that merged
+    several of ours (through voxels it proposed and then dropped) matches each of them."""
     n = len(rows)
     coarse_counts = np.bincount(labels[coarse].ravel(), minlength=n + 1)
+    boxes = label_boxes(labels, n)
     for row in rows:
         best, best_score = None, -math.inf
         for candidate in refiner_lesions:
-            first, last = (int(v) for v in candidate["slices"])
-            overlap = min(last, row.last_slice) - max(first, row.first_slice) + 1
+            theirs_box = candidate.get("box") or (*candidate["slices"], 0, labels.shape[1] - 1, 0, labels.shape[2] - 1)
+            ours_box = boxes[row.lesion] if candidate.get("box") else (row.first_slice, row.last_slice, *theirs_box[2:])
+            overlap = _box_iou(ours_box, theirs_box)
             if overlap <= 0:
                 continue
-            union = max(last, row.last_slice) - min(first, row.first_slice) + 1
             ours, theirs = int(coarse_counts[row.lesion]), int(candidate.get("coarse_voxels", 0))
             agreement = 1.0 - abs(ours - theirs) / max(ours, theirs, 1)
-            score = overlap / union + agreement
+            score = overlap + agreement
             if score > best_score:
                 best, best_score = candidate, score
         if best is None:
@@ -374,6 +375,19 @@ def _attach_refiner_rows(rows: list[LesionReview], coarse: np.ndarray, labels: n
         row.reason = str(best.get("reason", ""))
         if best.get("decision") == KEPT_COARSE:
             row.status = KEPT_COARSE
+
+
+def _box_iou(a: Sequence[int], b: Sequence[int]) -> float:
+    """Intersection over union of two inclusive (z0, z1, y0, y1, x0, x1) boxes."""
+    inter = union_a = union_b = 1
+    for axis in range(3):
+        lo, hi = max(a[2 * axis], b[2 * axis]), min(a[2 * axis + 1], b[2 * axis + 1])
+        if hi < lo:
+            return 0.0
+        inter *= hi - lo + 1
+        union_a *= a[2 * axis + 1] - a[2 * axis] + 1
+        union_b *= b[2 * axis + 1] - b[2 * axis] + 1
+    return inter / (union_a + union_b - inter)
 
 
 def _bool(mask: np.ndarray, name: str) -> np.ndarray:

@@ -33,15 +33,20 @@ MIN_SHELL_VOXELS = 200
 PARENCHYMA_RANGE_HU = (20.0, 220.0)  # any liver, unenhanced to arterial; outside it the estimate is wrong
 
 
-def parenchyma_hu(image: torch.Tensor, mask: torch.Tensor, spacing_zyx: Sequence[float]) -> float | None:
-    """HU of the liver parenchyma around the coarse lesions of ``mask`` (the mode of the soft
-    tissue in an in-plane shell ``SHELL_MM`` outside them), or None when the shell holds too
-    little soft tissue to tell. ``image`` clean HU and ``mask`` bool, both (Z, Y, X)."""
+def shell_values(image: torch.Tensor, mask: torch.Tensor, spacing_zyx: Sequence[float]) -> torch.Tensor:
+    """Soft-tissue HU in the in-plane shell ``SHELL_MM`` outside the coarse lesions of ``mask``.
+    ``image`` clean HU and ``mask`` bool, both (Z, Y, X)."""
     inner, outer = (_dilated(mask, spacing_zyx, mm) for mm in SHELL_MM)
     low, high = SOFT_TISSUE_HU
-    values = image[outer & ~inner & (image > low) & (image < high)]
+    return image[outer & ~inner & (image > low) & (image < high)]
+
+
+def parenchyma_from(values: torch.Tensor) -> float | None:
+    """The liver parenchyma's HU from shell values (their most common value, refined by the
+    median of its peak), or None when there are too few to tell or the value is no liver's."""
     if values.numel() < MIN_SHELL_VOXELS:
         return None
+    low, high = SOFT_TISSUE_HU
     bins = int((high - low) / 5)
     hist = torch.histc(values.float(), bins=bins, min=low, max=high)
     hist = F.conv1d(hist[None, None], torch.tensor([[[1.0, 2.0, 3.0, 2.0, 1.0]]], device=hist.device), padding=2)[0, 0]
@@ -52,13 +57,17 @@ def parenchyma_hu(image: torch.Tensor, mask: torch.Tensor, spacing_zyx: Sequence
     return estimate if lo <= estimate <= hi else None
 
 
-def normalised(image: torch.Tensor, mask: torch.Tensor, spacing_zyx: Sequence[float], cfg: PatchConfig) -> tuple[torch.Tensor, float | None]:
-    """``image`` as the network expects it under ``cfg.normalise`` and the parenchyma HU found
-    (None when not normalised or not found: the image is then used as it is)."""
-    if cfg.normalise != "liver":
-        return image, None
-    liver = parenchyma_hu(image, mask, spacing_zyx)
-    return (image if liver is None else image + (LIVER_REFERENCE_HU - liver)), liver
+def parenchyma_hu(image: torch.Tensor, mask: torch.Tensor, spacing_zyx: Sequence[float]) -> float | None:
+    """HU of the liver parenchyma around the coarse lesions of ``mask`` (see ``parenchyma_from``)."""
+    return parenchyma_from(shell_values(image, mask, spacing_zyx))
+
+
+def normalised(image: torch.Tensor, liver_hu: float | None, cfg: PatchConfig) -> torch.Tensor:
+    """``image`` as the network expects it under ``cfg.normalise``: with "liver", shifted so the
+    parenchyma (``liver_hu``, None when unknown: no shift) reads ``LIVER_REFERENCE_HU``."""
+    if cfg.normalise != "liver" or liver_hu is None:
+        return image
+    return image + (LIVER_REFERENCE_HU - liver_hu)
 
 
 def _dilated(mask: torch.Tensor, spacing_zyx: Sequence[float], mm: float) -> torch.Tensor:

@@ -76,7 +76,8 @@ def cut_training_patches(case: TrainCase, cfg: PatchConfig, extra: float, rng: n
     coarse = torch.from_numpy(np.ascontiguousarray(case.coarse[box]))
     truth = torch.from_numpy(np.ascontiguousarray(case.truth[box]))
     image = sampling.clean_hu(torch.from_numpy(np.ascontiguousarray(case.image[box], dtype=np.float32)), cfg.hu_window)
-    image, _ = sampling.normalised(image, coarse, case.spacing_zyx, cfg)  # exactly as the Refiner will see it
+    if cfg.normalise == "liver":  # exactly as the Refiner will see it
+        image = sampling.normalised(image, sampling.parenchyma_hu(image, coarse, case.spacing_zyx), cfg)
     centres = sampling.place_centres(coarse, case.spacing_zyx, cfg)
     band = sampling.boundary_band(coarse).nonzero()
     n_extra = min(int(extra * len(centres)), len(band))
