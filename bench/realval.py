@@ -22,6 +22,7 @@ import argparse
 import csv
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -55,13 +56,24 @@ def large_lesions(truth: np.ndarray, spacing_zyx: Sequence[float]) -> list[bool]
 
 
 def parse_setting(spec: str) -> tuple[str, dict]:
-    """NAME:key=value,... -> (NAME, Refiner options)."""
+    """NAME:key=value,... -> (NAME, Refiner options); ``normalise=none`` (an ablation) turns the
+    model's parenchyma normalisation off at inference."""
     name, _, rest = spec.partition(":")
     options = {}
     for item in filter(None, rest.split(",")):
         key, value = item.split("=")
-        options[key] = int(value) if key == "tta" else value if key == "shrink" else float(value)
+        options[key] = int(value) if key == "tta" else value if key in ("shrink", "normalise") else float(value)
     return name, options
+
+
+def make_refiner(path: str, device: str, options: dict) -> Refiner:
+    """A Refiner with ``options``; ``normalise`` replaces the model's own setting."""
+    options = dict(options)
+    normalise = options.pop("normalise", None)
+    refiner = Refiner(path, device=device, **options)
+    if normalise is not None:
+        refiner.cfg = replace(refiner.cfg, normalise=normalise)
+    return refiner
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in args.model:
         name, path = spec.split("=", 1)
         for setting, options in settings:
-            methods[f"{name}/{setting}"] = Refiner(path, device=args.device, **options)
+            methods[f"{name}/{setting}"] = make_refiner(path, args.device, options)
     cases: list = [] if args.no_real else list(real_cases(not args.no_lits))
     cases += [make_phantom(args.phantom_seed + i) for i in range(args.phantoms)]
     rows = []

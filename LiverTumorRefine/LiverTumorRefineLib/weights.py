@@ -26,7 +26,7 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
 DEFAULT_MODEL = "brnet_default.pt"
 # Hashes of the models shipped in Resources/Models (their model cards give the training runs).
 SHIPPED_SHA256: dict[str, str] = {
-    "brnet_default.pt": "ea8e8c0b901c6cd18c7835b412739c6560c16490d95147e18080558048185cb8",
+    "brnet_default.pt": "1d5ea6e62fd3b0088b54ebd64519237fbb4385652d4973a7f3a57f87a9a655fd",
     "brnet_nomask.pt": "6e21b72b55b882a5a36434b7005a2c6889b3e104691158960a818e545cb3eea9",
     "segnet_default.pt": "a00b89546855d62918edd5d8b047d02d633de1389bff8b86c659bac4015ce6a8",  # autoseg
 }
