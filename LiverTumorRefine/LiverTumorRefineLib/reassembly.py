@@ -42,16 +42,10 @@ class Canvas:
         self.count.index_add_(0, index, ones)
         self.votes.index_add_(0, index, votes)
 
-    def result(self, coarse: torch.Tensor, editable: torch.Tensor | None = None, threshold: float = 0.5,
-               agreement: float = 0.0) -> torch.Tensor:
+    def result(self, coarse: torch.Tensor, editable: torch.Tensor | None = None, threshold: float = 0.5) -> torch.Tensor:
         """Thresholded average where covered (and ``editable``, if given), the coarse label
-        elsewhere. With ``agreement`` > 0 a voxel leaves its coarse label only where at least
-        that fraction of the predictions covering it (patches and augmentations) are on its new
-        side. (Z, Y, X) bool."""
-        proposed, sure = self.proposal(coarse, editable, threshold)
-        if agreement > 0:
-            proposed = torch.where(sure >= agreement, proposed, coarse.reshape(self.shape).bool())
-        return proposed
+        elsewhere. (Z, Y, X) bool."""
+        return self.proposal(coarse, editable, threshold)[0]
 
     def mean(self) -> torch.Tensor:
         """(Z, Y, X) mean prediction per voxel (0 where nothing was predicted)."""
@@ -59,7 +53,7 @@ class Canvas:
 
     def proposal(self, coarse: torch.Tensor, editable: torch.Tensor | None = None,
                  threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ungated result (as ``result`` without agreement) and, per voxel, the fraction of
+        """The ungated result (as ``result``) and, per voxel, the fraction of
         the predictions that agree with it (1 where nothing was predicted). (Z, Y, X) each."""
         covered = self.count > 0
         if editable is not None:

@@ -169,8 +169,8 @@ class Refiner:
                 probs = self._predict(sampling.network_input(patches, self.cfg))
                 _sync(self.device)
                 t2 = time.perf_counter()
-                for view in probs:  # one prediction per orientation, each a vote at every voxel
-                    canvas.add(view, part, spacing, self.cfg)
+                # one prediction per orientation, each a vote at every voxel; one add keeps it all-or-nothing
+                canvas.add(probs.flatten(0, 1), part.repeat(len(probs), 1), spacing, self.cfg)
                 _sync(self.device)
             except torch.cuda.OutOfMemoryError:  # canvas.add is all-or-nothing, so a retry never double-counts
                 image, mask, centres, canvas, batch = self._shrink_after_oom(image, mask, centres, canvas, batch)
