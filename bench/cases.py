@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from LiverTumorRefineLib.coarse import _tumour_mask, simulate_coarse  # noqa: E4
 from LiverTumorRefineLib.boxes import component_labels  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
 from LiverTumorRefineLib.phantom import Case, make_phantom  # noqa: E402
+from LiverTumorRefineLib.qa import files_by_role  # noqa: E402
 from LiverTumorRefineLib.trainset import EVALUATION_PHANTOM_SEED  # noqa: E402
 
 LITS117_SEED = 117  # the seed the coarse mask of LiTS 117 is simulated from (+ 7)
@@ -119,16 +119,7 @@ _ROLES = {"ct": ("ct", "image", "volume"), "truth": ("truth", "label", "gt"), "c
 
 def _role_files(folder: Path) -> dict[str, dict[str, Path]]:
     """{prefix: {role: path}} for the NIfTI files in ``folder`` named ``[prefix_]role.nii[.gz]``."""
-    found: dict[str, dict[str, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file():
-            continue
-        for role, words in _ROLES.items():
-            m = re.match(rf"^(?:(.+)[_-])?(?:{'|'.join(words)}){_NII}", path.name, re.IGNORECASE)
-            if m:
-                found.setdefault(m.group(1) or "", {}).setdefault(role, path)
-                break
-    return found
+    return files_by_role(folder, _ROLES, _NII)
 
 
 def find_triplets(specs: Iterable[str]) -> list[tuple[str, Path, Path, Path]]:

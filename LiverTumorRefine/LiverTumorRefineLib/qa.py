@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -161,6 +161,20 @@ _ROLES = {"ct": ("ct", "image", "volume"), "truth": ("truth", "label", "gt"), "c
 _VOLUME = r"\.(?:nii(?:\.gz)?|nrrd|mha)$"
 
 
+def files_by_role(folder: Path, roles: Mapping[str, Sequence[str]], suffix: str = _VOLUME) -> dict[str, dict[str, Path]]:
+    """{prefix: {role: path}} for the files in ``folder`` named ``[prefix_]word<suffix>``, where
+    ``word`` is one of a role's words (case-insensitive; the first file found per role wins)."""
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            continue
+        for role, words in roles.items():
+            if m := re.match(rf"^(?:(.+)[_-])?(?:{'|'.join(words)}){suffix}", path.name, re.IGNORECASE):
+                found.setdefault(m.group(1) or "", {}).setdefault(role, path)
+                break
+    return found
+
+
 def find_cases(folder: str | os.PathLike) -> list[QaCase]:
     """The QA cases in ``folder`` and its direct sub-folders (see the module docstring), by name."""
     root = Path(folder)
@@ -168,16 +182,7 @@ def find_cases(folder: str | os.PathLike) -> list[QaCase]:
         raise RefineError(f"{folder} is not a folder: give the folder that holds the cases.")
     cases = []
     for f in [root] + sorted(p for p in root.iterdir() if p.is_dir()):
-        found: dict[str, dict[str, Path]] = {}
-        for path in sorted(f.iterdir()):
-            if not path.is_file():
-                continue
-            for role, words in _ROLES.items():
-                m = re.match(rf"^(?:(.+)[_-])?(?:{'|'.join(words)}){_VOLUME}", path.name, re.IGNORECASE)
-                if m:
-                    found.setdefault(m.group(1) or "", {}).setdefault(role, path)
-                    break
-        for prefix, roles in sorted(found.items()):
+        for prefix, roles in sorted(files_by_role(f, _ROLES).items()):
             if {"ct", "coarse", "refined"} <= set(roles):
                 cases.append(QaCase(prefix or f.name, roles["ct"], roles.get("truth"), roles["coarse"], roles["refined"]))
     if not cases:
