@@ -61,7 +61,7 @@ def lesion_gate(coarse: np.ndarray, refined: np.ndarray, wanted: np.ndarray, min
     out, decisions = refined, []
     for k in range(1, n + 1):
         confidence = float(n_made[k] / n_wanted[k]) if n_wanted[k] else 1.0
-        decision, reason = REFINED, ""
+        decision, reason, final = REFINED, "", int(n_refined[k])
         allowed = allowed_shrink(confidence, min_kept)
         if n_coarse[k] and n_refined[k] < (1 - allowed) * n_coarse[k]:
             reason = f"would shrink by {1 - n_refined[k] / n_coarse[k]:.0%} at confidence {confidence:.2f}"
@@ -75,7 +75,7 @@ def lesion_gate(coarse: np.ndarray, refined: np.ndarray, wanted: np.ndarray, min
                 reason += f"; capped at {allowed:.0%}"
                 _restore_least_sure(out, coarse & inside & ~refined, probability,
                                     int(np.ceil((1 - allowed) * n_coarse[k])) - int(n_refined[k]))
-        final = int(np.count_nonzero(out[labels == k])) if reason else int(n_refined[k])
+            final = int(np.count_nonzero(out[inside]))
         box = tuple(v + int(origin[i // 2]) for i, v in enumerate(boxes[k]))
         decisions.append(LesionDecision(k, box[:2], box, int(n_coarse[k]), final, int(n_refined[k]),  # type: ignore[arg-type]
                                         round(confidence, 4), decision, reason))
