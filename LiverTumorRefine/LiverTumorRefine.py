@@ -1,12 +1,14 @@
 """Liver Tumor Refine: refine the boundary of a coarse liver-tumour segment on CT.
 
-Thin Slicer module: the GUI lives here; the scene logic is ``LiverTumorRefineLib.logic`` and the
+Thin Slicer module: the GUI lives here; the scene logic is ``LiverTumorRefineLib.scene.logic`` and the
 engine (numpy, torch, SimpleITK) the rest of ``LiverTumorRefineLib``.
 
 The coarse step and the refinement run in a worker process (``RefineJob``), polled by a 100 ms
 timer; Cancel ends it; the scene is written once the job succeeded. Slicer 5.8 or later.
 """
 import logging
+import os
+import sys
 from typing import Annotated
 
 import qt
@@ -18,7 +20,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 from slicer.util import VTKObservationMixin
 
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
-from LiverTumorRefineLib.logic import LiverTumorRefineLogic  # noqa: F401  (Slicer finds <Module>Logic here)
+from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic  # noqa: F401  (Slicer finds <Module>Logic here)
 
 DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 # GUI choice -> the logic's coarse source ("mask": refine the selected segment as it is)
@@ -311,7 +313,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class LiverTumorRefineTest(ScriptedLoadableModuleTest):
-    """Runs the shared test body (LiverTumorRefineLib.slicer_testing), as pytest does headless."""
+    """Runs the shared test body (``Testing/Python/slicer_testing.py``), as pytest does headless."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -321,7 +323,8 @@ class LiverTumorRefineTest(ScriptedLoadableModuleTest):
         self.test_LiverTumorRefine()
 
     def test_LiverTumorRefine(self):
-        from LiverTumorRefineLib import slicer_testing
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "Testing", "Python"))
+        import slicer_testing  # the shared test body, shipped beside this file
 
         self.delayDisplay("Refining a synthetic liver lesion with the shipped model")
         summary = slicer_testing.run_self_test(slicer.mrmlScene)

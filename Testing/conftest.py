@@ -18,12 +18,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
+# The Slicer scene test support (shared with the in-Slicer self-test) lives in the module's test folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine" / "Testing" / "Python"))
 
 from LiverTumorRefineLib.config import NetConfig, PatchConfig  # noqa: E402
-from LiverTumorRefineLib.train import TrainCase, TrainConfig, build_bank, patch_loss  # noqa: E402
-from LiverTumorRefineLib.network import build_model  # noqa: E402
-from LiverTumorRefineLib.augment import augment  # noqa: E402
-from LiverTumorRefineLib import sampling  # noqa: E402
+from LiverTumorRefineLib.training.train import TrainCase, TrainConfig, build_bank, patch_loss  # noqa: E402
+from LiverTumorRefineLib.refine.network import build_model  # noqa: E402
+from LiverTumorRefineLib.training.augment import augment  # noqa: E402
+from LiverTumorRefineLib.refine import sampling  # noqa: E402
 
 
 def blob_case(seed: int, shape=(24, 96, 96), spacing_zyx=(2.5, 0.8, 0.8), coarse_shift_mm: float | None = None) -> TrainCase:
@@ -54,7 +56,8 @@ def _training_key(cfg: TrainConfig) -> str:
     """What the test model's weights depend on: its config, the training code and torch."""
     digest = hashlib.sha256(repr(cfg).encode() + torch.__version__.encode())
     library = Path(__file__).resolve().parents[1] / "LiverTumorRefine" / "LiverTumorRefineLib"
-    for source in [Path(__file__)] + [library / f"{name}.py" for name in ("augment", "boxes", "config", "network", "sampling", "train")]:
+    for source in [Path(__file__)] + [library / f"{name}.py" for name in
+                                    ("training/augment", "refine/boxes", "config", "refine/network", "refine/sampling", "training/train")]:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from LiverTumorRefineLib import api, io, totalseg
-from LiverTumorRefineLib.autoseg import Segmenter, clean_labels, context_stack, load_segnet
+from LiverTumorRefineLib import api
+
+from LiverTumorRefineLib.volume import io
+
+from LiverTumorRefineLib.coarse import totalseg
+from LiverTumorRefineLib.coarse.autoseg import Segmenter, clean_labels, context_stack, load_segnet
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.phantom import make_phantom, write_case
-from LiverTumorRefineLib.segtrain import SegTrainConfig, evaluate_segmentation, train_segnet
-from LiverTumorRefineLib.volume import Volume
-from LiverTumorRefineLib.weights import SHIPPED_SHA256, default_weights_path, sha256_of
+from LiverTumorRefineLib.training.phantom import make_phantom, write_case
+from LiverTumorRefineLib.training.segtrain import SegTrainConfig, evaluate_segmentation, train_segnet
+from LiverTumorRefineLib.volume.geometry import Volume
+from LiverTumorRefineLib.refine.weights import SHIPPED_SHA256, default_weights_path, sha256_of
 
 
 def small_phantoms(seeds):

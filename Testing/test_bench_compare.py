@@ -14,8 +14,8 @@ from conftest import blob_case
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import compare  # noqa: E402
-from LiverTumorRefineLib import io  # noqa: E402
-from LiverTumorRefineLib.volume import Geometry, Volume  # noqa: E402
+from LiverTumorRefineLib.volume import io  # noqa: E402
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume  # noqa: E402
 
 FIXERS = ["median-3mm", "opening-2mm", "closing-2mm", "grow-from-seeds", "geodesic-ac"]
 

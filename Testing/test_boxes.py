@@ -5,8 +5,9 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from conftest import blob_case
-from LiverTumorRefineLib import boxes, refiner
-from LiverTumorRefineLib.refiner import Refiner
+from LiverTumorRefineLib.refine import boxes
+from LiverTumorRefineLib.refine import refiner
+from LiverTumorRefineLib.refine.refiner import Refiner
 
 
 def _overlap(a, b) -> bool:
@@ -58,7 +59,7 @@ def test_refining_box_by_box_equals_one_box_around_everything(trained_model, mon
 
 
 def test_label_boxes_bound_each_label_inclusively():
-    from LiverTumorRefineLib.boxes import label_boxes
+    from LiverTumorRefineLib.refine.boxes import label_boxes
 
     labels = np.zeros((5, 8, 9), np.uint32)
     labels[1:3, 2:5, 3:4] = 1

@@ -10,9 +10,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import blob_case
-from LiverTumorRefineLib import cli, io
-from LiverTumorRefineLib.volume import Geometry, Volume
-from LiverTumorRefineLib.weights import save_model
+from LiverTumorRefineLib import cli
+from LiverTumorRefineLib.volume import io
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+from LiverTumorRefineLib.refine.weights import save_model
 
 ROTATED = tuple(sitk.VersorTransform((0.2, 0.3, 0.9), 0.4).GetMatrix())
 GEOMETRY = Geometry(spacing=(0.8, 0.8, 2.5), origin=(-120.5, 33.0, 410.25), direction=ROTATED)

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorRefineLib import coarse, phantom
+from LiverTumorRefineLib.training import coarse_simulator as coarse
+
+from LiverTumorRefineLib.training import phantom
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.phantom import TUMOUR
-from LiverTumorRefineLib.volume import Geometry, Volume
+from LiverTumorRefineLib.training.phantom import TUMOUR
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorRefineLib import datasets, phantom
+from LiverTumorRefineLib.training import datasets
+
+from LiverTumorRefineLib.training import phantom
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.volume import Geometry, Volume
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 
 SHAPE = (6, 12, 10)  # (z, y, x)
 

@@ -16,10 +16,18 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.sr.codedict import codes  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from LiverTumorRefineLib import api, datasets, dicom, io, segments  # noqa: E402
+from LiverTumorRefineLib import api  # noqa: E402
+
+from LiverTumorRefineLib.training import datasets
+
+from LiverTumorRefineLib.volume import dicom
+
+from LiverTumorRefineLib.volume import io
+
+from LiverTumorRefineLib.volume import segments
 from LiverTumorRefineLib.cli import main  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
-from LiverTumorRefineLib.volume import Geometry, Volume  # noqa: E402
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume  # noqa: E402
 
 SHAPE = (8, 32, 32)  # z, y, x
 PIXEL = (0.7, 0.8)  # between rows, between columns (DICOM PixelSpacing order)
@@ -205,8 +213,8 @@ def tiny_weights(tmp_path):
     import torch
 
     from LiverTumorRefineLib.config import NetConfig, PatchConfig
-    from LiverTumorRefineLib.network import build_model
-    from LiverTumorRefineLib.weights import save_model
+    from LiverTumorRefineLib.refine.network import build_model
+    from LiverTumorRefineLib.refine.weights import save_model
 
     torch.manual_seed(0)
     path = tmp_path / "model.pt"

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from LiverTumorRefineLib import sampling, tta
+from LiverTumorRefineLib.refine import sampling
+
+from LiverTumorRefineLib.refine import tta
 from LiverTumorRefineLib.config import PatchConfig
-from LiverTumorRefineLib.gate import KEPT_COARSE, REFINED, lesion_gate
-from LiverTumorRefineLib.reassembly import Canvas
+from LiverTumorRefineLib.refine.gate import KEPT_COARSE, REFINED, lesion_gate
+from LiverTumorRefineLib.refine.reassembly import Canvas
 
 
 def two_lesions() -> tuple[np.ndarray, np.ndarray]:

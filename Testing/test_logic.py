@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
-from LiverTumorRefineLib import logic as ltr  # noqa: E402
-from LiverTumorRefineLib import slicer_testing as st  # noqa: E402
+from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+import slicer_testing as st  # noqa: E402
 from LiverTumorRefineLib import worker  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
 
@@ -152,7 +152,7 @@ def test_gpu_out_of_memory_falls_back_to_cpu(app, logic, case, mode, note, monke
 
 
 def test_missing_torch_gives_install_hint(app, case, monkeypatch):
-    monkeypatch.delitem(sys.modules, "LiverTumorRefineLib.refiner", raising=False)  # refine runs in this process
+    monkeypatch.delitem(sys.modules, "LiverTumorRefineLib.refine.refiner", raising=False)  # refine runs in this process
     monkeypatch.setitem(sys.modules, "torch", None)
     sc = st.build_scene_case(app.scene, case)
     before = st.scene_snapshot(app.scene)
@@ -166,7 +166,7 @@ def test_logic_imports_without_slicer():
     what is missing only when used."""
     code = (
         "import sys; sys.modules['slicer'] = None\n"
-        "from LiverTumorRefineLib.logic import LiverTumorRefineLogic\n"
+        "from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic\n"
         "from LiverTumorRefineLib.errors import RefineError\n"
         "try:\n"
         "    LiverTumorRefineLogic().refine(None, None, 'x')\n"
@@ -256,7 +256,7 @@ def test_automatic_coarse_segment_with_the_shipped_network(app, trained_model):
     """The shipped coarse network on a validation phantom: a new segmentation node with one new
     coarse tumour segment that overlaps the truth, refined in the same job; a CT without tumour
     is refused, scene unchanged."""
-    from LiverTumorRefineLib.phantom import make_phantom
+    from LiverTumorRefineLib.training.phantom import make_phantom
 
     phantom = make_phantom(50000)  # validation range of the coarse network: neither training nor evaluation
     matrix = st.ijk_to_ras(phantom.image.spacing_zyx, (40.0, 30.0, -55.0))

@@ -8,7 +8,7 @@ import pytest
 from medpy.metric import binary as mb
 
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.metrics import METRIC_KEYS, compute_metrics, format_metrics_table
+from LiverTumorRefineLib.evaluate.metrics import METRIC_KEYS, compute_metrics, format_metrics_table
 
 SPACINGS = [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7), (5.0, 0.8, 1.1), (0.6, 3.0, 1.7)]
 SHAPES = [(12, 20, 20), (7, 31, 18), (25, 9, 16)]

@@ -7,7 +7,9 @@ import pytest
 import SimpleITK as sitk
 from scipy.ndimage import binary_dilation, binary_erosion
 
-from LiverTumorRefineLib import bitmapfont, overlay
+from LiverTumorRefineLib.evaluate import bitmapfont
+
+from LiverTumorRefineLib.evaluate import overlay
 from LiverTumorRefineLib.errors import RefineError
 
 RED, YELLOW, GREEN = overlay.TRUTH_RGB, overlay.COARSE_RGB, overlay.REFINED_RGB

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorRefineLib import phantom
-from LiverTumorRefineLib.phantom import LIVER, TUMOUR
+from LiverTumorRefineLib.training import phantom
+from LiverTumorRefineLib.training.phantom import LIVER, TUMOUR
 
 SMALL = dict(size_xy=160, n_slices=24, spacing=(1.2, 1.2, 4.0))  # a few tenths of a second per case
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from LiverTumorRefineLib import io
-from LiverTumorRefineLib.coarse import simulate_coarse
-from LiverTumorRefineLib.phantom import make_phantom
-from LiverTumorRefineLib.volume import Volume
+from LiverTumorRefineLib.volume import io
+from LiverTumorRefineLib.training.coarse_simulator import simulate_coarse
+from LiverTumorRefineLib.training.phantom import make_phantom
+from LiverTumorRefineLib.volume.geometry import Volume
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"(?P<marker><!-- readme-test: skip \((?P<reason>[^)]*)\) -->\n)?```python\n(?P<code>.*?)```", re.S)

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import blob_case
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
-from LiverTumorRefineLib.metrics import compute_metrics
-from LiverTumorRefineLib.refiner import Refiner
+from LiverTumorRefineLib.evaluate.metrics import compute_metrics
+from LiverTumorRefineLib.refine.refiner import Refiner
 
 
 def test_trained_network_improves_held_out_lesions(trained_model):

@@ -10,10 +10,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorRefineLib import api, cli, io, overlay, qa, review
+from LiverTumorRefineLib import api
+
+from LiverTumorRefineLib import cli
+
+from LiverTumorRefineLib.volume import io
+
+from LiverTumorRefineLib.evaluate import overlay
+
+from LiverTumorRefineLib.evaluate import qa
+
+from LiverTumorRefineLib.evaluate import review
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.volume import Geometry, Volume
-from LiverTumorRefineLib.weights import save_model
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+from LiverTumorRefineLib.refine.weights import save_model
 
 SPACING = (2.5, 0.8, 0.8)
 SHAPE = (24, 120, 160)
@@ -286,7 +296,7 @@ def test_overlay_command_has_legend_and_slice_number(tmp_path):
     assert strip.shape[0] > 30
     for colour in (RED, YELLOW, GREEN):
         assert pixels_of(picture, colour).sum() > 100 and pixels_of(strip, colour).sum() > 40
-    from LiverTumorRefineLib.bitmapfont import LINE, text_mask
+    from LiverTumorRefineLib.evaluate.bitmapfont import LINE, text_mask
 
     ink = text_mask(f"SLICE 10 OF {SHAPE[0]}", overlay.CAPTION_SCALE)
     top, left = overlay.CAPTION_PAD_PX + LINE * overlay.CAPTION_SCALE, overlay.CAPTION_PAD_PX

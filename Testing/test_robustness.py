@@ -18,14 +18,21 @@ import SimpleITK as sitk
 import torch
 
 from conftest import blob_case
-from LiverTumorRefineLib import api, autoseg, checks, cli, io, overlay, points, weights
+from LiverTumorRefineLib import api
+from LiverTumorRefineLib.coarse import autoseg
+from LiverTumorRefineLib.volume import checks
+from LiverTumorRefineLib import cli
+from LiverTumorRefineLib.volume import io
+from LiverTumorRefineLib.evaluate import overlay
+from LiverTumorRefineLib.coarse import points
+from LiverTumorRefineLib.refine import weights
 from LiverTumorRefineLib.config import NetConfig, PatchConfig
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
-from LiverTumorRefineLib.metrics import overlap_metrics
-from LiverTumorRefineLib.network import build_model
-from LiverTumorRefineLib.refiner import Refiner
-from LiverTumorRefineLib.volume import Geometry, Volume
-from LiverTumorRefineLib.weights import save_model
+from LiverTumorRefineLib.evaluate.metrics import overlap_metrics
+from LiverTumorRefineLib.refine.network import build_model
+from LiverTumorRefineLib.refine.refiner import Refiner
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+from LiverTumorRefineLib.refine.weights import save_model
 
 AXIAL = Geometry(spacing=(0.8, 0.8, 2.5), origin=(-40.0, 20.0, 300.0))
 ROTATED = tuple(sitk.VersorTransform((0.2, 0.3, 0.9), 0.4).GetMatrix())
@@ -688,7 +695,8 @@ def test_every_option_has_help_text(capsys, command, option):
 
 
 def test_demo_says_where_its_case_comes_from(monkeypatch, tmp_path):
-    from LiverTumorRefineLib import datasets, demo
+    from LiverTumorRefineLib.training import datasets
+    from LiverTumorRefineLib import demo
 
     lines: list[str] = []
     monkeypatch.setattr(demo, "lits117_source", lambda: ("the wheel downloaded from PyPI into X", True))

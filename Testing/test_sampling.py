@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from LiverTumorRefineLib import sampling
+from LiverTumorRefineLib.refine import sampling
 from LiverTumorRefineLib.config import PatchConfig
-from LiverTumorRefineLib.reassembly import Canvas
+from LiverTumorRefineLib.refine.reassembly import Canvas
 
 CFG = PatchConfig()
 

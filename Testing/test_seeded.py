@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorRefineLib import io
+from LiverTumorRefineLib.volume import io
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.points import parse_seeds, ras_to_voxels, read_markups
-from LiverTumorRefineLib.seeded import nearest_seed_labels, seed_labels
-from LiverTumorRefineLib.volume import Geometry, Volume
-from LiverTumorRefineLib.weights import save_model
+from LiverTumorRefineLib.coarse.points import parse_seeds, ras_to_voxels, read_markups
+from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+from LiverTumorRefineLib.refine.weights import save_model
 
 SPACING = (2.5, 0.8, 0.8)
 

@@ -18,9 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "LiverTumorRefine"
-SCANNED = [MODULE_DIR / "LiverTumorRefine.py", MODULE_DIR / "LiverTumorRefineLib" / "logic.py"]
+SCANNED = [MODULE_DIR / "LiverTumorRefine.py", MODULE_DIR / "LiverTumorRefineLib" / "scene" / "logic.py"]
 # The shared test body runs in the in-Slicer self-test too: it must not use these either.
-SELF_TEST = MODULE_DIR / "LiverTumorRefineLib" / "slicer_testing.py"
+SELF_TEST = MODULE_DIR / "Testing" / "Python" / "slicer_testing.py"
 MIN_SLICER = "5.8"
 TAG = "v5.8.1"
 

@@ -18,8 +18,8 @@ import pytest
 
 pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
-from LiverTumorRefineLib import logic as ltr  # noqa: E402
-from LiverTumorRefineLib import slicer_testing as st  # noqa: E402
+from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+import slicer_testing as st  # noqa: E402
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "Resources" / "Screenshots" / "slice_outlines.png"
 SIZE = 512

@@ -8,8 +8,8 @@ import torch
 
 from LiverTumorRefineLib.config import NetConfig
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.train import TrainConfig, train
-from LiverTumorRefineLib.weights import load_model
+from LiverTumorRefineLib.training.train import TrainConfig, train
+from LiverTumorRefineLib.refine.weights import load_model
 
 pytestmark = pytest.mark.slow  # real training runs: pytest -m slow
 

@@ -7,10 +7,10 @@ import pickle
 import pytest
 import torch
 
-from LiverTumorRefineLib import weights
+from LiverTumorRefineLib.refine import weights
 from LiverTumorRefineLib.config import NetConfig, PatchConfig
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.network import build_model
+from LiverTumorRefineLib.refine.network import build_model
 
 SMALL = NetConfig(base_channels=4)
 

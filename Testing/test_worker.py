@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
-from LiverTumorRefineLib import logic as ltr  # noqa: E402
-from LiverTumorRefineLib import slicer_testing as st  # noqa: E402
+from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+import slicer_testing as st  # noqa: E402
 from LiverTumorRefineLib import worker  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
 

@@ -19,12 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
-from LiverTumorRefineLib.autoseg import Segmenter  # noqa: E402
-from LiverTumorRefineLib.boxes import component_labels  # noqa: E402
-from LiverTumorRefineLib.phantom import make_phantom  # noqa: E402
-from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
-from LiverTumorRefineLib.segtrain import evaluate_segmentation  # noqa: E402
-from LiverTumorRefineLib.trainset import EVALUATION_PHANTOM_SEED  # noqa: E402
+from LiverTumorRefineLib.coarse.autoseg import Segmenter  # noqa: E402
+from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
+from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
+from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.training.segtrain import evaluate_segmentation  # noqa: E402
+from LiverTumorRefineLib.training.trainset import EVALUATION_PHANTOM_SEED  # noqa: E402
 
 
 def detection(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
@@ -59,7 +59,7 @@ def main() -> None:
     refiner = None if args.no_refine else Refiner(device=args.device)
     cases = [lambda i=i: make_phantom(EVALUATION_PHANTOM_SEED + i) for i in range(args.phantoms)]
     if args.lits117:
-        from LiverTumorRefineLib.datasets import load_lits117
+        from LiverTumorRefineLib.training.datasets import load_lits117
 
         cases.append(load_lits117)
     rows = {"phantom": [], "real": []}

@@ -21,13 +21,13 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
-from LiverTumorRefineLib import io  # noqa: E402
-from LiverTumorRefineLib.coarse import _tumour_mask, simulate_coarse  # noqa: E402
-from LiverTumorRefineLib.boxes import component_labels  # noqa: E402
+from LiverTumorRefineLib.volume import io  # noqa: E402
+from LiverTumorRefineLib.training.coarse_simulator import tumour_mask, simulate_coarse  # noqa: E402
+from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
-from LiverTumorRefineLib.phantom import Case, make_phantom  # noqa: E402
-from LiverTumorRefineLib.qa import files_by_role  # noqa: E402
-from LiverTumorRefineLib.trainset import EVALUATION_PHANTOM_SEED  # noqa: E402
+from LiverTumorRefineLib.training.phantom import Case, make_phantom  # noqa: E402
+from LiverTumorRefineLib.evaluate.qa import files_by_role  # noqa: E402
+from LiverTumorRefineLib.training.trainset import EVALUATION_PHANTOM_SEED  # noqa: E402
 
 LITS117_SEED = 117  # the seed the coarse mask of LiTS 117 is simulated from (+ 7)
 
@@ -38,7 +38,7 @@ def heldout_cases(n_phantoms: int, lits: bool) -> Iterator[tuple[Case, int]]:
         case = make_phantom(EVALUATION_PHANTOM_SEED + i)
         yield case, EVALUATION_PHANTOM_SEED + i
     if lits:
-        from LiverTumorRefineLib.datasets import load_lits117
+        from LiverTumorRefineLib.training.datasets import load_lits117
 
         yield load_lits117(), LITS117_SEED
 
@@ -70,7 +70,7 @@ def real_cases(lits: bool = True) -> Iterator[Case]:
 
     yield from load_cases()
     if lits:
-        from LiverTumorRefineLib.datasets import load_lits117
+        from LiverTumorRefineLib.training.datasets import load_lits117
 
         yield load_lits117()
 
@@ -154,14 +154,14 @@ def read_triplet(name: str, ct_path: Path, truth_path: Path, coarse_path: Path) 
     """Read a triplet: the CT reoriented like the dataset readers, truth and coarse put on its grid
     (nearest neighbour). A 0/1/2 label map gives its tumour label, a binary mask its foreground,
     a probability map values >= 0.5."""
-    from LiverTumorRefineLib.datasets import read_oriented
+    from LiverTumorRefineLib.training.datasets import read_oriented
 
     image = read_oriented(ct_path)
     reference = io.to_sitk(image)
 
     def mask(path: Path) -> np.ndarray:
         itk = io.resample_mask_to(sitk.DICOMOrient(io.read_image(path), "LPS"), reference)
-        return _tumour_mask(sitk.GetArrayFromImage(itk))
+        return tumour_mask(sitk.GetArrayFromImage(itk))
 
     return GivenCase(name, image.array.astype(np.float32, copy=False), mask(truth_path), mask(coarse_path),
                      tuple(float(s) for s in image.spacing_zyx))

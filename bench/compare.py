@@ -57,8 +57,8 @@ sys.path.insert(0, str(ROOT / "LiverTumorRefine"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import find_triplets, independent_coarse, read_triplet, real_cases, simulated_cases  # noqa: E402
-from LiverTumorRefineLib.boxes import lesion_box  # noqa: E402
-from LiverTumorRefineLib.metrics import compute_metrics  # noqa: E402
+from LiverTumorRefineLib.refine.boxes import lesion_box  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import compute_metrics  # noqa: E402
 
 Method = Callable[[np.ndarray, np.ndarray, Sequence[float]], np.ndarray]
 KEYS = ("dice", "voe", "assd", "mssd")
@@ -251,7 +251,7 @@ CLASSICAL: dict[str, Method] = {
 
 def refiner_method(path: str | os.PathLike) -> Method:
     """Ours: ``Refiner(path, device="cpu").refine(...).mask`` (the model is loaded once, here)."""
-    from LiverTumorRefineLib.refiner import Refiner
+    from LiverTumorRefineLib.refine.refiner import Refiner
 
     refiner = Refiner(path, device="cpu")
 
@@ -433,7 +433,7 @@ def write_plot(path: Path, summaries: list[Summary], methods: Sequence[str], use
         finally:
             plt.close(fig)
         return "matplotlib"
-    from LiverTumorRefineLib.overlay import write_png
+    from LiverTumorRefineLib.evaluate.overlay import write_png
 
     write_png(draw_bars(sets, methods, value), path)
     key = ", ".join(f"{m}=rgb{PALETTE[j % len(PALETTE)]}" for j, m in enumerate(methods))

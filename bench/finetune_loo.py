@@ -22,11 +22,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from LiverTumorRefineLib.metrics import overlap_metrics  # noqa: E402
-from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
-from LiverTumorRefineLib.train import TrainConfig, train  # noqa: E402
-from LiverTumorRefineLib.trainset import with_coarse  # noqa: E402
-from LiverTumorRefineLib.weights import load_model  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import overlap_metrics  # noqa: E402
+from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.training.train import TrainConfig, train  # noqa: E402
+from LiverTumorRefineLib.training.trainset import with_coarse  # noqa: E402
+from LiverTumorRefineLib.refine.weights import load_model  # noqa: E402
 
 from realval import independent_coarse, real_cases  # noqa: E402
 

@@ -21,12 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
-from LiverTumorRefineLib import io  # noqa: E402
-from LiverTumorRefineLib import logic as ltr  # noqa: E402
-from LiverTumorRefineLib import slicer_testing as st  # noqa: E402
-from LiverTumorRefineLib.coarse import simulate_coarse  # noqa: E402
-from LiverTumorRefineLib.phantom import make_phantom  # noqa: E402
-from LiverTumorRefineLib.workerprocess import LIB_PARENT  # noqa: E402
+from LiverTumorRefineLib.volume import io  # noqa: E402
+from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+import slicer_testing as st  # noqa: E402
+from LiverTumorRefineLib.training.coarse_simulator import simulate_coarse  # noqa: E402
+from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
+from LiverTumorRefineLib.scene.workerprocess import LIB_PARENT  # noqa: E402
 
 
 def timed(command: list[str]) -> float:

@@ -21,8 +21,8 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
-from LiverTumorRefineLib.metrics import compute_metrics  # noqa: E402
-from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import compute_metrics  # noqa: E402
+from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import simulated_cases  # noqa: E402  (bench/cases.py: the held-out cases and their coarse masks)

@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
 from LiverTumorRefineLib.config import NetConfig, PatchConfig  # noqa: E402
-from LiverTumorRefineLib.network import build_model  # noqa: E402
-from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.refine.network import build_model  # noqa: E402
+from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from rss import peak_rss_mb, rss_mb  # noqa: E402  (bench/rss.py)
 
 SPACING_ZYX = (1.0, 0.7, 0.7)

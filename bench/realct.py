@@ -35,10 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
-from LiverTumorRefineLib import datasets  # noqa: E402
-from LiverTumorRefineLib.boxes import component_labels  # noqa: E402
+from LiverTumorRefineLib.training import datasets  # noqa: E402
+from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
-from LiverTumorRefineLib.phantom import Case, write_case  # noqa: E402
+from LiverTumorRefineLib.training.phantom import Case, write_case  # noqa: E402
 
 NAMES = ("realct_1720", "realct_mip10")
 

@@ -31,10 +31,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from LiverTumorRefineLib.boxes import component_labels  # noqa: E402
-from LiverTumorRefineLib.metrics import compute_metrics  # noqa: E402
-from LiverTumorRefineLib.phantom import make_phantom  # noqa: E402
-from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import compute_metrics  # noqa: E402
+from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
+from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 
 from cases import independent_coarse, real_cases  # noqa: E402
 from compare import closing_2mm, median_3mm, opening_2mm  # noqa: E402

@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
-from LiverTumorRefineLib.boxes import component_labels  # noqa: E402
+from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
 from LiverTumorRefineLib.config import PatchConfig  # noqa: E402
-from LiverTumorRefineLib.network import build_model  # noqa: E402
-from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
-from LiverTumorRefineLib.seeded import grow_from_seeds  # noqa: E402
-from LiverTumorRefineLib.weights import default_weights_path  # noqa: E402
+from LiverTumorRefineLib.refine.network import build_model  # noqa: E402
+from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.coarse.seeded import grow_from_seeds  # noqa: E402
+from LiverTumorRefineLib.refine.weights import default_weights_path  # noqa: E402
 from rss import peak_rss_mb, reset_peak_rss  # noqa: E402  (bench/rss.py)
 
 

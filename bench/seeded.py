@@ -19,10 +19,10 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
-from LiverTumorRefineLib.metrics import overlap_metrics  # noqa: E402
-from LiverTumorRefineLib.phantom import make_phantom  # noqa: E402
-from LiverTumorRefineLib.refiner import Refiner  # noqa: E402
-from LiverTumorRefineLib.seeded import nearest_seed_labels, seed_labels  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import overlap_metrics  # noqa: E402
+from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
+from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
 
 MIN_DIAMETER_MM = 10.0
 
@@ -60,7 +60,7 @@ def main() -> None:
     refiner = None if args.no_refine else Refiner(device=args.device)
     cases = [lambda i=i: make_phantom(args.first_seed + i) for i in range(args.phantoms)]
     if args.lits117:
-        from LiverTumorRefineLib.datasets import load_lits117
+        from LiverTumorRefineLib.training.datasets import load_lits117
 
         cases.append(load_lits117)
     rows = {"phantom": [], "real": []}

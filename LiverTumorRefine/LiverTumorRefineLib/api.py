@@ -16,16 +16,26 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import checks, dicom, io, review, segments, totalseg
-from .autoseg import Segmenter
-from .boxes import component_labels
-from .config import MIN_KEPT, TTA
-from .errors import RefineError
-from .metrics import compute_metrics
-from .points import Point, check_points, is_seed_file, parse_seeds, ras_to_voxels
-from .refiner import Progress, Refiner
-from .seeded import grow_from_seeds
-from .volume import Volume
+from LiverTumorRefineLib.volume import checks
+
+from LiverTumorRefineLib.volume import dicom
+
+from LiverTumorRefineLib.volume import io
+
+from LiverTumorRefineLib.evaluate import review
+
+from LiverTumorRefineLib.volume import segments
+
+from LiverTumorRefineLib.coarse import totalseg
+from LiverTumorRefineLib.coarse.autoseg import Segmenter
+from LiverTumorRefineLib.refine.boxes import component_labels
+from LiverTumorRefineLib.config import MIN_KEPT, TTA
+from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.evaluate.metrics import compute_metrics
+from LiverTumorRefineLib.coarse.points import Point, check_points, is_seed_file, parse_seeds, ras_to_voxels
+from LiverTumorRefineLib.refine.refiner import Progress, Refiner
+from LiverTumorRefineLib.coarse.seeded import grow_from_seeds
+from LiverTumorRefineLib.volume.geometry import Volume
 
 LITS_TUMOUR = 2
 LITS_LIVER = 1

@@ -14,16 +14,16 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import MIN_KEPT, TTA
-from .errors import RefineError
+from LiverTumorRefineLib.config import MIN_KEPT, TTA
+from LiverTumorRefineLib.errors import RefineError
 
 PROG = "livertumorrefine"
 
 
 def _cmd_refine(args: argparse.Namespace) -> int:
-    from . import api
-    from .points import is_seed_file, parse_seeds
-    from .progress import ProgressBar
+    from LiverTumorRefineLib import api
+    from LiverTumorRefineLib.coarse.points import is_seed_file, parse_seeds
+    from LiverTumorRefineLib.progress import ProgressBar
 
     if args.batch_size < 1:
         raise RefineError(f"--batch-size must be at least 1 (got {args.batch_size}).")
@@ -68,8 +68,8 @@ def _json_number(value: float) -> float | None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import api
-    from .metrics import format_metrics_table
+    from LiverTumorRefineLib import api
+    from LiverTumorRefineLib.evaluate.metrics import format_metrics_table
 
     metrics = api.evaluate_files(args.truth, args.pred, args.label, segment=args.segment, pred_segment=args.pred_segment)
     if args.json:
@@ -80,8 +80,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
-    from . import api, io
-    from .overlay import render_overlay_figure, write_png
+    from LiverTumorRefineLib import api
+    from LiverTumorRefineLib.volume import io
+    from LiverTumorRefineLib.evaluate.overlay import render_overlay_figure, write_png
 
     out = io.check_output(args.out, [args.image, args.truth, args.coarse, args.refined], args.force, suffixes=(".png",))
     ct = io.to_lps(io.read_image(args.image))  # axial slices, anterior up, whatever the file's storage order
@@ -103,8 +104,9 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
 
 
 def _cmd_qa(args: argparse.Namespace) -> int:
-    from . import io, qa
-    from .overlay import write_png
+    from LiverTumorRefineLib.volume import io
+    from LiverTumorRefineLib.evaluate import qa
+    from LiverTumorRefineLib.evaluate.overlay import write_png
 
     if args.batch is not None:
         if any(getattr(args, name) is not None for name in ("image", "truth", "coarse", "refined")):
@@ -137,16 +139,16 @@ def _cmd_qa(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    from .progress import ProgressBar
+    from LiverTumorRefineLib.demo import run_demo
+    from LiverTumorRefineLib.progress import ProgressBar
 
     run_demo(args.out, device=args.device, weights=args.weights, progress=ProgressBar("refine"))
     return 0
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    from .phantom import make_phantom, write_case
-    from .progress import ProgressBar
+    from LiverTumorRefineLib.training.phantom import make_phantom, write_case
+    from LiverTumorRefineLib.progress import ProgressBar
 
     if args.cases < 1:
         raise RefineError(f"--cases must be at least 1 (got {args.cases}).")
@@ -159,10 +161,10 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import NetConfig, PatchConfig
-    from .progress import ProgressBar
-    from .train import TrainConfig, train
-    from .trainset import VALIDATION_PHANTOM_SEED, parse_spec, split_every, with_coarse
+    from LiverTumorRefineLib.config import NetConfig, PatchConfig
+    from LiverTumorRefineLib.progress import ProgressBar
+    from LiverTumorRefineLib.training.train import TrainConfig, train
+    from LiverTumorRefineLib.training.trainset import VALIDATION_PHANTOM_SEED, parse_spec, split_every, with_coarse
 
     data = parse_spec(args.data)
     val = parse_spec(args.val) if args.val else (parse_spec(f"phantom:{args.val_cases}:{VALIDATION_PHANTOM_SEED}")
@@ -170,7 +172,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     init = None
     patch, net = PatchConfig(use_mask=not args.no_mask_patch), NetConfig(base_channels=args.width)
     if args.init:  # fine-tuning: the architecture and patch layout are the starting model's
-        from .weights import load_model
+        from LiverTumorRefineLib.refine.weights import load_model
 
         init = load_model(args.init)
         patch, net = init.patch_config, init.net_config  # type: ignore[attr-defined]
@@ -187,8 +189,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from . import api
-    from .progress import ProgressBar
+    from LiverTumorRefineLib import api
+    from LiverTumorRefineLib.progress import ProgressBar
 
     stats = api.segment_file(args.image, args.out, weights=args.weights, device=args.device, force=args.force,
                              progress=ProgressBar("segment"))
@@ -198,9 +200,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_coarse(args: argparse.Namespace) -> int:
-    from .progress import ProgressBar
-    from .segtrain import SegTrainConfig, train_segnet
-    from .trainset import VALIDATION_PHANTOM_SEED, parse_spec
+    from LiverTumorRefineLib.progress import ProgressBar
+    from LiverTumorRefineLib.training.segtrain import SegTrainConfig, train_segnet
+    from LiverTumorRefineLib.training.trainset import VALIDATION_PHANTOM_SEED, parse_spec
 
     data = parse_spec(args.data)
     val = parse_spec(args.val) if args.val else parse_spec(f"phantom:{args.val_cases}:{VALIDATION_PHANTOM_SEED}")
@@ -371,7 +373,7 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from LiverTumorRefineLib import __version__
 
     parser = argparse.ArgumentParser(prog=PROG, description="Refine the boundary of coarse liver-tumour segmentations on CT.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -14,15 +14,15 @@ from typing import Callable
 
 import numpy as np
 
-from . import io
-from .atomic import write_text
-from .coarse import simulate_coarse
-from .errors import RefineError
-from .metrics import compute_metrics, format_metrics_table
-from .overlay import render_overlay_panel, write_png
-from .phantom import Case, make_phantom
-from .refiner import Progress, Refiner
-from .volume import Volume
+from LiverTumorRefineLib.volume import io
+from LiverTumorRefineLib.volume.atomic import write_text
+from LiverTumorRefineLib.training.coarse_simulator import simulate_coarse
+from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.evaluate.metrics import compute_metrics, format_metrics_table
+from LiverTumorRefineLib.evaluate.overlay import render_overlay_panel, write_png
+from LiverTumorRefineLib.training.phantom import Case, make_phantom
+from LiverTumorRefineLib.refine.refiner import Progress, Refiner
+from LiverTumorRefineLib.volume.geometry import Volume
 
 Log = Callable[[str], None]
 COARSE_SEED = 117  # fixed so every run of the demo shows the same coarse mask
@@ -30,7 +30,7 @@ COARSE_SEED = 117  # fixed so every run of the demo shows the same coarse mask
 
 def lits117_source() -> tuple[str, bool]:
     """Where ``datasets.load_lits117()`` will take LiTS 117 from, and whether that is a download."""
-    from .datasets import LITS117_PACKAGE, LITS117_REQUIREMENT, LITS117_WHEEL, cache_dir
+    from LiverTumorRefineLib.training.datasets import LITS117_PACKAGE, LITS117_REQUIREMENT, LITS117_WHEEL, cache_dir
 
     if importlib.util.find_spec(LITS117_PACKAGE) is not None:
         return f"the installed package {LITS117_PACKAGE}", False
@@ -43,7 +43,7 @@ def lits117_source() -> tuple[str, bool]:
 def get_demo_case(log: Log) -> Case:
     """LiTS 117 when the wheel is installed or downloadable, else a phantom; says which, and
     before a download that it is downloading."""
-    from .datasets import load_lits117
+    from LiverTumorRefineLib.training.datasets import load_lits117
 
     source, download = lits117_source()
     if download:

@@ -33,8 +33,8 @@ from typing import Any, Callable, Optional, TextIO
 
 import numpy as np
 
-from .atomic import atomic_path, write_text
-from .errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.volume.atomic import atomic_path, write_text
+from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 
 Progress = Callable[[float, str], Optional[bool]]
 
@@ -80,10 +80,11 @@ def read_result(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, np.ndar
 def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any = None) -> dict[str, Any]:
     """Do the job described by ``job_path`` and write its results beside it; returns result.json's
     content. ``weights`` (a BRNet) overrides the job's model file for in-process runs."""
-    from . import api, io
-    from .checks import hu_plausibility
-    from .metrics import compute_metrics
-    from .volume import Geometry, Volume
+    from LiverTumorRefineLib import api
+    from LiverTumorRefineLib.volume import io
+    from LiverTumorRefineLib.volume.checks import hu_plausibility
+    from LiverTumorRefineLib.evaluate.metrics import compute_metrics
+    from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 
     t0 = time.perf_counter()
     job_path = Path(job_path)
@@ -156,7 +157,7 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
 def _make_coarse(api, io, job: dict[str, Any], source: str, ct, image, device: str, progress: Progress | None,
                  notes: list[str], folder: Path):
     """The coarse tumour mask (LPS volume, 0/1) from seeds, the coarse network or TotalSegmentator."""
-    from . import totalseg
+    from LiverTumorRefineLib.coarse import totalseg
 
     _report(progress, 0.0, "Making the coarse segment")
     if source == "seeds":
@@ -189,7 +190,7 @@ def _make_coarse(api, io, job: dict[str, Any], source: str, ct, image, device: s
 def make_refiner(model: Any, device: str, batch_size: int, options: dict[str, Any]):
     """The engine's Refiner (a RefineError with the install hint when PyTorch is missing)."""
     try:
-        from .refiner import Refiner
+        from LiverTumorRefineLib.refine.refiner import Refiner
     except ImportError as exc:
         if getattr(exc, "name", "") == "torch" or "torch" in str(exc):
             raise RefineError("PyTorch is not installed: install it with the PyTorch Utils module (PyTorch "

@@ -1,0 +1,1 @@
+"""Coarse sources: seeded growth, the automatic network and TotalSegmentator."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, lesion review, overlays and QA sheets."""

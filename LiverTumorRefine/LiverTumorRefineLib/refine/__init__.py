@@ -1,0 +1,1 @@
+"""Boundary refinement: patch sampling, the network, reassembly, gating, weights and the Refiner."""

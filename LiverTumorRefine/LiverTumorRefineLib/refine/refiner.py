@@ -1,0 +1,236 @@
+"""The refinement pipeline on arrays: crop, sample boundary patches, infer, reassemble."""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from LiverTumorRefineLib.refine import sampling
+from LiverTumorRefineLib.refine import tta as tta_module
+from LiverTumorRefineLib.refine.boxes import Box, crop_margin, lesion_boxes
+from LiverTumorRefineLib.volume.checks import check_not_whole_volume
+from LiverTumorRefineLib.config import AGREEMENT, MIN_KEPT, SHRINK, SHRINK_MODES, TTA
+from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.refine.gate import box_origin, lesion_gate
+from LiverTumorRefineLib.refine.network import BRNet
+from LiverTumorRefineLib.refine.reassembly import Canvas
+from LiverTumorRefineLib.refine.weights import default_weights_path, load_model
+
+Progress = Callable[[float, str], Optional[bool]]
+
+
+@dataclass
+class RefineResult:
+    """Refined mask (same shape as the input) and what it cost."""
+
+    mask: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without CUDA is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RefineError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto.")
+    if device not in ("cpu", "cuda"):
+        raise RefineError(f"Unknown device {device!r}: use auto, cpu or cuda.")
+    return torch.device(device)
+
+
+class Refiner:
+    """Boundary patch refinement with a BRNet.
+
+    ``weights``: None (the shipped default model), a model file, or a BRNet built by
+    ``network.build_model``. ``device``: "auto", "cpu" or "cuda". ``tta``: orientations each
+    patch is predicted in (1-8); ``agreement``: share of those predictions that must agree before
+    a voxel leaves its coarse label (0: no voxel gate); ``min_kept``: the share of a lesion's
+    coarse voxels it keeps at least, when the refinement is fully sure (see ``gate``); ``shrink``:
+    what happens to a lesion that would shrink more: "revert" gives it its coarse outline back,
+    "cap" gives back only the removed voxels the network was least sure of, up to the limit.
+    """
+
+    def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128,
+                 min_kept: float = MIN_KEPT, tta: int = TTA, agreement: float = AGREEMENT,
+                 shrink: str = SHRINK) -> None:
+        if not 0 <= min_kept <= 1:
+            raise RefineError(f"min_kept must be between 0 and 1 (got {min_kept}).")
+        if not 0 <= agreement <= 1:
+            raise RefineError(f"agreement must be between 0 and 1 (got {agreement}).")
+        try:
+            self.tta = tta_module.check_count(tta)
+        except ValueError as exc:
+            raise RefineError(f"{exc}.") from None
+        if shrink not in SHRINK_MODES:
+            raise RefineError(f"shrink must be one of {', '.join(SHRINK_MODES)} (got {shrink!r}).")
+        self.min_kept, self.agreement, self.shrink = min_kept, agreement, shrink
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise RefineError(f"The batch size must be a whole number of at least 1 (got {batch_size!r}).")
+        self.device = resolve_device(device)
+        model = weights if isinstance(weights, torch.nn.Module) else load_model(weights or default_weights_path())
+        self.model: BRNet = model.to(self.device).eval()
+        self.cfg = model.patch_config  # type: ignore[attr-defined]
+        self.batch_size = batch_size
+
+    def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None) -> RefineResult:
+        """Refine ``mask`` (bool, z-y-x) on ``image`` (HU). Inputs are not modified."""
+        t0 = time.perf_counter()
+        _check_inputs(image, mask, spacing_zyx)
+        mask = np.asarray(mask).astype(bool, copy=False)
+        if not mask.any():
+            raise RefineError("The coarse mask is empty: nothing to refine. Check the mask and its tumour label.",
+                              cli="The coarse mask is empty: nothing to refine. Check the mask file or --label.")
+        check_not_whole_volume(mask)
+        spacing = tuple(float(s) for s in spacing_zyx)
+        boxes = lesion_boxes(mask, crop_margin(spacing, self.cfg))
+        _report(progress, 0.0, "Cutting boundary patches")
+        refined = mask.copy()
+        seconds = {"crop": 0.0, "sample": 0.0, "extract": 0.0, "infer": 0.0, "reassemble": 0.0}
+        patches = changed = 0
+        lesions: list[dict[str, Any]] = []
+        liver_hu = self._parenchyma(image, mask, boxes, spacing)
+        for i, box in enumerate(boxes):
+            part = self._refine_box(image, mask, box, spacing, liver_hu, _part(progress, i, len(boxes)))
+            # counted on the crop: nothing outside it changes, and a full-volume comparison would
+            # cost one more mask-sized temporary (1 GB at 1024x1024x1000)
+            changed += int(np.count_nonzero(part.mask != mask[box]))
+            refined[box] = part.mask
+            patches += part.patches
+            for decision in part.lesions:
+                lesions.append({**decision.to_dict(), "lesion": len(lesions) + 1})
+            for stage, value in part.seconds.items():
+                seconds[stage] += value
+        seconds["total"] = time.perf_counter() - t0
+        _report(progress, 1.0, "Done")
+        stats = {"patches": patches, "seconds": seconds, "voxels_changed": changed, "device": str(self.device),
+                 "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
+                 "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions}
+        return RefineResult(refined, stats)
+
+    def _parenchyma(self, image: np.ndarray, mask: np.ndarray, boxes: list[Box], spacing: tuple[float, ...]) -> float | None:
+        """The liver parenchyma's HU around all the lesions (pooled over their boxes, so how the
+        lesions are grouped into boxes does not change it), or None when not normalising."""
+        if self.cfg.normalise != "liver":
+            return None
+        with torch.inference_mode():
+            values = [sampling.shell_values(self._crop_image(image, box), torch.from_numpy(np.ascontiguousarray(mask[box])).to(self.device),
+                                            spacing) for box in boxes]
+            return sampling.parenchyma_from(torch.cat(values))
+
+    def _crop_image(self, image: np.ndarray, box: Box) -> torch.Tensor:
+        crop = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32)).to(self.device)
+        return sampling.clean_hu(crop, self.cfg.hu_window)
+
+    def _refine_box(self, image: np.ndarray, mask: np.ndarray, box: Box, spacing: tuple[float, ...],
+                    liver_hu: float | None, progress: Progress | None) -> "_BoxResult":
+        """The refined mask inside ``box`` with what it cost and the gate's decisions."""
+        t0 = time.perf_counter()
+        seconds: dict[str, float] = {}
+        with torch.inference_mode():
+            crop_mask = torch.from_numpy(np.ascontiguousarray(mask[box])).to(self.device)
+            crop_image = sampling.normalised(self._crop_image(image, box), liver_hu, self.cfg)
+            seconds["crop"] = time.perf_counter() - t0
+            t = time.perf_counter()
+            centres = sampling.place_centres(crop_mask, spacing, self.cfg)
+            seconds["sample"] = time.perf_counter() - t
+            canvas, seconds_run = self._run_batches(crop_image, crop_mask, centres, spacing, progress)
+            seconds.update(seconds_run)
+            t = time.perf_counter()
+            editable = sampling.editable_band(crop_mask, spacing, self.cfg.band_mm)
+            proposed, sure = canvas.proposal(crop_mask, editable)
+            wanted = proposed != crop_mask
+            gated = torch.where(wanted & (sure < self.agreement), crop_mask, proposed)
+            coarse_crop = mask[box]
+            probability = canvas.mean().cpu().numpy() if self.shrink == "cap" else None
+            refined_crop, decisions = lesion_gate(coarse_crop, gated.cpu().numpy(), wanted.cpu().numpy(),
+                                                  self.min_kept, box_origin(box), probability)
+        seconds["reassemble"] += time.perf_counter() - t
+        return _BoxResult(refined_crop, seconds, int(len(centres)), decisions)
+
+    def _run_batches(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
+                     progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
+        """Extract, infer and accumulate patches batch by batch; halves the batch on CUDA OOM and
+        finally falls back to the CPU."""
+        seconds = {"extract": 0.0, "infer": 0.0, "reassemble": 0.0}
+        canvas = Canvas(mask.shape, self.device)
+        # batch_size counts network inputs: each patch goes in once per orientation
+        start, batch = 0, max(1, self.batch_size // self.tta)
+        while start < len(centres):
+            part = centres[start:start + batch]
+            try:
+                t = time.perf_counter()
+                patches = sampling.extract_patches(image, mask, part, spacing, self.cfg)
+                t1 = time.perf_counter()
+                probs = self._predict(sampling.network_input(patches, self.cfg))
+                _sync(self.device)
+                t2 = time.perf_counter()
+                # one prediction per orientation, each a vote at every voxel; one add keeps it all-or-nothing
+                canvas.add(probs.flatten(0, 1), part.repeat(len(probs), 1), spacing, self.cfg)
+                _sync(self.device)
+            except torch.cuda.OutOfMemoryError:  # canvas.add is all-or-nothing, so a retry never double-counts
+                image, mask, centres, canvas, batch = self._shrink_after_oom(image, mask, centres, canvas, batch)
+                continue
+            seconds["extract"] += t1 - t
+            seconds["infer"] += t2 - t1
+            seconds["reassemble"] += time.perf_counter() - t2
+            start += len(part)
+            _report(progress, 0.05 + 0.9 * start / len(centres), f"Refined {start}/{len(centres)} patches")
+        return canvas, seconds
+
+    def _predict(self, patches: torch.Tensor) -> torch.Tensor:
+        """(tta, N, P, P) probabilities."""
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            return tta_module.predict(self.model, patches, self.tta)
+
+    def _shrink_after_oom(self, image, mask, centres, canvas, batch):
+        torch.cuda.empty_cache()
+        if batch > 1:
+            warnings.warn(f"CUDA out of memory: retrying with batch size {batch // 2}.")
+            return image, mask, centres, canvas, batch // 2
+        warnings.warn("CUDA out of memory even with batch size 1: continuing on the CPU.")
+        self.device = torch.device("cpu")
+        self.model = self.model.to(self.device)
+        moved = Canvas(canvas.shape, self.device)
+        moved.total, moved.count, moved.votes = canvas.total.cpu(), canvas.count.cpu(), canvas.votes.cpu()
+        return image.cpu(), mask.cpu(), centres.cpu(), moved, max(1, self.batch_size // self.tta)
+
+
+@dataclass
+class _BoxResult:
+    """One lesion group's refinement."""
+
+    mask: np.ndarray
+    seconds: dict[str, float]
+    patches: int
+    lesions: list
+
+
+def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float]) -> None:
+    if image.ndim != 3 or mask.ndim != 3:
+        raise RefineError(f"Expected 3D image and mask, got {image.ndim}D and {mask.ndim}D arrays.")
+    if image.shape != mask.shape:
+        raise RefineError(f"Image {image.shape} and mask {mask.shape} are on different grids: resample the mask onto the CT.")
+    if len(spacing_zyx) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing_zyx):
+        raise RefineError(f"Voxel spacing {tuple(spacing_zyx)} is invalid: it must be three positive numbers (mm).")
+
+
+def _report(progress: Progress | None, fraction: float, message: str) -> None:
+    if progress is not None and progress(fraction, message) is False:
+        raise RefineCancelled()
+
+
+def _part(progress: Progress | None, index: int, count: int) -> Progress | None:
+    """``progress`` for box ``index`` of ``count``: its own 0..1 mapped onto its share."""
+    if progress is None or count == 1:
+        return progress
+    return lambda fraction, message: progress((index + fraction) / count, f"lesion group {index + 1}/{count}: {message}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()

@@ -1,0 +1,1 @@
+"""The 3D Slicer adapter: the only package that imports slicer/vtk (never qt)."""

@@ -1,0 +1,737 @@
+"""Slicer-side logic: the MRML scene in, the engine's worker in the middle, segments out.
+
+The one engine module that talks to Slicer (``slicer``/``vtk``, never ``qt``), imported only by
+the Slicer module and its tests. It runs inside the Slicer application and in plain Python with
+the PyPI ``slicer-core`` package, so it is tested headless.
+
+A refinement has three phases:
+
+1. ``prepare`` (main thread): checks the inputs and writes the CT, the coarse (and truth)
+   segments as arrays on the CT's voxel grid, the seed points and the options into a temporary
+   job folder (``worker.write_job``). The scene is left as it was.
+2. the worker (``LiverTumorRefineLib.worker``): makes the coarse mask when the source is seed
+   points, the automatic network or TotalSegmentator, refines it and computes the metrics. It
+   never touches MRML. ``startRefine`` runs it in its own process (``workerprocess``): Slicer's
+   main thread holds the GIL while it idles, so a thread would crawl; ``refine`` runs the same
+   code in this process (blocking; scripts and tests).
+3. ``apply`` (main thread): adds the coarse segment the worker made, the refined segment, sets
+   colours, outlines and terminology and fills the metrics table. Nothing is written to the
+   scene before this phase, so a cancelled or failed job leaves the scene exactly as it was.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from LiverTumorRefineLib import worker
+from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.scene.workerprocess import WorkerProcess
+
+try:  # In Slicer the base class provides getParameterNode(); headless (slicer-core) it is absent.
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
+except ImportError:  # pragma: no cover - depends on the environment
+    _LogicBase = object
+
+Progress = Callable[[float, str], Optional[bool]]
+
+TRUTH_COLOR = (1.0, 0.0, 0.0)
+COARSE_COLOR = (1.0, 1.0, 0.0)
+REFINED_COLOR = (0.0, 1.0, 0.0)
+OUTLINE_THICKNESS = 2
+REFINED_SUFFIX = " refined"
+METRICS_TABLE_NAME = "LiverTumorRefine metrics"
+ROW_HEADER = "Segmentation"
+# (column title, compute_metrics key)
+METRIC_COLUMNS = (("Dice", "dice"), ("VOE", "voe"), ("RVD", "rvd"), ("ASSD (mm)", "assd"), ("MSSD (mm)", "mssd"))
+# Slicer terminology entry string (vtkSegment tag "TerminologyEntry"): context~category~type~type
+# modifier~anatomic context~region~region modifier, each code as scheme^value^meaning.
+LIVER_NEOPLASM_TERMINOLOGY = (
+    "Segmentation category and type - DICOM master list"
+    "~SCT^49755003^Morphologically Altered Structure"
+    "~SCT^108369006^Neoplasm"
+    "~^^"
+    "~Anatomic codes - DICOM master list"
+    "~SCT^10200004^Liver"
+    "~^^"
+)
+REFINED_FROM_TAG = "LiverTumorRefine.RefinedFrom"  # on the refined segment: the coarse segment's ID
+DEVICES = ("auto", "cpu", "cuda")
+# Coarse sources the worker can make a coarse segment from, and the name of the segment each adds
+# (the source "mask", an existing segment, adds none).
+COARSE_SEGMENT_NAMES = {"seeds": "Tumour (seeded coarse)", "automatic": "Tumour (automatic coarse)",
+                        "totalsegmentator": "Tumour (TotalSegmentator coarse)"}
+
+JOB_FOLDER_PREFIX = "LiverTumorRefine-job-"  # temporary job folders (removed by finish/refine)
+# Fractions of the overall progress bar given to each phase.
+PREPARE_END, WORKER_END = 0.05, 0.95
+
+
+def _slicer():
+    try:
+        import slicer
+    except ImportError:
+        raise RefineError("3D Slicer's libraries are not available: run this inside 3D Slicer, or "
+                          "`pip install slicer-core` for headless use.") from None
+    return slicer
+
+
+@dataclass
+class RefineInputs:
+    """What ``prepare`` hands to the worker (as a job folder) and to ``apply``."""
+
+    volumeNode: Any
+    segmentationNode: Any  # holds the coarse segment; for a made coarse segment: where it goes (None: new node)
+    coarseSegmentId: str  # "" until apply adds a made coarse segment
+    coarseName: str
+    truthSegmentationNode: Any
+    truthSegmentId: Optional[str]
+    device: str
+    outlinesOnly: bool = True
+    coarseSource: str = "mask"  # or a key of COARSE_SEGMENT_NAMES
+    folder: Optional[Path] = None  # the job folder
+    jobPath: Optional[Path] = None
+
+
+@dataclass
+class RefineOutcome:
+    """What the worker hands to ``apply``."""
+
+    mask: np.ndarray  # (z, y, x) bool, refined, on the CT grid
+    stats: dict[str, Any]
+    metrics: Optional[dict[str, dict[str, float]]]  # {"coarse": {...}, "refined": {...}}
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    coarse: Optional[np.ndarray] = None  # the coarse mask the worker made, or None
+
+
+@dataclass
+class LiverTumorRefineResult:
+    """Returned by ``refine``/``RefineJob.finish``."""
+
+    refinedSegmentId: str
+    segmentationNode: Any
+    tableNode: Any  # vtkMRMLTableNode, or None without a truth segment
+    metrics: Optional[dict[str, dict[str, float]]]
+    patches: int
+    seconds: dict[str, float]  # the engine's timings plus "overall" (export, worker, scene)
+    device: str
+    notes: list[str]  # messages for the user (e.g. GPU out of memory, finished on the CPU)
+    stats: dict[str, Any]  # the engine's stats, e.g. "lesions" (per-lesion gate) and "parenchyma_hu"
+    coarseSegmentId: str = ""  # the coarse segment refined (new for seeds/automatic/TotalSegmentator)
+
+
+class LiverTumorRefineLogic(_LogicBase):
+    """Refines a coarse tumour segment of a CT in the MRML scene.
+
+    ``weights``: None for the model shipped in ``Resources/Models``, a model file, or a BRNet
+    (``torch.nn.Module``); ``batchSize``: patches per inference batch; ``refinerOptions``: more
+    ``Refiner`` options (``tta``, ``agreement``, ``min_kept``); ``segWeights``: the automatic
+    coarse network's model file (None: the shipped one).
+    """
+
+    def __init__(self, weights: Any = None, batchSize: int = 128, refinerOptions: Optional[dict[str, Any]] = None,
+                 segWeights: Optional[str] = None) -> None:
+        if _LogicBase is not object:
+            _LogicBase.__init__(self)
+        self.weights = weights
+        self.batchSize = batchSize
+        self.refinerOptions = dict(refinerOptions or {})
+        self.segWeights = segWeights
+        self.pythonExecutable: Optional[str] = None  # None: PythonSlicer in Slicer, this Python headless
+        self._weightsFolder: Optional[tempfile.TemporaryDirectory] = None
+
+    # ---------------------------------------------------------------- one call
+    def refine(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
+               device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True,
+               coarseSource: str = "mask", seedsNode=None) -> LiverTumorRefineResult:
+        """Refine ``coarseSegmentId`` of ``segmentationNode`` on the CT ``volumeNode`` (blocking, in
+        this process).
+
+        Adds "<coarse name> refined" to the same segmentation node (replacing an earlier one) and,
+        with a truth segment, fills the "LiverTumorRefine metrics" table. ``coarseSource`` "seeds"
+        (``seedsNode``: one markups point per lesion), "automatic" or "totalsegmentator" first makes
+        a new coarse segment (in ``segmentationNode``, or a new node when that is None or holds the
+        reference). ``progress(fraction, message)`` returning False cancels with
+        ``RefineCancelled``; the scene is then unchanged.
+        """
+        inputs = self.prepare(volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode, truthSegmentId,
+                              device, progress, outlinesOnly, coarseSource, seedsNode)
+        try:
+            def part(fraction: float, message: str):
+                return None if progress is None else progress(
+                    PREPARE_END + (WORKER_END - PREPARE_END) * float(fraction), message)
+
+            weights = self.weights if _is_module(self.weights) else None
+            worker.run_job(inputs.jobPath, part, weights=weights)
+            return self.apply(inputs, self.readOutcome(inputs), progress)
+        finally:
+            self.cleanup(inputs)
+
+    def startRefine(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None,
+                    truthSegmentId=None, device: str = "auto", outlinesOnly: bool = True, coarseSource: str = "mask",
+                    seedsNode=None) -> "RefineJob":
+        """Prepare on this (main) thread and start the worker process; see ``refine``."""
+        inputs = self.prepare(volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode, truthSegmentId,
+                              device, None, outlinesOnly, coarseSource, seedsNode)
+        try:
+            process = WorkerProcess(inputs.jobPath, self.pythonExecutable)
+        except BaseException:
+            self.cleanup(inputs)
+            raise
+        return RefineJob(self, inputs, process)
+
+    # ---------------------------------------------------------------- phase 1: main thread, read only
+    def prepare(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
+                device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True,
+                coarseSource: str = "mask", seedsNode=None) -> RefineInputs:
+        """Check the inputs and write the job folder; the scene is not changed."""
+        _slicer()  # a clear error outside Slicer
+        _report(progress, 0.0, "Reading the CT and the segments")
+        device = _check_device(device)
+        _check_volume(volumeNode)
+        if coarseSource != "mask" and coarseSource not in COARSE_SEGMENT_NAMES:
+            raise RefineError(f"Unknown coarse source {coarseSource!r}: choose an existing segment, seed points, "
+                              "automatic or TotalSegmentator.")
+        made = coarseSource != "mask"
+        if made:
+            coarseSegmentId, coarseName = "", COARSE_SEGMENT_NAMES[coarseSource]
+            if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+                segmentationNode = None
+        else:
+            coarseName = self._checkSegment(segmentationNode, coarseSegmentId, "coarse")
+        if truthSegmentationNode is not None and not truthSegmentId:
+            raise RefineError("A reference (truth) segmentation is selected but no segment in it: choose the truth "
+                              "segment, or clear the reference segmentation.")
+        truthName = None
+        if truthSegmentationNode is not None:
+            truthName = self._checkSegment(truthSegmentationNode, truthSegmentId, "reference (truth)")
+            if truthSegmentationNode is segmentationNode and truthSegmentId == coarseSegmentId:
+                raise RefineError("The same segment is chosen as coarse and as reference (truth): pick the ground-truth "
+                                  "segment as reference.")
+            if made and truthSegmentationNode is segmentationNode:
+                segmentationNode = None  # a made coarse segment never goes into the reference segmentation
+        seeds = self.seedPoints(seedsNode, volumeNode) if coarseSource == "seeds" else None
+
+        image = _ct_array(volumeNode)
+        coarse = None
+        if not made:
+            coarse = export_segment_mask(segmentationNode, coarseSegmentId, volumeNode)
+            if not coarse.any():
+                raise RefineError(f"The coarse segment '{coarseName}' lies outside the CT '{volumeNode.GetName()}': "
+                                  "check that the segmentation belongs to this CT (same patient and series).")
+        truth = None
+        if truthSegmentationNode is not None:
+            truth = export_segment_mask(truthSegmentationNode, truthSegmentId, volumeNode)
+            if not truth.any():
+                raise RefineError(f"The reference (truth) segment '{truthName}' lies outside the CT "
+                                  f"'{volumeNode.GetName()}': check that it belongs to this CT.")
+        inputs = RefineInputs(volumeNode, segmentationNode, coarseSegmentId, coarseName, truthSegmentationNode,
+                              truthSegmentId, device, outlinesOnly, coarseSource)
+        inputs.folder = Path(tempfile.mkdtemp(prefix=JOB_FOLDER_PREFIX))
+        try:
+            source = {"source": coarseSource, **({"seeds_ras": seeds} if seeds is not None else {})}
+            inputs.jobPath = worker.write_job(inputs.folder, image, volume_geometry(volumeNode), source, coarse, truth,
+                                              device=device, weights=self._weightsFile(), seg_weights=self.segWeights,
+                                              batch_size=self.batchSize, refiner=self.refinerOptions)
+            _report(progress, PREPARE_END, "Segments exported")  # a cancel here must not leave the folder
+        except BaseException:
+            self.cleanup(inputs)
+            raise
+        return inputs
+
+    def _weightsFile(self) -> Optional[str]:
+        """The model file the worker process loads: an in-memory BRNet is saved once per Logic."""
+        if self.weights is None or not _is_module(self.weights):
+            return None if self.weights is None else str(self.weights)
+        if self._weightsFolder is None:
+            from LiverTumorRefineLib.refine.weights import save_model
+
+            self._weightsFolder = tempfile.TemporaryDirectory(prefix="LiverTumorRefine-model-")
+            save_model(self.weights, Path(self._weightsFolder.name) / "model.pt")
+        return str(Path(self._weightsFolder.name) / "model.pt")
+
+    @staticmethod
+    def cleanup(inputs: RefineInputs) -> None:
+        """Remove the job folder (the worker's inputs and outputs)."""
+        if inputs.folder is not None:
+            shutil.rmtree(inputs.folder, ignore_errors=True)
+
+    @staticmethod
+    def _checkSegment(segmentationNode, segmentId, role: str) -> str:
+        if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+            raise RefineError(f"No segmentation is selected for the {role} segment: choose the segmentation that "
+                              "holds it.")
+        if not segmentId:
+            raise RefineError(f"No {role} segment is selected in '{segmentationNode.GetName()}': choose the tumour "
+                              "segment to use.")
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        if segment is None:
+            raise RefineError(f"The {role} segment is no longer in '{segmentationNode.GetName()}' (deleted?): "
+                              "choose another segment.")
+        if _segment_is_empty(segmentationNode, segmentId):
+            raise RefineError(f"The {role} segment '{segment.GetName()}' is empty: draw or import the tumour "
+                              "outline first, then refine.")
+        return segment.GetName()
+
+    @staticmethod
+    def validSegmentId(segmentationNode, segmentId: Optional[str]) -> str:
+        """``segmentId`` when ``segmentationNode`` still holds that segment, else "" (a selector
+        may keep a stale ID after its segmentation changed or was cleared)."""
+        if not segmentId or segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+            return ""
+        return segmentId if segmentationNode.GetSegmentation().GetSegment(segmentId) is not None else ""
+
+    def canRefine(self, volumeNode, coarseSource: str, segmentationNode, coarseSegmentId: Optional[str],
+                  seedsNode=None) -> bool:
+        """Whether the inputs are complete enough to press Apply (the checks of ``prepare`` come later)."""
+        if volumeNode is None:
+            return False
+        if coarseSource == "mask":
+            return bool(self.validSegmentId(segmentationNode, coarseSegmentId))
+        if coarseSource == "seeds":
+            return seedsNode is not None and bool(self.definedPointIndices(seedsNode))
+        return coarseSource in COARSE_SEGMENT_NAMES
+
+    # ---------------------------------------------------------------- seed points
+    @staticmethod
+    def definedPointIndices(seedsNode) -> list[int]:
+        """Indices of the control points whose position is defined (not being placed, not skipped)."""
+        defined = _slicer().vtkMRMLMarkupsNode.PositionDefined
+        return [n for n in range(seedsNode.GetNumberOfControlPoints())
+                if seedsNode.GetNthControlPointPositionStatus(n) == defined]
+
+    @classmethod
+    def seedPoints(cls, seedsNode, volumeNode) -> list[tuple[float, float, float]]:
+        """The defined control points of a markups node as RAS points in ``volumeNode``'s own
+        (untransformed) space; a point outside the CT is an error naming it."""
+        slicer = _slicer()
+        import vtk
+
+        indices = [] if seedsNode is None else cls.definedPointIndices(seedsNode)
+        if not indices:
+            raise RefineError("No seed points: place one point inside each lesion (Markups point list), then try again.")
+        worldToVolume = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), worldToVolume)
+        rasToIjk = vtk.vtkMatrix4x4()
+        volumeNode.GetRASToIJKMatrix(rasToIjk)
+        shape = tuple(reversed(volumeNode.GetImageData().GetDimensions()))
+        points = []
+        for n in indices:
+            world = [0.0, 0.0, 0.0]
+            seedsNode.GetNthControlPointPositionWorld(n, world)
+            local = tuple(float(v) for v in worldToVolume.TransformPoint(world))
+            i, j, k, _ = rasToIjk.MultiplyPoint(list(local) + [1.0])
+            if any(not -0.5 <= v < size - 0.5 for v, size in zip((k, j, i), shape)):
+                raise RefineError(f"Seed point '{seedsNode.GetNthControlPointLabel(n)}' lies outside the CT "
+                                  f"'{volumeNode.GetName()}': move it into a lesion on this CT.")
+            points.append(local)
+        return points
+
+    # ---------------------------------------------------------------- phase 2 result
+    @staticmethod
+    def readOutcome(inputs: RefineInputs) -> RefineOutcome:
+        """The worker's results in the job folder."""
+        result, mask, coarse = worker.read_result(inputs.folder)
+        shape = tuple(reversed(inputs.volumeNode.GetImageData().GetDimensions()))
+        if mask.shape != shape:
+            raise RuntimeError(f"the worker returned a mask of shape {mask.shape} for a CT of shape {shape}")
+        stats = dict(result.get("stats") or {})
+        stats["device"] = result.get("device", stats.get("device", ""))
+        return RefineOutcome(mask, stats, result.get("metrics"), list(result.get("notes") or []),
+                             float(result.get("seconds", 0.0)), coarse)
+
+    # ---------------------------------------------------------------- phase 3: main thread, writes
+    def apply(self, inputs: RefineInputs, outcome: RefineOutcome, progress: Progress | None = None) -> LiverTumorRefineResult:
+        """Write the coarse segment the worker made, the refined segment, display settings and the
+        metrics table into the scene."""
+        t0 = time.perf_counter()
+        # Last chance to cancel: after this check the scene is modified.
+        _report(progress, WORKER_END, "Adding the refined segment")
+        for node, what in ((inputs.segmentationNode, "segmentation"), (inputs.volumeNode, "CT"),
+                           (inputs.truthSegmentationNode, "reference segmentation")):
+            if node is not None and node.GetScene() is None:
+                raise RefineError(f"The {what} was closed while refining: nothing was added.")
+        if outcome.coarse is not None:
+            inputs.segmentationNode, inputs.coarseSegmentId, inputs.coarseName = self._addCoarseSegment(
+                inputs.volumeNode, inputs.segmentationNode, outcome.coarse, inputs.coarseName)
+        segmentationNode = inputs.segmentationNode
+        segmentation = segmentationNode.GetSegmentation()
+        if segmentation.GetSegment(inputs.coarseSegmentId) is None:
+            raise RefineError("The coarse segment was deleted while refining: nothing was added.")
+        refinedId = self._writeRefinedSegment(inputs, outcome.mask)
+        self._applyDisplay(inputs, refinedId)
+        tableNode = None
+        if outcome.metrics is not None:
+            tableNode = self._writeMetricsTable(inputs.volumeNode.GetScene() or segmentationNode.GetScene(),
+                                                outcome.metrics)
+        seconds = dict(outcome.stats.get("seconds", {}))
+        seconds["overall"] = outcome.seconds + (time.perf_counter() - t0)
+        if progress is not None:
+            progress(1.0, "Done")  # the scene is written: cancelling now has no effect
+        return LiverTumorRefineResult(refinedId, segmentationNode, tableNode, outcome.metrics,
+                                      int(outcome.stats.get("patches", 0)), seconds,
+                                      str(outcome.stats.get("device", "")), list(outcome.notes), dict(outcome.stats),
+                                      inputs.coarseSegmentId)
+
+    @staticmethod
+    def _addCoarseSegment(volumeNode, segmentationNode, mask: np.ndarray, name: str) -> tuple[Any, str, str]:
+        """Add ``mask`` as a new coarse segment (existing segments are never replaced: a second run
+        adds "... 2") to ``segmentationNode``, or to a new node when None; (node, ID, name)."""
+        if segmentationNode is None:
+            segmentationNode = volumeNode.GetScene().AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                                       f"{volumeNode.GetName()} coarse")
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+        unique, count = name, 1
+        while unique in names:
+            count += 1
+            unique = f"{name} {count}"
+        segment = _tumour_segment(unique, COARSE_COLOR, _oriented_image_from_mask(mask, volumeNode, segmentationNode))
+        segmentId = segmentation.GenerateUniqueSegmentID(unique)
+        segmentation.AddSegment(segment, segmentId)
+        segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
+        return segmentationNode, segmentId, unique
+
+    def findRefinedSegmentId(self, segmentationNode, coarseSegmentId: str) -> Optional[str]:
+        """ID of the segment an earlier run made from ``coarseSegmentId``, or None."""
+        segmentation = segmentationNode.GetSegmentation()
+        coarse = segmentation.GetSegment(coarseSegmentId)
+        byName = None
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(index)
+            if segmentId == coarseSegmentId:
+                continue
+            segment = segmentation.GetSegment(segmentId)
+            tag = segment_tag(segment, REFINED_FROM_TAG)
+            if tag == coarseSegmentId:
+                return segmentId
+            if tag is None and coarse is not None and segment.GetName() == coarse.GetName() + REFINED_SUFFIX:
+                byName = byName or segmentId
+        return byName
+
+    def _writeRefinedSegment(self, inputs: RefineInputs, mask: np.ndarray) -> str:
+        segmentationNode = inputs.segmentationNode
+        segmentation = segmentationNode.GetSegmentation()
+        segment = _tumour_segment(inputs.coarseName + REFINED_SUFFIX, REFINED_COLOR,
+                                  _oriented_image_from_mask(mask, inputs.volumeNode, segmentationNode))
+        segment.SetTag(REFINED_FROM_TAG, inputs.coarseSegmentId)
+        previous = self.findRefinedSegmentId(segmentationNode, inputs.coarseSegmentId)
+        wasModifying = segmentationNode.StartModify()
+        try:
+            if previous is not None:
+                index = segmentation.GetSegmentIndex(previous)
+                segmentation.RemoveSegment(previous)
+                before = segmentation.GetNthSegmentID(index) if index < segmentation.GetNumberOfSegments() else ""
+                refinedId = previous
+                segmentation.AddSegment(segment, refinedId, before or "")
+            else:
+                refinedId = segmentation.GenerateUniqueSegmentID(inputs.coarseName + REFINED_SUFFIX)
+                segmentation.AddSegment(segment, refinedId)
+            segmentation.GetSegment(refinedId).SetColor(*REFINED_COLOR)
+        finally:
+            segmentationNode.EndModify(wasModifying)
+        return refinedId
+
+    def _applyDisplay(self, inputs: RefineInputs, refinedId: str) -> None:
+        inputs.segmentationNode.GetSegmentation().GetSegment(inputs.coarseSegmentId).SetColor(*COARSE_COLOR)
+        if inputs.truthSegmentationNode is not None:
+            inputs.truthSegmentationNode.GetSegmentation().GetSegment(inputs.truthSegmentId).SetColor(*TRUTH_COLOR)
+        self.setOutlineDisplay(inputs.segmentationNode, [inputs.coarseSegmentId, refinedId], inputs.outlinesOnly)
+        if inputs.truthSegmentationNode is not None:
+            self.setOutlineDisplay(inputs.truthSegmentationNode, [inputs.truthSegmentId], inputs.outlinesOnly)
+
+    @staticmethod
+    def setOutlineDisplay(segmentationNode, segmentIds, outlinesOnly: bool = True) -> None:
+        """Show ``segmentIds`` in 2D as outlines of thickness 2, without fill when ``outlinesOnly``.
+
+        Other segments keep their own fill and outline settings; the thickness belongs to the
+        whole segmentation node (Slicer has no per-segment thickness).
+        """
+        if segmentationNode.GetDisplayNode() is None:
+            segmentationNode.CreateDefaultDisplayNodes()
+        display = segmentationNode.GetDisplayNode()
+        wasModifying = display.StartModify()
+        try:
+            display.SetVisibility(True)
+            display.SetVisibility2DOutline(True)  # node-wide switch: per-segment outlines need it on
+            display.SetSliceIntersectionThickness(OUTLINE_THICKNESS)
+            for segmentId in segmentIds:
+                display.SetSegmentVisibility(segmentId, True)
+                display.SetSegmentVisibility2DOutline(segmentId, True)
+                display.SetSegmentOpacity2DOutline(segmentId, 1.0)
+                display.SetSegmentVisibility2DFill(segmentId, not outlinesOnly)
+        finally:
+            display.EndModify(wasModifying)
+
+    @staticmethod
+    def _writeMetricsTable(scene, metrics: dict[str, dict[str, float]]):
+        slicer = _slicer()
+        import vtk
+
+        table = None
+        for node in nodes_by_class(scene, "vtkMRMLTableNode"):
+            if node.GetName() == METRICS_TABLE_NAME:
+                table = node
+                break
+        if table is None:
+            table = scene.AddNewNodeByClass("vtkMRMLTableNode", METRICS_TABLE_NAME)
+        wasModifying = table.StartModify()
+        try:
+            table.RemoveAllColumns()
+            names = vtk.vtkStringArray()
+            names.SetName(ROW_HEADER)
+            columns = []
+            for title, _ in METRIC_COLUMNS:
+                column = vtk.vtkDoubleArray()
+                column.SetName(title)
+                columns.append(column)
+            for row in ("coarse", "refined"):
+                names.InsertNextValue(row)
+                for column, (_, key) in zip(columns, METRIC_COLUMNS):
+                    column.InsertNextValue(float(metrics[row][key]))
+            table.AddColumn(names)
+            for column in columns:
+                table.AddColumn(column)
+            for title, key in METRIC_COLUMNS:
+                if key in ("assd", "mssd"):
+                    table.SetColumnUnitLabel(title, "mm")
+            table.SetUseFirstColumnAsRowHeader(True)
+            table.SetLocked(True)  # results, not for editing
+        finally:
+            table.EndModify(wasModifying)
+        table.Modified()
+        return table
+
+
+
+
+class RefineJob:
+    """A refinement running in a worker process (``workerprocess.WorkerProcess``).
+
+    The caller (the module's timer on the main thread) polls ``done`` and ``state()`` (both cheap,
+    never blocking), may ``cancel()`` (ends the process), and calls ``finish()`` once ``done``: it
+    writes the scene on the calling thread, or raises the worker's error (``RefineCancelled``
+    after a cancel). The job folder is removed by ``finish``.
+    """
+
+    def __init__(self, logic: LiverTumorRefineLogic, inputs: RefineInputs, process: WorkerProcess) -> None:
+        self.logic, self.inputs, self.process = logic, inputs, process
+
+    def cancel(self) -> None:
+        self.process.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.process.cancelled
+
+    @property
+    def done(self) -> bool:
+        return self.process.done
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker ends (tests and scripts; the GUI polls ``done`` instead)."""
+        return self.process.wait(timeout)
+
+    def state(self) -> tuple[float, str]:
+        fraction, message = self.process.state()
+        return PREPARE_END + (WORKER_END - PREPARE_END) * fraction, message
+
+    def finish(self) -> LiverTumorRefineResult:
+        """Apply the result on this thread (call once ``done``); raises what the worker raised."""
+        if not self.process.done:
+            raise RuntimeError("RefineJob.finish() called before the worker finished")
+        try:
+            self.process.check()
+            outcome = self.logic.readOutcome(self.inputs)
+            seconds = outcome.stats.setdefault("seconds", {})
+            seconds["process"] = time.perf_counter() - self.process.started
+            return self.logic.apply(self.inputs, outcome)
+        finally:
+            self.logic.cleanup(self.inputs)
+
+
+# -------------------------------------------------------------------- helpers
+def export_segment_mask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.ndarray:
+    """Segment ``segmentId`` as a bool (z, y, x) array on ``referenceVolumeNode``'s voxel grid.
+
+    Uses ``ExportSegmentsToLabelmapNode`` with the reference volume, so the segmentation may have
+    another spacing, extent, origin or (linear) parent transform. The temporary labelmap and
+    the display and colour nodes the export creates are removed again: the scene is unchanged.
+    """
+    slicer = _slicer()
+    import vtk
+
+    scene = referenceVolumeNode.GetScene() or segmentationNode.GetScene()
+    if scene is None:
+        raise RefineError("The CT and segmentation must be in the Slicer scene.")
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    labelmap.SetName("__LiverTumorRefine_export__")
+    labelmap.SetHideFromEditors(True)
+    scene.AddNode(labelmap)
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segmentId)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        ok = logic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmap, referenceVolumeNode,
+                                                slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+        if not ok or labelmap.GetImageData() is None:
+            raise RefineError(f"Could not export segment '{segmentId}' onto the CT grid: if the segmentation has a "
+                              "non-linear transform, harden it first (Data module, right-click, Harden transform).")
+        mask = slicer.util.arrayFromVolume(labelmap) != 0
+        expected = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
+        if mask.shape != expected:
+            raise RuntimeError(f"exported mask {mask.shape} does not match the CT grid {expected}")
+        return np.array(mask, dtype=bool, copy=True)
+    finally:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in reversed([n for n in added if n.GetID() not in before]):
+            scene.RemoveNode(node)
+
+
+def _segment_is_empty(segmentationNode, segmentId: str) -> bool:
+    """True when the segment has no voxel (binary labelmap source) or no geometry (surfaces)."""
+    slicer = _slicer()
+    segmentation = segmentationNode.GetSegmentation()
+    labelmapName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    segment = segmentation.GetSegment(segmentId)
+    data = segment.GetRepresentation(labelmapName)
+    if data is None:
+        sourceName = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName
+        data = segment.GetRepresentation(sourceName())
+        if data is None:
+            return True
+        return data.GetNumberOfPoints() == 0
+    if data.GetPointData() is None or data.GetPointData().GetScalars() is None:
+        return True
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    values = vtk_to_numpy(data.GetPointData().GetScalars())
+    return not np.any(values == segment.GetLabelValue())
+
+
+def _oriented_image_from_mask(mask: np.ndarray, volumeNode, segmentationNode):
+    """A vtkOrientedImageData holding ``mask`` on the CT grid, in the segmentation's coordinates."""
+    slicer = _slicer()
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(mask.shape[2], mask.shape[1], mask.shape[0])
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(mask, dtype=np.uint8).ravel()
+    ijkToRas = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRas)
+    volumeParent, segmentationParent = volumeNode.GetParentTransformNode(), segmentationNode.GetParentTransformNode()
+    if volumeParent is not segmentationParent:
+        volumeToSegmentation = vtk.vtkMatrix4x4()
+        if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(volumeParent, segmentationParent,
+                                                                          volumeToSegmentation):
+            raise RefineError("The CT or the segmentation is under a non-linear transform: harden the transforms "
+                              "(Data module, right-click, Harden transform) and refine again.")
+        vtk.vtkMatrix4x4.Multiply4x4(volumeToSegmentation, ijkToRas, ijkToRas)
+    image.SetImageToWorldMatrix(ijkToRas)
+    return image
+
+
+def _tumour_segment(name: str, color, image):
+    """A new liver-neoplasm segment with a fixed name and colour that brings its own labelmap
+    ``image``: it gets its own layer, so it may overlap the coarse and truth segments, which
+    keep every voxel."""
+    slicer = _slicer()
+    segment = slicer.vtkSegment()
+    segment.SetName(name)
+    segment.SetNameAutoGenerated(False)
+    segment.SetColorAutoGenerated(False)
+    segment.SetColor(*color)
+    # vtkSegment.SetTerminology exists only from Slicer 5.10: the tag works on every version.
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), LIVER_NEOPLASM_TERMINOLOGY)
+    segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), image)
+    return segment
+
+
+def _direction_lps(volumeNode) -> tuple[float, ...]:
+    """The volume's IJK axis directions in LPS, row-major with one column per axis (SimpleITK's
+    layout): RAS rows 0 and 1 change sign."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASDirectionMatrix(matrix)
+    return tuple((-1.0 if row < 2 else 1.0) * matrix.GetElement(row, col) for row in range(3) for col in range(3))
+
+
+def _check_volume(volumeNode) -> None:
+    if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise RefineError("No CT volume is selected: load the CT and choose it as the input volume.")
+    if volumeNode.GetImageData() is None or min(volumeNode.GetImageData().GetDimensions()) < 1:
+        raise RefineError(f"The volume '{volumeNode.GetName()}' holds no image data: load the CT again.")
+    if volumeNode.GetImageData().GetDimensions()[2] < 2:
+        raise RefineError(f"The volume '{volumeNode.GetName()}' is a single slice: refinement needs a 3D CT.")
+
+
+def _ct_array(volumeNode) -> np.ndarray:
+    """The CT as a float32 (k, j, i) copy."""
+    image = np.array(_slicer().util.arrayFromVolume(volumeNode), dtype=np.float32, copy=True)
+    if image.ndim != 3:
+        raise RefineError(f"The volume '{volumeNode.GetName()}' is not a single-component 3D image "
+                          "(colour or vector volume?): choose the CT.")
+    return image
+
+
+def volume_geometry(volumeNode) -> dict[str, list[float]]:
+    """The volume's grid in SimpleITK conventions (LPS; spacing and origin x, y, z; direction
+    row-major, one column per axis), as the worker's job file holds it."""
+    origin = volumeNode.GetOrigin()
+    return {"spacing": [float(s) for s in volumeNode.GetSpacing()],
+            "origin": [-float(origin[0]), -float(origin[1]), float(origin[2])],
+            "direction": list(_direction_lps(volumeNode))}
+
+
+def nodes_by_class(scene, className: str) -> list:
+    """The scene's nodes of ``className``. ``GetNodesByClass`` returns a new reference: it is
+    released here (as ``slicer.util.getNodesByClass`` does), or every call leaks a collection."""
+    nodes = scene.GetNodesByClass(className)
+    nodes.UnRegister(None)
+    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+
+
+def segment_tag(segment, name: str) -> Optional[str]:
+    """The value of tag ``name`` of a vtkSegment, or None when it is unset or empty."""
+    import vtk
+
+    value = vtk.reference("")
+    if not segment.GetTag(name, value):
+        return None
+    return str(value) or None
+
+
+def _check_device(device: str) -> str:
+    device = {"gpu": "cuda"}.get(str(device).lower(), str(device).lower())
+    if device not in DEVICES:
+        raise RefineError(f"Unknown device '{device}': choose Auto, CPU or GPU.")
+    if device == "cuda":
+        try:
+            import torch
+        except ImportError:
+            return device  # reported by compute() with the install hint
+        if not torch.cuda.is_available():
+            raise RefineError("GPU was chosen but PyTorch sees no CUDA GPU on this computer: choose Auto or CPU.")
+    return device
+
+
+def _is_module(weights: Any) -> bool:
+    """True for an in-memory network (``torch.nn.Module``), without importing torch."""
+    return weights is not None and hasattr(weights, "state_dict") and hasattr(weights, "patch_config")
+
+
+def _report(progress: Progress | None, fraction: float, message: str) -> None:
+    if progress is not None and progress(fraction, message) is False:
+        raise RefineCancelled()

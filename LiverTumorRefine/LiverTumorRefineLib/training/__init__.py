@@ -1,0 +1,1 @@
+"""Training: phantoms, the coarse simulator, datasets, augmentation and the training loops."""

@@ -1,0 +1,1 @@
+"""Volumes in and out: geometry, NIfTI/NRRD/DICOM IO, input checks and atomic writes."""

@@ -1,0 +1,375 @@
+"""DICOM in and out: CT series folders as ``Volume``s, DICOM SEG segments onto a CT grid, and
+refined masks written as DICOM SEG referencing their source series.
+
+Sorting, spacing checks, pixel transforms and SEG frame placement are highdicom's (frames are
+matched by their plane positions, never by file order); this module only chooses which files
+form the volume and converts highdicom's affine to the engine's SimpleITK/LPS ``Geometry``.
+pydicom and highdicom are imported inside the functions, so NIfTI-only use never loads them.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from LiverTumorRefineLib.volume.atomic import atomic_path
+from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+
+SEG_SUFFIX = ".dcm"
+LITS_SEGMENT_NAMES = {1: "Liver", 2: "Tumor"}
+
+
+@dataclass
+class DicomSeries:
+    """One CT series: its volume (array in the order of ``datasets``; None when read headers only)
+    and the pydicom datasets of the slices kept, sorted along the slice normal."""
+
+    volume: Volume | None
+    geometry: Geometry
+    shape: tuple[int, int, int]
+    datasets: list[Any]
+    folder: Path
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.datasets[0].SeriesInstanceUID)
+
+
+def _imports():  # noqa: ANN202 - the two modules
+    try:
+        import highdicom
+        import pydicom
+    except ImportError:
+        raise RefineError("DICOM input and output need pydicom and highdicom: pip install pydicom highdicom") from None
+    return pydicom, highdicom
+
+
+def is_dicom_folder(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder (a DICOM series is given as its folder)."""
+    return Path(path).is_dir()
+
+
+def is_dicom_seg_path(path: str | os.PathLike) -> bool:
+    """True for a ``.dcm`` file name, the form DICOM SEG inputs and outputs take here."""
+    return str(path).lower().endswith(SEG_SUFFIX)
+
+
+# --------------------------------------------------------------------------------------------
+# CT series
+
+
+def _read_headers(folder: Path, pixels: bool) -> list[Any]:
+    pydicom, _ = _imports()
+    datasets = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels)
+        except Exception:  # noqa: BLE001 - not DICOM (DICOMDIR readers, notes, .DS_Store): skipped
+            continue
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "PixelSpacing" in ds:
+            datasets.append(ds)
+    return datasets
+
+
+def _normal(ds: Any) -> np.ndarray:
+    orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
+    return np.cross(orientation[:3], orientation[3:])
+
+
+def _grid_key(ds: Any) -> tuple:
+    """Slices that can share one volume: same orientation (to 1e-3), pixel spacing and size."""
+    return (tuple(np.round([float(v) for v in ds.ImageOrientationPatient], 3)),
+            tuple(round(float(v), 4) for v in ds.PixelSpacing), int(ds.Rows), int(ds.Columns))
+
+
+def _main_run(datasets: list[Any]) -> list[Any]:
+    """The longest run of slices at the most common spacing along the slice normal, sorted
+    along it; duplicated positions keep their first file."""
+    normal = _normal(datasets[0])
+    by_position = sorted(datasets, key=lambda ds: float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)))
+    positions = np.array([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in by_position])
+    if len(by_position) < 3:
+        return by_position
+    steps = np.round(np.diff(positions), 2)
+    common = Counter(s for s in steps.tolist() if s > 0).most_common(1)
+    if not common:
+        return by_position[:1]
+    step = common[0][0]
+    best, start = (0, 0), 0
+    for i in range(len(steps) + 1):  # runs of consecutive steps equal to the common one
+        if i == len(steps) or abs(steps[i] - step) > max(0.01 * step, 1e-3):
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = i + 1
+    return by_position[best[0]:best[1] + 1]
+
+
+def _select_series(folder: Path, datasets: list[Any], series_uid: str | None) -> list[Any]:
+    if not datasets:
+        inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        hint = f" It holds folders ({', '.join(inside[:6])}): give one series folder." if inside else ""
+        raise RefineError(f"{folder}: no DICOM image slices found; give the folder of one CT series.{hint}")
+    series = Counter(str(ds.SeriesInstanceUID) for ds in datasets)
+    if series_uid is not None:
+        if series_uid not in series:
+            raise RefineError(f"{folder}: no series {series_uid}; series there: {', '.join(series)}.")
+        return [ds for ds in datasets if str(ds.SeriesInstanceUID) == series_uid]
+    if len(series) > 1:
+        described = "; ".join(f"{uid} ({n} files, {_series_name(datasets, uid)})" for uid, n in series.items())
+        raise RefineError(f"{folder} holds {len(series)} DICOM series: {described}. Put each series in its own "
+                          "folder (or pass series_uid to dicom.read_series).")
+    return datasets
+
+
+def _series_name(datasets: list[Any], uid: str) -> str:
+    ds = next(d for d in datasets if str(d.SeriesInstanceUID) == uid)
+    return f"#{ds.get('SeriesNumber', '?')} {ds.get('SeriesDescription', '') or 'no description'}".strip()
+
+
+def _series_datasets(folder: str | os.PathLike, pixels: bool, series_uid: str | None) -> tuple[Path, list[Any]]:
+    """The slices of the series in ``folder`` that form its main regular volume, sorted along
+    the normal, with a warning naming how many odd slices (other orientation, size or spacing,
+    e.g. a reformatted localiser stored in the series) were left out."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise RefineError(f"{path}: not a folder; give the folder holding one DICOM CT series.")
+    datasets = _select_series(path, _read_headers(path, pixels), series_uid)
+    groups = Counter(_grid_key(ds) for ds in datasets)
+    main = groups.most_common(1)[0][0]
+    kept = _main_run([ds for ds in datasets if _grid_key(ds) == main])
+    dropped = len(datasets) - len(kept)
+    if dropped:
+        warnings.warn(f"{path}: dropped {dropped} of {len(datasets)} slices that do not belong to the main regular "
+                      f"volume (another orientation, size or slice spacing); kept {len(kept)}.", UserWarning, stacklevel=3)
+    return path, kept
+
+
+def geometry_from_affine(affine: np.ndarray) -> Geometry:
+    """Engine geometry of a highdicom affine (LPS, indices (slice, row, column)); the engine's
+    array is (z, y, x) = (slice, row, column), so SimpleITK's x axis is the column axis."""
+    affine = np.asarray(affine, dtype=float)
+    vectors = [affine[:3, 2], affine[:3, 1], affine[:3, 0]]  # x (columns), y (rows), z (slices)
+    spacing = tuple(float(np.linalg.norm(v)) for v in vectors)
+    direction = np.stack([v / s for v, s in zip(vectors, spacing)], axis=1)  # columns are axis directions
+    return Geometry(spacing, tuple(float(o) for o in affine[:3, 3]), tuple(float(d) + 0.0 for d in direction.ravel()))  # no -0.0
+
+
+def affine_from_geometry(geometry: Geometry) -> np.ndarray:
+    """The highdicom affine (indices (slice, row, column) to LPS mm) of an engine geometry."""
+    direction = np.array(geometry.direction, dtype=float).reshape(3, 3) * np.array(geometry.spacing, dtype=float)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = direction[:, 2], direction[:, 1], direction[:, 0]
+    affine[:3, 3] = geometry.origin
+    return affine
+
+
+def _along_normal(volume: Any, normal: np.ndarray) -> Any:
+    """highdicom stacks slices right-handed (often descending along the normal); flip to the
+    DICOM reader convention (SimpleITK's): slice index increases along the slice normal."""
+    return volume.flip_spatial(0) if float(np.dot(volume.affine[:3, 0], normal)) < 0 else volume
+
+
+def read_series(folder: str | os.PathLike, series_uid: str | None = None, pixels: bool = True) -> DicomSeries:
+    """The CT series in ``folder`` in HU (RescaleSlope/Intercept applied) with its geometry.
+
+    Slices are ordered by position along the slice normal, never by file name; slices that do
+    not fit the main regular volume are dropped with a warning. A folder with several series is
+    refused unless ``series_uid`` picks one. ``pixels=False`` reads headers only (geometry and
+    datasets for a SEG writer; ``volume`` is None).
+    """
+    _, hd = _imports()
+    path, kept = _series_datasets(folder, pixels, series_uid)
+    normal = _normal(kept[0])
+    if pixels:
+        try:
+            hd_volume = hd.get_volume_from_series(kept, dtype=np.float32, apply_modality_transform=None,
+                                                  apply_voi_transform=False, orientation_tol=1e-3)
+        except (ValueError, AttributeError) as exc:
+            raise RefineError(f"{path}: the slices do not form a regular volume ({exc}).") from None
+        hd_volume = _along_normal(hd_volume, normal)
+        geometry = geometry_from_affine(hd_volume.affine)
+        array = np.ascontiguousarray(hd_volume.array.astype(np.float32, copy=False))
+        volume: Volume | None = Volume(array, geometry)
+        shape = array.shape
+    else:  # the same geometry from the headers: x along a row, y down a column, z along the normal
+        first = kept[0]
+        cosines = np.array([float(v) for v in first.ImageOrientationPatient]).reshape(2, 3)
+        z_step = (float(np.dot([float(v) for v in kept[-1].ImagePositionPatient], normal))
+                  - float(np.dot([float(v) for v in first.ImagePositionPatient], normal))) / max(len(kept) - 1, 1)
+        row_mm, column_mm = (float(v) for v in first.PixelSpacing)  # between rows, between columns
+        direction = np.stack([cosines[0], cosines[1], normal], axis=1)
+        geometry = Geometry((column_mm, row_mm, z_step if len(kept) > 1 else float(first.get("SliceThickness") or 1.0)),
+                            tuple(float(v) for v in first.ImagePositionPatient),
+                            tuple(float(d) for d in direction.ravel()))
+        volume, shape = None, (len(kept), int(first.Rows), int(first.Columns))
+    if not np.allclose(geometry.origin, [float(v) for v in kept[0].ImagePositionPatient], atol=1e-3):
+        raise RuntimeError(f"{path}: series geometry does not start at the first slice")  # a bug
+    return DicomSeries(volume, geometry, tuple(int(n) for n in shape), kept, path)
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM SEG in
+
+
+def _read_seg(path: str | os.PathLike) -> Any:
+    _, hd = _imports()
+    path = Path(path)
+    if not path.is_file():
+        raise RefineError(f"{path}: file not found.")
+    try:
+        return hd.seg.segread(str(path))
+    except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise many types for non-SEG files
+        raise RefineError(f"{path}: not a readable DICOM SEG ({str(exc)[:160]}).") from None
+
+
+def segment_names(seg: Any) -> dict[int, str]:
+    """Segment number -> label of a highdicom Segmentation."""
+    return {int(item.SegmentNumber): str(item.SegmentLabel) for item in seg.SegmentSequence}
+
+
+def choose_segment(names: dict[int, str], segment: str | int | None, where: str | os.PathLike) -> int:
+    """The number of the segment named ``segment`` (label, case-insensitive, or its number);
+    the only one when None. RefineError listing the segments otherwise."""
+    listed = ", ".join(f"{n} {name!r}" for n, name in names.items())
+    if segment is None:
+        if len(names) == 1:
+            return next(iter(names))
+        raise RefineError(f"{where} holds {len(names)} segments ({listed}): choose one with --segment NAME or NUMBER.")
+    text = str(segment).strip()
+    matches = [n for n, name in names.items() if name.strip().lower() == text.lower()]
+    if not matches and text.isdigit() and int(text) in names:
+        matches = [int(text)]
+    if not matches:
+        raise RefineError(f"{where} has no segment {text!r}; segments there: {listed}.")
+    if len(matches) > 1:
+        raise RefineError(f"{where} has several segments named {text!r} ({matches}): give its number instead.")
+    return matches[0]
+
+
+def read_seg_header(path: str | os.PathLike) -> Any:
+    """A DICOM SEG as a highdicom Segmentation (for ``segment_names``); RefineError if unreadable."""
+    return _read_seg(path)
+
+
+def read_seg(path: str | os.PathLike, segment: str | int | None = None) -> Volume:
+    """One segment of a DICOM SEG as a 0/1 uint8 volume on the SEG's own grid (the span of its
+    frames, placed by plane position; frames the SEG omits are empty)."""
+    seg = _read_seg(path)
+    number = choose_segment(segment_names(seg), segment, path)
+    try:
+        hd_volume = seg.get_volume(segment_numbers=[number], combine_segments=True, relabel=True,
+                                   skip_overlap_checks=True, allow_missing_positions=True, dtype=np.uint8)
+    except (ValueError, RuntimeError) as exc:
+        raise RefineError(f"{path}: segment {number} is not a regular 3D volume ({str(exc)[:160]}).") from None
+    hd_volume = _along_normal(hd_volume, np.cross(hd_volume.affine[:3, 2], hd_volume.affine[:3, 1]))
+    array = np.ascontiguousarray((hd_volume.array > 0).astype(np.uint8))
+    return Volume(array, geometry_from_affine(hd_volume.affine))
+
+
+def read_seg_on(path: str | os.PathLike, reference: Volume, segment: str | int | None = None) -> Volume:
+    """One segment of a DICOM SEG on ``reference``'s grid (0/1 uint8): highdicom's
+    ``match_geometry`` (pad, crop, permute; no resampling) when the grids align, else nearest
+    neighbour resampling. Refused when it falls outside the reference."""
+    from LiverTumorRefineLib.volume import io
+
+    _, hd = _imports()
+    own = read_seg(path, segment)
+    target = hd.VolumeGeometry(affine_from_geometry(reference.geometry), reference.array.shape, "PATIENT")
+    source = hd.Volume(own.array, affine_from_geometry(own.geometry), "PATIENT")
+    try:
+        array = source.match_geometry(target).array
+    except RuntimeError:  # grids do not align: resample
+        array = io.from_sitk(io.resample_mask_to(io.to_sitk(own), io.to_sitk(reference))).array
+    return Volume(np.ascontiguousarray(array.astype(np.uint8)), reference.geometry)
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM SEG out
+
+
+def check_seg_output(out: str | os.PathLike, image_path: str | os.PathLike, force: bool) -> Path:
+    """Refuse, before any work, a DICOM SEG output that cannot be written: the CT must be a DICOM
+    series folder (the SEG references its instances), the file must be new (or ``force``) in an
+    existing, writable folder."""
+    out = Path(out)
+    if not is_dicom_folder(image_path):
+        raise RefineError(f"{out}: a DICOM SEG output (.dcm) references its source CT series, so the CT must be a "
+                          f"DICOM series folder, not {image_path}: write a .nii.gz or .nrrd mask instead.")
+    if out.is_dir():
+        raise RefineError(f"Output {out} is a folder: give a file name such as {out / 'refined.dcm'}.")
+    if out.exists() and not force:
+        raise RefineError(f"{out} already exists: choose another output or pass --force.")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise RefineError(f"Output folder {folder} does not exist or is not writable: choose another output path.")
+    return out
+
+
+def _segment_description(hd: Any, number: int, label: str) -> Any:
+    from pydicom.sr.codedict import codes
+
+    from LiverTumorRefineLib import __version__
+
+    liver = label.lower() == "liver"
+    return hd.seg.SegmentDescription(
+        segment_number=number, segment_label=label,
+        segmented_property_category=codes.SCT.Organ if liver else codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Liver if liver else codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="LiverTumorRefine", version=__version__, family=codes.DCM.ArtificialIntelligence))
+
+
+def write_seg(labels: Volume, series: DicomSeries, out: str | os.PathLike, names: dict[int, str] | None = None,
+              force: bool = False) -> Path:
+    """Write ``labels`` (on ``series``' grid, as ``read_series`` returns it) as a BINARY DICOM SEG
+    referencing the series' instances: one segment per non-zero value, named by ``names``
+    (default: "Tumor" for a 0/1 mask, "Liver"/"Tumor" for a LiTS 0/1/2 map). Written atomically
+    and read back to check every segment; returns the path."""
+    _, hd = _imports()
+    out = Path(out)
+    if out.exists() and not force:
+        raise RefineError(f"{out} already exists: choose another output or pass --force.")
+    if labels.array.shape != series.shape or not labels.geometry.same_grid(series.geometry):
+        raise RuntimeError(f"labels {labels.array.shape} are not on the series grid {series.shape}")  # a bug
+    values = [int(v) for v in np.unique(labels.array) if v != 0]
+    if names is None:
+        names = {1: "Tumor"} if values == [1] else LITS_SEGMENT_NAMES
+    numbers = values or [1]  # an empty result is still a valid (empty) tumour segment
+    planes = np.stack([labels.array == value for value in numbers], axis=-1).astype(np.uint8)  # frames, rows, cols, segments
+    first = series.datasets[0]
+    seg = hd.seg.Segmentation(
+        source_images=series.datasets, pixel_array=planes, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_segment_description(hd, i + 1, names.get(v, f"Label {v}")) for i, v in enumerate(numbers)],
+        series_instance_uid=hd.UID(), series_number=int(first.get("SeriesNumber", 0) or 0) + 9000,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LiverTumorRefine",
+        manufacturer_model_name="LiverTumorRefine", software_versions=_version(), device_serial_number="0",
+        series_description="LiverTumorRefine refined", omit_empty_frames=bool(values))
+    with atomic_path(out, SEG_SUFFIX) as tmp:
+        seg.save_as(tmp)
+        _verify_seg(tmp, labels, numbers, series)
+    return out
+
+
+def _version() -> str:
+    from LiverTumorRefineLib import __version__
+
+    return str(__version__)
+
+
+def _verify_seg(path: str, labels: Volume, numbers: Sequence[int], series: DicomSeries) -> None:
+    """Read the written SEG back: it references the series and every segment lands on its voxels."""
+    seg = _read_seg(path)
+    referenced = {str(item.SeriesInstanceUID) for item in seg.ReferencedSeriesSequence}
+    if series.series_uid not in referenced:
+        raise RuntimeError(f"{path}: written SEG does not reference series {series.series_uid}")  # a bug
+    for i, value in enumerate(numbers):
+        back = read_seg_on(path, labels, i + 1).array
+        if not np.array_equal(back.astype(bool), labels.array == value):
+            raise RuntimeError(f"{path}: segment {i + 1} does not read back as written")  # a bug
