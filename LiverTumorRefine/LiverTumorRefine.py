@@ -51,6 +51,7 @@ class LiverTumorRefine(ScriptedLoadableModule):
         self.parent.acknowledgementText = (
             "Boundary patch refinement with a BRNet (boundary refinement network) on patches along the tumour "
             "boundary. Built on 3D Slicer, PyTorch and SimpleITK.")
+        slicer.app.connect("startupCompleted()", lambda: __import__("SegmentEditorRefineBoundaryLib").registerEffect())
 
 
 @parameterNodeWrapper

@@ -76,6 +76,20 @@ NOT_SLICER = {"AllocateScalars", "GetDimensions", "GetElement", "GetItemAsObject
               "GetNumberOfPoints", "GetPointData", "GetScalars", "InsertNextValue", "Modified", "Multiply4x4",
               "MultiplyPoint", "SetDimensions", "TransformPoint", "UnRegister", "TemporaryDirectory", "QTimer", "IsA",
               "WaitCursor", "Clear"}
+# The Segment Editor effect "Refine boundary": its scene logic and its Qt file (the editor calls it
+# makes on its scriptedEffect are checked against 5.8.1 by Testing/test_effect.py).
+SCANNED += [MODULE_DIR / "LiverTumorRefineLib" / "scene" / "effect.py",
+            *sorted((MODULE_DIR / "SegmentEditorRefineBoundaryLib").glob("*.py"))]
+EDITOR = "Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h"
+VERIFIED_5_8.update({
+    "GetConversionParameter": f"{SEG}/vtkSegmentation.h",
+    "DeserializeImageGeometry": f"{SEG}/vtkSegmentationConverter.h",
+    "GetReferenceImageGeometryParameterName": f"{SEG}/vtkSegmentationConverter.h",
+    "ResampleOrientedImageToReferenceOrientedImage": f"{SEG}/vtkOrientedImageDataResample.h",
+    "GetSegmentationNode": EDITOR, "GetSourceVolumeNode": EDITOR,
+    "GetSelectedSegmentID": EDITOR, "SetSelectedSegmentID": EDITOR,
+})
+NOT_SLICER |= {"QComboBox", "QIcon", "QLabel", "QProgressBar", "QPushButton"}  # Qt 5 widgets
 # slicer.util functions the module calls (Base/Python/slicer/util.py at v5.8.1).
 UTIL_FILE = "Base/Python/slicer/util.py"
 # parameterNodeWrapper: connectGui/disconnectGui and the wrapper's parameterNode attribute.

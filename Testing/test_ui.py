@@ -22,6 +22,7 @@ MODULE_DIR = ROOT / "LiverTumorRefine"
 MODULE_PY = MODULE_DIR / "LiverTumorRefine.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "LiverTumorRefine.ui"
 LIB_DIR = MODULE_DIR / "LiverTumorRefineLib"
+EFFECT_DIR = MODULE_DIR / "SegmentEditorRefineBoundaryLib"  # the Segment Editor effect "Refine boundary"
 
 # What each widget must be, given how LiverTumorRefine.py uses it.
 EXPECTED_CLASSES = {
@@ -227,11 +228,13 @@ def test_cmake_lists_every_script_and_resource():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     scripts = {s.replace("${MODULE_NAME}", "LiverTumorRefine") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")}
     on_disk = ({"LiverTumorRefine.py", "Testing/Python/slicer_testing.py"}
+               | {f"{EFFECT_DIR.name}/{p.name}" for p in EFFECT_DIR.glob("*.py")}
                | {f"LiverTumorRefineLib/{p.relative_to(LIB_DIR).as_posix()}" for p in LIB_DIR.rglob("*.py")})
     assert on_disk - scripts == set(), f"LiverTumorRefine/CMakeLists.txt misses {sorted(on_disk - scripts)}"
     assert scripts - on_disk == set(), f"LiverTumorRefine/CMakeLists.txt lists missing {sorted(scripts - on_disk)}"
     resources = {s.replace("${MODULE_NAME}", "LiverTumorRefine") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")}
-    for resource in ("Resources/Icons/LiverTumorRefine.png", "Resources/UI/LiverTumorRefine.ui"):
+    for resource in ("Resources/Icons/LiverTumorRefine.png", "Resources/UI/LiverTumorRefine.ui",
+                     f"{EFFECT_DIR.name}/SegmentEditorRefineBoundaryEffect.png"):
         assert resource in resources and (MODULE_DIR / resource).is_file(), resource
     assert "${MODULE_MODEL_FILES}" in resources and "Resources/Models/*.pt" in text
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
