@@ -18,6 +18,7 @@ from LiverTumorRefineLib.config import MIN_KEPT, TTA
 from LiverTumorRefineLib.errors import RefineError
 
 PROG = "livertumorrefine"
+BATCH_FAILED = 3  # refine --batch: the batch ran to the end but some cases failed (see its summary)
 
 
 def _cmd_refine(args: argparse.Namespace) -> int:
@@ -30,6 +31,16 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     if args.label is not None and args.label <= 0:
         raise RefineError(f"--label {args.label}: label 0 is the background and cannot be the tumour; "
                           "give the tumour's label (usually 2 in a LiTS map, 1 in a binary mask).")
+    if args.batch is not None:
+        return _cmd_refine_batch(args)
+    batch_only = [flag for flag, value in (("--out-dir", args.out_dir), ("--shard", args.shard),
+                                           ("--workers", args.workers)) if value is not None]
+    if batch_only:
+        raise RefineError(f"{', '.join(batch_only)} go with --batch MANIFEST_OR_FOLDER.")
+    if args.image is None or args.out is None or not (args.mask or args.seeds or args.auto_coarse
+                                                      or args.totalsegmentator):
+        raise RefineError("refine needs --image, --out and one of --mask, --seeds, --auto-coarse, --totalsegmentator "
+                          "(or --batch MANIFEST_OR_FOLDER --out-dir DIR for a dataset).")
     common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,
                   tta=args.tta, force=args.force, progress=ProgressBar("refine"), report=args.report)
     if args.mask is not None:
@@ -61,6 +72,26 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         flagged = sum(1 for row in rows if row["flags"])
         print(f"Wrote {args.report}: {len(rows)} lesion(s), {flagged} flagged for review")
     return 0
+
+
+def _cmd_refine_batch(args: argparse.Namespace) -> int:
+    from LiverTumorRefineLib import batch
+
+    single = [flag for flag, value in (("--image", args.image), ("--mask", args.mask), ("--seeds", args.seeds),
+                                       ("--auto-coarse", args.auto_coarse), ("--totalsegmentator", args.totalsegmentator),
+                                       ("--out", args.out), ("--coarse-out", args.coarse_out),
+                                       ("--coarse-weights", args.coarse_weights), ("--report", args.report)) if value]
+    if single:
+        raise RefineError(f"--batch reads each case's CT and coarse mask from the manifest or folder: leave out "
+                          f"{', '.join(single)}.")
+    if args.out_dir is None:
+        raise RefineError("--batch needs --out-dir DIR: the folder for the refined masks and the batch summary.")
+    settings = batch.BatchSettings(weights=args.weights, device=args.device, batch_size=args.batch_size,
+                                   min_kept=args.min_kept, tta=args.tta, label=args.label, segment=args.segment)
+    shard = batch.parse_shard(args.shard) if args.shard is not None else (0, 1)
+    report = batch.run_batch(args.batch, args.out_dir, settings, shard, 1 if args.workers is None else args.workers,
+                             args.force, log=lambda line: print(line, flush=True))
+    return BATCH_FAILED if report.failed else 0
 
 
 def _json_number(value: float) -> float | None:
@@ -214,8 +245,8 @@ def _cmd_train_coarse(args: argparse.Namespace) -> int:
 
 def _add_refine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refine", help="refine a coarse tumour mask (given, or made from seeds or automatically)")
-    p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA) or a DICOM CT series folder")
-    source = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--image", help="CT volume (NIfTI, NRRD, MHA) or a DICOM CT series folder")
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--mask", help="coarse tumour mask or LiTS-style label map, or a DICOM SEG (.dcm) or Slicer "
                                        ".seg.nrrd (pick the segment with --segment)")
     source.add_argument("--seeds", help="one point inside each lesion: \"R,A,S;R,A,S\" in RAS mm as Slicer shows "
@@ -224,8 +255,8 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                         help="make the coarse liver and tumour labels with the shipped coarse network")
     source.add_argument("--totalsegmentator", action="store_true",
                         help="make the coarse tumour mask with TotalSegmentator (installed separately)")
-    p.add_argument("--out", required=True, help="refined mask, written on the CT's grid; a .dcm name writes a DICOM SEG "
-                                                "referencing the CT series (--image must be a DICOM folder)")
+    p.add_argument("--out", help="refined mask, written on the CT's grid; a .dcm name writes a DICOM SEG "
+                                 "referencing the CT series (--image must be a DICOM folder)")
     p.add_argument("--coarse-out", help="also write the coarse mask made from --seeds / --auto-coarse / "
                                         "--totalsegmentator here")
     p.add_argument("--coarse-weights", help="coarse network file for --auto-coarse (default: the shipped one)")
@@ -246,6 +277,16 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="FILE", help="also write a lesion-by-lesion review (volumes, RECIST diameters, "
                                                     "confidence, decision, flags) as FILE.csv or FILE.json")
     p.add_argument("--force", action="store_true", help="overwrite OUT (and the report) if it exists")
+    batch = p.add_argument_group("dataset (batch) mode")
+    batch.add_argument("--batch", metavar="MANIFEST_OR_FOLDER",
+                       help="refine every case of a manifest .csv (columns image, mask; optional out, truth, name) or "
+                            "of a folder of [NAME_]ct and [NAME_]coarse files, skipping finished cases")
+    batch.add_argument("--out-dir", metavar="DIR", help="with --batch: folder for the refined masks (NAME_refined.nii.gz "
+                                                        "unless the manifest gives out) and batch_summary.csv/.json")
+    batch.add_argument("--shard", metavar="I/N", help="with --batch: refine only every N-th case from the I-th "
+                                                      "(0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/10 (default: all)")
+    batch.add_argument("--workers", type=int, metavar="K", help="with --batch: refine K cases at once, each with 1/K "
+                                                                "of the cores (default 1)")
     p.set_defaults(func=_cmd_refine)
 
 
