@@ -18,7 +18,7 @@ pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
 from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
 import slicer_testing as st  # noqa: E402
-from LiverTumorRefineLib import worker  # noqa: E402
+from LiverTumorRefineLib import pipeline, worker  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
 
 LIB_DIR = Path(__file__).resolve().parents[1] / "LiverTumorRefine"
@@ -136,13 +136,13 @@ class _OomRefiner:
 
 @pytest.mark.parametrize("mode, note", [("raise", "ran on the CPU instead"), ("part-way", "finished on the CPU")])
 def test_gpu_out_of_memory_falls_back_to_cpu(app, logic, case, mode, note, monkeypatch):
-    real = worker.make_refiner
+    real = pipeline.make_refiner
 
-    def make_refiner(model, device, batch_size, options):
-        cpu = real(model, "cpu", batch_size, options)
+    def make_refiner(model, device, options):
+        cpu = real(model, "cpu", options)
         return cpu if device == "cpu" else _OomRefiner(cpu, mode)
 
-    monkeypatch.setattr(worker, "make_refiner", make_refiner)
+    monkeypatch.setattr(pipeline, "make_refiner", make_refiner)
     sc = st.build_scene_case(app.scene, case)
     result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId,
                           device="auto")

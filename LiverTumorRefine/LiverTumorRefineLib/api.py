@@ -1,290 +1,133 @@
-"""Python API on volumes and files: label selection, grid alignment, coarse masks, refinement,
-evaluation.
+"""Python API on volumes and files: refinement from a coarse mask or a coarse source, the
+automatic coarse labels, evaluation. Every refinement goes through the one entry point,
+``pipeline.RefinePipeline``; these functions are its short forms.
 
     from LiverTumorRefineLib import api
     stats = api.refine_files("ct.nii.gz", "coarse.nii.gz", "refined.nii.gz")
     stats = api.refine_without_mask("ct.nii.gz", "refined.nii.gz", seeds=[(-60.5, 20.0, -310.0)])
-    stats = api.refine_without_mask("ct.nii.gz", "refined.nii.gz", source="auto")
+    stats = api.refine_without_mask("ct.nii.gz", "refined.nii.gz", source="automatic")
 """
 from __future__ import annotations
 
 import os
 import time
-import warnings
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from LiverTumorRefineLib.volume import checks
-
-from LiverTumorRefineLib.volume import dicom
-
-from LiverTumorRefineLib.volume import io
-
-from LiverTumorRefineLib.evaluate import review
-
-from LiverTumorRefineLib.volume import segments
-
-from LiverTumorRefineLib.coarse import totalseg
-from LiverTumorRefineLib.coarse.autoseg import Segmenter
-from LiverTumorRefineLib.refine.boxes import component_labels
+from LiverTumorRefineLib.coarse.points import Point
+from LiverTumorRefineLib.coarse.sources import SOURCES, automatic_labels, from_seeds, make_coarse
 from LiverTumorRefineLib.config import MIN_KEPT, TTA
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.evaluate.metrics import compute_metrics
-from LiverTumorRefineLib.coarse.points import Point, check_points, is_seed_file, parse_seeds, ras_to_voxels
-from LiverTumorRefineLib.refine.refiner import Progress, Refiner
-from LiverTumorRefineLib.coarse.seeded import grow_from_seeds
+from LiverTumorRefineLib.pipeline import RefinePipeline, check_report_output
+from LiverTumorRefineLib.progress import Progress
+from LiverTumorRefineLib.refine.boxes import component_labels
+from LiverTumorRefineLib.volume import segments
+from LiverTumorRefineLib.volume.files import check_result_output, load_ct, load_pair, write_result
 from LiverTumorRefineLib.volume.geometry import Volume
+from LiverTumorRefineLib.volume.labels import LITS_LIVER, LITS_TUMOUR, merge_label, prediction_mask, select_label
 
-LITS_TUMOUR = 2
-LITS_LIVER = 1
-# A mask with more distinct values than this is an image (a CT has thousands), not a label map.
-MAX_LABELS = 256
+__all__ = ["COARSE_SOURCES", "LITS_LIVER", "LITS_TUMOUR", "RefinePipeline", "check_report_output",
+           "check_result_output", "click_lesion", "coarse_for", "coarse_from_seeds", "evaluate_files", "load_ct", "load_pair",
+           "merge_label", "prediction_mask", "refine_files", "refine_volume", "refine_without_mask", "segment_file",
+           "segment_volume", "select_label", "write_result"]
 
-
-def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarray, int | None]:
-    """Binary tumour mask from a mask or label map, and the label used (None = a bool mask).
-
-    Default: label 2 in a LiTS-style 0/1/2 map, the one non-zero value of a binary mask (0/1,
-    0/255, ...); a map with several labels and no LiTS tumour label is refused rather than
-    guessed, because flattening it would lose the other labels.
-    """
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise RefineError("The mask has non-integer values: give a binary mask or a label map "
-                              "(threshold probability maps first).")
-    if label is not None and (isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label <= 0):
-        raise RefineError(f"Tumour label {label!r} is not valid: label 0 is the background, so the tumour label is a "
-                          "positive whole number (2 in a LiTS map, 1 in a binary mask).")
-    values = set(np.unique(labels).tolist())
-    if len(values) > MAX_LABELS:
-        raise RefineError(f"The mask has {len(values)} different values: this looks like an image (a CT?), not a "
-                          "label map. Give the coarse tumour mask or label map instead.")
-    present = ", ".join(str(int(v)) for v in sorted(values))
-    if label is not None:
-        if label not in values:
-            raise RefineError(f"Label {label} is not in the mask (labels present: {present}): choose one with --label.")
-        return labels == label, label
-    if labels.dtype == bool:
-        return labels.copy(), None
-    if LITS_TUMOUR in values and values <= {0, 1, 2}:
-        return labels == LITS_TUMOUR, LITS_TUMOUR
-    foreground = values - {0}
-    if len(foreground) > 1:
-        raise RefineError(f"The mask holds several labels ({present}) and none is the LiTS tumour label 2: "
-                          "choose the tumour label with --label.")
-    if not foreground:
-        return np.zeros(labels.shape, dtype=bool), None
-    value = int(next(iter(foreground)))
-    return labels == value, value
+# The coarse sources that make a mask (the "mask" source is a mask the user gives).
+COARSE_SOURCES = tuple(source.name for source in SOURCES if source.name != "mask")
 
 
-def merge_label(labels: np.ndarray, refined: np.ndarray, label: int | None) -> np.ndarray:
-    """Put ``refined`` back into the original mask's form: a binary mask keeps its foreground
-    value; in a label map only the chosen label changes (voxels leaving a LiTS tumour become
-    liver, others 0). ``label`` None: a bool mask, returned as uint8 0/1."""
-    if label is None:
-        return refined.astype(np.uint8)
-    out = labels.copy()
-    was = labels == label
-    out[was & ~refined] = LITS_LIVER if label == LITS_TUMOUR and set(np.unique(labels).tolist()) <= {0, 1, 2} else 0
-    out[refined] = label
-    return out
-
-
-def refine_volume(image: Volume, mask: Volume, label: int | None = None, refiner: Refiner | None = None,
+def refine_volume(image: Volume, mask: Volume, label: int | None = None, refiner: Any = None,
                   progress: Progress | None = None) -> tuple[Volume, dict[str, Any]]:
-    """Refine ``mask`` (already on ``image``'s grid) and return it in the same form, with stats."""
-    if image.array.shape != mask.array.shape:
-        raise RefineError(f"CT {image.array.shape} and mask {mask.array.shape} grids differ: use refine_files, "
-                          "which resamples the mask onto the CT.")
-    binary, used = select_label(mask.array, label)
-    refiner = refiner or Refiner()
-    result = refiner.refine(image.array, binary, image.spacing_zyx, progress)
-    return Volume(merge_label(mask.array, result.mask, used), image.geometry), result.stats
-
-
-def load_ct(image_path: str | os.PathLike) -> Volume:
-    """The CT reoriented to LPS (see ``load_pair``), with a warning when it does not look like HU."""
-    image = io.from_sitk(io.to_lps(io.read_image(image_path)))
-    _warn_if_not_hu(image, image_path)
-    return image
-
-
-def _warn_if_not_hu(image: Volume, image_path: str | os.PathLike) -> None:
-    problem = checks.hu_plausibility(image.array)
-    if problem:
-        warnings.warn(f"{image_path}: {problem}", UserWarning, stacklevel=3)
-
-
-def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
-              image_is_ct: bool = True, segment: str | int | None = None,
-              image_segment: str | int | None = None) -> tuple[Volume, Volume]:
-    """CT and mask as volumes on the CT's grid, the mask resampled when its grid differs.
-
-    Both are reoriented (axes permuted and flipped, never resampled) to the closest LPS order, so
-    that patches are cut in axial planes whatever the file's orientation: put results back on the
-    CT file's own grid with ``io.back_on_grid(volume, image_path)`` before writing them. With
-    ``image_is_ct`` (refinement; False for truth/prediction pairs) a CT that does not look like
-    HU is warned about and a mask covering the whole CT is refused. The CT may be a DICOM series
-    folder; ``segment`` picks the mask's segment (name or number) in a DICOM SEG or .seg.nrrd,
-    ``image_segment`` the truth's when ``image_is_ct`` is False (see ``segments.read_mask``).
-    """
-    ct = io.read_image(image_path) if image_is_ct else segments.read_mask(image_path, image_segment)
-    mask = segments.read_mask(mask_path, segment)
-    if ct.GetDimension() != mask.GetDimension():
-        raise RefineError(f"CT is {ct.GetDimension()}D but the mask is {mask.GetDimension()}D: give matching volumes.")
-    ct, mask = io.to_lps(ct), io.to_lps(mask)
-    if not image_is_ct and (segments.has_segments(image_path) or segments.has_segments(mask_path)):
-        ct = segments.padded_to_cover(ct, mask)  # a SEG truth is cropped to its frames: keep all predicted voxels
-    image = io.from_sitk(ct)
-    mask_volume = io.from_sitk(io.resample_mask_to(mask, ct))
-    if image_is_ct:
-        _warn_if_not_hu(image, image_path)
-        checks.check_not_whole_volume(mask_volume.array)
-    return image, mask_volume
+    """Refine ``mask`` (on ``image``'s grid) and return it in the same form, with stats.
+    ``refiner``: a ``Refiner`` to reuse (None: the shipped model on the best device)."""
+    pipeline = RefinePipeline.around(refiner) if refiner is not None else RefinePipeline()
+    result = pipeline.run(image, mask, label=label, progress=progress)
+    return result.refined, result.stats
 
 
 def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, out_path: str | os.PathLike,
                  label: int | None = None, device: str = "auto", weights: str | None = None, batch_size: int = 128,
-                 min_kept: float = MIN_KEPT,
-                 force: bool = False, progress: Progress | None = None,
+                 min_kept: float = MIN_KEPT, force: bool = False, progress: Progress | None = None,
                  segment: str | int | None = None, tta: int = TTA,
-                 report: str | os.PathLike | None = None) -> dict[str, Any]:
+                 report: str | os.PathLike | None = None, runtime: str = "auto") -> dict[str, Any]:
     """Refine the coarse mask file and write the result on the CT's grid; returns stats.
     ``image_path`` may be a DICOM series folder and ``mask_path`` a DICOM SEG or .seg.nrrd
     (``segment`` picks the segment); an ``out_path`` ending in .dcm writes a DICOM SEG that
     references the series. ``report``: also write the lesion-by-lesion review (``review``) as
-    .csv or .json there; its rows are returned under ``stats["review"]``."""
-    out = check_result_output(out_path, image_path, [image_path, mask_path], force)
-    report_out = check_report_output(report, [image_path, mask_path], force)
-    image, mask = load_pair(image_path, mask_path, segment=segment)
-    refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta)
-    refined, stats = refine_volume(image, mask, label, refiner, progress)
-    write_result(refined, image_path, out, force)
-    if report_out is not None:
-        _write_review(image, mask, refined, label, stats, report_out, force)
-    return stats
+    .csv or .json there; its rows are returned under ``stats["review"]``. ``runtime``: see ``Refiner``."""
+    pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta, runtime=runtime)
+    return pipeline.run_files(image_path, out_path, mask_path, label=label, segment=segment, report_path=report,
+                              force=force, progress=progress)
 
 
-def check_report_output(report: str | os.PathLike | None, inputs: Sequence[str | os.PathLike | None],
-                        force: bool) -> Path | None:
-    """Refuse, before any work, a lesion report path that is not .csv/.json (so it is never a
-    mask output), exists (unless ``force``), is an input or is in a missing folder."""
-    if report is None:
-        return None
-    review.report_suffix(report)
-    return io.check_output(report, inputs, force, suffixes=review.REPORT_SUFFIXES)
+def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLike, source: str = "seeds",
+                        seeds: Sequence[Point] | str | None = None, coarse_out: str | os.PathLike | None = None,
+                        device: str = "auto", weights: str | None = None, seg_weights: str | None = None,
+                        batch_size: int = 128, min_kept: float = MIN_KEPT, force: bool = False,
+                        progress: Progress | None = None, coarse_progress: Progress | None = None,
+                        tta: int = TTA, report: str | os.PathLike | None = None, runtime: str = "auto",
+                        negative_seeds: Sequence[Point] | str | None = None, seed_method: str = "auto") -> dict[str, Any]:
+    """Make a coarse mask from ``source`` ("seeds", "automatic" (or "auto"), "totalsegmentator"),
+    refine it and write the result (and, with ``coarse_out``, the coarse mask) on the CT's grid;
+    returns stats with the coarse step's seconds under ``seconds["coarse"]``. ``seeds``: RAS
+    points in mm, or the same as a string ``"R,A,S;R,A,S"`` or a .mrk.json file.
+    ``coarse_progress`` reports the coarse step's progress. ``report``: as in ``refine_files``.
+    ``negative_seeds``: RAS points (or a string or file like ``seeds``) of leaks to keep out;
+    ``seed_method``: "auto", "rays" or "model" (see ``coarse.clicks.SEED_METHODS``)."""
+    pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta,
+                              seg_weights=seg_weights, runtime=runtime)
+    return pipeline.run_files(image_path, out_path, source=source, seeds=seeds, negative_seeds=negative_seeds,
+                              seed_method=seed_method, coarse_out=coarse_out,
+                              report_path=report, force=force, progress=progress, coarse_progress=coarse_progress)
 
 
-def _write_review(image: Volume, coarse: Volume, refined: Volume, label: int | None, stats: dict[str, Any],
-                  report: Path, force: bool) -> None:
-    """Review the refinement lesion by lesion, write the report and put its rows in ``stats``."""
-    coarse_mask, used = select_label(coarse.array, label)
-    refined_mask = refined.array == used if used is not None else refined.array != 0
-    rows = review.review_lesions(coarse_mask, refined_mask, image.spacing_zyx, refiner_lesions=stats.get("lesions"),
-                                 geometry=image.geometry)
-    review.write_report(rows, report, force=force)
-    stats["review"] = [row.to_dict() for row in rows]
+def click_lesion(image: Volume, positive: Sequence[Point], negative: Sequence[Point] = (), *,
+                 other_lesions: Sequence[Point] = (), refiner: Any = None, segmenter: Any = None) -> dict[str, Any]:
+    """One lesion from its clicks (RAS mm; the first positive click places its crop), by the click
+    model and then the refiner, on that lesion's crop only. A correction is the same call with
+    the previous clicks and one more (positive: add a missed part; negative: remove a leak);
+    undo is the call without the last click. ``image``: an LPS-oriented CT (``load_ct``);
+    ``other_lesions``: the first clicks of the other lesions, whose voxels this one never takes.
+    ``refiner``/``segmenter``: a loaded ``Refiner`` and ``clicks.ClickSegmenter`` to reuse
+    (default: the shipped models). Returns {"box": the CT voxels (z, y, x slices), "coarse" and
+    "refined": bool arrays on that box, "seconds"}."""
+    from LiverTumorRefineLib.coarse import clicks
+    from LiverTumorRefineLib.coarse.points import check_points, ras_to_voxels
+    from LiverTumorRefineLib.refine.refiner import Refiner
 
-
-def check_result_output(out_path: str | os.PathLike, image_path: str | os.PathLike,
-                        inputs: Sequence[str | os.PathLike | None], force: bool) -> Path:
-    """``io.check_output`` for a volume file; for a DICOM SEG (.dcm) the CT must be a DICOM series."""
-    if dicom.is_dicom_seg_path(out_path):
-        return dicom.check_seg_output(out_path, image_path, force)
-    return io.check_output(out_path, inputs, force)
-
-
-def write_result(volume: Volume, image_path: str | os.PathLike, out: str | os.PathLike, force: bool) -> None:
-    """Write ``volume``, computed on the LPS grid ``load_ct``/``load_pair`` give, back on the CT's
-    own grid: a DICOM SEG referencing the CT series for a .dcm ``out``, else a volume file."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dropped DICOM slices were reported when the CT was read
-        on_grid = io.back_on_grid(volume, image_path)
-        series = dicom.read_series(image_path, pixels=False) if dicom.is_dicom_seg_path(out) else None
-    if series is not None:
-        dicom.write_seg(on_grid, series, out, force=force)
-    else:
-        io.write_volume(on_grid, out, force=force)
-
-
-COARSE_SOURCES = ("seeds", "auto", "totalsegmentator")
+    if len(positive) == 0:
+        raise RefineError("A lesion needs at least one positive click inside it.")
+    t0 = time.perf_counter()
+    voxels = [ras_to_voxels(check_points(points), image) if len(points) else []
+              for points in (positive, negative, other_lesions)]
+    lesion = clicks.LesionClicks(tuple(voxels[0]), tuple(voxels[1]))
+    others = [clicks.LesionClicks((v,)) for v in voxels[2]]
+    coarse, refined = clicks.click_lesion(segmenter or clicks.shipped_segmenter(), refiner or Refiner(device="cpu"),
+                                          image.array, image.spacing_zyx, lesion, others)
+    on_refined = np.zeros(tuple(b.stop - b.start for b in refined.box), dtype=bool)
+    on_refined[tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(coarse.box, refined.box))] = coarse.mask
+    return {"box": refined.box, "coarse": on_refined, "refined": refined.mask, "seconds": time.perf_counter() - t0}
 
 
 def coarse_from_seeds(image: Volume, seeds_ras: Sequence[Point]) -> Volume:
     """A 0/1 coarse tumour mask grown from one RAS point (mm) per lesion (see ``seeded``)."""
-    voxels = ras_to_voxels(seeds_ras, image)
-    return image.with_array(grow_from_seeds(image.array, voxels, image.spacing_zyx).astype(np.uint8))
+    return from_seeds(image, seeds_ras)
 
 
 def segment_volume(image: Volume, weights: str | os.PathLike | None = None, device: str = "auto",
                    progress: Progress | None = None) -> Volume:
     """Automatic coarse 0/1/2 (background, liver, tumour) labels of an LPS-oriented CT volume."""
-    return image.with_array(Segmenter(weights, device=device).segment(image.array, image.spacing_zyx, progress))
+    return automatic_labels(image, weights, device, progress)
 
 
 def coarse_for(image_path: str | os.PathLike, image: Volume, source: str, seeds: Sequence[Point] | None = None,
                device: str = "auto", seg_weights: str | os.PathLike | None = None,
                progress: Progress | None = None) -> Volume:
-    """The coarse mask of ``image`` (read from ``image_path``) from ``source``: "seeds" (0/1),
-    "auto" (0/1/2 from the shipped coarse network) or "totalsegmentator" (0/1)."""
-    if source == "seeds":
-        if isinstance(seeds, str):
-            seeds = parse_seeds(seeds)
-        if seeds is None or len(seeds) == 0:
-            raise RefineError("The seeded coarse source needs at least one seed inside a lesion.",
-                              cli="The seeded coarse source needs at least one seed inside a lesion (--seeds).")
-        coarse = coarse_from_seeds(image, check_points(seeds))
-    elif source == "auto":
-        coarse = segment_volume(image, seg_weights, device, progress)
-        if not (coarse.array == LITS_TUMOUR).any():
-            found = "a liver but no tumour" if (coarse.array == LITS_LIVER).any() else "neither liver nor tumour"
-            raise RefineError(f"The automatic coarse segmentation found {found} in {image_path}: place one seed per "
-                              "lesion (--seeds) or give a coarse mask (--mask).")
-    elif source == "totalsegmentator":
-        coarse = image.with_array(totalseg.tumour_mask(image_path, image, device).astype(np.uint8))
-        if not coarse.array.any():
-            raise RefineError(f"TotalSegmentator found no liver tumour in {image_path}: place one seed per lesion "
-                              "(--seeds) or give a coarse mask (--mask).")
-    else:
-        raise RefineError(f"Unknown coarse source {source!r}: choose one of {', '.join(COARSE_SOURCES)}.")
-    return coarse
-
-
-def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLike, source: str = "seeds",
-                        seeds: Sequence[Point] | None = None, coarse_out: str | os.PathLike | None = None,
-                        device: str = "auto", weights: str | None = None, seg_weights: str | None = None,
-                        batch_size: int = 128, min_kept: float = MIN_KEPT, force: bool = False,
-                        progress: Progress | None = None, coarse_progress: Progress | None = None,
-                        tta: int = TTA, report: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Make a coarse mask from ``source`` (see ``coarse_for``), refine it and write the result
-    (and, with ``coarse_out``, the coarse mask) on the CT's grid; returns stats with the coarse
-    step's seconds under ``seconds["coarse"]``. ``seeds``: RAS points in mm, or the same as a
-    string ``"R,A,S;R,A,S"``. ``coarse_progress`` reports the coarse network's progress.
-    ``report``: as in ``refine_files``."""
-    out = check_result_output(out_path, image_path, [image_path], force)
-    extra = check_result_output(coarse_out, image_path, [image_path], force) if coarse_out is not None else None
-    if extra is not None and extra.resolve() == out.resolve():
-        raise RefineError("coarse_out and out_path are the same file: choose two paths.",
-                          cli="--coarse-out and --out are the same file: choose two paths.")
-    seed_file = seeds if isinstance(seeds, (str, os.PathLike)) and is_seed_file(str(seeds)) else None
-    report_out = check_report_output(report, [image_path, seed_file], force)
-    refiner = Refiner(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta)  # fail early on bad weights
-    image = load_ct(image_path)
-    t0 = time.perf_counter()
-    coarse = coarse_for(image_path, image, source, seeds, device, seg_weights, coarse_progress)
-    seconds = time.perf_counter() - t0
-    refined, stats = refine_volume(image, coarse, None, refiner, progress)
-    if extra is not None:
-        write_result(coarse, image_path, extra, force)
-    write_result(refined, image_path, out, force)
-    if report_out is not None:
-        _write_review(image, coarse, refined, None, stats, report_out, force)
-    stats["seconds"]["coarse"] = seconds
-    stats["coarse_source"] = source
-    return stats
+    """The coarse mask ``source`` makes for ``image`` (read from ``image_path``): see
+    ``coarse.sources.make_coarse``."""
+    return make_coarse(source, image, seeds=seeds, device=device, seg_weights=seg_weights, ct_path=image_path,
+                       progress=progress)
 
 
 def segment_file(image_path: str | os.PathLike, out_path: str | os.PathLike, weights: str | None = None,
@@ -292,6 +135,8 @@ def segment_file(image_path: str | os.PathLike, out_path: str | os.PathLike, wei
     """Write the automatic coarse 0/1/2 label map of a CT file on its grid; returns volumes and timing."""
     out = check_result_output(out_path, image_path, [image_path], force)
     image = load_ct(image_path)
+    from LiverTumorRefineLib.coarse.autoseg import Segmenter
+
     t0 = time.perf_counter()
     segmenter = Segmenter(weights, device=device)
     labels = image.with_array(segmenter.segment(image.array, image.spacing_zyx, progress))
@@ -328,15 +173,3 @@ def evaluate_files(truth_path: str | os.PathLike, pred_path: str | os.PathLike, 
                        "the liver. If label 1 really is the tumour, select it explicitly")
             raise RefineError(message + " (label=1).", cli=message + " (--label 1).")
     return compute_metrics(truth_mask, prediction_mask(pred.array, used), truth.spacing_zyx)
-
-
-def prediction_mask(labels: np.ndarray, label: int | None) -> np.ndarray:
-    """The predicted tumour for evaluation: the truth's label when present, else the foreground
-    of a binary mask (one non-zero value: a 0/1 prediction counts as tumour, even against a
-    LiTS truth), else empty (a label map without tumour is a valid, if poor, answer)."""
-    values = set(np.unique(labels).tolist())
-    if label is not None and label in values:
-        return labels == label
-    if len(values - {0}) == 1:
-        return labels != 0
-    return np.zeros(labels.shape, dtype=bool)

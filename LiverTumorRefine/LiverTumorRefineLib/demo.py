@@ -21,7 +21,8 @@ from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.evaluate.metrics import compute_metrics, format_metrics_table
 from LiverTumorRefineLib.evaluate.overlay import render_overlay_panel, write_png
 from LiverTumorRefineLib.training.phantom import Case, make_phantom
-from LiverTumorRefineLib.refine.refiner import Progress, Refiner
+from LiverTumorRefineLib.progress import Progress
+from LiverTumorRefineLib.refine.refiner import Refiner
 from LiverTumorRefineLib.volume.geometry import Volume
 
 Log = Callable[[str], None]

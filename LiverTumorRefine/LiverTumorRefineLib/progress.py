@@ -1,4 +1,8 @@
-"""Progress on stderr for long CLI work (refinement, training).
+"""Progress: the engine's one progress type, and a bar on stderr for long CLI work.
+
+Every long step takes ``progress(fraction, message)`` (``Progress``): fraction 0..1, a short
+message; returning False asks the step to stop (it raises ``RefineCancelled``). ``report``
+calls it, ``part`` maps a sub-step's 0..1 onto its share of the whole.
 
 On a terminal: a bar redrawn in place at most 10 times a second. Redirected to a file (a
 training run under nohup or a batch scheduler): one plain line per 5% so the log shows progress
@@ -8,7 +12,25 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Callable, Optional, TextIO
+
+from LiverTumorRefineLib.errors import RefineCancelled
+
+Progress = Callable[[float, str], Optional[bool]]
+
+
+def report(progress: Progress | None, fraction: float, message: str) -> None:
+    """Tell ``progress`` (if any); raise ``RefineCancelled`` when it answers False."""
+    if progress is not None and progress(fraction, message) is False:
+        raise RefineCancelled()
+
+
+def part(progress: Progress | None, start: float, end: float, prefix: str = "") -> Progress | None:
+    """``progress`` for a sub-step whose own 0..1 covers ``start``..``end`` of the whole
+    (``prefix`` goes before its messages)."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + (end - start) * float(fraction), prefix + message)
 
 
 class ProgressBar:

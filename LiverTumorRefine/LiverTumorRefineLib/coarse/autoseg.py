@@ -21,9 +21,10 @@ import torch
 from torch.nn import functional as F
 
 from LiverTumorRefineLib.config import NetConfig
-from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.refine.network import BRNet
-from LiverTumorRefineLib.refine.refiner import Progress, resolve_device
+from LiverTumorRefineLib.device import resolve_device
+from LiverTumorRefineLib.progress import Progress, report
 from LiverTumorRefineLib.refine.weights import NET_BOUNDS, check_fields, default_weights_path, load_payload, save_network, with_state
 
 FORMAT = "livertumorrefine-segnet/1"
@@ -154,7 +155,7 @@ class Segmenter:
         if image.ndim != 3:
             raise RefineError(f"The CT must be a 3D volume (got {image.ndim}D).")
         size = plane_size(image.shape, spacing_zyx, self.cfg.pixel_mm, self.multiple)
-        _report(progress, 0.0, "Preparing slices for the coarse network")
+        report(progress, 0.0, "Preparing slices for the coarse network")
         with torch.inference_mode():
             plane = network_plane(image, size, self.cfg.hu_window, self.slab)
             out = np.empty(image.shape, dtype=np.uint8)
@@ -166,16 +167,11 @@ class Segmenter:
                 prob = F.interpolate(prob, size=image.shape[1:], mode="bilinear", align_corners=False)
                 out[start:start + len(index)] = prob.argmax(dim=1).to(torch.uint8).cpu().numpy()
                 done = min(start + self.slab, n)
-                _report(progress, 0.05 + 0.85 * done / n, f"Segmenting liver and tumours: slice {done}/{n}")
-        _report(progress, 0.9, "Cleaning up the coarse labels")
+                report(progress, 0.05 + 0.85 * done / n, f"Segmenting liver and tumours: slice {done}/{n}")
+        report(progress, 0.9, "Cleaning up the coarse labels")
         labels = clean_labels(out, spacing_zyx, self.cfg.min_tumour_ml)
-        _report(progress, 1.0, "Coarse labels done")
+        report(progress, 1.0, "Coarse labels done")
         return labels
-
-
-def _report(progress: Progress | None, fraction: float, message: str) -> None:
-    if progress is not None and progress(fraction, message) is False:
-        raise RefineCancelled()
 
 
 def clean_labels(labels: np.ndarray, spacing_zyx: Sequence[float], min_tumour_ml: float) -> np.ndarray:

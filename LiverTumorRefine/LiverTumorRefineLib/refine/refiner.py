@@ -5,7 +5,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -14,14 +14,15 @@ from LiverTumorRefineLib.refine import sampling
 from LiverTumorRefineLib.refine import tta as tta_module
 from LiverTumorRefineLib.refine.boxes import Box, crop_margin, lesion_boxes
 from LiverTumorRefineLib.volume.checks import check_not_whole_volume
+from LiverTumorRefineLib.device import resolve_device
 from LiverTumorRefineLib.config import AGREEMENT, MIN_KEPT, SHRINK, SHRINK_MODES, TTA
-from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.progress import Progress, part, report
 from LiverTumorRefineLib.refine.gate import box_origin, lesion_gate
 from LiverTumorRefineLib.refine.network import BRNet
 from LiverTumorRefineLib.refine.reassembly import Canvas
 from LiverTumorRefineLib.refine.weights import default_weights_path, load_model
 
-Progress = Callable[[float, str], Optional[bool]]
 
 
 @dataclass
@@ -30,17 +31,6 @@ class RefineResult:
 
     mask: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when present; 'cuda' without CUDA is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RefineError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto.")
-    if device not in ("cpu", "cuda"):
-        raise RefineError(f"Unknown device {device!r}: use auto, cpu or cuda.")
-    return torch.device(device)
 
 
 class Refiner:
@@ -88,14 +78,14 @@ class Refiner:
         check_not_whole_volume(mask)
         spacing = tuple(float(s) for s in spacing_zyx)
         boxes = lesion_boxes(mask, crop_margin(spacing, self.cfg))
-        _report(progress, 0.0, "Cutting boundary patches")
+        report(progress, 0.0, "Cutting boundary patches")
         refined = mask.copy()
         seconds = {"crop": 0.0, "sample": 0.0, "extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         patches = changed = 0
         lesions: list[dict[str, Any]] = []
         liver_hu = self._parenchyma(image, mask, boxes, spacing)
         for i, box in enumerate(boxes):
-            part = self._refine_box(image, mask, box, spacing, liver_hu, _part(progress, i, len(boxes)))
+            part = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)))
             # counted on the crop: nothing outside it changes, and a full-volume comparison would
             # cost one more mask-sized temporary (1 GB at 1024x1024x1000)
             changed += int(np.count_nonzero(part.mask != mask[box]))
@@ -106,7 +96,7 @@ class Refiner:
             for stage, value in part.seconds.items():
                 seconds[stage] += value
         seconds["total"] = time.perf_counter() - t0
-        _report(progress, 1.0, "Done")
+        report(progress, 1.0, "Done")
         stats = {"patches": patches, "seconds": seconds, "voxels_changed": changed, "device": str(self.device),
                  "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
                  "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions}
@@ -179,7 +169,7 @@ class Refiner:
             seconds["infer"] += t2 - t1
             seconds["reassemble"] += time.perf_counter() - t2
             start += len(part)
-            _report(progress, 0.05 + 0.9 * start / len(centres), f"Refined {start}/{len(centres)} patches")
+            report(progress, 0.05 + 0.9 * start / len(centres), f"Refined {start}/{len(centres)} patches")
         return canvas, seconds
 
     def _predict(self, patches: torch.Tensor) -> torch.Tensor:
@@ -219,16 +209,11 @@ def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[flo
         raise RefineError(f"Voxel spacing {tuple(spacing_zyx)} is invalid: it must be three positive numbers (mm).")
 
 
-def _report(progress: Progress | None, fraction: float, message: str) -> None:
-    if progress is not None and progress(fraction, message) is False:
-        raise RefineCancelled()
-
-
-def _part(progress: Progress | None, index: int, count: int) -> Progress | None:
-    """``progress`` for box ``index`` of ``count``: its own 0..1 mapped onto its share."""
-    if progress is None or count == 1:
+def box_progress(progress: Progress | None, index: int, count: int) -> Progress | None:
+    """``progress`` for lesion group ``index`` of ``count``: its own 0..1 mapped onto its share."""
+    if count == 1:
         return progress
-    return lambda fraction, message: progress((index + fraction) / count, f"lesion group {index + 1}/{count}: {message}")
+    return part(progress, index / count, (index + 1) / count, f"lesion group {index + 1}/{count}: ")
 
 
 def _sync(device: torch.device) -> None:

@@ -25,20 +25,21 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from LiverTumorRefineLib import worker
-from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.coarse.sources import SOURCES
+from LiverTumorRefineLib.device import check_device
+from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.progress import Progress, part, report
 from LiverTumorRefineLib.scene.workerprocess import WorkerProcess
 
 try:  # In Slicer the base class provides getParameterNode(); headless (slicer-core) it is absent.
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
 except ImportError:  # pragma: no cover - depends on the environment
     _LogicBase = object
-
-Progress = Callable[[float, str], Optional[bool]]
 
 TRUTH_COLOR = (1.0, 0.0, 0.0)
 COARSE_COLOR = (1.0, 1.0, 0.0)
@@ -61,11 +62,9 @@ LIVER_NEOPLASM_TERMINOLOGY = (
     "~^^"
 )
 REFINED_FROM_TAG = "LiverTumorRefine.RefinedFrom"  # on the refined segment: the coarse segment's ID
-DEVICES = ("auto", "cpu", "cuda")
 # Coarse sources the worker can make a coarse segment from, and the name of the segment each adds
 # (the source "mask", an existing segment, adds none).
-COARSE_SEGMENT_NAMES = {"seeds": "Tumour (seeded coarse)", "automatic": "Tumour (automatic coarse)",
-                        "totalsegmentator": "Tumour (TotalSegmentator coarse)"}
+COARSE_SEGMENT_NAMES = {source.name: source.segment_name for source in SOURCES if source.segment_name}
 
 JOB_FOLDER_PREFIX = "LiverTumorRefine-job-"  # temporary job folders (removed by finish/refine)
 # Fractions of the overall progress bar given to each phase.
@@ -163,12 +162,8 @@ class LiverTumorRefineLogic(_LogicBase):
         inputs = self.prepare(volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode, truthSegmentId,
                               device, progress, outlinesOnly, coarseSource, seedsNode)
         try:
-            def part(fraction: float, message: str):
-                return None if progress is None else progress(
-                    PREPARE_END + (WORKER_END - PREPARE_END) * float(fraction), message)
-
             weights = self.weights if _is_module(self.weights) else None
-            worker.run_job(inputs.jobPath, part, weights=weights)
+            worker.run_job(inputs.jobPath, part(progress, PREPARE_END, WORKER_END), weights=weights)
             return self.apply(inputs, self.readOutcome(inputs), progress)
         finally:
             self.cleanup(inputs)
@@ -192,8 +187,8 @@ class LiverTumorRefineLogic(_LogicBase):
                 coarseSource: str = "mask", seedsNode=None) -> RefineInputs:
         """Check the inputs and write the job folder; the scene is not changed."""
         _slicer()  # a clear error outside Slicer
-        _report(progress, 0.0, "Reading the CT and the segments")
-        device = _check_device(device)
+        report(progress, 0.0, "Reading the CT and the segments")
+        device = check_device(device)
         _check_volume(volumeNode)
         if coarseSource != "mask" and coarseSource not in COARSE_SEGMENT_NAMES:
             raise RefineError(f"Unknown coarse source {coarseSource!r}: choose an existing segment, seed points, "
@@ -239,7 +234,7 @@ class LiverTumorRefineLogic(_LogicBase):
             inputs.jobPath = worker.write_job(inputs.folder, image, volume_geometry(volumeNode), source, coarse, truth,
                                               device=device, weights=self._weightsFile(), seg_weights=self.segWeights,
                                               batch_size=self.batchSize, refiner=self.refinerOptions)
-            _report(progress, PREPARE_END, "Segments exported")  # a cancel here must not leave the folder
+            report(progress, PREPARE_END, "Segments exported")  # a cancel here must not leave the folder
         except BaseException:
             self.cleanup(inputs)
             raise
@@ -352,7 +347,7 @@ class LiverTumorRefineLogic(_LogicBase):
         metrics table into the scene."""
         t0 = time.perf_counter()
         # Last chance to cancel: after this check the scene is modified.
-        _report(progress, WORKER_END, "Adding the refined segment")
+        report(progress, WORKER_END, "Adding the refined segment")
         for node, what in ((inputs.segmentationNode, "segmentation"), (inputs.volumeNode, "CT"),
                            (inputs.truthSegmentationNode, "reference segmentation")):
             if node is not None and node.GetScene() is None:
@@ -713,25 +708,6 @@ def segment_tag(segment, name: str) -> Optional[str]:
     return str(value) or None
 
 
-def _check_device(device: str) -> str:
-    device = {"gpu": "cuda"}.get(str(device).lower(), str(device).lower())
-    if device not in DEVICES:
-        raise RefineError(f"Unknown device '{device}': choose Auto, CPU or GPU.")
-    if device == "cuda":
-        try:
-            import torch
-        except ImportError:
-            return device  # reported by compute() with the install hint
-        if not torch.cuda.is_available():
-            raise RefineError("GPU was chosen but PyTorch sees no CUDA GPU on this computer: choose Auto or CPU.")
-    return device
-
-
 def _is_module(weights: Any) -> bool:
     """True for an in-memory network (``torch.nn.Module``), without importing torch."""
     return weights is not None and hasattr(weights, "state_dict") and hasattr(weights, "patch_config")
-
-
-def _report(progress: Progress | None, fraction: float, message: str) -> None:
-    if progress is not None and progress(fraction, message) is False:
-        raise RefineCancelled()

@@ -23,7 +23,7 @@ from LiverTumorRefineLib.coarse.autoseg import SegConfig, Segmenter, build_segne
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.evaluate.metrics import overlap_metrics
 from LiverTumorRefineLib.training.phantom import Case
-from LiverTumorRefineLib.refine.refiner import resolve_device
+from LiverTumorRefineLib.device import resolve_device
 from LiverTumorRefineLib.training.train import lr_at, plain_config
 
 Log = Callable[[str], None]

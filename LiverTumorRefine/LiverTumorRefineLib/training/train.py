@@ -27,7 +27,8 @@ from LiverTumorRefineLib.config import NetConfig, PatchConfig
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.evaluate.metrics import compute_metrics
 from LiverTumorRefineLib.refine.network import BRNet, build_model
-from LiverTumorRefineLib.refine.refiner import Refiner, resolve_device
+from LiverTumorRefineLib.device import resolve_device
+from LiverTumorRefineLib.refine.refiner import Refiner
 from LiverTumorRefineLib.refine.weights import save_model
 
 Log = Callable[[str], None]

@@ -1,0 +1,130 @@
+"""The one registry of coarse sources: their names, how each makes a coarse tumour mask.
+
+Every front end (CLI, Python API, the Slicer worker) names a source the same way and gets its
+mask from ``make_coarse``:
+
+- ``mask``: a coarse mask the user already has (nothing to make);
+- ``seeds``: one click (RAS point, mm) per lesion;
+- ``automatic``: the shipped coarse liver + tumour network (``auto`` is accepted too);
+- ``totalsegmentator``: TotalSegmentator's liver tumour task (installed separately).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from LiverTumorRefineLib.device import with_cpu_fallback
+from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.progress import Progress, report
+from LiverTumorRefineLib.volume.geometry import Volume
+
+LIVER, TUMOUR = 1, 2  # the automatic network's labels (LiTS convention)
+
+
+@dataclass(frozen=True)
+class CoarseSource:
+    """A coarse source: its name, what the Slicer module calls it, and the segment it adds there."""
+
+    name: str
+    title: str
+    segment_name: str | None  # None: the source adds no segment (the user's own mask)
+
+
+SOURCES = (
+    CoarseSource("mask", "Existing segment", None),
+    CoarseSource("seeds", "Seed points", "Tumour (seeded coarse)"),
+    CoarseSource("automatic", "Automatic", "Tumour (automatic coarse)"),
+    CoarseSource("totalsegmentator", "TotalSegmentator", "Tumour (TotalSegmentator coarse)"),
+)
+ALIASES = {"auto": "automatic"}
+BY_NAME = {source.name: source for source in SOURCES}
+
+
+def source_named(name: str) -> CoarseSource:
+    """The source called ``name`` (or an alias); RefineError listing the choices otherwise."""
+    found = BY_NAME.get(ALIASES.get(str(name), str(name)))
+    if found is None:
+        raise RefineError(f"Unknown coarse source {name!r}: choose one of {', '.join(BY_NAME)}.")
+    return found
+
+
+def make_coarse(source: str, image: Volume, *, seeds: Sequence[Sequence[float]] | None = None,
+                negative_seeds: Sequence[Sequence[float]] | None = None, seed_method: str = "auto",
+                device: str = "auto", seg_weights: str | os.PathLike | None = None,
+                ct_path: str | os.PathLike | None = None, notes: list[str] | None = None,
+                progress: Progress | None = None) -> Volume:
+    """The coarse mask ``source`` makes for ``image`` (an LPS-oriented CT volume): 0/1 from seeds
+    and TotalSegmentator, the 0/1/2 liver + tumour label map from the automatic network.
+    ``seeds``: RAS points (mm), one per lesion; ``negative_seeds``: RAS points of leaks to keep
+    out, and ``seed_method`` what grows the lesions (see ``clicks.SEED_METHODS``). ``ct_path``: the CT file, if there is one, for
+    TotalSegmentator (else the volume is written to a temporary file). CUDA out-of-memory falls
+    back to the CPU with a note in ``notes``."""
+    name = source_named(source).name
+    notes = notes if notes is not None else []
+    report(progress, 0.0, "Making the coarse mask")
+    if name == "mask":
+        raise RefineError("The coarse source 'mask' makes nothing: give the coarse mask itself.")
+    if name == "seeds":
+        mask = from_seeds(image, seeds, negative_seeds, seed_method)
+    elif name == "automatic":
+        mask = with_cpu_fallback(lambda dev: automatic_labels(image, seg_weights, dev, progress), device,
+                                 "automatic coarse segmentation", notes)
+        if not (mask.array == TUMOUR).any():
+            found = "a liver but no tumour" if (mask.array == LIVER).any() else "neither liver nor tumour"
+            raise RefineError(f"The automatic coarse segmentation found {found} in this CT: place one point inside "
+                              "each lesion and use seed points, or give a coarse mask.",
+                              cli=f"The automatic coarse segmentation found {found} in this CT: place one seed per "
+                                  "lesion (--seeds) or give a coarse mask (--mask).")
+    else:
+        mask = from_totalsegmentator(image, ct_path, device)
+    report(progress, 1.0, "Coarse mask made")
+    return mask
+
+
+def from_seeds(image: Volume, seeds: Sequence[Sequence[float]] | None,
+               negative_seeds: Sequence[Sequence[float]] | None = None, method: str = "auto") -> Volume:
+    """A 0/1 coarse tumour mask from one RAS point (mm) per lesion, by the ray grower (``seeded``)
+    or the click model (``clicks``, which also takes ``negative_seeds``), as ``method`` says."""
+    from LiverTumorRefineLib.coarse import clicks
+    from LiverTumorRefineLib.coarse.points import check_points, ras_to_voxels
+    from LiverTumorRefineLib.coarse.seeded import grow_from_seeds
+
+    if seeds is None or len(seeds) == 0:
+        raise RefineError("No seed points: place one point inside each lesion, then try again.",
+                          cli="The seeded coarse source needs at least one seed inside a lesion (--seeds).")
+    voxels = ras_to_voxels(check_points([tuple(map(float, p)) for p in seeds]), image)
+    negative = ras_to_voxels(check_points([tuple(map(float, p)) for p in negative_seeds or []]), image)
+    if clicks.seed_method(method, negative) == "model":
+        return image.with_array(clicks.coarse_from_clicks(image.array, image.spacing_zyx, voxels, negative).astype(np.uint8))
+    return image.with_array(grow_from_seeds(image.array, voxels, image.spacing_zyx).astype(np.uint8))
+
+
+def automatic_labels(image: Volume, weights: str | os.PathLike | None = None, device: str = "auto",
+                     progress: Progress | None = None) -> Volume:
+    """The automatic coarse network's 0/1/2 (background, liver, tumour) labels of an LPS CT volume."""
+    from LiverTumorRefineLib.coarse.autoseg import Segmenter
+
+    return image.with_array(Segmenter(weights, device=device).segment(image.array, image.spacing_zyx, progress))
+
+
+def from_totalsegmentator(image: Volume, ct_path: str | os.PathLike | None, device: str) -> Volume:
+    """TotalSegmentator's 0/1 liver tumour mask on ``image``'s grid."""
+    from LiverTumorRefineLib.coarse import totalseg
+    from LiverTumorRefineLib.volume import io
+
+    with tempfile.TemporaryDirectory(prefix="livertumorrefine-ct-") as work:
+        if ct_path is None or Path(ct_path).is_dir():  # a DICOM folder or an array: give it a NIfTI file
+            ct_path = Path(work) / "ct.nii.gz"
+            io.write_volume(image, ct_path, force=True)
+        mask = totalseg.tumour_mask(ct_path, image, device)
+    if not mask.any():
+        raise RefineError("TotalSegmentator found no liver tumour in this CT: place one point inside each lesion and "
+                          "use seed points, or give a coarse mask.",
+                          cli="TotalSegmentator found no liver tumour in this CT: place one seed per lesion (--seeds) "
+                              "or give a coarse mask (--mask).")
+    return image.with_array(mask.astype(np.uint8))

@@ -1,0 +1,76 @@
+"""The engine's files: a CT (file or DICOM series) and its mask read onto one axial grid, results
+written back on the CT's own grid (a volume file or a DICOM SEG), outputs checked first."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.volume import checks, dicom, io, segments
+from LiverTumorRefineLib.volume.geometry import Volume
+
+
+def load_ct(image_path: str | os.PathLike) -> Volume:
+    """The CT reoriented to LPS (see ``load_pair``), with a warning when it does not look like HU."""
+    image = io.from_sitk(io.to_lps(io.read_image(image_path)))
+    warn_if_not_hu(image, image_path)
+    return image
+
+
+def warn_if_not_hu(image: Volume, image_path: str | os.PathLike) -> None:
+    problem = checks.hu_plausibility(image.array)
+    if problem:
+        warnings.warn(f"{image_path}: {problem}", UserWarning, stacklevel=3)
+
+
+def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
+              image_is_ct: bool = True, segment: str | int | None = None,
+              image_segment: str | int | None = None) -> tuple[Volume, Volume]:
+    """CT and mask as volumes on the CT's grid, the mask resampled when its grid differs.
+
+    Both are reoriented (axes permuted and flipped, never resampled) to the closest LPS order, so
+    that patches are cut in axial planes whatever the file's orientation: put results back on the
+    CT file's own grid with ``io.back_on_grid(volume, image_path)`` before writing them. With
+    ``image_is_ct`` (refinement; False for truth/prediction pairs) a CT that does not look like
+    HU is warned about and a mask covering the whole CT is refused. The CT may be a DICOM series
+    folder; ``segment`` picks the mask's segment (name or number) in a DICOM SEG or .seg.nrrd,
+    ``image_segment`` the truth's when ``image_is_ct`` is False (see ``segments.read_mask``).
+    """
+    ct = io.read_image(image_path) if image_is_ct else segments.read_mask(image_path, image_segment)
+    mask = segments.read_mask(mask_path, segment)
+    if ct.GetDimension() != mask.GetDimension():
+        raise RefineError(f"CT is {ct.GetDimension()}D but the mask is {mask.GetDimension()}D: give matching volumes.")
+    ct, mask = io.to_lps(ct), io.to_lps(mask)
+    if not image_is_ct and (segments.has_segments(image_path) or segments.has_segments(mask_path)):
+        ct = segments.padded_to_cover(ct, mask)  # a SEG truth is cropped to its frames: keep all predicted voxels
+    image = io.from_sitk(ct)
+    mask_volume = io.from_sitk(io.resample_mask_to(mask, ct))
+    if image_is_ct:
+        warn_if_not_hu(image, image_path)
+        checks.check_not_whole_volume(mask_volume.array)
+    return image, mask_volume
+
+
+def check_result_output(out_path: str | os.PathLike, image_path: str | os.PathLike,
+                        inputs: Sequence[str | os.PathLike | None], force: bool) -> Path:
+    """``io.check_output`` for a volume file; for a DICOM SEG (.dcm) the CT must be a DICOM series."""
+    if dicom.is_dicom_seg_path(out_path):
+        return dicom.check_seg_output(out_path, image_path, force)
+    return io.check_output(out_path, inputs, force)
+
+
+def write_result(volume: Volume, image_path: str | os.PathLike, out: str | os.PathLike, force: bool) -> None:
+    """Write ``volume``, computed on the LPS grid ``load_ct``/``load_pair`` give, back on the CT's
+    own grid: a DICOM SEG referencing the CT series for a .dcm ``out``, else a volume file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dropped DICOM slices were reported when the CT was read
+        on_grid = io.back_on_grid(volume, image_path)
+        series = dicom.read_series(image_path, pixels=False) if dicom.is_dicom_seg_path(out) else None
+    if series is not None:
+        dicom.write_seg(on_grid, series, out, force=force)
+    else:
+        io.write_volume(on_grid, out, force=force)
+
+
