@@ -47,6 +47,15 @@ class Canvas:
         elsewhere. (Z, Y, X) bool."""
         return self.proposal(coarse, editable, threshold)[0]
 
+    def disagreement(self, editable: torch.Tensor | None = None) -> torch.Tensor:
+        """(Z, Y, X) bool: the voxels that some predictions (test-time augmentations and
+        overlapping patches) put inside the tumour and others outside, where covered (and
+        ``editable``, if given): where the refinement is unsure."""
+        covered = self.count > 0
+        if editable is not None:
+            covered &= editable.reshape(-1)
+        return (covered & (self.votes > 0) & (self.votes < self.count)).view(self.shape)
+
     def mean(self) -> torch.Tensor:
         """(Z, Y, X) mean prediction per voxel (0 where nothing was predicted)."""
         return (self.total / self.count.clamp(min=1)).view(self.shape)

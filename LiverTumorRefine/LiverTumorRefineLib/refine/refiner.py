@@ -27,10 +27,12 @@ from LiverTumorRefineLib.refine.weights import default_weights_path, load_model
 
 @dataclass
 class RefineResult:
-    """Refined mask (same shape as the input) and what it cost."""
+    """Refined mask (same shape as the input), what it cost, and ``uncertain``: the voxels where
+    the augmented predictions disagree (``Canvas.disagreement``; bool, same shape)."""
 
     mask: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
+    uncertain: np.ndarray | None = None
 
 
 class Refiner:
@@ -80,6 +82,7 @@ class Refiner:
         boxes = lesion_boxes(mask, crop_margin(spacing, self.cfg))
         report(progress, 0.0, "Cutting boundary patches")
         refined = mask.copy()
+        uncertain = np.zeros_like(mask)
         seconds = {"crop": 0.0, "sample": 0.0, "extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         patches = changed = 0
         lesions: list[dict[str, Any]] = []
@@ -90,6 +93,7 @@ class Refiner:
             # cost one more mask-sized temporary (1 GB at 1024x1024x1000)
             changed += int(np.count_nonzero(part.mask != mask[box]))
             refined[box] = part.mask
+            uncertain[box] |= part.uncertain
             patches += part.patches
             for decision in part.lesions:
                 lesions.append({**decision.to_dict(), "lesion": len(lesions) + 1})
@@ -100,7 +104,7 @@ class Refiner:
         stats = {"patches": patches, "seconds": seconds, "voxels_changed": changed, "device": str(self.device),
                  "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
                  "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions}
-        return RefineResult(refined, stats)
+        return RefineResult(refined, stats, uncertain)
 
     def _parenchyma(self, image: np.ndarray, mask: np.ndarray, boxes: list[Box], spacing: tuple[float, ...]) -> float | None:
         """The liver parenchyma's HU around all the lesions (pooled over their boxes, so how the
@@ -133,6 +137,7 @@ class Refiner:
             t = time.perf_counter()
             editable = sampling.editable_band(crop_mask, spacing, self.cfg.band_mm)
             proposed, sure = canvas.proposal(crop_mask, editable)
+            uncertain = canvas.disagreement(editable).cpu().numpy()
             wanted = proposed != crop_mask
             gated = torch.where(wanted & (sure < self.agreement), crop_mask, proposed)
             coarse_crop = mask[box]
@@ -140,7 +145,7 @@ class Refiner:
             refined_crop, decisions = lesion_gate(coarse_crop, gated.cpu().numpy(), wanted.cpu().numpy(),
                                                   self.min_kept, box_origin(box), probability)
         seconds["reassemble"] += time.perf_counter() - t
-        return _BoxResult(refined_crop, seconds, int(len(centres)), decisions)
+        return _BoxResult(refined_crop, seconds, int(len(centres)), decisions, uncertain)
 
     def _run_batches(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
                      progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
@@ -198,6 +203,7 @@ class _BoxResult:
     seconds: dict[str, float]
     patches: int
     lesions: list
+    uncertain: np.ndarray
 
 
 def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float]) -> None:
