@@ -99,3 +99,13 @@ def test_whole_volume_mask_is_refused(trained_model):
     case = blob_case(2)
     with pytest.raises(RefineError, match="every voxel"):
         Refiner(trained_model, device="cpu").refine(case.image, np.ones_like(case.coarse), case.spacing_zyx)
+
+
+def test_runtime_chunk_size_does_not_change_the_mask_and_the_runtime_is_reported(trained_model):
+    case = blob_case(4)
+    refiner = Refiner(trained_model, device="cpu", runtime="torch")
+    a = refiner.refine(case.image, case.coarse, case.spacing_zyx)
+    refiner.runtime.batch_size = 3  # the network sees 3 inputs at a time instead of its measured best
+    b = refiner.refine(case.image, case.coarse, case.spacing_zyx)
+    assert np.array_equal(a.mask, b.mask)
+    assert a.stats["runtime"] == "torch"

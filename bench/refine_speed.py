@@ -5,6 +5,9 @@
     python bench/refine_speed.py --sweep tumours   # 1 ... 20 tumours in 512x512x120
     python bench/refine_speed.py --seeded          # coarse mask grown from one seed per tumour, then refined
     python bench/refine_speed.py --quick           # under a minute: README's headline case once, against its figure
+    python bench/refine_speed.py --cli [--tumours 5] [--runtimes torch auto]
+                                                   # the whole `livertumorrefine refine` process on the case, and
+                                                   # where its time goes (imports, reading, refining, writing)
 
 Prints figures; asserts nothing (timings belong in benchmarks, not tests). Uses the shipped
 model when present, else an untrained BRNet of the same architecture (same cost). A sweep runs
@@ -106,6 +109,64 @@ def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: i
             "model": "shipped" if weights.is_file() else "untrained (same cost)", "threads": torch.get_num_threads()}
 
 
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Wall seconds of a process and its stdout."""
+    t = time.perf_counter()
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    return time.perf_counter() - t, done.stdout
+
+
+def cli_process(args: argparse.Namespace) -> None:
+    """The whole CLI process on the case written as NIfTI, per runtime, best of ``repeats``
+    (interleaved), beside its parts: Python + package imports, reading, refining, writing."""
+    import tempfile
+
+    from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+    from LiverTumorRefineLib.volume.io import read_volume, write_volume
+
+    image, coarse, spacing = synthetic_case(tuple(args.size), args.tumours)
+    folder = Path(tempfile.mkdtemp(prefix="refine_speed_cli_"))
+    geometry = Geometry(spacing=tuple(float(s) for s in spacing[::-1]))
+    ct, mask = folder / "ct.nii.gz", folder / "coarse.nii.gz"
+    write_volume(Volume(image.astype(np.int16), geometry), ct)
+    write_volume(Volume(coarse.astype(np.uint8), geometry), mask)
+    lib = str(Path(__file__).resolve().parents[1] / "LiverTumorRefine")
+    env = {**os.environ, "PYTHONPATH": lib + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    python = [sys.executable]
+    parts = {"python alone": python + ["-c", "pass"],
+             "import cli": python + ["-c", "import LiverTumorRefineLib.cli"],
+             "import cli + Refiner": python + ["-c", "import LiverTumorRefineLib.cli; "
+                                               "from LiverTumorRefineLib.refine.refiner import Refiner"],
+             "import onnxruntime": python + ["-c", "import onnxruntime"]}
+    runs = {name: python + ["-m", "LiverTumorRefineLib.cli", "refine", "--image", str(ct), "--mask", str(mask),
+                            "--out", str(folder / f"refined_{name}.nii.gz"), "--force", "--runtime", name]
+            for name in args.runtimes}
+    best: dict[str, float] = {}
+    lines: dict[str, str] = {}
+    for _ in range(args.repeats):
+        for name, command in {**parts, **runs}.items():
+            try:
+                seconds, out = timed(command, env)
+            except subprocess.CalledProcessError as exc:
+                print(f"{name}: failed ({exc.stderr.strip().splitlines()[-1] if exc.stderr else exc.returncode})")
+                continue
+            if seconds < best.get(name, float("inf")):
+                best[name], lines[name] = seconds, out.strip().splitlines()[-1] if out.strip() else ""
+    t = time.perf_counter()
+    volume = read_volume(ct)
+    read_mask = read_volume(mask)
+    reading = time.perf_counter() - t
+    t = time.perf_counter()
+    write_volume(Volume(read_mask.array.astype(np.uint8), volume.geometry), folder / "written.nii.gz")
+    writing = time.perf_counter() - t
+    print(f"case {tuple(args.size)} (x,y,z), {args.tumours} tumours, NIfTI in {folder}; best of {args.repeats}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for name, seconds in best.items():
+        print(f"{name:>24}: {seconds:6.2f} s  {lines[name] if name in runs else ''}")
+    print(f"{'read CT + mask':>24}: {reading:6.2f} s (in process)")
+    print(f"{'write refined mask':>24}: {writing:6.2f} s (in process, verified)")
+
+
 def sweep(kind: str, args: argparse.Namespace) -> None:
     """Each configuration in a fresh process; one table row per configuration."""
     configs = [(size, args.tumours) for size in SIZES] if kind == "sizes" else [(tuple(args.size), n) for n in TUMOURS]
@@ -140,6 +201,8 @@ def main() -> None:
     parser.add_argument("--same-tumours", action="store_true", help="the tumours of a 128x128x64 case, centred")
     parser.add_argument("--json", action="store_true", help="print one JSON line (used by --sweep)")
     parser.add_argument("--seeded", action="store_true", help="grow the coarse mask from one seed per tumour first")
+    parser.add_argument("--cli", action="store_true", help="time the whole `livertumorrefine refine` process")
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "auto"], help="--runtime values for --cli")
     parser.add_argument("--quick", action="store_true",
                         help="one run of the default case after a warm-up (under a minute), compared with README's figure")
     args = parser.parse_args()
@@ -147,6 +210,9 @@ def main() -> None:
         args.repeats = 1
     if args.sweep:
         sweep(args.sweep, args)
+        return
+    if args.cli:
+        cli_process(args)
         return
     row = measure(tuple(args.size), args.tumours, args.device, args.batch_size, args.repeats, args.same_tumours,
                   args.seeded)

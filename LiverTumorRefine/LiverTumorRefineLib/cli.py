@@ -42,7 +42,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         raise RefineError("refine needs --image, --out and one of --mask, --seeds, --auto-coarse, --totalsegmentator "
                           "(or --batch MANIFEST_OR_FOLDER --out-dir DIR for a dataset).")
     common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,
-                  tta=args.tta, force=args.force, progress=ProgressBar("refine"), report=args.report)
+                  tta=args.tta, force=args.force, progress=ProgressBar("refine"), report=args.report, runtime=args.runtime)
     if args.mask is not None:
         if args.coarse_out is not None:
             raise RefineError("--coarse-out is for coarse masks this command makes (--seeds, --auto-coarse, "
@@ -267,6 +267,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                    help="auto uses a CUDA GPU when there is one")
     p.add_argument("--weights", help="model file (default: the shipped model)")
     p.add_argument("--batch-size", type=int, default=128, help="patches per inference batch")
+    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"],
+                   help="what runs the network: auto (ONNX Runtime on the CPU when installed, else PyTorch), torch or "
+                        "onnx (pip install onnxruntime)")
     p.add_argument("--min-kept", type=float, default=MIN_KEPT, metavar="FRACTION",
                    help="a lesion keeps at least this fraction of its coarse voxels when the refinement is fully "
                         "sure, and more when it is less sure; otherwise it keeps its coarse outline "

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from LiverTumorRefineLib.config import NetConfig
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.refine.network import BRNet
+from LiverTumorRefineLib.refine.runtime import TorchRuntime
 from LiverTumorRefineLib.device import resolve_device
 from LiverTumorRefineLib.progress import Progress, report
 from LiverTumorRefineLib.refine.weights import NET_BOUNDS, check_fields, default_weights_path, load_payload, save_network, with_state
@@ -146,6 +147,8 @@ class Segmenter:
         self.device = resolve_device(device)
         model = weights if isinstance(weights, torch.nn.Module) else load_segnet(weights)
         self.model: BRNet = model.to(self.device).eval()
+        # the Refiner's PyTorch runtime: channels_last on the CPU, fp16 autocast on CUDA
+        self.runtime = TorchRuntime(self.model, self.device)
         self.cfg: SegConfig = model.seg_config  # type: ignore[attr-defined]
         self.multiple = 2 ** model.net_config.depth  # type: ignore[attr-defined]
         self.slab = max(1, slab)
@@ -163,7 +166,7 @@ class Segmenter:
             for start in range(0, n, self.slab):
                 index = list(range(start, min(start + self.slab, n)))
                 x = context_stack(plane, index, float(spacing_zyx[0]), self.cfg.context_mm).to(self.device)
-                prob = torch.softmax(self.model(x).float(), dim=1)
+                prob = torch.softmax(self.runtime(x).float(), dim=1)
                 prob = F.interpolate(prob, size=image.shape[1:], mode="bilinear", align_corners=False)
                 out[start:start + len(index)] = prob.argmax(dim=1).to(torch.uint8).cpu().numpy()
                 done = min(start + self.slab, n)

@@ -3,6 +3,9 @@ from patient coordinates to voxel indices.
 
 Inline seeds are RAS millimetres as Slicer shows them: ``"R,A,S;R,A,S"``. A Slicer markups
 file (``.mrk.json``) stores its points in LPS or RAS (its ``coordinateSystem``); both are read.
+Negative clicks (a leak to remove) come as a second list (``--negative-seeds``) or, in one file,
+as points whose label or description, or whose point list's name, starts with "neg"
+(``is_negative``).
 """
 from __future__ import annotations
 
@@ -48,13 +51,37 @@ def parse_seeds(spec: str) -> list[Point]:
 
 def read_markups(path: str | os.PathLike) -> list[Point]:
     """The control points of a Slicer markups JSON file, in RAS."""
+    return [point for point, _ in read_signed_markups(path)]
+
+
+def is_negative(markup_name: Any, control: dict[str, Any]) -> bool:
+    """Whether a markups control point is a negative click: its label or description, or its point
+    list's name, starts with "neg" (e.g. "neg-1", "negative", a list named "Negative clicks")."""
+    words = (markup_name, control.get("label"), control.get("description"))
+    return any(isinstance(w, str) and w.strip().lower().startswith("neg") for w in words)
+
+
+def parse_signed_seeds(spec: str) -> tuple[list[Point], list[Point]]:
+    """(positive, negative) RAS points from inline seeds (all positive) or a ``.mrk.json`` file
+    (negative ones marked as ``is_negative`` says); RefineError when there is no positive one."""
+    if not is_seed_file(spec):
+        return parse_seeds(spec), []
+    signed = read_signed_markups(spec.strip())
+    positive = [p for p, negative in signed if not negative]
+    if not positive:
+        raise RefineError(f"{spec.strip()} holds only negative points: place one positive point inside each lesion.")
+    return positive, [p for p, negative in signed if negative]
+
+
+def read_signed_markups(path: str | os.PathLike) -> list[tuple[Point, bool]]:
+    """The control points of a Slicer markups JSON file in RAS, each with whether it is negative."""
     path = io.readable_file(path, "Seed file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         markups = data["markups"]
     except (OSError, ValueError, KeyError, TypeError):
         raise RefineError(f"{path} is not a Slicer markups file (.mrk.json with a \"markups\" list).") from None
-    points = []
+    points: list[tuple[Point, bool]] = []
     for markup in markups:
         system = str(markup.get("coordinateSystem", "LPS")).upper()
         if system not in ("LPS", "RAS"):
@@ -68,7 +95,7 @@ def read_markups(path: str | os.PathLike) -> list[Point]:
                 raise RefineError(f"{path}: point {label} has position {position!r}, which is not three numbers: "
                                   "place the point again in Slicer and save the point list.")
             x, y, z = (float(v) for v in position)
-            points.append((-x, -y, z) if system == "LPS" else (x, y, z))
+            points.append(((-x, -y, z) if system == "LPS" else (x, y, z), is_negative(markup.get("name"), control)))
     if not points:
         raise RefineError(f"{path} holds no points: place one point inside each lesion and save again.")
     return points

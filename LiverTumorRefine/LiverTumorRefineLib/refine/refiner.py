@@ -5,6 +5,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from LiverTumorRefineLib.progress import Progress, part, report
 from LiverTumorRefineLib.refine.gate import box_origin, lesion_gate
 from LiverTumorRefineLib.refine.network import BRNet
 from LiverTumorRefineLib.refine.reassembly import Canvas
+from LiverTumorRefineLib.refine.runtime import TorchRuntime, select_runtime
 from LiverTumorRefineLib.refine.weights import default_weights_path, load_model
 
 
@@ -45,11 +47,14 @@ class Refiner:
     coarse voxels it keeps at least, when the refinement is fully sure (see ``gate``); ``shrink``:
     what happens to a lesion that would shrink more: "revert" gives it its coarse outline back,
     "cap" gives back only the removed voxels the network was least sure of, up to the limit.
+    ``runtime``: what runs the network ("auto", "torch" or "onnx", see ``runtime.select_runtime``);
+    ``batch_size``: network inputs cut and accumulated together (the runtime feeds them to the
+    network in chunks of the size it runs fastest at).
     """
 
     def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128,
                  min_kept: float = MIN_KEPT, tta: int = TTA, agreement: float = AGREEMENT,
-                 shrink: str = SHRINK) -> None:
+                 shrink: str = SHRINK, runtime: str = "auto") -> None:
         if not 0 <= min_kept <= 1:
             raise RefineError(f"min_kept must be between 0 and 1 (got {min_kept}).")
         if not 0 <= agreement <= 1:
@@ -64,9 +69,11 @@ class Refiner:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise RefineError(f"The batch size must be a whole number of at least 1 (got {batch_size!r}).")
         self.device = resolve_device(device)
-        model = weights if isinstance(weights, torch.nn.Module) else load_model(weights or default_weights_path())
+        path = None if isinstance(weights, torch.nn.Module) else Path(weights or default_weights_path())
+        model = weights if path is None else load_model(path)
         self.model: BRNet = model.to(self.device).eval()
         self.cfg = model.patch_config  # type: ignore[attr-defined]
+        self.runtime = select_runtime(runtime, self.model, self.device, path)
         self.batch_size = batch_size
 
     def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None) -> RefineResult:
@@ -102,6 +109,7 @@ class Refiner:
         seconds["total"] = time.perf_counter() - t0
         report(progress, 1.0, "Done")
         stats = {"patches": patches, "seconds": seconds, "voxels_changed": changed, "device": str(self.device),
+                 "runtime": self.runtime.name,
                  "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
                  "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions}
         return RefineResult(refined, stats, uncertain)
@@ -179,8 +187,7 @@ class Refiner:
 
     def _predict(self, patches: torch.Tensor) -> torch.Tensor:
         """(tta, N, P, P) probabilities."""
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
-            return tta_module.predict(self.model, patches, self.tta)
+        return tta_module.predict(self.runtime, patches, self.tta)
 
     def _shrink_after_oom(self, image, mask, centres, canvas, batch):
         torch.cuda.empty_cache()
@@ -190,6 +197,7 @@ class Refiner:
         warnings.warn("CUDA out of memory even with batch size 1: continuing on the CPU.")
         self.device = torch.device("cpu")
         self.model = self.model.to(self.device)
+        self.runtime = TorchRuntime(self.model, self.device)
         moved = Canvas(canvas.shape, self.device)
         moved.total, moved.count, moved.votes = canvas.total.cpu(), canvas.count.cpu(), canvas.votes.cpu()
         return image.cpu(), mask.cpu(), centres.cpu(), moved, max(1, self.batch_size // self.tta)

@@ -1,0 +1,191 @@
+"""The learned click model: click maps, simulated corrective clicks, the segmenter with a tiny
+trained model, the shipped weights, and negative clicks on the command line and in seed files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from LiverTumorRefineLib import cli
+from LiverTumorRefineLib.coarse import clicks
+from LiverTumorRefineLib.coarse.points import parse_signed_seeds
+from LiverTumorRefineLib.config import NetConfig
+from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.refine import weights
+from LiverTumorRefineLib.training import clicktrain
+from LiverTumorRefineLib.training.phantom import Case
+from LiverTumorRefineLib.volume import io
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+
+CFG = clicks.ClickConfig(crop_px=32, pixel_mm=2.0, reach_mm=20.0)
+TINY = NetConfig(base_channels=4, depth=2, path_blocks=(1, 1), mask_prior=False)
+SPACING = (2.5, 1.0, 1.0)
+
+
+def test_click_maps_peak_at_the_click_with_the_negative_channels_apart():
+    z = np.array([-5.0, 0.0, 5.0])
+    y = x = np.arange(-10.0, 11.0)
+    maps = clicks.click_maps(z, y, x, [(0.0, 2.0, -3.0)], [], CFG)
+    assert maps.shape == (3, 4, 21, 21)
+    gaussian = maps[:, 0]
+    peak = np.unravel_index(int(gaussian.argmax()), gaussian.shape)
+    assert (z[peak[0]], y[peak[1]], x[peak[2]]) == (0.0, 2.0, -3.0) and float(gaussian.max()) == pytest.approx(1.0)
+    # 3D distance: 5 mm above and 4 mm aside
+    assert float(gaussian[0, 12 + 4, 7]) == pytest.approx(np.exp(-(25 + 16) / (2 * CFG.sigma_mm ** 2)), rel=1e-5)
+    assert float(maps[0, 1, 12, 7]) == pytest.approx(1 - 5 / CFG.ramp_mm, rel=1e-5)  # the ramp reaches far
+    assert float(maps[:, 2:].abs().max()) == 0.0  # no negative click, nothing in its channels
+    both = clicks.click_maps(z, y, x, [(0.0, 2.0, -3.0)], [(5.0, -8.0, 8.0)], CFG)
+    assert torch.equal(both[:, :2], maps[:, :2])  # a negative click leaves the positive channels alone
+    assert float(both[2, 2, 2, 18]) == pytest.approx(1.0) and float(both[2, 0, 2, 18]) < 0.01
+
+
+def ball(shape, centre, radius):
+    grid = np.indices(shape).astype(np.float32) * np.array(SPACING, np.float32)[:, None, None, None]
+    return ((grid - np.array(centre, np.float32)[:, None, None, None] * np.array(SPACING, np.float32)[:, None, None, None]) ** 2
+            ).sum(0) <= radius ** 2
+
+
+def test_corrective_click_lands_in_the_largest_error_with_its_sign():
+    shape = (20, 60, 60)
+    truth = ball(shape, (10, 30, 30), 12)
+    missed = truth & (np.indices(shape)[2] > 36)  # a large missed part on the right
+    leak = ball(shape, (10, 30, 8), 4) & ~truth  # a smaller leak on the left
+    found = clicks.corrective_click(truth, (truth & ~missed) | leak, SPACING)
+    assert found is not None
+    voxel, positive = found
+    assert positive and missed[voxel]
+    big_leak = ball(shape, (10, 30, 52), 7) & ~truth
+    small_miss = truth & (np.indices(shape)[2] < 20)
+    voxel, positive = clicks.corrective_click(truth, (truth & ~small_miss) | big_leak, SPACING)
+    assert not positive and big_leak[voxel]
+    # the deepest point of the region, not its edge
+    depth = ndimage.distance_transform_edt(big_leak, sampling=SPACING)
+    assert depth[voxel] == pytest.approx(depth.max())
+    assert clicks.corrective_click(truth, truth, SPACING) is None
+
+
+def lesion_case(seed: int) -> Case:
+    """A hypodense sphere (radius 7-11 mm) in noisy liver-like tissue."""
+    rng = np.random.default_rng(seed)
+    shape = (24, 64, 64)
+    centre = (12 + rng.integers(-2, 3), 32 + rng.integers(-5, 6), 32 + rng.integers(-5, 6))
+    truth = ball(shape, centre, rng.uniform(7, 11))
+    image = np.where(truth, 40.0, 100.0) + rng.normal(0, 10, shape)
+    geometry = Geometry(spacing=SPACING[::-1])
+    return Case(f"sphere{seed}", Volume(image.astype(np.float32), geometry),
+                Volume((truth * 2).astype(np.uint8), geometry))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: a second thread only waits on a busy machine
+    torch.manual_seed(0)
+    cfg = clicktrain.ClickTrainConfig(steps=120, minutes=10, batch_size=8, warmup_steps=10, epoch_steps=120,
+                                      refresh_at=(), click=CFG, net=TINY, lr=5e-3)
+    rng = np.random.default_rng(0)
+    crops = []
+    for seed in range(6):
+        for crop in clicktrain.lesion_crops(lesion_case(seed), cfg, rng):
+            clicktrain.add_simulated_scenarios(crop, CFG, rng)
+            crops.append(crop)
+    out = tmp_path_factory.mktemp("clicks")
+    try:
+        yield clicktrain.train_clicks(cfg, out, log=lambda _: None, crops=crops, val=crops[:2])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_segmenter_with_a_tiny_trained_model_gives_a_connected_lesion_at_the_click(tiny_model):
+    segmenter = clicks.ClickSegmenter(tiny_model)
+    case = lesion_case(99)
+    truth = case.label.array == 2
+    click = tuple(int(v) for v in np.argwhere(truth).mean(axis=0).round())
+    result = segmenter.segment(case.image.array, SPACING, [click])
+    whole = result.paste(truth.shape)
+    assert whole[click]
+    _, n = ndimage.label(whole, structure=np.ones((3, 3, 3), bool))
+    assert n == 1
+    dice = 2 * (whole & truth).sum() / (whole.sum() + truth.sum())
+    assert dice > 0.5, dice  # it learned the lesion, not just the click voxel
+    negative = tuple(int(v) for v in np.argwhere(whole)[0])
+    again = segmenter.segment(case.image.array, SPACING, [click], [negative]).paste(truth.shape)
+    assert again[click] and not again[negative]
+
+
+def test_click_model_file_is_hash_checked(tiny_model, tmp_path):
+    model = clicks.load_click_model(tiny_model)
+    assert model.click_config == CFG and model.net_config == TINY
+    tampered = tmp_path / "m.pt"
+    tampered.write_bytes(tiny_model.read_bytes() + b"x")
+    (tmp_path / "m.pt.sha256").write_text(weights.sha256_of(tiny_model))
+    with pytest.raises(RefineError, match="SHA-256"):
+        clicks.load_click_model(tampered)
+
+
+def test_shipped_click_model_loads_and_matches_its_pinned_hash():
+    path = weights.default_weights_path(clicks.DEFAULT_MODEL)
+    digest = weights.sha256_of(path)
+    assert weights.SHIPPED_SHA256[clicks.DEFAULT_MODEL] == digest
+    assert (path.parent / (path.name + ".sha256")).read_text().split()[0] == digest
+    model = clicks.load_click_model()
+    assert model.click_config.in_channels == model.stem[0][0].in_channels
+    assert path.stat().st_size < 5_000_000
+
+
+def test_markups_file_with_negative_points(tmp_path):
+    path = tmp_path / "clicks.mrk.json"
+    points = [{"label": "F-1", "position": [10.0, 20.0, 30.0]},
+              {"label": "neg-1", "position": [11.0, 21.0, 31.0]},
+              {"label": "F-2", "description": "Negative: vessel", "position": [12.0, 22.0, 32.0]}]
+    path.write_text(json.dumps({"markups": [{"coordinateSystem": "RAS", "controlPoints": points}]}))
+    positive, negative = parse_signed_seeds(str(path))
+    assert positive == [(10.0, 20.0, 30.0)]
+    assert negative == [(11.0, 21.0, 31.0), (12.0, 22.0, 32.0)]
+    only_negative = tmp_path / "neg.mrk.json"
+    only_negative.write_text(json.dumps({"markups": [{"name": "Negative clicks", "coordinateSystem": "LPS",
+                                                      "controlPoints": points[:1]}]}))
+    with pytest.raises(RefineError, match="only negative"):
+        parse_signed_seeds(str(only_negative))
+
+
+def ct_file(tmp_path):
+    """A CT file with one hypodense lesion, and the RAS string of a voxel."""
+    case = lesion_case(7)
+    path = tmp_path / "ct.nii.gz"
+    io.write_volume(case.image, path)
+    reference = io.to_sitk(case.image)
+
+    def ras(voxel):
+        x, y, z = reference.TransformIndexToPhysicalPoint(tuple(int(v) for v in voxel[::-1]))
+        return f"{-x:.2f},{-y:.2f},{z:.2f}"  # SimpleITK is LPS
+    return path, case.label.array == 2, ras
+
+
+def test_cli_negative_seeds_run_the_click_model_and_keep_the_point_out(tmp_path, capsys):
+    path, truth, ras = ct_file(tmp_path)
+    inside = tuple(int(v) for v in np.argwhere(truth).mean(axis=0).round())
+    outside = (inside[0], inside[1], inside[2] + 14)  # liver beside the lesion
+    code = cli.main(["refine", "--image", str(path), "--seeds", ras(inside), "--negative-seeds", ras(outside),
+                     "--out", str(tmp_path / "refined.nii.gz"), "--coarse-out", str(tmp_path / "coarse.nii.gz"),
+                     "--device", "cpu", "--tta", "1"])
+    assert code == 0, capsys.readouterr().err
+    coarse = io.read_volume(tmp_path / "coarse.nii.gz").array > 0
+    assert coarse[inside] and not coarse[outside]
+
+
+def test_cli_negative_seed_errors(tmp_path, capsys):
+    path, truth, ras = ct_file(tmp_path)
+    inside = ras(tuple(int(v) for v in np.argwhere(truth).mean(axis=0).round()))
+    base = ["refine", "--image", str(path), "--out", str(tmp_path / "o.nii.gz")]
+    for extra, message in ((["--seeds", inside, "--negative-seeds", "1,2"], "not R,A,S"),
+                           (["--seeds", inside, "--negative-seeds", "900,900,900"], "outside the CT"),
+                           (["--auto-coarse", "--negative-seeds", inside], "go with --seeds"),
+                           (["--seeds", inside, "--negative-seeds", inside, "--seed-method", "rays"],
+                            "cannot use --negative-seeds")):
+        code = cli.main(base + extra)
+        assert code == 2 and message in capsys.readouterr().err, extra
+    assert not (tmp_path / "o.nii.gz").exists()
