@@ -10,7 +10,13 @@ import pytest
 import SimpleITK as sitk
 
 from LiverTumorRefineLib.training import phantom
-from LiverTumorRefineLib.training.phantom import LIVER, TUMOUR
+from LiverTumorRefineLib.training.phantom import LIVER, TUMOUR, generate, lesions
+from LiverTumorRefineLib.training.phantom.anatomy import draw_anatomy
+from LiverTumorRefineLib.training.phantom.canvas import Canvas
+from LiverTumorRefineLib.training.phantom.grid import Grid
+from LiverTumorRefineLib.training.phantom.scanner import add_scanner
+from LiverTumorRefineLib.training.phantom.shapes import Waves
+from LiverTumorRefineLib.training.phantom.voxelgrid import draw_grid
 
 SMALL = dict(size_xy=160, n_slices=24, spacing=(1.2, 1.2, 4.0))  # a few tenths of a second per case
 
@@ -111,7 +117,7 @@ def test_write_case_round_trips_arrays_and_geometry(tmp_path):
 
 
 def test_write_phantoms_names_cases_by_seed(tmp_path, monkeypatch):
-    monkeypatch.setattr(phantom, "make_phantom", functools.partial(phantom.make_phantom, **SMALL))
+    monkeypatch.setattr(generate, "make_phantom", functools.partial(phantom.make_phantom, **SMALL))
     paths = phantom.write_phantoms(tmp_path, 2, seed=40)
     assert [p.name for p in paths] == ["phantom_40_ct.nii.gz", "phantom_41_ct.nii.gz"]
     assert (tmp_path / "phantom_41_label.nii.gz").is_file()
@@ -123,20 +129,20 @@ def test_write_phantoms_names_cases_by_seed(tmp_path, monkeypatch):
 
 LESION_GRID = dict(size_xy=160, n_slices=24, spacing=(1.0, 1.0, 2.5), n_tumours=1)
 BIG_LESION_SEEDS = (1, 4)  # one lesion of radius about 19 and 26 mm on LESION_GRID
-FLAT = phantom._Waves(np.zeros((1, 3)), np.zeros(1), np.zeros(1))
+FLAT = Waves(np.zeros((1, 3)), np.zeros(1), np.zeros(1))
 PLAIN = dict(texture=FLAT, mottle_hu=0.0, soft_mm=0.0, margin_mm=0.0, rim_delta=0.0, capsule_hu=0.0,
              halo_hu=0.0, necrosis_hu=None)
 
 
 def _case_with_look(monkeypatch, seed: int, **changes) -> phantom.Case:
-    draw = phantom._draw_look
+    draw = lesions.draw_look
 
     def forced(rng, phase, lesion):
         return dataclasses.replace(draw(rng, phase, lesion), **{**PLAIN, **changes})
 
-    monkeypatch.setattr(phantom, "_draw_look", forced)
+    monkeypatch.setattr(lesions, "draw_look", forced)
     case = phantom.make_phantom(seed, **LESION_GRID)
-    monkeypatch.setattr(phantom, "_draw_look", draw)
+    monkeypatch.setattr(lesions, "draw_look", draw)
     return case
 
 
@@ -227,11 +233,11 @@ def test_infiltrative_margin_is_soft_with_the_label_at_its_mid_point(monkeypatch
 
 
 def test_ct_noise_is_correlated_like_a_reconstruction_kernel_not_white():
-    grid = phantom._Grid((6, 128, 128), np.array([2.5, 0.75, 0.75]), np.zeros(3))
+    grid = Grid((6, 128, 128), np.array([2.5, 0.75, 0.75]), np.zeros(3))
     correlations, stds = [], []
     for seed in range(8):
-        canvas = phantom._Canvas(grid, np.full(grid.shape, 60.0, np.float32), np.zeros(grid.shape, np.uint8))
-        phantom._add_scanner(canvas, np.random.default_rng(seed))
+        canvas = Canvas(grid, np.full(grid.shape, 60.0, np.float32), np.zeros(grid.shape, np.uint8))
+        add_scanner(canvas, np.random.default_rng(seed))
         noise = canvas.image[:, 32:96, 32:96] - canvas.image[:, 32:96, 32:96].mean(axis=(1, 2), keepdims=True)
         correlations.append(float((noise[:, :, 1:] * noise[:, :, :-1]).mean() / (noise**2).mean()))
         stds.append(float(noise.std()))
@@ -245,7 +251,7 @@ def test_thick_slices_are_common_in_random_grids():
     slices = []
     for seed in range(300):
         rng = np.random.default_rng(seed)
-        slices.append(phantom._draw_grid(rng, phantom._draw_anatomy(rng), None, None, None).spacing[0])
+        slices.append(draw_grid(rng, draw_anatomy(rng), None, None, None).spacing[0])
     slices = np.array(slices)
     assert 0.22 < np.mean(slices == 5.0) < 0.4
     assert np.mean(slices >= 4.0) > 0.35
