@@ -22,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine" / "Testing" / "Python"))
 
 from LiverTumorRefineLib.config import NetConfig, PatchConfig  # noqa: E402
-from LiverTumorRefineLib.training.train import TrainCase, TrainConfig, build_bank, patch_loss  # noqa: E402
+from LiverTumorRefineLib.training.case import RefineCase  # noqa: E402
+from LiverTumorRefineLib.training.train import TrainConfig, build_bank, patch_loss  # noqa: E402
 from LiverTumorRefineLib.refine.network import build_model  # noqa: E402
 from LiverTumorRefineLib.training.augment import augment  # noqa: E402
 from LiverTumorRefineLib.refine import sampling  # noqa: E402
 
 
-def blob_case(seed: int, shape=(24, 96, 96), spacing_zyx=(2.5, 0.8, 0.8), coarse_shift_mm: float | None = None) -> TrainCase:
+def blob_case(seed: int, shape=(24, 96, 96), spacing_zyx=(2.5, 0.8, 0.8), coarse_shift_mm: float | None = None) -> RefineCase:
     """A hypodense lobulated lesion in liver-like tissue with noise, plus a coarse mask that is
     the truth grown or shrunk by 1.5-3 mm (what a coarse network's bias looks like)."""
     rng = np.random.default_rng(seed)
@@ -44,11 +45,11 @@ def blob_case(seed: int, shape=(24, 96, 96), spacing_zyx=(2.5, 0.8, 0.8), coarse
     image = np.where(truth, liver_hu - contrast, liver_hu) + rng.normal(0, 12, shape)
     shift = coarse_shift_mm if coarse_shift_mm is not None else rng.choice([-1, 1]) * rng.uniform(1.5, 3.0)
     coarse = signed < shift
-    return TrainCase(f"blob{seed}", image.astype(np.float32), truth, coarse, tuple(spacing_zyx))
+    return RefineCase(f"blob{seed}", image.astype(np.float32), truth, coarse, tuple(spacing_zyx))
 
 
 @pytest.fixture(scope="session")
-def blob_cases() -> list[TrainCase]:
+def blob_cases() -> list[RefineCase]:
     return [blob_case(s) for s in range(8)]
 
 
@@ -57,7 +58,8 @@ def _training_key(cfg: TrainConfig) -> str:
     digest = hashlib.sha256(repr(cfg).encode() + torch.__version__.encode())
     library = Path(__file__).resolve().parents[1] / "LiverTumorRefine" / "LiverTumorRefineLib"
     for source in [Path(__file__)] + [library / f"{name}.py" for name in
-                                    ("training/augment", "refine/boxes", "config", "refine/network", "refine/sampling", "training/train")]:
+                                    ("training/augment", "refine/boxes", "config", "refine/network", "refine/sampling", "training/train",
+                                     "training/case")]:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 

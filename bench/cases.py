@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -27,6 +26,7 @@ from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
 from LiverTumorRefineLib.training.phantom import Case, make_phantom  # noqa: E402
 from LiverTumorRefineLib.evaluate.qa import files_by_role  # noqa: E402
+from LiverTumorRefineLib.training.case import RefineCase  # noqa: E402
 from LiverTumorRefineLib.training.trainset import EVALUATION_PHANTOM_SEED  # noqa: E402
 
 LITS117_SEED = 117  # the seed the coarse mask of LiTS 117 is simulated from (+ 7)
@@ -101,17 +101,6 @@ def independent_coarse(truth: np.ndarray, spacing_zyx: Sequence[float], seed: in
 
 
 # ------------------------------------------------------------------------------ given triplets
-@dataclass
-class GivenCase:
-    """A (CT, truth, coarse) triplet from disk, all (z, y, x) on the CT's grid."""
-
-    name: str
-    image: np.ndarray
-    truth: np.ndarray
-    coarse: np.ndarray
-    spacing_zyx: tuple[float, float, float]
-
-
 _NII = r"\.nii(?:\.gz)?$"
 # demo layout: ct / truth / coarse; also <name>_ct / <name>_truth (or _label) / <name>_coarse
 _ROLES = {"ct": ("ct", "image", "volume"), "truth": ("truth", "label", "gt"), "coarse": ("coarse",)}
@@ -150,7 +139,7 @@ def find_triplets(specs: Iterable[str]) -> list[tuple[str, Path, Path, Path]]:
     return triplets
 
 
-def read_triplet(name: str, ct_path: Path, truth_path: Path, coarse_path: Path) -> GivenCase:
+def read_triplet(name: str, ct_path: Path, truth_path: Path, coarse_path: Path) -> RefineCase:
     """Read a triplet: the CT reoriented like the dataset readers, truth and coarse put on its grid
     (nearest neighbour). A 0/1/2 label map gives its tumour label, a binary mask its foreground,
     a probability map values >= 0.5."""
@@ -163,5 +152,5 @@ def read_triplet(name: str, ct_path: Path, truth_path: Path, coarse_path: Path) 
         itk = io.resample_mask_to(sitk.DICOMOrient(io.read_image(path), "LPS"), reference)
         return tumour_mask(sitk.GetArrayFromImage(itk))
 
-    return GivenCase(name, image.array.astype(np.float32, copy=False), mask(truth_path), mask(coarse_path),
+    return RefineCase(name, image.array.astype(np.float32, copy=False), mask(truth_path), mask(coarse_path),
                      tuple(float(s) for s in image.spacing_zyx))

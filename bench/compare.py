@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import find_triplets, independent_coarse, read_triplet, real_cases, simulated_cases  # noqa: E402
 from LiverTumorRefineLib.refine.boxes import lesion_box  # noqa: E402
 from LiverTumorRefineLib.evaluate.metrics import compute_metrics  # noqa: E402
+from LiverTumorRefineLib.training.case import RefineCase  # noqa: E402
 
 Method = Callable[[np.ndarray, np.ndarray, Sequence[float]], np.ndarray]
 KEYS = ("dice", "voe", "assd", "mssd")
@@ -262,39 +263,29 @@ def refiner_method(path: str | os.PathLike) -> Method:
 
 
 # ------------------------------------------------------------------------------ cases
-@dataclass
-class BenchCase:
-    set: str
-    name: str
-    image: np.ndarray
-    truth: np.ndarray
-    coarse: np.ndarray
-    spacing_zyx: tuple[float, ...]
-
-
 def iter_cases(specs: Sequence[str], n_phantoms: int, lits: bool, log: Callable[[str], None] = print,
-               real_variants: int = 0) -> Iterator[BenchCase]:
+               real_variants: int = 0) -> Iterator[RefineCase]:
     for triplet in find_triplets(specs) if specs else []:
         c = read_triplet(*triplet)
         if not c.truth.any() or not c.coarse.any():
             log(f"{c.name}: {'truth' if not c.truth.any() else 'coarse'} mask empty; skipped")
             continue
-        yield BenchCase("given", c.name, c.image, c.truth, c.coarse, c.spacing_zyx)
+        yield RefineCase(c.name, c.image, c.truth, c.coarse, c.spacing_zyx, set="given")
     for case, _seed, truth, coarse in simulated_cases(n_phantoms, False, log):
-        yield BenchCase("phantoms", case.name, case.image.array, truth, coarse, tuple(case.image.spacing_zyx))
+        yield RefineCase(case.name, case.image.array, truth, coarse, tuple(case.image.spacing_zyx), set="phantoms")
     if lits:
         from LiverTumorRefineLib.errors import RefineError
 
         try:
             for case, _seed, truth, coarse in simulated_cases(0, True, log):
-                yield BenchCase("lits117", case.name, case.image.array, truth, coarse, tuple(case.image.spacing_zyx))
+                yield RefineCase(case.name, case.image.array, truth, coarse, tuple(case.image.spacing_zyx), set="lits117")
         except RefineError as exc:
             log(f"LiTS 117 unavailable, skipped: {exc}")
     for case in real_cases() if real_variants else []:
         truth = case.label.array == 2
         for v in range(real_variants):
             coarse = independent_coarse(truth, case.image.spacing_zyx, v)
-            yield BenchCase("real", f"{case.name}#{v}", case.image.array, truth, coarse, tuple(case.image.spacing_zyx))
+            yield RefineCase(f"{case.name}#{v}", case.image.array, truth, coarse, tuple(case.image.spacing_zyx), set="real")
 
 
 # ------------------------------------------------------------------------------ running and reporting
@@ -307,7 +298,7 @@ class Summary:
     failed: int = 0
 
 
-def run_method(method: Method, case: BenchCase) -> dict:
+def run_method(method: Method, case: RefineCase) -> dict:
     t = time.perf_counter()
     pred = method(case.image, case.coarse, case.spacing_zyx)
     seconds = time.perf_counter() - t

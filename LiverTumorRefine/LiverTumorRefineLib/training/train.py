@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from LiverTumorRefineLib.refine import sampling
 from LiverTumorRefineLib.volume.atomic import atomic_path
 from LiverTumorRefineLib.training.augment import augment
+from LiverTumorRefineLib.training.case import RefineCase
 from LiverTumorRefineLib.refine.boxes import crop_margin, lesion_box
 from LiverTumorRefineLib.config import NetConfig, PatchConfig
 from LiverTumorRefineLib.errors import RefineError
@@ -36,17 +37,6 @@ Log = Callable[[str], None]
 # Random HU offset in augmentation: with raw HU it stands for other phases and scanners; with the
 # liver pinned to a reference it only needs to cover the error of the parenchyma estimate.
 HU_SHIFT = {"none": 40.0, "liver": 15.0}
-
-
-@dataclass
-class TrainCase:
-    """One training or validation example: CT in HU, truth and coarse tumour masks."""
-
-    name: str
-    image: np.ndarray
-    truth: np.ndarray
-    coarse: np.ndarray
-    spacing_zyx: tuple[float, float, float]
 
 
 @dataclass
@@ -65,7 +55,7 @@ class TrainConfig:
     net: NetConfig = field(default_factory=NetConfig)
 
 
-def cut_training_patches(case: TrainCase, cfg: PatchConfig, extra: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def cut_training_patches(case: RefineCase, cfg: PatchConfig, extra: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches (HU image channels + coarse mask) and truth patches along ``case.coarse``'s boundary.
 
     The NMS centres are those inference would use; ``extra`` times as many random band voxels
@@ -93,7 +83,7 @@ def cut_training_patches(case: TrainCase, cfg: PatchConfig, extra: float, rng: n
     return patches.half(), target
 
 
-def build_bank(cases: Iterable[TrainCase], cfg: PatchConfig, extra: float, seed: int,
+def build_bank(cases: Iterable[RefineCase], cfg: PatchConfig, extra: float, seed: int,
                log: Log = print) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """All training patches in memory: inputs (N, C, P, P) float16 in HU, truth (N, P, P) bool,
     and the case names. ``cases`` is consumed once, one case at a time."""
@@ -119,7 +109,7 @@ def patch_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return bce + dice
 
 
-def validate(model: BRNet, cases: Sequence[TrainCase], device: str) -> list[dict[str, float]]:
+def validate(model: BRNet, cases: Sequence[RefineCase], device: str) -> list[dict[str, float]]:
     """Per case: coarse and refined Dice and ASSD against truth with the current model."""
     refiner = Refiner(model, device=device)
     rows = []
@@ -151,7 +141,7 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(cfg: TrainConfig, train_cases: Iterable[TrainCase], val_cases: Sequence[TrainCase], out_dir: str | os.PathLike,
+def train(cfg: TrainConfig, train_cases: Iterable[RefineCase], val_cases: Sequence[RefineCase], out_dir: str | os.PathLike,
           device: str = "auto", resume: bool = False, log: Log = print, progress: Callable[[float, str], object] | None = None,
           init: BRNet | None = None) -> Path:
     """Train and write ``out_dir/model.pt`` (+ ``.sha256``); returns its path.
@@ -217,7 +207,7 @@ def train(cfg: TrainConfig, train_cases: Iterable[TrainCase], val_cases: Sequenc
     return path
 
 
-def _end_of_epoch(model: BRNet, optimiser: torch.optim.Optimizer, generators: dict[str, torch.Generator], step: int, cfg: TrainConfig, val_cases: Sequence[TrainCase],
+def _end_of_epoch(model: BRNet, optimiser: torch.optim.Optimizer, generators: dict[str, torch.Generator], step: int, cfg: TrainConfig, val_cases: Sequence[RefineCase],
                   dev: torch.device, out: Path, loss: float, seconds: float, run: dict, log: Log) -> None:
     rows = validate(model, val_cases, dev.type) if val_cases else []
     summary = ""

@@ -16,7 +16,7 @@ import numpy as np
 from LiverTumorRefineLib.training.coarse_simulator import load_coarse_folder, simulate_coarse
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.training.phantom import Case, make_phantom
-from LiverTumorRefineLib.training.train import TrainCase
+from LiverTumorRefineLib.training.case import RefineCase
 
 DEFAULT_PHANTOM_SEED = 1000
 VALIDATION_PHANTOM_SEED = 50_000  # training 1000+, validation 50000+, evaluation 90000+
@@ -64,8 +64,8 @@ def parse_spec(spec: str) -> DataSpec:
     return DataSpec(folder=folder)
 
 
-def with_coarse(cases: Iterator[Case], variants: int, seed: int, coarse_dir: str | Path | None = None) -> Iterator[TrainCase]:
-    """TrainCases with ``variants`` simulated coarse masks per case, or the real coarse
+def with_coarse(cases: Iterator[Case], variants: int, seed: int, coarse_dir: str | Path | None = None) -> Iterator[RefineCase]:
+    """Refinement cases with ``variants`` simulated coarse masks per case, or the real coarse
     prediction from ``coarse_dir`` when one is given."""
     rng = np.random.default_rng(seed)
     for case in cases:
@@ -74,21 +74,21 @@ def with_coarse(cases: Iterator[Case], variants: int, seed: int, coarse_dir: str
         spacing = case.image.spacing_zyx
         if coarse_dir is not None:
             coarse = load_coarse_folder(coarse_dir, case.name, reference=case.image)
-            yield TrainCase(case.name, image, truth, coarse.array.astype(bool), spacing)
+            yield RefineCase(case.name, image, truth, coarse.array.astype(bool), spacing)
             continue
         for v in range(variants):
             coarse = simulate_coarse(truth, spacing, rng, image=image)
-            yield TrainCase(f"{case.name}#{v}", image, truth, coarse, spacing)
+            yield RefineCase(f"{case.name}#{v}", image, truth, coarse, spacing)
 
 
-def split_every(cases: Iterable[TrainCase], n: int) -> tuple[Iterator[TrainCase], list[TrainCase]]:
+def split_every(cases: Iterable[RefineCase], n: int) -> tuple[Iterator[RefineCase], list[RefineCase]]:
     """(training cases, validation cases): the first coarse variant of every ``n``-th source case
     is held out for validation, its other variants dropped. Training cases stay a lazy iterator
     so a large dataset is never all in memory; the validation list fills as it is consumed, which
     ``train`` does before it first validates."""
-    held: list[TrainCase] = []
+    held: list[RefineCase] = []
 
-    def training() -> Iterator[TrainCase]:
+    def training() -> Iterator[RefineCase]:
         source, index = None, -1
         for case in cases:
             base = case.name.split("#")[0]
