@@ -1,10 +1,8 @@
-"""Liver Tumor Refine: refine the boundary of a coarse liver-tumour segment on CT.
+"""Liver Tumor Refine: refine the boundary of a coarse liver-tumour segment on CT. Slicer 5.8 or later.
 
-Thin Slicer module: the GUI lives here; the scene logic is ``LiverTumorRefineLib.scene.logic`` and the
-engine (numpy, torch, SimpleITK) the rest of ``LiverTumorRefineLib``.
-
-The coarse step and the refinement run in a worker process (``RefineJob``), polled by a 100 ms
-timer; Cancel ends it; the scene is written once the job succeeded. Slicer 5.8 or later.
+Thin Slicer module: the GUI (the lesion review section in ``LiverTumorRefineGui``); the scene logic is
+``LiverTumorRefineLib.scene``, the engine the rest of ``LiverTumorRefineLib``. The coarse step and the
+refinement run in a worker process (``RefineJob``) polled by a 100 ms timer; Cancel ends it.
 """
 import logging
 import os
@@ -19,6 +17,7 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
+from LiverTumorRefineGui.lesionpanel import LesionReviewPanel
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic  # noqa: F401  (Slicer finds <Module>Logic here)
 
@@ -30,7 +29,7 @@ COARSE_SOURCES = {"Existing segment": "mask", "Seed points": "seeds", "Automatic
 # they are synced by hand below. Testing/test_ui.py checks every parameter is bound one way or the other.
 MANUAL_BINDINGS = {"segmentationNode": "coarseSegmentSelector", "coarseSegmentId": "coarseSegmentSelector",
                    "truthSegmentationNode": "truthSegmentSelector", "truthSegmentId": "truthSegmentSelector",
-                   "metricsTable": "metricsTableView"}
+                   "metricsTable": "metricsTableView", "lesionTable": "lesionTableView"}
 
 
 class LiverTumorRefine(ScriptedLoadableModule):
@@ -66,16 +65,14 @@ class LiverTumorRefineParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "Auto"
     outlinesOnly: bool = True
     metricsTable: vtkMRMLTableNode
+    lesionTable: vtkMRMLTableNode
 
 
 class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
+        self.logic = self._parameterNode = self._parameterNodeGuiTag = self._job = self.lesionPanel = None
         self._syncing = False
 
     def setup(self):
@@ -97,6 +94,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
         self.ui.progressBar.hide()
+        self.lesionPanel = LesionReviewPanel(self.ui, self.logic)  # the "Lesion review" section
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -104,10 +102,15 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
             self._job.wait(5)
         self._timer.stop()
+        self.lesionPanel.cleanup()
         self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()
+        self.lesionPanel.setShortcutsEnabled(True)
+
+    def exit(self):
+        self.lesionPanel.setShortcutsEnabled(False)
 
     def onSceneStartClose(self, caller, event):
         if self._job is not None:
@@ -152,6 +155,8 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.truthSegmentSelector.setCurrentNode(p.truthSegmentationNode)
             self.ui.truthSegmentSelector.setCurrentSegmentID(self.logic.validSegmentId(p.truthSegmentationNode, p.truthSegmentId))
             self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
+            self.ui.lesionTableView.setMRMLTableNode(p.lesionTable)
+            self.lesionPanel.update()
             self.ui.seedPlaceWidget.setCurrentNode(p.seedPoints)
             seeds = COARSE_SOURCES[p.coarseSource] == "seeds"
             for widget in (self.ui.seedPointsLabel, self.ui.seedPointsSelector, self.ui.seedPlaceWidget):
@@ -256,6 +261,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         p.segmentationNode, p.coarseSegmentId = result.segmentationNode, result.coarseSegmentId  # a new coarse one
         p.metricsTable = result.tableNode
+        p.lesionTable = result.reviewTable  # the lesion review (LiverTumorRefineGui.lesionpanel)
         slicer.util.setSliceViewerLayers(background=p.inputVolume, fit=False)
         summary = (f"Refined in {result.seconds['overall']:.1f} s on {result.device.upper()} "
                    f"({result.patches} boundary patches).")

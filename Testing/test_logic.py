@@ -105,7 +105,7 @@ def test_segmentation_on_other_grid_than_ct(app, logic):
 
 def test_self_test_body(app, logic, case):
     """What LiverTumorRefineTest runs in Slicer, here with the test model."""
-    summary = st.run_self_test(app.scene, logic, case=case)
+    summary = st.run_self_test(app.scene, logic, case=case, appLogic=app.app)
     assert summary["dice"]["refined"] > summary["dice"]["coarse"]
 
 

@@ -18,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "LiverTumorRefine"
-SCANNED = [MODULE_DIR / "LiverTumorRefine.py", MODULE_DIR / "LiverTumorRefineLib" / "scene" / "logic.py"]
+SCANNED = [MODULE_DIR / "LiverTumorRefine.py", MODULE_DIR / "LiverTumorRefineLib" / "scene" / "logic.py",
+           MODULE_DIR / "LiverTumorRefineLib" / "scene" / "lesions.py",
+           *sorted((MODULE_DIR / "LiverTumorRefineGui").glob("*.py"))]
 # The shared test body runs in the in-Slicer self-test too: it must not use these either.
 SELF_TEST = MODULE_DIR / "Testing" / "Python" / "slicer_testing.py"
 MIN_SLICER = "5.8"
@@ -69,13 +71,23 @@ VERIFIED_5_8 = {
     "SetSegmentVisibility2DOutline": f"{MRML}/vtkMRMLSegmentationDisplayNode.h",
     "SetSliceIntersectionThickness": f"{MRML}/vtkMRMLDisplayNode.h", "SetVisibility": f"{MRML}/vtkMRMLDisplayNode.h",
     "SetVisibility2DOutline": f"{MRML}/vtkMRMLSegmentationDisplayNode.h",
+    # the lesion review (scene/lesions.py) and the unsure overlay
+    "SetSegmentOpacity2DFill": f"{MRML}/vtkMRMLSegmentationDisplayNode.h",
+    "GetAttribute": f"{MRML}/vtkMRMLNode.h", "SetAttribute": f"{MRML}/vtkMRMLNode.h",
+    "GetNodeReference": f"{MRML}/vtkMRMLNode.h", "GetNodeReferenceID": f"{MRML}/vtkMRMLNode.h",
+    "SetNodeReferenceID": f"{MRML}/vtkMRMLNode.h", "SetUndoEnabled": f"{MRML}/vtkMRMLNode.h",
+    "GetStorageNode": f"{MRML}/vtkMRMLStorableNode.h", "SaveStateForUndo": f"{MRML}/vtkMRMLScene.h",
+    "SetBinaryLabelmapToSegment": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
+    "JumpSliceByCentering": f"{MRML}/vtkMRMLSliceNode.h", "GetFieldOfView": f"{MRML}/vtkMRMLSliceNode.h",
+    "SetFieldOfView": f"{MRML}/vtkMRMLSliceNode.h",
+    "SetUseColumnTitleAsColumnHeader": f"{MRML}/vtkMRMLTableNode.h",
     "PyTorchUtilsLogic": None,  # the PyTorch extension (EXTENSION_DEPENDS), not Slicer
 }
 # Calls on VTK's own classes (Slicer 5.8 ships VTK 9.2+) or Python's standard library.
 NOT_SLICER = {"AllocateScalars", "GetDimensions", "GetElement", "GetItemAsObject", "GetNumberOfItems",
               "GetNumberOfPoints", "GetPointData", "GetScalars", "InsertNextValue", "Modified", "Multiply4x4",
               "MultiplyPoint", "SetDimensions", "TransformPoint", "UnRegister", "TemporaryDirectory", "QTimer", "IsA",
-              "WaitCursor", "Clear"}
+              "WaitCursor", "Clear", "QShortcut", "QKeySequence", "SetExtent"}
 # The Segment Editor effect "Refine boundary": its scene logic and its Qt file (the editor calls it
 # makes on its scriptedEffect are checked against 5.8.1 by Testing/test_effect.py).
 SCANNED += [MODULE_DIR / "LiverTumorRefineLib" / "scene" / "effect.py",

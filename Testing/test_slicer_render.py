@@ -137,3 +137,43 @@ def test_red_slice_shows_three_outlines_where_the_segments_are(egl, trained_mode
     liver_only = case.liver[k] & ~_near_boundary(case.liver[k]) & ~_grow(tumour, 3)
     tinted = rgb[liver_only[jj, ii] & inside].astype(int)
     assert len(tinted) > 500 and np.median(tinted[:, 0] - tinted[:, 2]) > 8, "the liver segment lost its fill"
+
+
+def _magenta(rgb: np.ndarray) -> np.ndarray:
+    """Pixels tinted magenta (red and blue well above green), as the unsure fill over grey CT."""
+    r, g, b = (rgb[..., c].astype(int) for c in range(3))
+    return (r - g > 60) & (b - g > 60)
+
+
+def test_unsure_overlay_is_a_fourth_distinct_colour_off_by_default(egl, trained_model):
+    """The voxels where the augmented predictions disagree: hidden after a refinement, then drawn
+    as a magenta fill where that segment is, under unchanged red, yellow and green outlines."""
+    app = st.make_app()
+    case = st.synthetic_case(0)
+    sc = st.build_scene_case(app.scene, case)
+    logic = ltr.LiverTumorRefineLogic(weights=trained_model, refinerOptions={"min_kept": 0.0})
+    result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId,
+                          device="cpu")
+    assert result.uncertainSegmentId is not None, "no unsure overlay after a refinement"
+    unsure = ltr.export_segment_mask(sc.segmentationNode, result.uncertainSegmentId, sc.volumeNode)
+    k = int(np.argmax(unsure.sum(axis=(1, 2))))
+    assert unsure[k].sum() >= 20, "test setup: the refinement is sure everywhere on its best slice"
+    slice_s = float((sc.matrix @ np.array([0.0, 0.0, k, 1.0]))[2])
+    renderer = st.SliceRenderer(app, SIZE, SIZE)
+    renderer.show(sc.volumeNode, slice_s)
+    hidden = renderer.render()
+    assert _magenta(hidden).sum() == 0, "the unsure overlay is on by default"
+
+    logic.setUncertaintyVisible(sc.segmentationNode, result.uncertainSegmentId, True)
+    rgb = renderer.render()
+    for colour in (ltr.TRUTH_COLOR, ltr.COARSE_COLOR, ltr.REFINED_COLOR):
+        before, after = st.color_pixels(hidden, colour).sum(), st.color_pixels(rgb, colour).sum()
+        assert after > 50 and after >= 0.9 * before, f"the {colour} outline lost pixels under the overlay: {before} -> {after}"
+    magenta = _magenta(rgb)
+    assert magenta.sum() > 100, f"the unsure overlay is not drawn ({magenta.sum()} magenta pixels)"
+    rows, cols = np.nonzero(magenta)
+    ijk = renderer.pixel_to_ijk(sc.volumeNode, rows, cols)
+    near = _grow(unsure[k], 1)
+    inside = (ijk[:, 1] >= 0) & (ijk[:, 1] < near.shape[0]) & (ijk[:, 2] >= 0) & (ijk[:, 2] < near.shape[1])
+    on = near[ijk[inside, 1], ijk[inside, 2]].mean()
+    assert inside.all() and on > 0.97, f"{1 - on:.1%} of the magenta pixels are away from the unsure voxels"

@@ -22,6 +22,10 @@ MODULE_DIR = ROOT / "LiverTumorRefine"
 MODULE_PY = MODULE_DIR / "LiverTumorRefine.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "LiverTumorRefine.ui"
 LIB_DIR = MODULE_DIR / "LiverTumorRefineLib"
+# Qt code that does not fit the thin module file (a package: Slicer would load a second top-level
+# .py as a module); it uses the same self.ui widgets, checked the same way.
+GUI_DIR = MODULE_DIR / "LiverTumorRefineGui"
+GUI_FILES = sorted(GUI_DIR.glob("*.py"))
 EFFECT_DIR = MODULE_DIR / "SegmentEditorRefineBoundaryLib"  # the Segment Editor effect "Refine boundary"
 
 # What each widget must be, given how LiverTumorRefine.py uses it.
@@ -39,6 +43,15 @@ EXPECTED_CLASSES = {
     "seedPointsLabel": "QLabel",
     "seedPointsSelector": "qMRMLNodeComboBox",
     "seedPlaceWidget": "qSlicerMarkupsPlaceWidget",
+    "lesionTableView": "qMRMLTableView",
+    "previousLesionButton": "QPushButton",
+    "nextLesionButton": "QPushButton",
+    "acceptLesionButton": "QPushButton",
+    "rejectLesionButton": "QPushButton",
+    "acceptAllLesionsButton": "QPushButton",
+    "undoDecisionButton": "QPushButton",
+    "showUncertaintyCheckBox": "QCheckBox",
+    "lesionStatusLabel": "QLabel",
 }
 # Signals and methods the Python calls, and the classes that have them.
 SIGNAL_CLASSES = {
@@ -46,6 +59,7 @@ SIGNAL_CLASSES = {
     "toggled(bool)": {"QCheckBox", "QPushButton", "QRadioButton"},
     "currentNodeChanged(vtkMRMLNode*)": {"qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"},
     "currentSegmentChanged(QString)": {"qMRMLSegmentSelectorWidget"},
+    "selectionChanged()": {"qMRMLTableView"},
 }
 METHOD_CLASSES = {
     "setCurrentSegmentID": {"qMRMLSegmentSelectorWidget"},
@@ -53,6 +67,7 @@ METHOD_CLASSES = {
     "setCurrentNode": {"qMRMLSegmentSelectorWidget", "qMRMLNodeComboBox", "qSlicerMarkupsPlaceWidget"},
     "currentNode": {"qMRMLSegmentSelectorWidget", "qMRMLNodeComboBox"},
     "setMRMLTableNode": {"qMRMLTableView"},
+    "mrmlTableNode": {"qMRMLTableView"}, "currentIndex": {"qMRMLTableView"}, "selectRow": {"qMRMLTableView"},
     "hide": None, "show": None,  # any widget
 }
 PROPERTY_CLASSES = {
@@ -60,6 +75,7 @@ PROPERTY_CLASSES = {
     "value": {"QProgressBar"},
     "format": {"QProgressBar"},
     "enabled": None, "toolTip": None, "visible": None,
+    "checked": {"QCheckBox"},
 }
 # connectGui connectors (slicer/parameterNodeWrapper/guiConnectors.py): widget class per type.
 CONNECTOR_FOR_TYPE = {"node": {"qMRMLNodeComboBox"}, "bool": {"QCheckBox", "QPushButton"},
@@ -130,10 +146,17 @@ def _module_constant(tree, name):
 
 def test_every_ui_name_exists_with_the_expected_class(ui, module_ast):
     _, widgets = ui
-    uses = _ui_uses(module_ast)
-    assert uses, "the module uses no self.ui widgets?"
+    sources = [("LiverTumorRefine.py", module_ast)] + [(p.name, ast.parse(p.read_text(), filename=str(p))) for p in GUI_FILES]
+    for filename, tree in sources:
+        _check_ui_uses(widgets, _ui_uses(tree), filename)
+    assert "lesionTableView" in _ui_uses(sources[-1][1]), "the lesion panel uses no self.ui widgets?"
+
+
+def _check_ui_uses(widgets, uses, filename):
+    if filename == "LiverTumorRefine.py":
+        assert uses, "the module uses no self.ui widgets?"
     for name, how in uses.items():
-        assert name in widgets, f"self.ui.{name} is used in LiverTumorRefine.py but missing from the .ui"
+        assert name in widgets, f"self.ui.{name} is used in {filename} but missing from the .ui"
         cls = widgets[name].get("class")
         assert name in EXPECTED_CLASSES, f"self.ui.{name}: add it to EXPECTED_CLASSES"
         assert cls == EXPECTED_CLASSES[name], f"{name} is a {cls} in the .ui, expected {EXPECTED_CLASSES[name]}"
@@ -216,6 +239,9 @@ def test_module_file_is_thin_and_reexports_logic(module_ast):
     assert {"LiverTumorRefine", "LiverTumorRefineWidget", "LiverTumorRefineTest"} <= classes
     assert "LiverTumorRefineLogic" not in classes, "the logic belongs in LiverTumorRefineLib/scene/logic.py"
     assert len(MODULE_PY.read_text().splitlines()) < 340
+    # Slicer loads every top-level .py of a scripted module's folder as a module (and reports an
+    # error for a helper file): helpers go into packages such as LiverTumorRefineGui.
+    assert [p.name for p in MODULE_DIR.glob("*.py")] == ["LiverTumorRefine.py"]
 
 
 def _cmake_list(text, variable):
@@ -228,6 +254,7 @@ def test_cmake_lists_every_script_and_resource():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     scripts = {s.replace("${MODULE_NAME}", "LiverTumorRefine") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")}
     on_disk = ({"LiverTumorRefine.py", "Testing/Python/slicer_testing.py"}
+               | {f"LiverTumorRefineGui/{p.name}" for p in GUI_FILES}
                | {f"{EFFECT_DIR.name}/{p.name}" for p in EFFECT_DIR.glob("*.py")}
                | {f"LiverTumorRefineLib/{p.relative_to(LIB_DIR).as_posix()}" for p in LIB_DIR.rglob("*.py")})
     assert on_disk - scripts == set(), f"LiverTumorRefine/CMakeLists.txt misses {sorted(on_disk - scripts)}"

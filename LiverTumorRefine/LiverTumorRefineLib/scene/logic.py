@@ -62,6 +62,12 @@ LIVER_NEOPLASM_TERMINOLOGY = (
     "~^^"
 )
 REFINED_FROM_TAG = "LiverTumorRefine.RefinedFrom"  # on the refined segment: the coarse segment's ID
+# The fourth overlay, off by default: where the refinement is unsure. Magenta, far from the red,
+# yellow and green outlines (and from their red-green confusion).
+UNCERTAIN_SUFFIX = " unsure"
+UNCERTAIN_COLOR = (1.0, 0.0, 1.0)
+UNCERTAIN_FILL_OPACITY = 0.6
+UNCERTAIN_OF_TAG = "LiverTumorRefine.UncertainOf"  # on the overlay segment: the refined segment's ID
 # Coarse sources the worker can make a coarse segment from, and the name of the segment each adds
 # (the source "mask", an existing segment, adds none).
 COARSE_SEGMENT_NAMES = {source.name: source.segment_name for source in SOURCES if source.segment_name}
@@ -71,7 +77,8 @@ JOB_FOLDER_PREFIX = "LiverTumorRefine-job-"  # temporary job folders (removed by
 PREPARE_END, WORKER_END = 0.05, 0.95
 
 
-def _slicer():
+def slicer_module():
+    """The ``slicer`` package, or a RefineError saying how to get it."""
     try:
         import slicer
     except ImportError:
@@ -95,6 +102,8 @@ class RefineInputs:
     coarseSource: str = "mask"  # or a key of COARSE_SEGMENT_NAMES
     folder: Optional[Path] = None  # the job folder
     jobPath: Optional[Path] = None
+    coarse: Optional[np.ndarray] = None  # the exported coarse and truth masks (CT grid), for the lesion review
+    truth: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -107,6 +116,7 @@ class RefineOutcome:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     coarse: Optional[np.ndarray] = None  # the coarse mask the worker made, or None
+    uncertain: Optional[np.ndarray] = None  # where the augmented predictions disagree, or None
 
 
 @dataclass
@@ -123,6 +133,8 @@ class LiverTumorRefineResult:
     notes: list[str]  # messages for the user (e.g. GPU out of memory, finished on the CPU)
     stats: dict[str, Any]  # the engine's stats, e.g. "lesions" (per-lesion gate) and "parenchyma_hu"
     coarseSegmentId: str = ""  # the coarse segment refined (new for seeds/automatic/TotalSegmentator)
+    reviewTable: Any = None  # the lesion table (vtkMRMLTableNode, see scene.lesions)
+    uncertainSegmentId: Optional[str] = None  # the hidden "unsure" overlay segment, when the worker gave one
 
 
 class LiverTumorRefineLogic(_LogicBase):
@@ -144,6 +156,9 @@ class LiverTumorRefineLogic(_LogicBase):
         self.segWeights = segWeights
         self.pythonExecutable: Optional[str] = None  # None: PythonSlicer in Slicer, this Python headless
         self._weightsFolder: Optional[tempfile.TemporaryDirectory] = None
+        from LiverTumorRefineLib.scene.lesions import LesionReviewLogic  # lesions imports this module
+
+        self.review = LesionReviewLogic()
 
     # ---------------------------------------------------------------- one call
     def refine(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
@@ -186,7 +201,7 @@ class LiverTumorRefineLogic(_LogicBase):
                 device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True,
                 coarseSource: str = "mask", seedsNode=None) -> RefineInputs:
         """Check the inputs and write the job folder; the scene is not changed."""
-        _slicer()  # a clear error outside Slicer
+        slicer_module()  # a clear error outside Slicer
         report(progress, 0.0, "Reading the CT and the segments")
         device = check_device(device)
         _check_volume(volumeNode)
@@ -227,7 +242,7 @@ class LiverTumorRefineLogic(_LogicBase):
                 raise RefineError(f"The reference (truth) segment '{truthName}' lies outside the CT "
                                   f"'{volumeNode.GetName()}': check that it belongs to this CT.")
         inputs = RefineInputs(volumeNode, segmentationNode, coarseSegmentId, coarseName, truthSegmentationNode,
-                              truthSegmentId, device, outlinesOnly, coarseSource)
+                              truthSegmentId, device, outlinesOnly, coarseSource, coarse=coarse, truth=truth)
         inputs.folder = Path(tempfile.mkdtemp(prefix=JOB_FOLDER_PREFIX))
         try:
             source = {"source": coarseSource, **({"seeds_ras": seeds} if seeds is not None else {})}
@@ -297,7 +312,7 @@ class LiverTumorRefineLogic(_LogicBase):
     @staticmethod
     def definedPointIndices(seedsNode) -> list[int]:
         """Indices of the control points whose position is defined (not being placed, not skipped)."""
-        defined = _slicer().vtkMRMLMarkupsNode.PositionDefined
+        defined = slicer_module().vtkMRMLMarkupsNode.PositionDefined
         return [n for n in range(seedsNode.GetNumberOfControlPoints())
                 if seedsNode.GetNthControlPointPositionStatus(n) == defined]
 
@@ -305,7 +320,7 @@ class LiverTumorRefineLogic(_LogicBase):
     def seedPoints(cls, seedsNode, volumeNode) -> list[tuple[float, float, float]]:
         """The defined control points of a markups node as RAS points in ``volumeNode``'s own
         (untransformed) space; a point outside the CT is an error naming it."""
-        slicer = _slicer()
+        slicer = slicer_module()
         import vtk
 
         indices = [] if seedsNode is None else cls.definedPointIndices(seedsNode)
@@ -338,8 +353,10 @@ class LiverTumorRefineLogic(_LogicBase):
             raise RuntimeError(f"the worker returned a mask of shape {mask.shape} for a CT of shape {shape}")
         stats = dict(result.get("stats") or {})
         stats["device"] = result.get("device", stats.get("device", ""))
+        uncertain = inputs.folder / worker.UNCERTAIN_FILE
         return RefineOutcome(mask, stats, result.get("metrics"), list(result.get("notes") or []),
-                             float(result.get("seconds", 0.0)), coarse)
+                             float(result.get("seconds", 0.0)), coarse,
+                             np.load(uncertain).astype(bool) if uncertain.is_file() else None)
 
     # ---------------------------------------------------------------- phase 3: main thread, writes
     def apply(self, inputs: RefineInputs, outcome: RefineOutcome, progress: Progress | None = None) -> LiverTumorRefineResult:
@@ -361,6 +378,12 @@ class LiverTumorRefineLogic(_LogicBase):
             raise RefineError("The coarse segment was deleted while refining: nothing was added.")
         refinedId = self._writeRefinedSegment(inputs, outcome.mask)
         self._applyDisplay(inputs, refinedId)
+        uncertainId = None
+        if outcome.uncertain is not None:
+            uncertainId = self._writeUncertainSegment(inputs, refinedId, outcome.uncertain)
+        coarseMask = outcome.coarse if outcome.coarse is not None else inputs.coarse
+        reviewTable = self.review.createReview(inputs.volumeNode, segmentationNode, refinedId, coarseMask,
+                                               outcome.mask, inputs.truth, outcome.stats.get("lesions"))
         tableNode = None
         if outcome.metrics is not None:
             tableNode = self._writeMetricsTable(inputs.volumeNode.GetScene() or segmentationNode.GetScene(),
@@ -372,7 +395,7 @@ class LiverTumorRefineLogic(_LogicBase):
         return LiverTumorRefineResult(refinedId, segmentationNode, tableNode, outcome.metrics,
                                       int(outcome.stats.get("patches", 0)), seconds,
                                       str(outcome.stats.get("device", "")), list(outcome.notes), dict(outcome.stats),
-                                      inputs.coarseSegmentId)
+                                      inputs.coarseSegmentId, reviewTable, uncertainId)
 
     @staticmethod
     def _addCoarseSegment(volumeNode, segmentationNode, mask: np.ndarray, name: str) -> tuple[Any, str, str]:
@@ -389,7 +412,7 @@ class LiverTumorRefineLogic(_LogicBase):
         while unique in names:
             count += 1
             unique = f"{name} {count}"
-        segment = _tumour_segment(unique, COARSE_COLOR, _oriented_image_from_mask(mask, volumeNode, segmentationNode))
+        segment = tumour_segment(unique, COARSE_COLOR, oriented_image_from_mask(mask, volumeNode, segmentationNode))
         segmentId = segmentation.GenerateUniqueSegmentID(unique)
         segmentation.AddSegment(segment, segmentId)
         segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
@@ -414,26 +437,49 @@ class LiverTumorRefineLogic(_LogicBase):
 
     def _writeRefinedSegment(self, inputs: RefineInputs, mask: np.ndarray) -> str:
         segmentationNode = inputs.segmentationNode
-        segmentation = segmentationNode.GetSegmentation()
-        segment = _tumour_segment(inputs.coarseName + REFINED_SUFFIX, REFINED_COLOR,
-                                  _oriented_image_from_mask(mask, inputs.volumeNode, segmentationNode))
+        segment = tumour_segment(inputs.coarseName + REFINED_SUFFIX, REFINED_COLOR,
+                                 oriented_image_from_mask(mask, inputs.volumeNode, segmentationNode))
         segment.SetTag(REFINED_FROM_TAG, inputs.coarseSegmentId)
         previous = self.findRefinedSegmentId(segmentationNode, inputs.coarseSegmentId)
-        wasModifying = segmentationNode.StartModify()
+        return _put_segment(segmentationNode, segment, previous, REFINED_COLOR)
+
+    def findUncertainSegmentId(self, segmentationNode, refinedSegmentId: str) -> Optional[str]:
+        """ID of the "unsure" overlay segment of ``refinedSegmentId``, or None."""
+        segmentation = segmentationNode.GetSegmentation()
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(index)
+            if segment_tag(segmentation.GetSegment(segmentId), UNCERTAIN_OF_TAG) == refinedSegmentId:
+                return segmentId
+        return None
+
+    def _writeUncertainSegment(self, inputs: RefineInputs, refinedId: str, mask: np.ndarray) -> str:
+        """The voxels where the augmented predictions disagree, as a segment in its own colour
+        (magenta), hidden until ``setUncertaintyVisible`` shows it. It goes first in the segment
+        list, so that the other segments' outlines are drawn over its fill."""
+        segmentationNode = inputs.segmentationNode
+        segment = tumour_segment(inputs.coarseName + UNCERTAIN_SUFFIX, UNCERTAIN_COLOR,
+                                 oriented_image_from_mask(mask, inputs.volumeNode, segmentationNode))
+        segment.SetTag(UNCERTAIN_OF_TAG, refinedId)
+        previous = self.findUncertainSegmentId(segmentationNode, refinedId)
+        segmentId = _put_segment(segmentationNode, segment, previous, UNCERTAIN_COLOR, first=True)
+        self.setUncertaintyVisible(segmentationNode, segmentId, False)
+        return segmentId
+
+    @staticmethod
+    def setUncertaintyVisible(segmentationNode, uncertainSegmentId: str, visible: bool) -> None:
+        """Show or hide the "unsure" overlay: a half-transparent fill without outline, so that the
+        red, yellow and green outlines stay as they are."""
+        if segmentationNode.GetDisplayNode() is None:
+            segmentationNode.CreateDefaultDisplayNodes()
+        display = segmentationNode.GetDisplayNode()
+        wasModifying = display.StartModify()
         try:
-            if previous is not None:
-                index = segmentation.GetSegmentIndex(previous)
-                segmentation.RemoveSegment(previous)
-                before = segmentation.GetNthSegmentID(index) if index < segmentation.GetNumberOfSegments() else ""
-                refinedId = previous
-                segmentation.AddSegment(segment, refinedId, before or "")
-            else:
-                refinedId = segmentation.GenerateUniqueSegmentID(inputs.coarseName + REFINED_SUFFIX)
-                segmentation.AddSegment(segment, refinedId)
-            segmentation.GetSegment(refinedId).SetColor(*REFINED_COLOR)
+            display.SetSegmentVisibility(uncertainSegmentId, bool(visible))
+            display.SetSegmentVisibility2DOutline(uncertainSegmentId, False)
+            display.SetSegmentVisibility2DFill(uncertainSegmentId, True)
+            display.SetSegmentOpacity2DFill(uncertainSegmentId, UNCERTAIN_FILL_OPACITY)
         finally:
-            segmentationNode.EndModify(wasModifying)
-        return refinedId
+            display.EndModify(wasModifying)
 
     def _applyDisplay(self, inputs: RefineInputs, refinedId: str) -> None:
         inputs.segmentationNode.GetSegmentation().GetSegment(inputs.coarseSegmentId).SetColor(*COARSE_COLOR)
@@ -468,7 +514,7 @@ class LiverTumorRefineLogic(_LogicBase):
 
     @staticmethod
     def _writeMetricsTable(scene, metrics: dict[str, dict[str, float]]):
-        slicer = _slicer()
+        slicer = slicer_module()
         import vtk
 
         table = None
@@ -561,7 +607,7 @@ def export_segment_mask(segmentationNode, segmentId: str, referenceVolumeNode) -
     another spacing, extent, origin or (linear) parent transform. The temporary labelmap and
     the display and colour nodes the export creates are removed again: the scene is unchanged.
     """
-    slicer = _slicer()
+    slicer = slicer_module()
     import vtk
 
     scene = referenceVolumeNode.GetScene() or segmentationNode.GetScene()
@@ -592,9 +638,31 @@ def export_segment_mask(segmentationNode, segmentId: str, referenceVolumeNode) -
             scene.RemoveNode(node)
 
 
+def _put_segment(segmentationNode, segment, previousId: Optional[str], color, first: bool = False) -> str:
+    """Add ``segment`` (at the end, or ``first``), or put it in place of ``previousId`` (same ID,
+    same position); its ID."""
+    segmentation = segmentationNode.GetSegmentation()
+    wasModifying = segmentationNode.StartModify()
+    try:
+        if previousId is not None:
+            index = segmentation.GetSegmentIndex(previousId)
+            segmentation.RemoveSegment(previousId)
+            before = segmentation.GetNthSegmentID(index) if index < segmentation.GetNumberOfSegments() else ""
+            segmentId = previousId
+            segmentation.AddSegment(segment, segmentId, before or "")
+        else:
+            segmentId = segmentation.GenerateUniqueSegmentID(segment.GetName())
+            before = segmentation.GetNthSegmentID(0) if first and segmentation.GetNumberOfSegments() else ""
+            segmentation.AddSegment(segment, segmentId, before)
+        segmentation.GetSegment(segmentId).SetColor(*color)
+    finally:
+        segmentationNode.EndModify(wasModifying)
+    return segmentId
+
+
 def _segment_is_empty(segmentationNode, segmentId: str) -> bool:
     """True when the segment has no voxel (binary labelmap source) or no geometry (surfaces)."""
-    slicer = _slicer()
+    slicer = slicer_module()
     segmentation = segmentationNode.GetSegmentation()
     labelmapName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
     segment = segmentation.GetSegment(segmentId)
@@ -613,14 +681,16 @@ def _segment_is_empty(segmentationNode, segmentId: str) -> bool:
     return not np.any(values == segment.GetLabelValue())
 
 
-def _oriented_image_from_mask(mask: np.ndarray, volumeNode, segmentationNode):
-    """A vtkOrientedImageData holding ``mask`` on the CT grid, in the segmentation's coordinates."""
-    slicer = _slicer()
+def oriented_image_from_mask(mask: np.ndarray, volumeNode, segmentationNode, offset_kji=(0, 0, 0)):
+    """A vtkOrientedImageData holding ``mask`` on the CT grid, in the segmentation's coordinates;
+    ``mask`` may be a crop of that grid whose first voxel is CT voxel ``offset_kji``."""
+    slicer = slicer_module()
     import vtk
     from vtk.util.numpy_support import vtk_to_numpy
 
     image = slicer.vtkOrientedImageData()
-    image.SetDimensions(mask.shape[2], mask.shape[1], mask.shape[0])
+    k0, j0, i0 = (int(v) for v in offset_kji)
+    image.SetExtent(i0, i0 + mask.shape[2] - 1, j0, j0 + mask.shape[1] - 1, k0, k0 + mask.shape[0] - 1)
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(mask, dtype=np.uint8).ravel()
     ijkToRas = vtk.vtkMatrix4x4()
@@ -637,11 +707,11 @@ def _oriented_image_from_mask(mask: np.ndarray, volumeNode, segmentationNode):
     return image
 
 
-def _tumour_segment(name: str, color, image):
+def tumour_segment(name: str, color, image):
     """A new liver-neoplasm segment with a fixed name and colour that brings its own labelmap
     ``image``: it gets its own layer, so it may overlap the coarse and truth segments, which
     keep every voxel."""
-    slicer = _slicer()
+    slicer = slicer_module()
     segment = slicer.vtkSegment()
     segment.SetName(name)
     segment.SetNameAutoGenerated(False)
@@ -674,7 +744,7 @@ def _check_volume(volumeNode) -> None:
 
 def _ct_array(volumeNode) -> np.ndarray:
     """The CT as a float32 (k, j, i) copy."""
-    image = np.array(_slicer().util.arrayFromVolume(volumeNode), dtype=np.float32, copy=True)
+    image = np.array(slicer_module().util.arrayFromVolume(volumeNode), dtype=np.float32, copy=True)
     if image.ndim != 3:
         raise RefineError(f"The volume '{volumeNode.GetName()}' is not a single-component 3D image "
                           "(colour or vector volume?): choose the CT.")

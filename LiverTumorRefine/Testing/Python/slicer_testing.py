@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from LiverTumorRefineLib.scene import lesions
 from LiverTumorRefineLib.scene import logic as ltr
 from LiverTumorRefineLib.volume.atomic import atomic_path
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
@@ -317,7 +318,7 @@ def check_refine(scene, logic, sc: SceneCase):
     coarseBefore = _segment_state(sc.segmentationNode, sc.coarseId)
     truthBefore = _segment_state(sc.truthSegmentationNode, sc.truthId)
     otherDisplay = _segment_display(sc.segmentationNode, sc.otherId)
-    nodesBefore = scene.GetNumberOfNodes() + (0 if scene.GetFirstNodeByName(ltr.METRICS_TABLE_NAME) else 1)
+    nodesBefore = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     seen = []
     result = logic.refine(ct, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId, device="cpu",
                           progress=lambda f, m: seen.append((f, m)))
@@ -357,7 +358,11 @@ def check_refine(scene, logic, sc: SceneCase):
     assert np.array_equal(_array(ct), ctBefore), "the CT changed"
     _assert_same_segment(coarseBefore, _segment_state(sc.segmentationNode, sc.coarseId), coarseName)
     _assert_same_segment(truthBefore, _segment_state(sc.truthSegmentationNode, sc.truthId), "truth")
-    assert scene.GetNumberOfNodes() == nodesBefore, "besides the metrics table, nodes were added or removed"
+    nodesAfter = {scene.GetNthNode(i).GetID(): scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())}
+    assert nodesBefore <= set(nodesAfter), "nodes were removed"
+    added = {nodesAfter[i] for i in set(nodesAfter) - nodesBefore}
+    assert added <= {ltr.METRICS_TABLE_NAME, lesions.REVIEW_TABLE_NAME, lesions.REVIEW_DATA_NAME}, \
+        f"besides the metrics and lesion tables and the review data, nodes were added: {sorted(added)}"
 
     # The refined segment holds what the engine returned, on the CT grid.
     refinedMask = ltr.export_segment_mask(sc.segmentationNode, refinedId, ct)
@@ -374,7 +379,30 @@ def check_refine(scene, logic, sc: SceneCase):
                 "refined": compute_metrics(truthMask, refinedMask, spacing)}
     assert_table(table, expected)
     assert result.metrics == expected
+    check_refine_review(result, sc, coarseMask, refinedMask, truthMask)
     return result
+
+
+def check_refine_review(result, sc: SceneCase, coarseMask, refinedMask, truthMask) -> None:
+    """The refinement's lesion table: one row per lesion of coarse ∪ refined with Dice against the
+    truth and the confidence of the Refiner's per-lesion gate; the "unsure" overlay is hidden."""
+    table = result.reviewTable
+    assert table is not None and table.GetName() == lesions.REVIEW_TABLE_NAME, "no lesion table"
+    rows = lesions.LesionReviewLogic.lesions(table)
+    expected, _ = lesions.review_rows(coarseMask, refinedMask, ltr.volume_geometry(sc.volumeNode), truthMask,
+                                      result.stats.get("lesions"))
+    assert [row["lesion"] for row in rows] == [row.lesion for row in expected] and rows, "lesion rows"
+    for row, want in zip(rows, expected):
+        for key in ("first_slice", "last_slice", "refined_ml", "refined_diameter_mm", "refined_dice", "status"):
+            assert row[key] == getattr(want, key), f"lesion {row['lesion']} {key}: {row[key]} != {getattr(want, key)}"
+    if result.stats.get("lesions"):
+        assert all(row["confidence"] is not None for row in rows), "the Refiner's confidence is missing"
+    assert table.GetTable().GetNumberOfRows() == len(rows)
+    if result.uncertainSegmentId is not None:
+        segment = sc.segmentationNode.GetSegmentation().GetSegment(result.uncertainSegmentId)
+        assert tuple(segment.GetColor()) == ltr.UNCERTAIN_COLOR
+        assert not sc.segmentationNode.GetDisplayNode().GetSegmentVisibility(result.uncertainSegmentId), \
+            "the unsure overlay is not off by default"
 
 
 def assert_table(table, expected: dict[str, dict[str, float]]) -> None:
@@ -529,7 +557,7 @@ def check_errors(scene, logic, sc: SceneCase) -> None:
     expect_error(lambda: logic.refine(vol, seg, sc.coarseId, seg, sc.coarseId), "same segment")
     expect_error(lambda: logic.refine(vol, seg, sc.coarseId, seg, emptyId), "reference (truth) segment", "is empty")
     expect_error(lambda: logic.refine(vol, seg, sc.coarseId, seg, outsideId), "lies outside the CT")
-    expect_error(lambda: logic.refine(vol, seg, sc.coarseId, device="tpu"), "unknown device", "auto, cpu or gpu")
+    expect_error(lambda: logic.refine(vol, seg, sc.coarseId, device="tpu"), "unknown device", "auto, cpu or cuda")
     assert_same_scene(before, scene_snapshot(scene), "after errors")
     seg.GetSegmentation().RemoveSegment(emptyId)
     seg.GetSegmentation().RemoveSegment(outsideId)
@@ -628,10 +656,20 @@ def slicer_position_status(name: str) -> int:
     return int(getattr(slicer.vtkMRMLMarkupsNode, name))
 
 
-def run_self_test(scene, logic=None, seed: int = 0, case: Optional[Case] = None) -> dict:
+def run_self_test(scene, logic=None, seed: int = 0, case: Optional[Case] = None, appLogic=None,
+                  folder: Optional[str] = None) -> dict:
     """The whole module test on ``scene`` (cleared by the caller), as run in Slicer: by default
-    with the shipped model on ``default_model_case``."""
+    with the shipped model on ``default_model_case``. ``appLogic`` (the application logic, for
+    saving and loading the scene; Slicer's own by default) and ``folder`` (where the scene is
+    saved; a temporary folder by default) are for the lesion review checks."""
+    import tempfile
+
     logic = logic or ltr.LiverTumorRefineLogic()
+    if appLogic is None:
+        import slicer
+
+        appLogic = slicer.app.applicationLogic()
+
     case = case if case is not None else default_model_case(seed)
     sc = build_scene_case(scene, case)
     result = check_refine(scene, logic, sc)
@@ -642,6 +680,8 @@ def run_self_test(scene, logic=None, seed: int = 0, case: Optional[Case] = None)
     geometry = check_geometry_differs(scene, logic, synthetic_case(seed + 1))
     check_seeded_coarse(scene, logic, build_scene_case(scene, synthetic_case(seed + 2)))
     check_worker_job(scene, logic, build_scene_case(scene, synthetic_case(seed + 3)))
+    with tempfile.TemporaryDirectory(prefix="LiverTumorRefine-selftest-") as temporary:
+        run_lesion_review_checks(scene, appLogic, logic, folder or temporary)  # last: it reloads the scene
     return {"dice": {row: result.metrics[row]["dice"] for row in ("coarse", "refined")},
             "geometry_dice": {row: geometry.metrics[row]["dice"] for row in ("coarse", "refined")}}
 
@@ -807,3 +847,279 @@ def write_png(rgb: np.ndarray, path: str) -> None:
     with atomic_path(path, ".png") as tmp:
         writer.SetFileName(tmp)
         writer.Write()
+
+
+# ---------------------------------------------------------------------------- lesion review (issue 13)
+# Ellipsoid lesions with known semi-axes (mm, z, y, x) before and after "refinement", centred on
+# voxel centres so that their diameters between voxel centres are exact: A grows by 30% (flagged),
+# B crosses the 10 mm measurability threshold (9.6 -> 11.2 mm, +17%: that flag only), C is unchanged.
+REVIEW_SPACING = (2.0, 0.8, 0.7)
+REVIEW_SHAPE = (32, 96, 110)
+REVIEW_LESIONS = {  # name: (centre voxel (k, j, i), coarse semi-axes, refined semi-axes)
+    "A": ((16, 30, 35), (8.0, 6.4, 9.8), (8.0, 8.0, 12.6)),
+    "B": ((16, 70, 40), (6.0, 4.8, 4.2), (6.0, 5.6, 4.9)),
+    "C": ((16, 50, 85), (6.0, 8.0, 7.0), (6.0, 8.0, 7.0)),
+}
+# I along +R (not LPS): the review reorients to LPS and must map its lesions back exactly.
+REVIEW_DIRECTIONS = ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+@dataclass
+class ReviewCase:
+    volumeNode: Any
+    segmentationNode: Any
+    coarseId: str
+    refinedId: str
+    coarse: np.ndarray
+    refined: np.ndarray
+    truth: np.ndarray
+    regions: dict  # lesion name -> bool (k, j, i) mask of its coarse ∪ refined voxels
+    matrix: np.ndarray
+
+
+def ellipsoid(shape, spacing_zyx, centre_kji, semi_axes_mm) -> np.ndarray:
+    """Voxels whose centres lie in the axis-aligned ellipsoid (semi-axes in mm, z, y, x)."""
+    grid = np.indices(shape).astype(float)
+    return sum(((grid[a] - centre_kji[a]) * spacing_zyx[a] / semi_axes_mm[a]) ** 2 for a in range(3)) <= 1 + 1e-9
+
+
+def build_review_case(scene) -> ReviewCase:
+    """A CT with the three ellipsoid lesions of ``REVIEW_LESIONS``; coarse and "refined" segments
+    (the refined one as a refinement would leave it); truth = refined for A, coarse for B and C."""
+    coarse, refined, truth = (np.zeros(REVIEW_SHAPE, bool) for _ in range(3))
+    regions = {}
+    for name, (centre, before, after) in REVIEW_LESIONS.items():
+        c, r = ellipsoid(REVIEW_SHAPE, REVIEW_SPACING, centre, before), ellipsoid(REVIEW_SHAPE, REVIEW_SPACING, centre, after)
+        coarse |= c
+        refined |= r
+        truth |= r if name == "A" else c
+        regions[name] = c | r
+    matrix = ijk_to_ras(REVIEW_SPACING, (-30.0, 45.0, -80.0), REVIEW_DIRECTIONS)
+    image = np.where(refined, 40.0, 100.0).astype(np.float32)
+    volumeNode = add_ct(scene, image, matrix, "Review CT")
+    segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Review segmentation")
+    segmentationNode.CreateDefaultDisplayNodes()
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    coarseId = add_segment(segmentationNode, coarse, "Tumour", ltr.COARSE_COLOR, matrix)
+    refinedId = add_segment(segmentationNode, refined, "Tumour refined", ltr.REFINED_COLOR, matrix)
+    return ReviewCase(volumeNode, segmentationNode, coarseId, refinedId, coarse, refined, truth, regions, matrix)
+
+
+def _lesion_numbers(rows, rc: ReviewCase) -> dict:
+    """Lesion name -> the review's lesion number, by which region holds the row's centre."""
+    numbers = {}
+    for row in rows:
+        k, j, i = (int(round(v)) for v in np.linalg.solve(rc.matrix, [*row["centre_ras"], 1.0])[:3][::-1])
+        names = [name for name, region in rc.regions.items() if region[k, j, i]]
+        assert len(names) == 1, f"lesion {row['lesion']}'s centre lies in {names}"
+        numbers[names[0]] = row["lesion"]
+    assert sorted(numbers) == sorted(REVIEW_LESIONS), f"lesions found: {numbers}"
+    return numbers
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def check_lesion_table(scene, logic, rc: ReviewCase):
+    """The review's rows and table text against the known ellipsoids: diameters within one
+    voxel, slice ranges, volumes, Dice, status and flags."""
+    from LiverTumorRefineLib.evaluate import review
+    from LiverTumorRefineLib.scene import lesions
+
+    table = logic.review.createReview(rc.volumeNode, rc.segmentationNode, rc.refinedId, rc.coarse, rc.refined, rc.truth)
+    assert table.GetName() == lesions.REVIEW_TABLE_NAME
+    rows = logic.review.lesions(table)
+    assert [row["lesion"] for row in rows] == [1, 2, 3], f"lesion numbers {[row['lesion'] for row in rows]}"
+    numbers = _lesion_numbers(rows, rc)
+    voxel = max(REVIEW_SPACING[1:])
+    ml = float(np.prod(REVIEW_SPACING)) / 1000
+    for name, (centre, before, after) in REVIEW_LESIONS.items():
+        row = rows[numbers[name] - 1]
+        for which, axes in (("coarse", before), ("refined", after)):
+            longest, perpendicular = 2 * max(axes[1:]), 2 * min(axes[1:])
+            assert abs(row[f"{which}_diameter_mm"] - longest) <= voxel, \
+                f"{name} {which} longest diameter {row[f'{which}_diameter_mm']} mm, the ellipsoid's is {longest}"
+            assert abs(row[f"{which}_perpendicular_mm"] - perpendicular) <= voxel, \
+                f"{name} {which} perpendicular {row[f'{which}_perpendicular_mm']} mm, the ellipsoid's is {perpendicular}"
+        region = rc.regions[name]
+        slices = np.flatnonzero(region.any(axis=(1, 2)))
+        assert (row["first_slice"], row["last_slice"]) == (slices[0], slices[-1]), f"{name} slices"
+        assert abs(row["coarse_ml"] - np.count_nonzero(rc.coarse & region) * ml) < 1e-3
+        assert abs(row["refined_ml"] - np.count_nonzero(rc.refined & region) * ml) < 1e-3
+        assert abs(row["refined_dice"] - _dice(rc.refined & region, rc.truth & region)) < 1e-3, f"{name} Dice"
+        assert abs(row["coarse_dice"] - _dice(rc.coarse & region, rc.truth & region)) < 1e-3, f"{name} Dice"
+        assert row["decision"] is None
+    a, b, c = (rows[numbers[n] - 1] for n in "ABC")
+    assert a["flags"] == [review.FLAG_DIAMETER] and a["status"] == review.REFINED, a
+    assert b["flags"] == [review.FLAG_MEASURABLE], b
+    assert c["flags"] == [] and c["status"] == review.UNCHANGED, c
+    assert a["refined_dice"] == 1.0 and b["coarse_dice"] == 1.0
+    # The table shows the same rows, as text.
+    vtable = table.GetTable()
+    assert [vtable.GetColumnName(col) for col in range(vtable.GetNumberOfColumns())] == list(lesions.COLUMNS)
+    assert vtable.GetNumberOfRows() == 3
+    for r, row in enumerate(rows):
+        cells = [vtable.GetValue(r, col).ToString() for col in range(vtable.GetNumberOfColumns())]
+        assert cells == lesions.table_cells(row), f"table row {r}: {cells}"
+    assert lesions.table_cells(a)[3] == (f"{a['coarse_diameter_mm']:.1f} × {a['coarse_perpendicular_mm']:.1f} → "
+                                         f"{a['refined_diameter_mm']:.1f} × {a['refined_perpendicular_mm']:.1f}")
+    return table, numbers
+
+
+def _refined_now(rc: ReviewCase) -> np.ndarray:
+    return ltr.export_segment_mask(rc.segmentationNode, rc.refinedId, rc.volumeNode)
+
+
+def _write_refined(rc: ReviewCase, mask: np.ndarray) -> None:
+    """Replace the refined segment's voxels (as a user's edit in the Segment Editor would)."""
+    import slicer
+
+    image = ltr.oriented_image_from_mask(mask, rc.volumeNode, rc.segmentationNode)
+    moduleLogic = slicer.vtkSlicerSegmentationsModuleLogic
+    assert moduleLogic.SetBinaryLabelmapToSegment(image, rc.segmentationNode, rc.refinedId, moduleLogic.MODE_REPLACE)
+
+
+def check_lesion_decisions(scene, logic, rc: ReviewCase, table, numbers) -> None:
+    """Accept, reject, accept all and undo change exactly the lesion's voxels (an edit elsewhere
+    in the refined segment survives) and show in the table's Status column; the scene's own undo
+    (when switched on) takes a decision back too."""
+    from LiverTumorRefineLib.scene import lesions
+
+    review = logic.review
+    edit = np.zeros_like(rc.refined)
+    edit[2:5, 2:6, 2:6] = True  # the user's own edit, outside every lesion
+    _write_refined(rc, rc.refined | edit)
+    proposal = rc.refined | edit
+    a, b = rc.regions["A"], rc.regions["B"]
+
+    def status(name):
+        vtable = table.GetTable()
+        return vtable.GetValue(numbers[name] - 1, lesions.COLUMNS.index("Status")).ToString()
+
+    review.setDecision(table, numbers["A"], lesions.ACCEPTED)  # never rejected: nothing changes
+    assert np.array_equal(_refined_now(rc), proposal), "accepting an unrejected lesion changed voxels"
+    assert status("A") == lesions.ACCEPTED
+    review.setDecision(table, numbers["A"], lesions.REJECTED)
+    expected = np.where(a, rc.coarse, proposal)
+    now = _refined_now(rc)
+    assert np.array_equal(now, expected), f"rejecting A: {np.count_nonzero(now != expected)} voxels differ"
+    assert np.array_equal(now[~a], proposal[~a]), "rejecting A changed voxels outside A"
+    assert status("A") == lesions.REJECTED and review.decisions(table) == {numbers["A"]: lesions.REJECTED}
+    review.setDecision(table, numbers["B"], lesions.REJECTED)
+    assert np.array_equal(_refined_now(rc), np.where(a | b, rc.coarse, proposal))
+    review.setDecision(table, numbers["A"], lesions.ACCEPTED)  # A's refinement comes back
+    assert np.array_equal(_refined_now(rc), np.where(b, rc.coarse, proposal))
+    review.acceptAll(table)
+    assert np.array_equal(_refined_now(rc), proposal), "accept all did not restore every refined lesion"
+    assert set(review.decisions(table).values()) == {lesions.ACCEPTED} and len(review.decisions(table)) == 3
+    assert review.undoDecision(table), "accept all could not be undone"
+    assert np.array_equal(_refined_now(rc), np.where(b, rc.coarse, proposal)), "undo did not give B back its coarse"
+    assert review.decisions(table) == {numbers["A"]: lesions.ACCEPTED, numbers["B"]: lesions.REJECTED}
+    # The scene's undo (off by default in Slicer; Edit > Undo when on) records each decision.
+    wasOn = scene.GetUndoFlag()
+    scene.SetUndoOn()
+    try:
+        before = _refined_now(rc)
+        review.setDecision(table, numbers["A"], lesions.REJECTED)
+        assert not np.array_equal(_refined_now(rc), before)
+        scene.Undo()
+        assert np.array_equal(_refined_now(rc), before), "the scene's undo did not restore the refined segment"
+        assert review.decisions(table)[numbers["A"]] == lesions.ACCEPTED, "the scene's undo kept the decision"
+        assert status("A") == lesions.ACCEPTED
+    finally:
+        scene.SetUndoFlag(wasOn)
+        scene.ClearUndoStack()
+    expect_error(lambda: review.setDecision(table, 99, lesions.REJECTED), "Lesion 99", "numbered 1 to 3")
+
+
+def slice_nodes(scene) -> list:
+    """The scene's slice nodes; headless (no views) Red, Yellow and Green are added first."""
+    import slicer
+
+    nodes = ltr.nodes_by_class(scene, "vtkMRMLSliceNode")
+    if nodes:
+        return nodes
+    sliceLogic = slicer.vtkMRMLSliceLogic()
+    sliceLogic.SetMRMLScene(scene)
+    for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+        node = sliceLogic.AddSliceNode(name)
+        node.SetOrientation(orientation)
+        node.SetDimensions(400, 300, 1)
+    return ltr.nodes_by_class(scene, "vtkMRMLSliceNode")
+
+
+def check_jump_to_lesion(scene, logic, rc: ReviewCase, table, numbers) -> None:
+    """Jumping centres every slice view on the lesion's centroid and zooms to show all of it."""
+    nodes = slice_nodes(scene)
+    for name in REVIEW_LESIONS:
+        centroid = np.argwhere(rc.regions[name]).mean(axis=0)  # (k, j, i)
+        expected = (rc.matrix @ [centroid[2], centroid[1], centroid[0], 1.0])[:3]
+        centre = logic.review.jumpToLesion(table, numbers[name])
+        assert np.allclose(centre, expected, atol=0.01), f"{name}: centre {centre}, centroid {expected}"
+        row = logic.review.lesions(table)[numbers[name] - 1]
+        size = max(row["coarse_diameter_mm"], row["refined_diameter_mm"])
+        for node in nodes:
+            m = node.GetSliceToRAS()
+            position = [m.GetElement(r, 3) for r in range(3)]
+            assert np.allclose(position, expected, atol=0.01), f"{node.GetName()} view centre {position} for {name}"
+            width, height, _ = node.GetFieldOfView()[:3]
+            assert size <= min(width, height) <= max(3 * size, 30.0), \
+                f"{node.GetName()} field of view {width:.1f} x {height:.1f} mm for a {size:.1f} mm lesion"
+
+
+def check_review_saved_with_scene(scene, appLogic, logic, rc: ReviewCase, table, numbers, folder: str) -> None:
+    """Decisions, the table and the review's own data are saved with the scene: after saving it
+    as a Slicer data bundle, clearing and loading it again, the same decisions and voxels are
+    there and a decision still changes exactly that lesion."""
+    from LiverTumorRefineLib.scene import lesions
+
+    logic.review.setDecision(table, numbers["B"], lesions.REJECTED)
+    decisions, rows = logic.review.decisions(table), logic.review.lesions(table)
+    refinedLps = _lps(_refined_now(rc), rc.volumeNode)
+    proposalLps = _lps(rc.refined, rc.volumeNode)
+    regionLps = _lps(rc.regions["B"], rc.volumeNode)
+    segmentationName = rc.segmentationNode.GetName()  # the scene may hold other reviews (the self-test's)
+    os.makedirs(folder, exist_ok=True)
+    assert appLogic.SaveSceneToSlicerDataBundleDirectory(folder), "saving the scene failed"
+    mrml = [name for name in os.listdir(folder) if name.endswith(".mrml")]
+    scene.Clear(0)
+    scene.SetURL(os.path.join(folder, mrml[0]))
+    assert scene.Import(), "loading the scene failed"
+    tables = [n for n in ltr.nodes_by_class(scene, "vtkMRMLTableNode") if n.GetName() == lesions.REVIEW_TABLE_NAME
+              and n.GetNodeReference(lesions.SEGMENTATION_ROLE) is not None
+              and n.GetNodeReference(lesions.SEGMENTATION_ROLE).GetName() == segmentationName]
+    assert len(tables) == 1, f"{len(tables)} lesion tables of '{segmentationName}' after loading"
+    loaded = tables[0]
+    assert logic.review.decisions(loaded) == decisions, "decisions were not saved with the scene"
+    assert logic.review.lesions(loaded) == rows, "lesion rows were not saved with the scene"
+    segmentationNode = loaded.GetNodeReference(lesions.SEGMENTATION_ROLE)
+    volumeNode = loaded.GetNodeReference(lesions.VOLUME_ROLE)
+    refinedId = loaded.GetAttribute(lesions.REFINED_ATTRIBUTE)
+    assert loaded.GetNodeReference(lesions.DATA_ROLE).GetHideFromEditors()
+    now = ltr.export_segment_mask(segmentationNode, refinedId, volumeNode)
+    assert np.array_equal(_lps(now, volumeNode), refinedLps), "the refined segment changed through save and load"
+    logic.review.setDecision(loaded, numbers["B"], lesions.ACCEPTED)
+    after = _lps(ltr.export_segment_mask(segmentationNode, refinedId, volumeNode), volumeNode)
+    assert np.array_equal(after, np.where(regionLps, proposalLps, refinedLps)), \
+        "after loading, accepting B did not give exactly B's refined voxels back"
+
+
+def _lps(mask: np.ndarray, volumeNode) -> np.ndarray:
+    """A (k, j, i) mask of ``volumeNode``'s grid reoriented to LPS (grids compare across a save
+    and load, which may store the volume with another axis order)."""
+    from LiverTumorRefineLib.volume import io
+    from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+
+    g = ltr.volume_geometry(volumeNode)
+    grid = Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
+    return io.reoriented(Volume(np.asarray(mask, dtype=np.uint8), grid), "LPS").array.astype(bool)
+
+
+def run_lesion_review_checks(scene, appLogic, logic, folder: str) -> None:
+    """The lesion review checks on ``scene`` (the self-test's body for issue 13)."""
+    rc = build_review_case(scene)
+    table, numbers = check_lesion_table(scene, logic, rc)
+    check_lesion_decisions(scene, logic, rc, table, numbers)
+    check_jump_to_lesion(scene, logic, rc, table, numbers)
+    check_review_saved_with_scene(scene, appLogic, logic, rc, table, numbers, folder)
