@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=2, help="held-out phantoms for the quality check")
     parser.add_argument("--iou", type=float, nargs="+", default=[0.35, 0.2, 0.1], help="NMS IoUs for the placement")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile")
+    parser.add_argument("--no-throughput", action="store_true", help="only the quality and placement checks")
+    parser.add_argument("--quality", nargs="+", help="runtimes in the quality check (default: all; 'torch fp32' first)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (best of them is kept)")
     args = parser.parse_args()
 
@@ -160,6 +162,14 @@ def main() -> None:
     runtimes["onnx fp32"] = rt.OnnxRuntime(fp32_path)
     runtimes["onnx int8"] = rt.OnnxRuntime(int8_path)
 
+    if not args.no_throughput:
+        measure_throughput(args, runtimes, inputs, flops, weights, fp32_path)
+    quality_and_placement(args, runtimes, held, flops, weights)
+
+
+def measure_throughput(args: argparse.Namespace, runtimes: dict[str, Any], inputs: torch.Tensor, flops: int,
+                       weights: Path, fp32_path: Path) -> None:
+    """Every runtime at several batch sizes, interleaved, against the measured peak."""
     passes: dict[str, Callable[[], float]] = {"peak sgemm": sgemm_pass(), "peak conv": conv_pass()}
     for name, runtime in runtimes.items():
         for batch in (16, 32, 64, 128, 256) if name in ("torch fp32", "onnx fp32", "onnx int8") else (32, 128):
@@ -206,9 +216,15 @@ def main() -> None:
               f"{100 * rate * flops / 1e9 / peak:>6.0f}%")
     print(f"load average now {os.getloadavg()[0]:.2f}", flush=True)
 
+
+def quality_and_placement(args: argparse.Namespace, runtimes: dict[str, Any], held: list, flops: int,
+                          weights: Path) -> None:
+    """Refined Dice per runtime and per NMS IoU on the held-out phantoms, against torch fp32."""
+    names = args.quality or list(runtimes)
+
     print("\nquality: refined Dice against the truth; difference from torch fp32 per case (limit 0.005)")
     reference: dict[str, np.ndarray] = {}
-    refiners = {name: Refiner(weights, device="cpu", runtime="torch") for name in runtimes}
+    refiners = {name: Refiner(weights, device="cpu", runtime="torch") for name in names}
     for name, refiner in refiners.items():
         refiner.runtime = runtimes[name]
         for case, image, coarse, spacing, truth in held:
@@ -224,18 +240,21 @@ def main() -> None:
                   f"{result.stats['patches']} patches, infer {result.stats['seconds']['infer']:.2f} s, "
                   f"total {seconds:.2f} s", flush=True)
 
-    print("\nplacement: NMS IoU between patch squares (today 0.35); FLOPs per boundary voxel = patches x 4 x FLOPs")
+    print(f"\nplacement: NMS IoU between patch squares (today 0.35), runtime auto; FLOPs per boundary voxel = "
+          f"patches x 4 x FLOPs; Dice difference from the first IoU ({args.iou[0]})")
+    first: dict[str, float] = {}
     for iou in args.iou:
-        refiner = Refiner(weights, device="cpu", runtime="torch")
+        refiner = Refiner(weights, device="cpu", runtime="auto")
         refiner.cfg = dataclasses.replace(refiner.cfg, nms_iou=iou)
         for case, image, coarse, spacing, truth in held:
             band = int(boundary_band(torch.from_numpy(coarse)).sum())
             result = refiner.refine(image, coarse, spacing)
             got = dice(result.mask, truth)
+            first.setdefault(case, got)
             n = result.stats["patches"]
             print(f"  iou {iou:.2f} {case:>14}: {n:>5} patches, {n / band:.4f} patches per boundary voxel, "
                   f"{n * refiner.tta * flops / band / 1e6:.2f} MFLOP per boundary voxel, refined Dice {got:.4f} "
-                  f"diff {got - dice(reference[case], truth):+.4f}", flush=True)
+                  f"diff {got - first[case]:+.4f}  infer {result.stats['seconds']['infer']:.2f} s", flush=True)
 
 
 if __name__ == "__main__":
