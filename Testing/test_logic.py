@@ -264,7 +264,9 @@ def test_automatic_coarse_segment_with_the_shipped_network(app, trained_model):
     logic = ltr.LiverTumorRefineLogic(weights=trained_model, refinerOptions=REFINER_OPTIONS)
     result = logic.refine(volume, None, "", device="cpu", coarseSource="automatic")
     node, segmentId = result.segmentationNode, result.coarseSegmentId
-    assert node.GetName() == "phantom CT coarse" and node.GetSegmentation().GetNumberOfSegments() == 2
+    # the coarse and refined segments and the (hidden) unsure overlay
+    assert node.GetName() == "phantom CT coarse" and node.GetSegmentation().GetNumberOfSegments() == 3
+    assert result.uncertainSegmentId is not None
     assert node.GetSegmentation().GetSegment(segmentId).GetName() == "Tumour (automatic coarse)"
     coarse = ltr.export_segment_mask(node, segmentId, volume)
     truth = phantom.label.array == 2
@@ -272,5 +274,5 @@ def test_automatic_coarse_segment_with_the_shipped_network(app, trained_model):
 
     plain = st.add_ct(app.scene, np.full((12, 64, 64), 60.0), st.ijk_to_ras((2.5, 0.8, 0.8), (0.0, 0.0, 0.0)), "no tumour")
     snapshot = st.scene_snapshot(app.scene)
-    st.expect_error(lambda: logic.refine(plain, None, "", device="cpu", coarseSource="automatic"), "found no tumour")
+    st.expect_error(lambda: logic.refine(plain, None, "", device="cpu", coarseSource="automatic"), "no tumour in this CT")
     st.assert_same_scene(snapshot, st.scene_snapshot(app.scene), "after an automatic coarse segment found nothing")
