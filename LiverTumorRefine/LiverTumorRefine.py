@@ -17,6 +17,7 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
+from LiverTumorRefineGui.dependencies import ensure_torch
 from LiverTumorRefineGui.lesionpanel import LesionReviewPanel
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic  # noqa: F401  (Slicer finds <Module>Logic here)
@@ -212,7 +213,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         truthNode = p.truthSegmentationNode if p.truthSegmentId else None
         try:  # the coarse step runs in the worker too: nothing enters the scene before the job succeeded
-            if not self._ensureTorch():
+            if not ensure_torch():
                 return
             with slicer.util.WaitCursor():
                 self._job = self.logic.startRefine(p.inputVolume, p.segmentationNode, p.coarseSegmentId, truthNode,
@@ -287,36 +288,6 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor.setSegmentationNode(p.segmentationNode)
         editor.setSourceVolumeNode(p.inputVolume)
         editor.setCurrentSegmentID(refinedId)
-
-    def _ensureTorch(self):
-        """PyTorch is installed on first use through the PyTorch extension, after asking."""
-        try:
-            import torch  # noqa: F401
-            return True
-        except ImportError:
-            pass
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay("Liver Tumor Refine needs the PyTorch extension: install \"PyTorch\" from the "
-                                     "Extensions Manager, restart 3D Slicer and try again.")
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            if not slicer.util.confirmOkCancelDisplay(
-                    "Liver Tumor Refine needs PyTorch, which is not installed yet.\n\nDownload and install it now? "
-                    "This needs internet access and can take several minutes.", windowTitle="Install PyTorch"):
-                return False
-            try:  # a failed install raises (CalledProcessError); None means the user declined
-                with slicer.util.WaitCursor():
-                    torch = torchLogic.installTorch(askConfirmation=False)
-            except Exception as exc:  # noqa: BLE001 - onApplyButton shows it in a dialog
-                raise RefineError(f"Installing PyTorch failed ({exc}): check the internet connection or install it "
-                                  "from the PyTorch Utils module, then try again.") from exc
-            if torch is None:
-                slicer.util.errorDisplay("PyTorch was not installed. Install it from the PyTorch Utils module.")
-                return False
-        return True
 
 
 class LiverTumorRefineTest(ScriptedLoadableModuleTest):

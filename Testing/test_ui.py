@@ -314,8 +314,10 @@ def test_every_failure_of_apply_reaches_a_dialog(module_ast):
     apply = _method(module_ast, "onApplyButton")
     guarded = [t for t in ast.walk(apply) if isinstance(t, ast.Try)
                and any(ast.unparse(h.type) == "Exception" for h in t.handlers if h.type is not None)]
-    assert any("self._ensureTorch" in _calls_in(t) and "self.logic.startRefine" in _calls_in(t) for t in guarded)
-    install = [t for t in ast.walk(_method(module_ast, "_ensureTorch")) if isinstance(t, ast.Try)
+    assert any("ensure_torch" in _calls_in(t) and "self.logic.startRefine" in _calls_in(t) for t in guarded)
+    dependencies = ast.parse((MODULE_DIR / "LiverTumorRefineGui" / "dependencies.py").read_text())
+    handler = next(n for n in ast.walk(dependencies) if isinstance(n, ast.FunctionDef) and n.name == "ensure_torch")
+    install = [t for t in ast.walk(handler) if isinstance(t, ast.Try)
                and any(c.endswith("installTorch") for c in _calls_in(t))]
     assert install and any(ast.unparse(h.type) == "Exception" for h in install[0].handlers if h.type is not None)
     assert "_showError" in {n.name for n in ast.walk(module_ast) if isinstance(n, ast.FunctionDef)}
