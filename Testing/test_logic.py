@@ -20,6 +20,7 @@ from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
 import slicer_testing as st  # noqa: E402
 from LiverTumorRefineLib import pipeline, worker  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
+from LiverTumorRefineLib.training.case import RefineCase  # noqa: E402
 
 LIB_DIR = Path(__file__).resolve().parents[1] / "LiverTumorRefine"
 
@@ -218,7 +219,7 @@ def test_sagittal_ct_is_refined_in_axial_planes(app, logic, case):
 def test_ct_not_in_hounsfield_units_gives_a_note(app, logic, case):
     """Raw stored values (rescale intercept -1024 missing): the refinement still runs, and the
     user is told why it may be poor."""
-    raw = st.Case(case.name, case.image + 1024, case.truth, case.coarse, case.liver, case.spacing_zyx)
+    raw = RefineCase(case.name, case.image + 1024, case.truth, case.coarse, case.spacing_zyx, liver=case.liver)
     sc = st.build_scene_case(app.scene, raw)
     result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
     assert any("does not look like Hounsfield units" in note for note in result.notes)

@@ -23,6 +23,7 @@ from LiverTumorRefineLib.scene import logic as ltr
 from LiverTumorRefineLib.volume.atomic import atomic_path
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.evaluate.metrics import compute_metrics
+from LiverTumorRefineLib.training.case import RefineCase
 
 # An axial CT as Slicer loads it from DICOM: IJK axes along -R, -A, +S (i.e. LPS-aligned).
 LPS_ALIGNED_DIRECTIONS = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0))
@@ -68,19 +69,10 @@ def make_app():
 
 
 # ---------------------------------------------------------------------------- synthetic case
-@dataclass
-class Case:
-    """A CT with one hypodense lesion: HU image, truth, coarse and a liver mask, all (z, y, x)."""
-
-    name: str
-    image: np.ndarray
-    truth: np.ndarray
-    coarse: np.ndarray
-    liver: np.ndarray
-    spacing_zyx: tuple[float, float, float]
+# The case type is the engine's RefineCase (CT, truth, coarse, spacing; here also the liver).
 
 
-def synthetic_case(seed: int = 0, shape=(24, 80, 80), spacing_zyx=(2.5, 0.8, 0.8), shift_mm: Optional[float] = None) -> Case:
+def synthetic_case(seed: int = 0, shape=(24, 80, 80), spacing_zyx=(2.5, 0.8, 0.8), shift_mm: Optional[float] = None) -> RefineCase:
     """A lobulated hypodense lesion in liver-like tissue with noise; the coarse mask is the truth
     grown (or shrunk, ``shift_mm`` < 0) by 1.5-3 mm, the bias a coarse network shows."""
     rng = np.random.default_rng(seed)
@@ -100,7 +92,8 @@ def synthetic_case(seed: int = 0, shape=(24, 80, 80), spacing_zyx=(2.5, 0.8, 0.8
     liver_hu, contrast = rng.uniform(80, 120), rng.uniform(35, 70)
     image = np.where(liver, liver_hu, 40.0)
     image = np.where(truth, liver_hu - contrast, image) + rng.normal(0, 12, shape)
-    return Case(f"synthetic{seed}", image.astype(np.float32), truth, coarse, liver & ~truth, tuple(map(float, spacing_zyx)))
+    return RefineCase(f"synthetic{seed}", image.astype(np.float32), truth, coarse, tuple(map(float, spacing_zyx)),
+                      liver=liver & ~truth)
 
 
 # ---------------------------------------------------------------------------- scene building
@@ -179,7 +172,7 @@ def fine_grid(mask: np.ndarray, matrix: np.ndarray, start=(3, 5, 7)) -> tuple[np
 
 @dataclass
 class SceneCase:
-    case: Case
+    case: RefineCase
     volumeNode: Any
     segmentationNode: Any
     coarseId: str
@@ -189,7 +182,7 @@ class SceneCase:
     matrix: np.ndarray
 
 
-def build_scene_case(scene, case: Case, separate_truth: bool = False, fine_segmentation: bool = False,
+def build_scene_case(scene, case: RefineCase, separate_truth: bool = False, fine_segmentation: bool = False,
                      origin_ras=(40.0, 30.0, -55.0)) -> SceneCase:
     """Put ``case`` in ``scene``: CT, a segmentation with coarse ("Tumour") and liver segments, and
     the truth segment ("Tumour truth") in the same or a separate segmentation node.
@@ -563,7 +556,7 @@ def check_errors(scene, logic, sc: SceneCase) -> None:
     seg.GetSegmentation().RemoveSegment(outsideId)
 
 
-def check_geometry_differs(scene, logic, case: Case) -> None:
+def check_geometry_differs(scene, logic, case: RefineCase) -> None:
     """Segments on another grid than the CT (half the spacing, other extent, origin off the CT
     grid), truth in a separate segmentation: exported exactly, refined segment on the CT grid."""
     sc = build_scene_case(scene, case, separate_truth=True, fine_segmentation=True)
@@ -649,6 +642,70 @@ def check_seeded_coarse(scene, logic, sc: SceneCase):
     return result
 
 
+def _ras(sc: SceneCase, kji) -> list[float]:
+    k, j, i = kji
+    return [float(v) for v in (sc.matrix @ np.array([i, j, k, 1.0]))[:3]]
+
+
+def _segment_ids(node) -> list[str]:
+    segmentation = node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+
+
+def check_negative_clicks(scene, logic, sc: SceneCase) -> dict:
+    """Issue 16: negative points reach the worker's job file (only those with a defined position:
+    a point being placed and one whose position is unset are skipped), and a corrective run with
+    one more (negative) click replaces the seeded coarse and refined segments in place: same IDs,
+    same segment list, no new node; the negative click's voxel leaves the coarse mask, which
+    shrinks. Returns the two coarse masks."""
+    import json
+
+    case = sc.case
+    positive = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion clicks")
+    positive.AddControlPoint(_ras(sc, deepest_voxel(case.truth)))
+    negative = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "negative clicks")
+    preview = negative.AddControlPoint(_ras(sc, (1, 1, 1)))
+    negative.SetNthControlPointPosition(preview, *_ras(sc, (1, 1, 1)), slicer_position_status("PositionPreview"))
+    unset = negative.AddControlPoint([900.0, 900.0, 900.0])  # outside the CT: an error if it were used
+    negative.UnsetNthControlPointPosition(unset)
+
+    first = logic.refine(sc.volumeNode, sc.segmentationNode, "", sc.truthSegmentationNode, sc.truthId, "cpu",
+                         coarseSource="seeds", seedsNode=positive, negativeSeedsNode=negative)
+    node, coarseId, refinedId = first.segmentationNode, first.coarseSegmentId, first.refinedSegmentId
+    before = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    # the "leak": the coarse voxel farthest from the positive click
+    kji = np.argwhere(before)
+    far = tuple(int(v) for v in kji[np.argmax(((kji - np.array(deepest_voxel(case.truth))) ** 2).sum(1))])
+    shrink = tuple(int(round(a + 0.25 * (b - a))) for a, b in zip(far, deepest_voxel(case.truth)))  # just inside
+    negative.AddControlPoint(_ras(sc, shrink))
+    assert ltr.LiverTumorRefineLogic.definedPointIndices(negative) == [2]
+
+    inputs = logic.prepare(sc.volumeNode, node, coarseId, sc.truthSegmentationNode, sc.truthId, "cpu",
+                           coarseSource="seeds", seedsNode=positive, negativeSeedsNode=negative,
+                           replaceCoarseSegmentId=coarseId)
+    try:
+        job = json.loads(inputs.jobPath.read_text())
+        assert np.allclose(job["coarse"]["negative_seeds_ras"], [_ras(sc, shrink)], atol=1e-3), job["coarse"]
+        assert len(job["coarse"]["seeds_ras"]) == 1
+        assert inputs.replaceCoarseId == coarseId
+    finally:
+        logic.cleanup(inputs)
+
+    ids, nodes = _segment_ids(node), [scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())]
+    again = logic.refine(sc.volumeNode, node, coarseId, sc.truthSegmentationNode, sc.truthId, "cpu",
+                         coarseSource="seeds", seedsNode=positive, negativeSeedsNode=negative,
+                         replaceCoarseSegmentId=coarseId)
+    assert again.segmentationNode is node and again.coarseSegmentId == coarseId, "the coarse segment was not replaced"
+    assert again.refinedSegmentId == refinedId, "the refined segment was not replaced"
+    assert _segment_ids(node) == ids, f"the segment list changed: {ids} -> {_segment_ids(node)}"
+    assert [scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())] == nodes, "nodes were added"
+    assert node.GetSegmentation().GetSegment(coarseId).GetName() == "Tumour (seeded coarse)"
+    after = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    assert before[shrink] and not after[shrink], "the negative click's voxel is still in the coarse segment"
+    assert after.sum() < before.sum(), f"the negative click did not shrink the coarse mask ({before.sum()} -> {after.sum()})"
+    return {"positive_only": before, "with_negative": after}
+
+
 def slicer_position_status(name: str) -> int:
     """A ``vtkMRMLMarkupsNode`` position status (``PositionPreview``, ...) by name."""
     import slicer
@@ -656,7 +713,7 @@ def slicer_position_status(name: str) -> int:
     return int(getattr(slicer.vtkMRMLMarkupsNode, name))
 
 
-def run_self_test(scene, logic=None, seed: int = 0, case: Optional[Case] = None, appLogic=None,
+def run_self_test(scene, logic=None, seed: int = 0, case: Optional[RefineCase] = None, appLogic=None,
                   folder: Optional[str] = None) -> dict:
     """The whole module test on ``scene`` (cleared by the caller), as run in Slicer: by default
     with the shipped model on ``default_model_case``. ``appLogic`` (the application logic, for
@@ -680,13 +737,14 @@ def run_self_test(scene, logic=None, seed: int = 0, case: Optional[Case] = None,
     geometry = check_geometry_differs(scene, logic, synthetic_case(seed + 1))
     check_seeded_coarse(scene, logic, build_scene_case(scene, synthetic_case(seed + 2)))
     check_worker_job(scene, logic, build_scene_case(scene, synthetic_case(seed + 3)))
+    check_negative_clicks(scene, logic, build_scene_case(scene, synthetic_case(seed + 2)))
     with tempfile.TemporaryDirectory(prefix="LiverTumorRefine-selftest-") as temporary:
         run_lesion_review_checks(scene, appLogic, logic, folder or temporary)  # last: it reloads the scene
     return {"dice": {row: result.metrics[row]["dice"] for row in ("coarse", "refined")},
             "geometry_dice": {row: geometry.metrics[row]["dice"] for row in ("coarse", "refined")}}
 
 
-def default_model_case(seed: int = 0) -> Case:
+def default_model_case(seed: int = 0) -> RefineCase:
     """The case used with the shipped model: the project's phantom CT (``phantom.make_phantom``)
     with a coarse mask from ``coarse.simulate_coarse`` (the data the default model is trained
     for), cropped around the lesions to keep the scene small. Falls back to ``synthetic_case``
@@ -711,7 +769,7 @@ def default_model_case(seed: int = 0) -> Case:
         box.append(slice(max(int(hits[0]) - margin[axis], 0), min(int(hits[-1]) + 1 + margin[axis], truth.shape[axis])))
     box = tuple(box)
     liver = (labels == 1) & ~truth
-    return Case(phantom.name, image[box], truth[box], coarse[box], liver[box], spacing)
+    return RefineCase(phantom.name, image[box], truth[box], coarse[box], spacing, liver=liver[box])
 
 
 def _segment_display(segmentationNode, segmentId):
