@@ -22,7 +22,6 @@ case) and the others go on.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io as text_io
 import json
 import os
@@ -41,6 +40,7 @@ from LiverTumorRefineLib.config import MIN_KEPT, TTA
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.evaluate.qa import files_by_role
 from LiverTumorRefineLib.volume import atomic, io
+from LiverTumorRefineLib.volume.atomic import sha256_of
 
 # Manifest columns and the other names they may go by (first: the name used in messages).
 COLUMNS = {"image": ("image", "ct"), "mask": ("mask", "coarse"), "truth": ("truth", "label", "gt"),
@@ -295,14 +295,6 @@ def record_path(out: Path) -> Path:
     return out.parent / f".{out.name}.done.json"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _identity(case: BatchCase, settings: BatchSettings) -> dict[str, Any]:
     return {"image": str(case.image.resolve()), "mask": str(case.mask.resolve()), **settings.identity()}
 
@@ -337,7 +329,7 @@ def case_state(case: BatchCase, settings: BatchSettings, force: bool) -> tuple[s
         if differ:
             return "conflict", (f"{case.out} was refined with other inputs or settings ({'; '.join(differ)}): "
                                 "choose another --out-dir, or pass --force to redo it")
-        if exists and record.get("sha256") == file_sha256(case.out):
+        if exists and record.get("sha256") == sha256_of(case.out):
             return "done", ""
     return ("redo" if exists else "new"), ""
 
@@ -379,7 +371,7 @@ def refine_case(case: BatchCase, settings: BatchSettings, overwrite: bool) -> Ca
             result.status, result.seconds = "refined", round(time.perf_counter() - t0, 3)
             kept = {k: getattr(result, k) for k in ("seconds", "patches", "voxels_changed", "dice_coarse",
                                                     "dice_refined", "error")}
-            _write_record(case, settings, "done", sha256=file_sha256(case.out), result=kept,
+            _write_record(case, settings, "done", sha256=sha256_of(case.out), result=kept,
                           finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         except RefineError as exc:
             result.status, result.error = "failed", exc.for_cli()

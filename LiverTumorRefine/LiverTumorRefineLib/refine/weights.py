@@ -6,7 +6,6 @@ default model's hash is also pinned here, so a swapped or truncated file is refu
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -15,7 +14,7 @@ from typing import Any
 
 import torch
 
-from LiverTumorRefineLib.volume.atomic import atomic_path, write_text
+from LiverTumorRefineLib.volume.atomic import atomic_path, sha256_of, write_text
 from LiverTumorRefineLib.config import NetConfig, PatchConfig
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.volume.io import readable_file
@@ -36,14 +35,6 @@ SHIPPED_SHA256: dict[str, str] = {
 def default_weights_path(name: str = DEFAULT_MODEL) -> Path:
     """Path of a model shipped with the extension."""
     return MODELS_DIR / name
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def expected_sha256(path: Path) -> str | None:

@@ -1,6 +1,7 @@
 """Atomic file writes: a reader (or a crash) never sees half a file, and nothing is left behind."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -70,3 +71,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         if problem:
             raise RefineError(f"Writing {path} failed ({problem}): is the disk full? Free some space or choose "
                               "another folder; nothing was written.")
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
