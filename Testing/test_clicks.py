@@ -189,3 +189,85 @@ def test_cli_negative_seed_errors(tmp_path, capsys):
         code = cli.main(base + extra)
         assert code == 2 and message in capsys.readouterr().err, extra
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+# ------------------------------------------------------------------ the hybrid: ray grower, model corrections
+def two_lesions(gap_mm: float = 4.0):
+    """A CT with two hypodense spheres side by side (radius 8 mm, ``gap_mm`` of liver between)."""
+    rng = np.random.default_rng(3)
+    shape = (24, 64, 80)
+    a, b = (12, 32, 24), (12, 32, 24 + int(16 + gap_mm))
+    first, second = ball(shape, a, 8), ball(shape, b, 8)
+    image = np.where(first | second, 40.0, 100.0) + rng.normal(0, 8, shape)
+    return image.astype(np.float32), first, second, a
+
+
+def test_hybrid_first_click_is_the_ray_growers_lesion():
+    from LiverTumorRefineLib.coarse.seeded import seed_labels
+
+    case = lesion_case(5)
+    truth = case.label.array == 2
+    click = tuple(int(v) for v in np.argwhere(truth).mean(axis=0).round())
+    segmenter = clicks.shipped_segmenter()
+    lesion, model = clicks.hybrid_lesion(segmenter, case.image.array, SPACING, clicks.LesionClicks((click,)))
+    assert model is None  # one click: the model is not run
+    grown = seed_labels(case.image.array, [click], SPACING) > 0
+    assert np.array_equal(lesion.paste(truth.shape), grown)
+
+
+def test_hybrid_positive_correction_adds_only_near_its_click():
+    image, first, _, a = two_lesions(gap_mm=10.0)
+    segmenter = clicks.shipped_segmenter()
+    one = clicks.LesionClicks((a,))
+    before = clicks.hybrid_lesion(segmenter, image, SPACING, one)[0].paste(image.shape)
+    missed = np.argwhere(first & ~before)
+    click = tuple(int(v) for v in (missed[len(missed) // 2] if len(missed) else np.argwhere(first)[0]))
+    after = clicks.hybrid_lesion(segmenter, image, SPACING, one.with_click(click, True))[0].paste(image.shape)
+    assert after[click] and (after | before).sum() >= before.sum()
+    changed = after != before
+    assert changed.any()
+    assert not (changed & ~ball(image.shape, click, clicks.CORRECTION_RADIUS_MM)).any()  # local to the click
+
+
+def test_negative_click_removes_the_leak_and_keeps_the_lesion():
+    shape = (24, 64, 64)
+    lesion = ball(shape, (12, 32, 28), 8)
+    leak = ball(shape, (12, 32, 42), 6) & ~lesion  # grown on from the lesion's edge
+    model = lesion.copy()  # the model sees the lesion only
+    click = (12, 32, 44)
+    removed = clicks.leak_at(lesion | leak, model, click, [(12, 32, 28)], SPACING)
+    assert removed[click] and not (removed & lesion).any()
+    assert removed.sum() >= 0.9 * leak.sum()
+    # far from the click nothing goes, even where the model sees background
+    far = ball(shape, (12, 32, 4), 3)
+    removed = clicks.leak_at(lesion | leak | far, model, click, [(12, 32, 28)], SPACING)
+    assert not (removed & far).any()
+    # end to end: the negative click is out of the refined lesion, the positive click in
+    from LiverTumorRefineLib.refine.refiner import Refiner
+
+    image, first, _, a = two_lesions(gap_mm=20.0)
+    segmenter, refiner = clicks.shipped_segmenter(), Refiner(device="cpu")
+    one = clicks.LesionClicks((a,))
+    _, refined = clicks.click_lesion(segmenter, refiner, image, SPACING, one)
+    outside = np.argwhere(refined.paste(image.shape) & ~first)
+    negative = tuple(int(v) for v in outside[0]) if len(outside) else (a[0], a[1], a[2] + 9)
+    _, again = clicks.click_lesion(segmenter, refiner, image, SPACING, one.with_click(negative, False))
+    whole = again.paste(image.shape)
+    assert whole[a] and not whole[negative]
+
+
+def test_hybrid_never_merges_with_an_unclicked_neighbour():
+    from LiverTumorRefineLib.refine.refiner import Refiner
+
+    image, first, second, a = two_lesions(gap_mm=3.0)
+    segmenter, refiner = clicks.shipped_segmenter(), Refiner(device="cpu")
+    one = clicks.LesionClicks((a,))
+    toward = (a[0], a[1], a[2] + 6)  # a positive correction on the lesion's side facing the neighbour
+    for lesion in (one, one.with_click(toward, True)):
+        _, refined = clicks.click_lesion(segmenter, refiner, image, SPACING, lesion)
+        whole = refined.paste(image.shape)
+        assert whole[a] and (whole & second).sum() <= 0.1 * second.sum(), (whole & second).sum()
+    # a positive correction is bounded by the first click's volume (GROWTH_LIMIT)
+    coarse = clicks.hybrid_lesion(segmenter, image, SPACING, clicks.LesionClicks((a, (12, 32, 44))))[0]
+    first_volume = clicks.hybrid_lesion(segmenter, image, SPACING, one)[0].mask.sum()
+    assert coarse.mask.sum() <= clicks.GROWTH_LIMIT * first_volume

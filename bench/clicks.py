@@ -1,19 +1,23 @@
-"""Click-to-lesion: the learned click model against the ray grower, one click per lesion and up to
-three corrective clicks.
+"""Click-to-lesion: the ray grower, the learned click model and the hybrid of both, one click per
+lesion and up to three corrective clicks.
 
     python bench/clicks.py [--phantoms 6] [--first-seed 90000] [--no-real] [--no-lits] [--clicks 4]
-                           [--weights clicknet.pt]
+                           [--weights clicknet.pt] [--methods model,hybrid]
 
 Per lesion of 10 mm or more (equivalent sphere): click 1 at its deepest point (farthest from its
 surface); each further click at the deepest point of the largest error region of the refined
 result the user sees (positive on a missed part, negative on a leak), within the lesion's crop.
-The model and the shipped refiner re-run on that lesion's crop only. Lesion Dice is against
-that lesion alone (a neighbour it takes counts against it). The ray grower (``seeded``) gets
-click 1 only. Cases: held-out phantoms (seeds 90000+) and the real validation cases
-(``realct_1720``, ``realct_mip10`` from bench/realct.py's cache, LiTS 117). Timing: click 1 on
-a 512x512 CT with the models loaded, and the first click including both models' loading.
-Merges: a lesion's result covering more than 10% of another lesion; leaks: result voxels outside
-every lesion outnumbering the lesion's own voxels.
+Each method and the shipped refiner re-run on that lesion's crop only: "model" is the click
+model alone, "hybrid" the ray grower's lesion corrected near each click with the model
+(``clicks.hybrid_lesion``). Lesion Dice is against that lesion alone (a neighbour it takes counts
+against it). The ray grower (``seeded``) alone gets click 1 only. Cases: held-out phantoms
+(seeds 90000+; the hybrid's constants were chosen on seeds 95000+ with --first-seed 95000 and
+the --correction-radius, --growth-limit, --refine-reach, --first-click-switch and --no-intensity-guard
+options) and
+the real validation cases (``realct_1720``, ``realct_mip10`` from bench/realct.py's cache, LiTS
+117). Timing: click 1 and a corrective click on a 512x512 CT with the models loaded, and the
+first click including both models' loading. Merges: a lesion's result covering more than 10% of
+another lesion; leaks: result voxels outside every lesion outnumbering the lesion's own voxels.
 """
 from __future__ import annotations
 
@@ -58,7 +62,29 @@ def problems(labels: np.ndarray, own: int, result: clickmodel.LesionMask) -> tup
     return merged, leak > float((labels == own).sum())
 
 
-def run_case(case, segmenter: clickmodel.ClickSegmenter, refiner: Refiner, n_clicks: int, out: dict) -> None:
+def click_series(segmenter, refiner, image, spacing, truth, labels, lab, lesion, others, n_clicks: int,
+                 method: str) -> tuple[list[float], list[float], list[tuple[bool, bool]]]:
+    """Lesion Dice (coarse, refined) and (merged, leaked) after each of ``n_clicks`` clicks by ``method``."""
+    coarse_d, refined_d, flags = [], [], []
+    current = lesion
+    for k in range(n_clicks):
+        coarse, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, current, others, method=method)
+        coarse_d.append(lesion_dice(truth, coarse))
+        refined_d.append(lesion_dice(truth, refined))
+        flags.append(problems(labels, int(lab), refined))
+        found = clickmodel.corrective_click(truth[refined.box], refined.mask, spacing)
+        if found is None:  # nothing left to correct in the crop: later clicks change nothing
+            coarse_d += [coarse_d[-1]] * (n_clicks - k - 1)
+            refined_d += [refined_d[-1]] * (n_clicks - k - 1)
+            flags += [flags[-1]] * (n_clicks - k - 1)
+            break
+        voxel = tuple(v + b.start for v, b in zip(found[0], refined.box))
+        current = current.with_click(voxel, found[1])
+    return coarse_d, refined_d, flags
+
+
+def run_case(case, segmenter: clickmodel.ClickSegmenter, refiner: Refiner, n_clicks: int, methods: Sequence[str],
+             out: dict) -> None:
     image, spacing = case.image.array, case.image.spacing_zyx
     truth_all = case.label.array == 2
     labels, seeds, diameters, ids = deepest_clicks(truth_all, spacing)
@@ -76,67 +102,61 @@ def run_case(case, segmenter: clickmodel.ClickSegmenter, refiner: Refiner, n_cli
         ray = 2.0 * float((truth & (grown == i + 1)).sum()) / float(truth.sum() + (grown == i + 1).sum())
         ray_ref_mask = grown_refined & (cells == i + 1)
         ray_ref = 2.0 * float((truth & ray_ref_mask).sum()) / float(truth.sum() + ray_ref_mask.sum())
-        current, others = lesions[i], lesions[:i] + lesions[i + 1:]
-        coarse_d, refined_d, flags = [], [], []
-        for k in range(n_clicks):
-            coarse, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, current, others)
-            coarse_d.append(lesion_dice(truth, coarse))
-            refined_d.append(lesion_dice(truth, refined))
-            flags.append(problems(labels, int(lab), refined))
-            found = clickmodel.corrective_click(truth[refined.box], refined.mask, spacing)
-            if found is None:  # nothing left to correct in the crop: later clicks change nothing
-                coarse_d += [coarse_d[-1]] * (n_clicks - k - 1)
-                refined_d += [refined_d[-1]] * (n_clicks - k - 1)
-                flags += [flags[-1]] * (n_clicks - k - 1)
-                break
-            voxel = tuple(v + b.start for v, b in zip(found[0], refined.box))
-            current = current.with_click(voxel, found[1])
-        merged = any(f[0] for f in flags)
-        leaked = any(f[1] for f in flags)
-        print(f"{case.name:>14} lesion {lab:2d} {diameter:5.1f} mm | ray {ray:.3f} -> {ray_ref:.3f} | model coarse "
-              + " ".join(f"{d:.3f}" for d in coarse_d) + " | refined " + " ".join(f"{d:.3f}" for d in refined_d)
-              + (" MERGED" if merged else "") + (" LEAK" if leaked else ""), flush=True)
-        row = (ray, ray_ref, *coarse_d, *refined_d, merged, leaked)
+        line, row = f"{case.name:>14} lesion {lab:2d} {diameter:5.1f} mm | ray {ray:.3f} -> {ray_ref:.3f}", [ray, ray_ref]
+        for method in methods:
+            coarse_d, refined_d, flags = click_series(segmenter, refiner, image, spacing, truth, labels, lab,
+                                                      lesions[i], lesions[:i] + lesions[i + 1:], n_clicks, method)
+            merged, leaked = any(f[0] for f in flags), any(f[1] for f in flags)
+            line += (f" | {method} coarse " + " ".join(f"{d:.3f}" for d in coarse_d) + " refined "
+                     + " ".join(f"{d:.3f}" for d in refined_d) + (" MERGED" if merged else "") + (" LEAK" if leaked else ""))
+            row += [*coarse_d, *refined_d, merged, leaked]
+        print(line, flush=True)
         case_rows.append(row)
         out[kind].append(row)
-    v = np.array(case_rows, dtype=float)
-    n = n_clicks
-    print(f"{case.name:>14} mean of {len(v)}: ray {v[:, 0].mean():.3f} -> {v[:, 1].mean():.3f} | model coarse "
-          + " ".join(f"{d:.3f}" for d in v[:, 2:2 + n].mean(0)) + " | refined "
-          + " ".join(f"{d:.3f}" for d in v[:, 2 + n:2 + 2 * n].mean(0)), flush=True)
+    print(f"{case.name:>14} mean of {len(case_rows)}: " + describe(np.array(case_rows, dtype=float), n_clicks, methods),
+          flush=True)
 
 
-def timing(case, weights: str | None) -> None:
-    """Seconds of click 1 (model and refiner on the lesion's crop), loaded and from cold."""
+def describe(v: np.ndarray, n: int, methods: Sequence[str]) -> str:
+    """Mean figures of rows (ray, ray refined, then per method n coarse, n refined, merged, leaked)."""
+    text = f"ray grower click 1: coarse {v[:, 0].mean():.3f} refined {v[:, 1].mean():.3f}"
+    for m, method in enumerate(methods):
+        at = 2 + m * (2 * n + 2)
+        text += (f" | {method} coarse after clicks 1..{n}: " + " ".join(f"{d:.3f}" for d in v[:, at:at + n].mean(0))
+                 + " refined: " + " ".join(f"{d:.3f}" for d in v[:, at + n:at + 2 * n].mean(0))
+                 + f" merges {int(v[:, at + 2 * n].sum())} leaks {int(v[:, at + 2 * n + 1].sum())}")
+    return text
+
+
+def timing(case, weights: str | None, methods: Sequence[str]) -> None:
+    """Seconds of click 1 and of a corrective click 2 (each on the lesion's crop, models loaded), and
+    of the first click including loading both models, per method."""
     image, spacing = case.image.array, case.image.spacing_zyx
-    _, seeds, _, _ = deepest_clicks(case.label.array == 2, spacing)
+    labels, seeds, _, ids = deepest_clicks(case.label.array == 2, spacing)
     lesion = clickmodel.LesionClicks((tuple(float(v) for v in seeds[0]),))
-    t = time.perf_counter()
-    segmenter, refiner = clickmodel.ClickSegmenter(weights), Refiner(device="cpu")
-    coarse, _ = clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion)
-    cold = time.perf_counter() - t
-    model_s, total_s = [], []
-    for _ in range(3):
+    for method in methods:
         t = time.perf_counter()
-        coarse = clickmodel.segment_lesion(segmenter, image, spacing, lesion)
-        model_s.append(time.perf_counter() - t)
-        clickmodel.refine_lesion(refiner, image, spacing, coarse)
-        total_s.append(time.perf_counter() - t)
-    print(f"timing on {case.name} {image.shape}: first click with model loading {cold:.2f} s; one click with models "
-          f"loaded: click model {min(model_s):.2f} s, with refinement {min(total_s):.2f} s (best of 3, "
-          f"{torch.get_num_threads()} threads)", flush=True)
+        segmenter, refiner = clickmodel.ClickSegmenter(weights), Refiner(device="cpu")
+        _, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion, method=method)
+        cold = time.perf_counter() - t
+        found = clickmodel.corrective_click((labels == ids[0])[refined.box], refined.mask, spacing)
+        second = lesion if found is None else lesion.with_click(
+            tuple(v + b.start for v, b in zip(found[0], refined.box)), found[1])
+        first_s, second_s = [], []
+        for _ in range(3):
+            for clicks_so_far, times in ((lesion, first_s), (second, second_s)):
+                t = time.perf_counter()
+                clickmodel.click_lesion(segmenter, refiner, image, spacing, clicks_so_far, method=method)
+                times.append(time.perf_counter() - t)
+        print(f"timing {method} on {case.name} {image.shape}: first click with model loading {cold:.2f} s; models "
+              f"loaded: click 1 {min(first_s):.2f} s, corrective click 2 {min(second_s):.2f} s (best of 3, "
+              f"{torch.get_num_threads()} threads)", flush=True)
 
 
-def summary(out: dict, n_clicks: int) -> None:
+def summary(out: dict, n_clicks: int, methods: Sequence[str]) -> None:
     for kind, rows in out.items():
-        if not rows:
-            continue
-        v = np.array(rows, dtype=float)
-        n = n_clicks
-        print(f"{kind}: {len(v)} lesions | ray grower click 1: coarse {v[:, 0].mean():.3f} refined {v[:, 1].mean():.3f} | "
-              f"model coarse after clicks 1..{n}: " + " ".join(f"{d:.3f}" for d in v[:, 2:2 + n].mean(0))
-              + f" | refined: " + " ".join(f"{d:.3f}" for d in v[:, 2 + n:2 + 2 * n].mean(0))
-              + f" | merges {int(v[:, -2].sum())}, leaks {int(v[:, -1].sum())}", flush=True)
+        if rows:
+            print(f"{kind}: {len(rows)} lesions | " + describe(np.array(rows, dtype=float), n_clicks, methods), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -147,15 +167,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-lits", action="store_true")
     parser.add_argument("--clicks", type=int, default=4)
     parser.add_argument("--weights", help="click model (default: the shipped one)")
+    parser.add_argument("--methods", default="model,hybrid", help="click methods to compare (model, hybrid)")
+    parser.add_argument("--correction-radius", type=float, default=clickmodel.CORRECTION_RADIUS_MM,
+                        help="hybrid: mm a correction reaches (tuned on phantoms 95000+ only)")
+    parser.add_argument("--growth-limit", type=float, default=clickmodel.GROWTH_LIMIT,
+                        help="hybrid: largest lesion volume, times its first-click volume")
+    parser.add_argument("--refine-reach", type=float, default=clickmodel.REFINE_REACH_MM,
+                        help="hybrid: mm the refiner may move the outline out of the coarse mask")
+    parser.add_argument("--no-intensity-guard", action="store_true", help="hybrid: corrections add any model voxel")
+    parser.add_argument("--first-click-switch", type=float, default=clickmodel.FIRST_CLICK_SWITCH,
+                        help="hybrid: click 1 takes the model's lesion when the grower's is this many times larger")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    clickmodel.CORRECTION_RADIUS_MM = args.correction_radius
+    clickmodel.GROWTH_LIMIT = args.growth_limit
+    clickmodel.REFINE_REACH_MM = args.refine_reach
+    clickmodel.INTENSITY_GUARD = not args.no_intensity_guard
+    clickmodel.FIRST_CLICK_SWITCH = args.first_click_switch
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clickmodel.ClickSegmenter(args.weights)
     refiner = Refiner(device="cpu")
+    methods = [m for m in args.methods.split(",") if m]
     out: dict = {"phantom": [], "real": []}
     for i in range(args.phantoms):
-        run_case(make_phantom(args.first_seed + i), segmenter, refiner, args.clicks, out)
+        run_case(make_phantom(args.first_seed + i), segmenter, refiner, args.clicks, methods, out)
     real = []
     if not args.no_real:
         from cases import real_cases
@@ -165,11 +201,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         except Exception as exc:  # the real cases' cache is not built, or LiTS 117 is not available
             print(f"real cases unavailable: {exc}", flush=True)
         for case in real:
-            run_case(case, segmenter, refiner, args.clicks, out)
-    summary(out, args.clicks)
+            run_case(case, segmenter, refiner, args.clicks, methods, out)
+    summary(out, args.clicks, methods)
     big = [c for c in real if c.image.array.shape[1:] == (512, 512)]
     if big:
-        timing(big[0], args.weights)
+        timing(big[0], args.weights, methods)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
     points in mm, or the same as a string ``"R,A,S;R,A,S"`` or a .mrk.json file.
     ``coarse_progress`` reports the coarse step's progress. ``report``: as in ``refine_files``.
     ``negative_seeds``: RAS points (or a string or file like ``seeds``) of leaks to keep out;
-    ``seed_method``: "auto", "rays" or "model" (see ``coarse.clicks.SEED_METHODS``)."""
+    ``seed_method``: "auto", "hybrid", "rays" or "model" (see ``coarse.clicks.SEED_METHODS``)."""
     pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta,
                               seg_weights=seg_weights, runtime=runtime)
     return pipeline.run_files(image_path, out_path, source=source, seeds=seeds, negative_seeds=negative_seeds,
@@ -84,8 +84,9 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
 
 def click_lesion(image: Volume, positive: Sequence[Point], negative: Sequence[Point] = (), *,
                  other_lesions: Sequence[Point] = (), refiner: Any = None, segmenter: Any = None) -> dict[str, Any]:
-    """One lesion from its clicks (RAS mm; the first positive click places its crop), by the click
-    model and then the refiner, on that lesion's crop only. A correction is the same call with
+    """One lesion from its clicks (RAS mm; the first positive click places its crop), by the hybrid
+    (the ray grower's lesion, corrected near each further click with the click model; see
+    ``coarse.clicks.hybrid_lesion``) and then the refiner, on that lesion's crop only. A correction is the same call with
     the previous clicks and one more (positive: add a missed part; negative: remove a leak);
     undo is the call without the last click. ``image``: an LPS-oriented CT (``load_ct``);
     ``other_lesions``: the first clicks of the other lesions, whose voxels this one never takes.

@@ -267,10 +267,10 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative-seeds", help="points outside the lesions whose tissue the coarse mask must leave out "
                                             "(a leak): \"R,A,S;R,A,S\" or a .mrk.json file; with --seeds (a seed "
                                             "file's points labelled \"neg...\" count as negative too)")
-    p.add_argument("--seed-method", choices=("auto", "rays", "model"), default="auto",
+    p.add_argument("--seed-method", choices=("auto", "hybrid", "rays", "model"), default="auto",
                    help="what grows each lesion from its seed: the ray grower (rays), the learned click model "
-                        "(model), or auto: the model when there are negative seeds, else the ray grower (it had the "
-                        "better one-click Dice on the real validation cases)")
+                        "(model), or hybrid (= auto): the ray grower's lesion, corrected near each negative seed by "
+                        "the model (the best in bench/clicks.py)")
     p.add_argument("--coarse-weights", help="coarse network file for --auto-coarse (default: the shipped one)")
     p.add_argument("--segment", metavar="NAME", help="segment of a DICOM SEG or .seg.nrrd --mask, by name "
                                                      "(case-insensitive) or number (default: its only segment)")

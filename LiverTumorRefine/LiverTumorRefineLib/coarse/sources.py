@@ -88,8 +88,9 @@ def make_coarse(source: str, image: Volume, *, seeds: Sequence[Sequence[float]] 
 
 def from_seeds(image: Volume, seeds: Sequence[Sequence[float]] | None,
                negative_seeds: Sequence[Sequence[float]] | None = None, method: str = "auto") -> Volume:
-    """A 0/1 coarse tumour mask from one RAS point (mm) per lesion, by the ray grower (``seeded``)
-    or the click model (``clicks``, which also takes ``negative_seeds``), as ``method`` says."""
+    """A 0/1 coarse tumour mask from one RAS point (mm) per lesion, by the ray grower (``seeded``),
+    the click model or the hybrid of both (``clicks``; these two also take ``negative_seeds``), as
+    ``method`` says."""
     from LiverTumorRefineLib.coarse import clicks
     from LiverTumorRefineLib.coarse.points import check_points, ras_to_voxels
     from LiverTumorRefineLib.coarse.seeded import grow_from_seeds
@@ -99,9 +100,11 @@ def from_seeds(image: Volume, seeds: Sequence[Sequence[float]] | None,
                           cli="The seeded coarse source needs at least one seed inside a lesion (--seeds).")
     voxels = ras_to_voxels(check_points([tuple(map(float, p)) for p in seeds]), image)
     negative = ras_to_voxels(check_points([tuple(map(float, p)) for p in negative_seeds or []]), image)
-    if clicks.seed_method(method, negative) == "model":
-        return image.with_array(clicks.coarse_from_clicks(image.array, image.spacing_zyx, voxels, negative).astype(np.uint8))
-    return image.with_array(grow_from_seeds(image.array, voxels, image.spacing_zyx).astype(np.uint8))
+    chosen = clicks.seed_method(method, negative)
+    if chosen == "rays":
+        return image.with_array(grow_from_seeds(image.array, voxels, image.spacing_zyx).astype(np.uint8))
+    return image.with_array(clicks.coarse_from_clicks(image.array, image.spacing_zyx, voxels, negative,
+                                                      method=chosen).astype(np.uint8))
 
 
 def automatic_labels(image: Volume, weights: str | os.PathLike | None = None, device: str = "auto",
