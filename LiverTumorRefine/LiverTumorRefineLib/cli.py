@@ -37,8 +37,8 @@ def _cmd_refine(args: argparse.Namespace) -> int:
                                            ("--workers", args.workers)) if value is not None]
     if batch_only:
         raise RefineError(f"{', '.join(batch_only)} go with --batch MANIFEST_OR_FOLDER.")
-    if args.image is None or args.out is None or not (args.mask or args.seeds or args.auto_coarse
-                                                      or args.totalsegmentator):
+    given = args.mask is not None or args.seeds is not None or args.auto_coarse or args.totalsegmentator
+    if args.image is None or args.out is None or not given:  # an empty --seeds '' is given, and refused later
         raise RefineError("refine needs --image, --out and one of --mask, --seeds, --auto-coarse, --totalsegmentator "
                           "(or --batch MANIFEST_OR_FOLDER --out-dir DIR for a dataset).")
     common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,

@@ -98,8 +98,8 @@ def from_seeds(image: Volume, seeds: Sequence[Sequence[float]] | None,
     if seeds is None or len(seeds) == 0:
         raise RefineError("No seed points: place one point inside each lesion, then try again.",
                           cli="The seeded coarse source needs at least one seed inside a lesion (--seeds).")
-    voxels = ras_to_voxels(check_points([tuple(map(float, p)) for p in seeds]), image)
-    negative = ras_to_voxels(check_points([tuple(map(float, p)) for p in negative_seeds or []]), image)
+    voxels = ras_to_voxels(check_points(list(seeds)), image)  # check_points names a malformed seed as given
+    negative = ras_to_voxels(check_points(list(negative_seeds or [])), image)
     chosen = clicks.seed_method(method, negative)
     if chosen == "rays":
         return image.with_array(grow_from_seeds(image.array, voxels, image.spacing_zyx).astype(np.uint8))
