@@ -17,6 +17,7 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
+from LiverTumorRefineGui.clickpanel import ClickPanel
 from LiverTumorRefineGui.dependencies import ensure_torch
 from LiverTumorRefineGui.lesionpanel import LesionReviewPanel
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
@@ -59,6 +60,8 @@ class LiverTumorRefineParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     coarseSource: Annotated[str, Choice(list(COARSE_SOURCES))] = "Existing segment"
     seedPoints: vtkMRMLMarkupsFiducialNode
+    negativePoints: vtkMRMLMarkupsFiducialNode
+    updateOnClick: bool = False
     segmentationNode: vtkMRMLSegmentationNode
     coarseSegmentId: str = ""
     truthSegmentationNode: vtkMRMLSegmentationNode
@@ -96,6 +99,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
         self.ui.progressBar.hide()
         self.lesionPanel = LesionReviewPanel(self.ui, self.logic)  # the "Lesion review" section
+        self.clickPanel = ClickPanel(lambda: self.onApplyButton(replace=True), lambda: self._job is not None)
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -104,6 +108,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.wait(5)
         self._timer.stop()
         self.lesionPanel.cleanup()
+        self.clickPanel.cleanup()
         self.removeObservers()
 
     def enter(self):
@@ -159,9 +164,13 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.lesionTableView.setMRMLTableNode(p.lesionTable)
             self.lesionPanel.update()
             self.ui.seedPlaceWidget.setCurrentNode(p.seedPoints)
+            self.ui.negativePlaceWidget.setCurrentNode(p.negativePoints)
             seeds = COARSE_SOURCES[p.coarseSource] == "seeds"
-            for widget in (self.ui.seedPointsLabel, self.ui.seedPointsSelector, self.ui.seedPlaceWidget):
+            for widget in (self.ui.seedPointsLabel, self.ui.seedPointsSelector, self.ui.seedPlaceWidget,
+                           self.ui.negativePointsLabel, self.ui.negativePointsSelector, self.ui.negativePlaceWidget,
+                           self.ui.updateOnClickCheckBox):
                 widget.visible = seeds
+            self.clickPanel.update(p.seedPoints, p.negativePoints, seeds and p.updateOnClick)
         finally:
             self._syncing = False
         if ((self.ui.coarseSegmentSelector.currentSegmentID() or "") != p.coarseSegmentId
@@ -204,7 +213,8 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                        "Choose the CT and the coarse segment (or the seed point list).")
         self.ui.openSegmentEditorButton.enabled = not running and self._refinedSegmentId() is not None
 
-    def onApplyButton(self):
+    def onApplyButton(self, replace=False):
+        """Apply (or Cancel); ``replace``: a corrective click, updating the seeded segments in place."""
         if self._job is not None:
             self._job.cancel()
             self.ui.statusLabel.text = "Cancelling..."
@@ -218,7 +228,9 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.WaitCursor():
                 self._job = self.logic.startRefine(p.inputVolume, p.segmentationNode, p.coarseSegmentId, truthNode,
                                                    p.truthSegmentId or None, DEVICES[p.device], p.outlinesOnly,
-                                                   COARSE_SOURCES[p.coarseSource], p.seedPoints)
+                                                   COARSE_SOURCES[p.coarseSource], p.seedPoints, p.negativePoints,
+                                                   p.coarseSegmentId if replace else None)
+            self.clickPanel.started()
         except Exception as exc:  # noqa: BLE001 - a RefineError or a bug: always a dialog, never only the console
             self._showError(exc)
             return
@@ -263,6 +275,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.segmentationNode, p.coarseSegmentId = result.segmentationNode, result.coarseSegmentId  # a new coarse one
         p.metricsTable = result.tableNode
         p.lesionTable = result.reviewTable  # the lesion review (LiverTumorRefineGui.lesionpanel)
+        self.clickPanel.finished(COARSE_SOURCES[p.coarseSource] == "seeds")
         slicer.util.setSliceViewerLayers(background=p.inputVolume, fit=False)
         summary = (f"Refined in {result.seconds['overall']:.1f} s on {result.device.upper()} "
                    f"({result.patches} boundary patches).")

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "LiverTumorRefine"
 SCANNED = [MODULE_DIR / "LiverTumorRefine.py", MODULE_DIR / "LiverTumorRefineLib" / "scene" / "logic.py",
            MODULE_DIR / "LiverTumorRefineLib" / "scene" / "lesions.py",
+           MODULE_DIR / "LiverTumorRefineLib" / "scene" / "clicks.py",
            *sorted((MODULE_DIR / "LiverTumorRefineGui").glob("*.py"))]
 # The shared test body runs in the in-Slicer self-test too: it must not use these either.
 SELF_TEST = MODULE_DIR / "Testing" / "Python" / "slicer_testing.py"
@@ -87,7 +88,8 @@ VERIFIED_5_8 = {
 NOT_SLICER = {"AllocateScalars", "GetDimensions", "GetElement", "GetItemAsObject", "GetNumberOfItems",
               "GetNumberOfPoints", "GetPointData", "GetScalars", "InsertNextValue", "Modified", "Multiply4x4",
               "MultiplyPoint", "SetDimensions", "TransformPoint", "UnRegister", "TemporaryDirectory", "QTimer", "IsA",
-              "WaitCursor", "Clear", "QShortcut", "QKeySequence", "SetExtent"}
+              "WaitCursor", "Clear", "QShortcut", "QKeySequence", "SetExtent",
+              "AddObserver", "RemoveObserver"}  # vtkObject
 # The Segment Editor effect "Refine boundary": its scene logic and its Qt file (the editor calls it
 # makes on its scriptedEffect are checked against 5.8.1 by Testing/test_effect.py).
 SCANNED += [MODULE_DIR / "LiverTumorRefineLib" / "scene" / "effect.py",
@@ -174,3 +176,14 @@ def test_verified_calls_are_in_slicer_5_8_sources():
         assert needle in wrapper, f"{needle!r} is not in {TAG}:{WRAPPER_FILE}"
     assert "return tag" not in wrapper.split("def _connectGui")[1].split("\ndef ")[0], \
         "connectGui returns a tag in 5.8 after all: the connect-once workaround may be revisited"
+
+
+@pytest.mark.skipif(_slicer_git() is None, reason=f"no Slicer git mirror with tag {TAG} (set SLICER_GIT_DIR)")
+def test_click_trigger_markups_events_are_in_slicer_5_8():
+    """The markups events the corrective-click trigger observes exist in 5.8.1 (also as Python
+    attributes of the headless slicer-core's class)."""
+    from LiverTumorRefineLib.scene.clicks import POINT_EVENTS
+
+    header = _show(_slicer_git(), MARKUPS)
+    for name in POINT_EVENTS:
+        assert re.search(rf"^\s*{name}[,\s=]", header, re.M), f"{name} is not an event of {TAG}:{MARKUPS}"

@@ -43,6 +43,10 @@ EXPECTED_CLASSES = {
     "seedPointsLabel": "QLabel",
     "seedPointsSelector": "qMRMLNodeComboBox",
     "seedPlaceWidget": "qSlicerMarkupsPlaceWidget",
+    "negativePointsLabel": "QLabel",
+    "negativePointsSelector": "qMRMLNodeComboBox",
+    "negativePlaceWidget": "qSlicerMarkupsPlaceWidget",
+    "updateOnClickCheckBox": "QCheckBox",
     "lesionTableView": "qMRMLTableView",
     "previousLesionButton": "QPushButton",
     "nextLesionButton": "QPushButton",
@@ -340,3 +344,25 @@ def test_new_coarse_segments_can_go_into_a_new_segmentation(ui, module_ast):
     start = [n for n in ast.walk(_method(module_ast, "onApplyButton"))
              if isinstance(n, ast.Call) and ast.unparse(n.func) == "self.logic.startRefine"]
     assert start and "COARSE_SOURCES[p.coarseSource]" in ast.unparse(start[0]) and "p.seedPoints" in ast.unparse(start[0])
+
+
+def test_negative_points_and_click_updates_are_bound(ui, module_ast):
+    """Issue 16: the negative list and "Update on each click" are parameters bound to their widgets,
+    shown only for the Seed points source; Apply passes the negative list, a click passes the seeded
+    coarse segment to replace; the click panel polls the headless-tested trigger."""
+    _, widgets = ui
+    for name, parameter in (("negativePointsSelector", "negativePoints"), ("updateOnClickCheckBox", "updateOnClick")):
+        assert widgets[name].find("property[@name='SlicerParameterName']/string").text == parameter
+    assert widgets["updateOnClickCheckBox"].find("property[@name='checked']") is None, "the option is off by default"
+    assert "updateOnClick: bool = False" in MODULE_PY.read_text()
+    start = [n for n in ast.walk(_method(module_ast, "onApplyButton"))
+             if isinstance(n, ast.Call) and ast.unparse(n.func) == "self.logic.startRefine"]
+    call = ast.unparse(start[0])
+    assert "p.negativePoints" in call and "p.coarseSegmentId if replace else None" in call
+    synced = ast.unparse(_method(module_ast, "_onParameterNodeModified"))
+    for name in ("negativePointsLabel", "negativePointsSelector", "negativePlaceWidget", "updateOnClickCheckBox"):
+        assert f"self.ui.{name}" in synced, f"{name} is not shown/hidden with the Seed points source"
+    assert "self.ui.negativePlaceWidget.setCurrentNode(p.negativePoints)" in synced
+    assert "self.clickPanel.update(p.seedPoints, p.negativePoints" in synced
+    panel = (GUI_DIR / "clickpanel.py").read_text()
+    assert "self.trigger.due(self.running())" in panel and "ClickTrigger()" in panel

@@ -9,7 +9,8 @@ on the CT's voxel grid (array order k, j, i) and ``job.json`` with their geometr
 conventions: LPS, spacing/origin in x, y, z, direction row-major) and the options:
 
     {"ct": "ct.npy", "geometry": {"spacing": [...], "origin": [...], "direction": [...]},
-     "coarse": {"source": "mask", "mask": "coarse.npy"}      # or "seeds" (+ "seeds_ras"),
+     "coarse": {"source": "mask", "mask": "coarse.npy"}      # or "seeds" (+ "seeds_ras",
+                                                            # optional "negative_seeds_ras"),
                                                             # "automatic", "totalsegmentator"
      "truth": "truth.npy" or null, "device": "auto", "weights": null, "seg_weights": null,
      "batch_size": 128, "refiner": {"tta": 8, "agreement": 0.5, "min_kept": 0.3}}
@@ -101,7 +102,9 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     coarse = None if made else ct.with_array(np.load(folder / job["coarse"]["mask"]))
     truth = np.load(folder / job["truth"]).astype(bool) if job.get("truth") else None
     seeds = job["coarse"].get("seeds_ras") if source == "seeds" else None
-    result = pipeline.run(ct, coarse, source=source, seeds=seeds, truth=truth, progress=part(progress, 0.0, _RUN_END))
+    negative = job["coarse"].get("negative_seeds_ras") if source == "seeds" else None
+    result = pipeline.run(ct, coarse, source=source, seeds=seeds, negative_seeds=negative, truth=truth,
+                          progress=part(progress, 0.0, _RUN_END))
     warning = hu_plausibility(ct.array)
     notes = ([warning] if warning else []) + result.notes
     report(progress, _RUN_END, "Writing the result")

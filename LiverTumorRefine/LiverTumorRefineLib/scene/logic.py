@@ -104,6 +104,7 @@ class RefineInputs:
     jobPath: Optional[Path] = None
     coarse: Optional[np.ndarray] = None  # the exported coarse and truth masks (CT grid), for the lesion review
     truth: Optional[np.ndarray] = None
+    replaceCoarseId: Optional[str] = None  # a made coarse segment to replace in place (corrective clicks)
 
 
 @dataclass
@@ -163,7 +164,8 @@ class LiverTumorRefineLogic(_LogicBase):
     # ---------------------------------------------------------------- one call
     def refine(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
                device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True,
-               coarseSource: str = "mask", seedsNode=None) -> LiverTumorRefineResult:
+               coarseSource: str = "mask", seedsNode=None, negativeSeedsNode=None,
+               replaceCoarseSegmentId: Optional[str] = None) -> LiverTumorRefineResult:
         """Refine ``coarseSegmentId`` of ``segmentationNode`` on the CT ``volumeNode`` (blocking, in
         this process).
 
@@ -171,11 +173,15 @@ class LiverTumorRefineLogic(_LogicBase):
         with a truth segment, fills the "LiverTumorRefine metrics" table. ``coarseSource`` "seeds"
         (``seedsNode``: one markups point per lesion), "automatic" or "totalsegmentator" first makes
         a new coarse segment (in ``segmentationNode``, or a new node when that is None or holds the
-        reference). ``progress(fraction, message)`` returning False cancels with
+        reference). With seed points, ``negativeSeedsNode`` (optional) holds points outside any
+        lesion (corrective clicks that remove a leak), and ``replaceCoarseSegmentId`` names an
+        earlier seeded coarse segment of ``segmentationNode`` to replace in place (same ID, no new
+        segment) instead of adding one. ``progress(fraction, message)`` returning False cancels with
         ``RefineCancelled``; the scene is then unchanged.
         """
         inputs = self.prepare(volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode, truthSegmentId,
-                              device, progress, outlinesOnly, coarseSource, seedsNode)
+                              device, progress, outlinesOnly, coarseSource, seedsNode, negativeSeedsNode,
+                              replaceCoarseSegmentId)
         try:
             weights = self.weights if _is_module(self.weights) else None
             worker.run_job(inputs.jobPath, part(progress, PREPARE_END, WORKER_END), weights=weights)
@@ -185,10 +191,11 @@ class LiverTumorRefineLogic(_LogicBase):
 
     def startRefine(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None,
                     truthSegmentId=None, device: str = "auto", outlinesOnly: bool = True, coarseSource: str = "mask",
-                    seedsNode=None) -> "RefineJob":
+                    seedsNode=None, negativeSeedsNode=None, replaceCoarseSegmentId: Optional[str] = None) -> "RefineJob":
         """Prepare on this (main) thread and start the worker process; see ``refine``."""
         inputs = self.prepare(volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode, truthSegmentId,
-                              device, None, outlinesOnly, coarseSource, seedsNode)
+                              device, None, outlinesOnly, coarseSource, seedsNode, negativeSeedsNode,
+                              replaceCoarseSegmentId)
         try:
             process = WorkerProcess(inputs.jobPath, self.pythonExecutable)
         except BaseException:
@@ -199,7 +206,8 @@ class LiverTumorRefineLogic(_LogicBase):
     # ---------------------------------------------------------------- phase 1: main thread, read only
     def prepare(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
                 device: str = "auto", progress: Progress | None = None, outlinesOnly: bool = True,
-                coarseSource: str = "mask", seedsNode=None) -> RefineInputs:
+                coarseSource: str = "mask", seedsNode=None, negativeSeedsNode=None,
+                replaceCoarseSegmentId: Optional[str] = None) -> RefineInputs:
         """Check the inputs and write the job folder; the scene is not changed."""
         slicer_module()  # a clear error outside Slicer
         report(progress, 0.0, "Reading the CT and the segments")
@@ -226,7 +234,11 @@ class LiverTumorRefineLogic(_LogicBase):
                                   "segment as reference.")
             if made and truthSegmentationNode is segmentationNode:
                 segmentationNode = None  # a made coarse segment never goes into the reference segmentation
-        seeds = self.seedPoints(seedsNode, volumeNode) if coarseSource == "seeds" else None
+        seeds = negative = None
+        if coarseSource == "seeds":
+            seeds = self.seedPoints(seedsNode, volumeNode)
+            negative = self.seedPoints(negativeSeedsNode, volumeNode, required=False) if negativeSeedsNode else []
+        replaceId = self.replaceableCoarseSegmentId(segmentationNode, replaceCoarseSegmentId) if made else None
 
         image = _ct_array(volumeNode)
         coarse = None
@@ -242,10 +254,13 @@ class LiverTumorRefineLogic(_LogicBase):
                 raise RefineError(f"The reference (truth) segment '{truthName}' lies outside the CT "
                                   f"'{volumeNode.GetName()}': check that it belongs to this CT.")
         inputs = RefineInputs(volumeNode, segmentationNode, coarseSegmentId, coarseName, truthSegmentationNode,
-                              truthSegmentId, device, outlinesOnly, coarseSource, coarse=coarse, truth=truth)
+                              truthSegmentId, device, outlinesOnly, coarseSource, coarse=coarse, truth=truth,
+                              replaceCoarseId=replaceId)
         inputs.folder = Path(tempfile.mkdtemp(prefix=JOB_FOLDER_PREFIX))
         try:
-            source = {"source": coarseSource, **({"seeds_ras": seeds} if seeds is not None else {})}
+            source = {"source": coarseSource}
+            if seeds is not None:
+                source.update(seeds_ras=seeds, negative_seeds_ras=negative)
             inputs.jobPath = worker.write_job(inputs.folder, image, volume_geometry(volumeNode), source, coarse, truth,
                                               device=device, weights=self._weightsFile(), seg_weights=self.segWeights,
                                               batch_size=self.batchSize, refiner=self.refinerOptions)
@@ -297,6 +312,15 @@ class LiverTumorRefineLogic(_LogicBase):
             return ""
         return segmentId if segmentationNode.GetSegmentation().GetSegment(segmentId) is not None else ""
 
+    def replaceableCoarseSegmentId(self, segmentationNode, segmentId: Optional[str]) -> Optional[str]:
+        """``segmentId`` when it is a coarse segment this module made in ``segmentationNode`` (its
+        name starts with a made source's segment name), else None: a user's own segment is never
+        replaced."""
+        if not self.validSegmentId(segmentationNode, segmentId):
+            return None
+        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        return segmentId if any(name.startswith(made) for made in COARSE_SEGMENT_NAMES.values()) else None
+
     def canRefine(self, volumeNode, coarseSource: str, segmentationNode, coarseSegmentId: Optional[str],
                   seedsNode=None) -> bool:
         """Whether the inputs are complete enough to press Apply (the checks of ``prepare`` come later)."""
@@ -317,13 +341,16 @@ class LiverTumorRefineLogic(_LogicBase):
                 if seedsNode.GetNthControlPointPositionStatus(n) == defined]
 
     @classmethod
-    def seedPoints(cls, seedsNode, volumeNode) -> list[tuple[float, float, float]]:
+    def seedPoints(cls, seedsNode, volumeNode, required: bool = True) -> list[tuple[float, float, float]]:
         """The defined control points of a markups node as RAS points in ``volumeNode``'s own
-        (untransformed) space; a point outside the CT is an error naming it."""
+        (untransformed) space; a point outside the CT is an error naming it. ``required``: no
+        defined point is an error (the positive list), else an empty list (the negative one)."""
         slicer = slicer_module()
         import vtk
 
         indices = [] if seedsNode is None else cls.definedPointIndices(seedsNode)
+        if not indices and not required:
+            return []
         if not indices:
             raise RefineError("No seed points: place one point inside each lesion (Markups point list), then try again.")
         worldToVolume = vtk.vtkGeneralTransform()
@@ -369,7 +396,10 @@ class LiverTumorRefineLogic(_LogicBase):
                            (inputs.truthSegmentationNode, "reference segmentation")):
             if node is not None and node.GetScene() is None:
                 raise RefineError(f"The {what} was closed while refining: nothing was added.")
-        if outcome.coarse is not None:
+        if outcome.coarse is not None and inputs.replaceCoarseId is not None:
+            inputs.coarseSegmentId, inputs.coarseName = self._replaceCoarseSegment(
+                inputs.volumeNode, inputs.segmentationNode, outcome.coarse, inputs.replaceCoarseId)
+        elif outcome.coarse is not None:
             inputs.segmentationNode, inputs.coarseSegmentId, inputs.coarseName = self._addCoarseSegment(
                 inputs.volumeNode, inputs.segmentationNode, outcome.coarse, inputs.coarseName)
         segmentationNode = inputs.segmentationNode
@@ -417,6 +447,17 @@ class LiverTumorRefineLogic(_LogicBase):
         segmentation.AddSegment(segment, segmentId)
         segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
         return segmentationNode, segmentId, unique
+
+    @staticmethod
+    def _replaceCoarseSegment(volumeNode, segmentationNode, mask: np.ndarray, segmentId: str) -> tuple[str, str]:
+        """Put ``mask`` in place of the made coarse segment ``segmentId`` (same ID, name and
+        position in the list: a corrective click updates it); (ID, name)."""
+        segmentation = segmentationNode.GetSegmentation()
+        if segmentation.GetSegment(segmentId) is None:
+            raise RefineError("The seeded coarse segment was deleted while refining: nothing was changed.")
+        name = segmentation.GetSegment(segmentId).GetName()
+        segment = tumour_segment(name, COARSE_COLOR, oriented_image_from_mask(mask, volumeNode, segmentationNode))
+        return _put_segment(segmentationNode, segment, segmentId, COARSE_COLOR), name
 
     def findRefinedSegmentId(self, segmentationNode, coarseSegmentId: str) -> Optional[str]:
         """ID of the segment an earlier run made from ``coarseSegmentId``, or None."""

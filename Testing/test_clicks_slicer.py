@@ -1,0 +1,151 @@
+"""Corrective clicks in the Slicer module (issue 16), headless on the PyPI ``slicer-core``.
+
+Negative points reach the worker and change the seeded coarse mask; a corrective run replaces the
+seeded segments in place (``slicer_testing.check_negative_clicks``, also run by the in-Slicer
+self-test). ``scene.clicks.ClickTrigger`` (the "Update on each click" decision: markups events,
+debounce, one job at a time) is driven by real markups events on a real markups node, with a
+clock the test advances.
+"""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
+
+import slicer_testing as st  # noqa: E402
+from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+from LiverTumorRefineLib.scene.clicks import ClickTrigger  # noqa: E402
+
+REFINER_OPTIONS = {"min_kept": 0.0}  # as test_logic: lets the test model's refinement through
+
+
+@pytest.fixture
+def app():
+    return st.make_app()
+
+
+@pytest.fixture(scope="module")
+def logic(trained_model):
+    return ltr.LiverTumorRefineLogic(weights=trained_model, refinerOptions=REFINER_OPTIONS)
+
+
+def test_negative_click_reaches_the_worker_and_replaces_segments_in_place(app, logic):
+    masks = st.check_negative_clicks(app.scene, logic, st.build_scene_case(app.scene, st.synthetic_case(2)))
+    removed = masks["positive_only"] & ~masks["with_negative"]
+    assert removed.any()
+
+
+def test_negative_points_outside_the_ct_are_an_error_and_the_scene_is_unchanged(app, logic):
+    sc = st.build_scene_case(app.scene, st.synthetic_case(0))
+    positive = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
+    positive.AddControlPoint([float(v) for v in (sc.matrix @ [40, 40, 12, 1.0])[:3]])
+    negative = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "negative")
+    negative.AddControlPoint([900.0, 900.0, 900.0])
+    negative.SetNthControlPointLabel(0, "far leak")
+    snapshot = st.scene_snapshot(app.scene)
+    st.expect_error(lambda: logic.refine(sc.volumeNode, sc.segmentationNode, "", device="cpu", coarseSource="seeds",
+                                         seedsNode=positive, negativeSeedsNode=negative), "'far leak' lies outside the CT")
+    st.assert_same_scene(snapshot, st.scene_snapshot(app.scene), "after a negative point outside the CT")
+
+
+def test_a_users_own_segment_is_never_replaced(app, logic):
+    sc = st.build_scene_case(app.scene, st.synthetic_case(0))
+    assert logic.replaceableCoarseSegmentId(sc.segmentationNode, sc.coarseId) is None  # "Tumour", drawn by the user
+    assert logic.replaceableCoarseSegmentId(sc.segmentationNode, "no such segment") is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def trigger(app):
+    clock = Clock()
+    positive = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
+    negative = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "negative")
+    positive.AddControlPoint([1.0, 2.0, 3.0])
+    t = ClickTrigger(delay=0.4, clock=clock)
+    t.observe(positive, negative)
+    t.enabled = True
+    t.markRun()  # the seeded job ran with one point ...
+    t.armed = True  # ... and gave a result
+    yield t, clock, positive, negative
+    t.stop()
+
+
+def test_click_runs_once_after_the_debounce_delay(trigger):
+    t, clock, positive, negative = trigger
+    assert not t.due(running=False), "nothing changed"
+    negative.AddControlPoint([4.0, 5.0, 6.0])  # PointPositionDefinedEvent, PointModifiedEvent
+    assert t.pending
+    clock.now += 0.2
+    assert not t.due(running=False), "ran before the delay"
+    negative.SetNthControlPointPosition(0, 4.0, 5.5, 6.0)  # dragged on: the delay starts again
+    clock.now += 0.3
+    assert not t.due(running=False), "a drag restarts the delay"
+    clock.now += 0.2
+    assert t.due(running=False)
+    assert not t.due(running=False), "one run per change"
+
+
+def test_click_while_a_job_runs_waits_for_it(trigger):
+    t, clock, positive, _ = trigger
+    positive.AddControlPoint([7.0, 8.0, 9.0])
+    clock.now += 1.0
+    assert not t.due(running=True) and t.pending, "started a second job"
+    assert t.due(running=False), "the click was lost after the job finished"
+
+
+def test_deleting_the_last_point_undoes_one_click(trigger):
+    t, clock, positive, _ = trigger
+    positive.AddControlPoint([7.0, 8.0, 9.0])
+    clock.now += 1.0
+    assert t.due(running=False)
+    positive.RemoveNthControlPoint(1)  # markups' own delete/undo: PointRemovedEvent
+    clock.now += 1.0
+    assert t.due(running=False), "deleting the last click did not update"
+    assert t.snapshot()[0] == ((1.0, 2.0, 3.0),)
+
+
+def test_nothing_runs_when_the_defined_points_did_not_change(trigger):
+    t, clock, positive, negative = trigger
+    preview = negative.AddControlPoint([4.0, 5.0, 6.0])
+    negative.SetNthControlPointPosition(preview, 4.0, 5.0, 6.0, st.slicer_position_status("PositionPreview"))
+    clock.now += 1.0
+    assert not t.due(running=False), "a point being placed (preview) started a run"
+    positive.SetNthControlPointPosition(0, 1.0, 2.0, 3.0)  # "moved" to where it was
+    clock.now += 1.0
+    assert not t.due(running=False)
+    positive.RemoveNthControlPoint(0)  # no positive point left: nothing to refine
+    clock.now += 1.0
+    assert not t.due(running=False)
+
+
+def test_off_or_unarmed_ignores_clicks(trigger):
+    t, clock, positive, _ = trigger
+    t.enabled = False
+    positive.AddControlPoint([7.0, 8.0, 9.0])
+    clock.now += 1.0
+    assert not t.pending and not t.due(running=False)
+    t.enabled, t.armed = True, False  # no seeded result yet (Apply first)
+    positive.AddControlPoint([9.0, 8.0, 7.0])
+    assert not t.pending
+
+
+def test_stop_and_observe_other_lists(app, trigger):
+    t, clock, positive, _ = trigger
+    other = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "other")
+    t.observe(other, None)
+    positive.AddControlPoint([7.0, 8.0, 9.0])
+    assert not t.pending, "the old list is still observed"
+    other.AddControlPoint([3.0, 3.0, 3.0])
+    assert t.pending
+    t.stop()
+    clock.now += 1.0
+    assert not t.due(running=False)
+    other.AddControlPoint([4.0, 3.0, 3.0])
+    assert not t.pending
