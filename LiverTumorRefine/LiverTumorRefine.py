@@ -121,6 +121,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event):
         if self._job is not None:
             self._job.cancel()  # its nodes are going away: finish() will not write
+        self.clickPanel.cleanup()  # so are the point lists it watches and the result clicks would update
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):

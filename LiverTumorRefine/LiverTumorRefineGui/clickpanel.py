@@ -44,5 +44,7 @@ class ClickPanel:
             self.start()
 
     def cleanup(self) -> None:
+        """Stop polling and watching; the next seeded result arms it again."""
         self.timer.stop()
         self.trigger.stop()
+        self.trigger.armed = False
