@@ -66,7 +66,8 @@ def make_coarse(source: str, image: Volume, *, seeds: Sequence[Sequence[float]] 
     back to the CPU with a note in ``notes``."""
     name = source_named(source).name
     notes = notes if notes is not None else []
-    report(progress, 0.0, "Making the coarse mask")
+    if name != "automatic":  # the automatic network reports its own stages from 0
+        report(progress, 0.0, "Making the coarse mask")
     if name == "mask":
         raise RefineError("The coarse source 'mask' makes nothing: give the coarse mask itself.")
     if name == "seeds":

@@ -445,11 +445,24 @@ def check_cancel_leaves_scene_unchanged(scene, logic, sc: SceneCase) -> None:
         "before writing": cancel_when(lambda f, m: "Adding the refined segment" in m),
     }
     import glob
+    import shutil
     import tempfile
 
     def job_folders():
         return set(glob.glob(os.path.join(tempfile.gettempdir(), ltr.JOB_FOLDER_PREFIX + "*")))
 
+    # Job folders go to a temporary folder of this check's own, so that other programs' jobs in the
+    # shared temporary folder cannot look like ours.
+    shared, tempfile.tempdir = tempfile.tempdir, tempfile.mkdtemp(prefix="ltr-cancel-check-")
+    try:
+        _cancel_rounds(scene, logic, sc, points, job_folders)
+    finally:
+        shutil.rmtree(tempfile.tempdir, ignore_errors=True)
+        tempfile.tempdir = shared
+
+
+def _cancel_rounds(scene, logic, sc: SceneCase, points, job_folders) -> None:
+    """``check_cancel_leaves_scene_unchanged``'s rounds: on a fresh scene, then after a first run."""
     for rounds in ("fresh scene", "after a first run"):
         before, folders = scene_snapshot(scene), job_folders()
         for label, progress in points.items():
