@@ -214,3 +214,20 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path, monkeypatch) -> 
 def test_write_into_missing_folder_raises(tmp_path) -> None:
     with pytest.raises(RefineError, match="does not exist"):
         overlay.write_png(np.zeros((2, 2, 3), dtype=np.uint8), tmp_path / "missing" / "figure.png")
+
+
+def test_every_character_the_qa_captions_use_has_a_glyph():
+    """A flag mark drawn as "?" once hid what a qa tile flags: every caption character is in the font."""
+    from LiverTumorRefineLib.evaluate.qa import tile_caption
+    from LiverTumorRefineLib.evaluate.review import FLAG_DIAMETER, FLAG_MEASURABLE
+
+    unknown = bitmapfont.text_mask("?", 1)
+    row = type("Row", (), {})()
+    for name, value in dict(lesion=3, first_slice=4, last_slice=9, coarse_ml=1.25, refined_ml=1.5,
+                            coarse_diameter_mm=9.5, refined_diameter_mm=12.5, coarse_dice=0.7, refined_dice=0.8,
+                            confidence=0.9, status="refined", flags=[FLAG_DIAMETER, FLAG_MEASURABLE]).items():
+        setattr(row, name, value)
+    lines = tile_caption(row)
+    assert "!" in lines[-1]
+    for character in set("".join(lines)) - {"?", " "}:
+        assert not np.array_equal(bitmapfont.text_mask(character, 1), unknown), f"no glyph for {character!r}"

@@ -63,6 +63,7 @@ _GLYPHS = {
     "'": "00100 00100 01000 00000 00000 00000 00000",
     '#': "01010 01010 11111 01010 11111 01010 01010",
     '?': "01110 10001 00001 00010 00100 00000 00100",
+    '!': "00100 00100 00100 00100 00100 00000 00100",  # the qa tiles' flag mark
 }
 _BITMAPS = {ch: np.array([[c == "1" for c in row] for row in rows.split()], dtype=bool) for ch, rows in _GLYPHS.items()}
 _BITMAPS[" "] = np.zeros((GLYPH_ROWS, GLYPH_COLS), dtype=bool)
