@@ -256,3 +256,21 @@ def test_batch_flags_need_their_partners(data, capsys):
 def test_an_empty_folder_is_refused_with_the_names_it_expects(tmp_path):
     with pytest.raises(RefineError, match="No cases found .* NAME_ct.nii.gz and NAME_coarse.nii.gz"):
         batch.load_cases(tmp_path, tmp_path / "out")
+
+
+def test_runtime_reaches_every_case_and_does_not_redo_finished_ones(data, tmp_path, monkeypatch):
+    """--runtime goes to each case's refinement; like --device it changes speed, not the output's
+    identity, so a finished case is not redone under another runtime."""
+    seen: list[str] = []
+    real = api.refine_files
+
+    def recording(image, *args, **kwargs):
+        seen.append(kwargs["runtime"])
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(api, "refine_files", recording)
+    source = manifest(data / "runtime.csv", plain_rows()[:1])
+    assert refine_batch(data, source, tmp_path / "out", "--runtime", "torch") == 0
+    assert seen == ["torch"]
+    assert refine_batch(data, source, tmp_path / "out", "--runtime", "auto") == 0
+    assert seen == ["torch"], "a finished case was redone because only the runtime changed"

@@ -80,10 +80,12 @@ class BatchSettings:
     tta: int = TTA
     label: Optional[int] = None
     segment: Optional[str] = None
+    runtime: str = "auto"
 
     def identity(self) -> dict[str, Any]:
-        """What the output depends on (not device or batch size): a finished case made with other
-        values is not the output this run would make."""
+        """What the output depends on (not device, batch size or runtime, which change the speed,
+        not what the output is): a finished case made with other values is not the output this run
+        would make."""
         weights = str(Path(self.weights).resolve()) if self.weights else None
         return {"weights": weights, "min_kept": self.min_kept, "tta": self.tta, "label": self.label,
                 "segment": self.segment}
@@ -364,7 +366,7 @@ def refine_case(case: BatchCase, settings: BatchSettings, overwrite: bool) -> Ca
             stats = api.refine_files(case.image, case.mask, case.out, label=settings.label, device=settings.device,
                                      weights=settings.weights, batch_size=settings.batch_size,
                                      min_kept=settings.min_kept, tta=settings.tta, segment=settings.segment,
-                                     force=overwrite)
+                                     runtime=settings.runtime, force=overwrite)
             result.patches, result.voxels_changed = int(stats["patches"]), int(stats["voxels_changed"])
             if case.truth is not None:
                 _score(case, settings, result)

@@ -92,7 +92,8 @@ def _cmd_refine_batch(args: argparse.Namespace) -> int:
     if args.out_dir is None:
         raise RefineError("--batch needs --out-dir DIR: the folder for the refined masks and the batch summary.")
     settings = batch.BatchSettings(weights=args.weights, device=args.device, batch_size=args.batch_size,
-                                   min_kept=args.min_kept, tta=args.tta, label=args.label, segment=args.segment)
+                                   min_kept=args.min_kept, tta=args.tta, label=args.label, segment=args.segment,
+                                   runtime=args.runtime)
     shard = batch.parse_shard(args.shard) if args.shard is not None else (0, 1)
     report = batch.run_batch(args.batch, args.out_dir, settings, shard, 1 if args.workers is None else args.workers,
                              args.force, log=lambda line: print(line, flush=True))
