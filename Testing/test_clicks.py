@@ -215,6 +215,14 @@ def test_hybrid_first_click_is_the_ray_growers_lesion():
     assert np.array_equal(lesion.paste(truth.shape), grown)
 
 
+def test_first_click_switch_needs_a_model_lesion_that_is_not_tiny(monkeypatch):
+    monkeypatch.setattr(clicks, "FIRST_CLICK_MIN_MM", 10.0)  # a 10 mm sphere: 524 mm3
+    assert not clicks.not_tiny(ball((10, 20, 20), (5, 10, 10), 4.5), SPACING)  # about 380 mm3
+    assert clicks.not_tiny(ball((10, 20, 20), (5, 10, 10), 5.5), SPACING)  # about 700 mm3
+    halved = tuple(s / 2 for s in SPACING)
+    assert not clicks.not_tiny(ball((10, 20, 20), (5, 10, 10), 5.5), halved)  # same voxels, 1/8 the volume
+
+
 def test_hybrid_positive_correction_adds_only_near_its_click():
     image, first, _, a = two_lesions(gap_mm=10.0)
     segmenter = clicks.shipped_segmenter()

@@ -12,8 +12,8 @@ model alone, "hybrid" the ray grower's lesion corrected near each click with the
 (``clicks.hybrid_lesion``). Lesion Dice is against that lesion alone (a neighbour it takes counts
 against it). The ray grower (``seeded``) alone gets click 1 only. Cases: held-out phantoms
 (seeds 90000+; the hybrid's constants were chosen on seeds 95000+ with --first-seed 95000 and
-the --correction-radius, --growth-limit, --refine-reach, --first-click-switch and --no-intensity-guard
-options) and
+the --correction-radius, --growth-limit, --refine-reach, --first-click-switch, --first-click-min-mm
+and --no-intensity-guard options) and
 the real validation cases (``realct_1720``, ``realct_mip10`` from bench/realct.py's cache, LiTS
 117). Timing: click 1 and a corrective click on a 512x512 CT with the models loaded, and the
 first click including both models' loading. Merges: a lesion's result covering more than 10% of
@@ -177,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-intensity-guard", action="store_true", help="hybrid: corrections add any model voxel")
     parser.add_argument("--first-click-switch", type=float, default=clickmodel.FIRST_CLICK_SWITCH,
                         help="hybrid: click 1 takes the model's lesion when the grower's is this many times larger")
+    parser.add_argument("--first-click-min-mm", type=float, default=clickmodel.FIRST_CLICK_MIN_MM,
+                        help="hybrid: the switch needs the model's lesion to be at least this sphere diameter")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     clickmodel.CORRECTION_RADIUS_MM = args.correction_radius
@@ -184,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     clickmodel.REFINE_REACH_MM = args.refine_reach
     clickmodel.INTENSITY_GUARD = not args.no_intensity_guard
     clickmodel.FIRST_CLICK_SWITCH = args.first_click_switch
+    clickmodel.FIRST_CLICK_MIN_MM = args.first_click_min_mm
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clickmodel.ClickSegmenter(args.weights)
