@@ -26,7 +26,6 @@ import numpy as np
 
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic, RefineInputs, RefineJob, export_segment_mask
-from LiverTumorRefineLib.scene.workerprocess import WorkerProcess
 
 
 @dataclass
@@ -73,12 +72,7 @@ def start_segment_refine(logic: LiverTumorRefineLogic, volumeNode, segmentationN
     if volumeNode is None:
         raise RefineError("No source volume is selected in the Segment Editor: choose the CT as source volume.")
     inputs = logic.prepare(volumeNode, segmentationNode, segmentId, device=device)
-    try:
-        process = WorkerProcess(inputs.jobPath, logic.pythonExecutable)
-    except BaseException:
-        logic.cleanup(inputs)
-        raise
-    return SegmentRefineJob(logic, inputs, process)
+    return SegmentRefineJob(logic, inputs, logic.startWorker(inputs))
 
 
 def segment_refinement(inputs: RefineInputs, mask: np.ndarray, referenceImage, stats: dict[str, Any],

@@ -196,12 +196,15 @@ class LiverTumorRefineLogic(_LogicBase):
         inputs = self.prepare(volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode, truthSegmentId,
                               device, None, outlinesOnly, coarseSource, seedsNode, negativeSeedsNode,
                               replaceCoarseSegmentId)
+        return RefineJob(self, inputs, self.startWorker(inputs))
+
+    def startWorker(self, inputs: RefineInputs) -> WorkerProcess:
+        """The worker process for a prepared job; the job folder is removed if it cannot start."""
         try:
-            process = WorkerProcess(inputs.jobPath, self.pythonExecutable)
+            return WorkerProcess(inputs.jobPath, self.pythonExecutable)
         except BaseException:
             self.cleanup(inputs)
             raise
-        return RefineJob(self, inputs, process)
 
     # ---------------------------------------------------------------- phase 1: main thread, read only
     def prepare(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
