@@ -243,17 +243,6 @@ def test_only_the_editable_area_changes(slicer_modules, run, setting):
         assert np.array_equal(after[name], ed.masks[name]), name
 
 
-
-def vtk_matrix(m: np.ndarray):
-    import vtk
-
-    out = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            out.SetElement(r, c, float(m[r, c]))
-    return out
-
-
 def test_result_on_an_oversampled_segmentation_grid(slicer_modules, run):
     """A segmentation with twice the CT's resolution (Slicer's oversampling: half the spacing,
     origin a quarter CT voxel back): each CT voxel becomes 2x2x2 voxels of the refinement."""
@@ -265,7 +254,7 @@ def test_result_on_an_oversampled_segmentation_grid(slicer_modules, run):
     fineMatrix[:3, :3] /= 2
     fineMatrix[:3, 3] -= fineMatrix[:3, :3].sum(axis=1) / 2  # a quarter CT voxel along each axis
     fine = slicer.vtkOrientedImageData()
-    fine.SetImageToWorldMatrix(vtk_matrix(fineMatrix))
+    fine.SetImageToWorldMatrix(m.st.vtk_matrix(fineMatrix))
     shape = case.coarse.shape
     fine.SetExtent(0, 2 * shape[2] - 1, 0, 2 * shape[1] - 1, 0, 2 * shape[0] - 1)
     labelmap = m.effect.refined_labelmap(run.refinement.mask, ed.volume, ed.node, fine)
@@ -283,7 +272,7 @@ def test_result_follows_the_segmentation_transform(slicer_modules, run):
     transform = ed.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     shift = np.eye(4)
     shift[0, 3] = run.case.spacing_zyx[2]
-    transform.SetMatrixTransformToParent(vtk_matrix(shift))
+    transform.SetMatrixTransformToParent(m.st.vtk_matrix(shift))
     ed.node.SetAndObserveTransformNodeID(transform.GetID())
     try:
         labelmap = m.effect.refined_labelmap(run.refinement.mask, ed.volume, ed.node,

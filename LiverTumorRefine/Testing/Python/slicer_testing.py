@@ -107,7 +107,8 @@ def ijk_to_ras(spacing_zyx, origin_ras, directions=LPS_ALIGNED_DIRECTIONS) -> np
     return m
 
 
-def _vtk_matrix(m: np.ndarray):
+def vtk_matrix(m: np.ndarray):
+    """A vtkMatrix4x4 holding the 4x4 numpy matrix ``m``."""
     import vtk
 
     out = vtk.vtkMatrix4x4()
@@ -123,7 +124,7 @@ def add_ct(scene, image: np.ndarray, matrix: np.ndarray, name: str = "CT"):
 
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     slicer.util.updateVolumeFromArray(node, np.round(image).astype(np.int16))
-    node.SetIJKToRASMatrix(_vtk_matrix(matrix))
+    node.SetIJKToRASMatrix(vtk_matrix(matrix))
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     display.SetAutoWindowLevel(False)
@@ -141,7 +142,7 @@ def add_segment(segmentationNode, mask: np.ndarray, name: str, color, matrix: np
     image.SetDimensions(mask.shape[2], mask.shape[1], mask.shape[0])
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(mask, dtype=np.uint8).ravel()
-    image.SetImageToWorldMatrix(_vtk_matrix(matrix))
+    image.SetImageToWorldMatrix(vtk_matrix(matrix))
     segment = slicer.vtkSegment()
     segment.SetName(name)
     segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), image)
