@@ -4,7 +4,6 @@ Thin Slicer module: the GUI (the lesion review section in ``LiverTumorRefineGui`
 ``LiverTumorRefineLib.scene``, the engine the rest of ``LiverTumorRefineLib``. The coarse step and the
 refinement run in a worker process (``RefineJob``) polled by a 100 ms timer; Cancel ends it.
 """
-import logging
 import os
 import sys
 from typing import Annotated
@@ -20,7 +19,8 @@ from slicer.util import VTKObservationMixin
 from LiverTumorRefineGui.clickpanel import ClickPanel
 from LiverTumorRefineGui.dependencies import ensure_torch
 from LiverTumorRefineGui.lesionpanel import LesionReviewPanel
-from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineGui.messages import error_message
+from LiverTumorRefineLib.errors import RefineCancelled
 from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic  # noqa: F401  (Slicer finds <Module>Logic here)
 
 DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
@@ -263,11 +263,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def _showError(self, exc):
-        if isinstance(exc, RefineError):
-            message = str(exc)
-        else:  # a bug: keep the traceback in the log
-            logging.exception("LiverTumorRefine failed")
-            message = f"Refinement failed unexpectedly: {exc}\nDetails are in the Python console."
+        message = error_message(exc, "LiverTumorRefine")
         self.ui.statusLabel.text = message
         slicer.util.errorDisplay(message, windowTitle="Liver Tumor Refine")
 

@@ -5,7 +5,6 @@ Only the Qt part lives here (options, progress, the editor's undo and write call
 process, tested headless. The refinement runs in that process and a timer polls it, so the
 application stays responsive and Cancel works at any time.
 """
-import logging
 import os
 
 import qt
@@ -13,6 +12,7 @@ import qt
 import slicer
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+from LiverTumorRefineGui.messages import error_message
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.scene.effect import start_segment_refine, summary
 from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic
@@ -173,10 +173,6 @@ class SegmentEditorRefineBoundaryEffect(AbstractScriptedSegmentEditorEffect):
             slicer.util.warningDisplay("\n".join(refinement.notes), windowTitle=TITLE)
 
     def showError(self, exc):
-        if isinstance(exc, RefineError):
-            message = str(exc)
-        else:  # a bug: keep the traceback in the log
-            logging.exception("Refine boundary failed")
-            message = f"Refinement failed unexpectedly: {exc}\nDetails are in the Python console."
+        message = error_message(exc, "Refine boundary")
         self.statusLabel.text = message
         slicer.util.errorDisplay(message, windowTitle=TITLE)
