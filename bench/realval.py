@@ -62,7 +62,7 @@ def parse_setting(spec: str) -> tuple[str, dict]:
     options = {}
     for item in filter(None, rest.split(",")):
         key, value = item.split("=")
-        options[key] = int(value) if key == "tta" else value if key in ("shrink", "normalise") else float(value)
+        options[key] = int(value) if key == "tta" else value if key in ("shrink", "normalise", "runtime") else float(value)
     return name, options
 
 
