@@ -107,6 +107,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
             self._job.wait(5)
         self._timer.stop()
+        self.logic.stopWorker()
         self.lesionPanel.cleanup()
         self.clickPanel.cleanup()
         self.removeObservers()

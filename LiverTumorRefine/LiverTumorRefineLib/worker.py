@@ -1,6 +1,7 @@
 """The engine's worker: one job folder in, a coarse (optional) and a refined mask out.
 
-    python -m LiverTumorRefineLib.worker --job /tmp/xyz/job.json
+    python -m LiverTumorRefineLib.worker --serve               # the Slicer module's long-lived worker
+    python -m LiverTumorRefineLib.worker --job /tmp/xyz/job.json   # one job (by hand, for debugging)
 
 The Slicer module starts it with Slicer's own Python (``PythonSlicer``) so that the slow work runs
 in its own process: Slicer's main thread holds the GIL while it idles, so a worker *thread* would
@@ -21,17 +22,27 @@ It writes ``refined.npy`` (uint8 0/1), ``coarse_out.npy`` for a coarse mask it m
 object per line: ``{"progress": f, "message": m}``, then ``{"done": "result.json"}`` or
 ``{"error": m, "kind": k}``. Exit status: 0 done, 2 a user error (``RefineError``), 3 out of
 memory, 1 a bug (traceback on stderr). ``run_job`` is the same work in-process.
+
+``--serve`` keeps the process, its imports and its loaded models between jobs, so that a
+corrective click costs the work, not a new Python with torch and three models: it reads one
+``{"job": "/path/job.json"}`` line per job on stdin and answers as above, each record with that
+``"job"`` added (first ``{"job": ..., "started": true}``). It ends at the end of stdin, after
+``--idle-exit`` seconds without a job (first printing ``{"exit": "idle"}``; a job already on its
+way then gets no ``started``, so the caller sends it again to a new worker), or after running out
+of memory. A user error or a bug ends only that job.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import queue
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterable, TextIO
 
 import numpy as np
 
@@ -46,6 +57,7 @@ REFINED_FILE = "refined.npy"
 COARSE_OUT_FILE = "coarse_out.npy"
 UNCERTAIN_FILE = "uncertain.npy"  # where the augmented predictions disagree (the module's "unsure" overlay)
 EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_MEMORY = 0, 1, 2, 3
+IDLE_EXIT_S = 600.0  # a served worker gives its memory back after 10 minutes without a job
 _RUN_END = 0.97  # the rest of the progress bar is writing the result
 
 
@@ -76,11 +88,12 @@ def read_result(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, np.ndar
             np.load(coarse).astype(bool) if result.get("coarse_made") else None)
 
 
-def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any = None) -> dict[str, Any]:
+def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any = None,
+            pipelines: dict[str, Any] | None = None) -> dict[str, Any]:
     """Do the job described by ``job_path`` and write its results beside it; returns result.json's
-    content. ``weights`` (a BRNet) overrides the job's model file for in-process runs."""
+    content. ``weights`` (a BRNet) overrides the job's model file for in-process runs;
+    ``pipelines`` keeps the pipelines (loaded models) of earlier jobs for reuse, by their options."""
     from LiverTumorRefineLib.coarse.sources import source_named
-    from LiverTumorRefineLib.pipeline import RefinePipeline
     from LiverTumorRefineLib.volume.checks import hu_plausibility
     from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 
@@ -95,9 +108,7 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     g = job["geometry"]
     ct = Volume(np.load(folder / job["ct"]), Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"])))
     report(progress, 0.0, "Loading the refinement model")
-    pipeline = RefinePipeline(weights if weights is not None else job.get("weights"), device=job.get("device", "auto"),
-                              batch_size=job.get("batch_size", 128), seg_weights=job.get("seg_weights"),
-                              **dict(job.get("refiner") or {}))
+    pipeline = job_pipeline(job, weights, pipelines if pipelines is not None else {})
     made = source != "mask"
     coarse = None if made else ct.with_array(np.load(folder / job["coarse"]["mask"]))
     truth = np.load(folder / job["truth"]).astype(bool) if job.get("truth") else None
@@ -119,6 +130,37 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     write_text(folder / RESULT_FILE, json.dumps(jsonable(summary)))  # last: its presence means success
     report(progress, 1.0, "Refinement computed")
     return json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+
+
+def job_pipeline(job: dict[str, Any], weights: Any, pipelines: dict[str, Any]):
+    """The ``RefinePipeline`` for ``job``'s model and options: one from ``pipelines`` built with the
+    same ones (a file changed since is loaded again, its hash checked), else a new one kept there."""
+    from LiverTumorRefineLib.pipeline import RefinePipeline
+
+    options = {"weights": job.get("weights"), "device": job.get("device", "auto"),
+               "batch_size": job.get("batch_size", 128), "seg_weights": job.get("seg_weights"),
+               "refiner": dict(job.get("refiner") or {})}
+    stamps = [_file_stamp(options["weights"]), _file_stamp(options["seg_weights"])]
+    key = json.dumps(jsonable({**options, "stamps": stamps}), sort_keys=True)
+    if weights is not None or key not in pipelines:
+        pipeline = RefinePipeline(weights if weights is not None else options["weights"], device=options["device"],
+                                  batch_size=options["batch_size"], seg_weights=options["seg_weights"],
+                                  **options["refiner"])
+        if weights is not None:
+            return pipeline  # an in-memory model: nothing to reuse it by
+        pipelines.clear()  # one model set at a time: a served worker keeps its memory bounded
+        pipelines[key] = pipeline
+    return pipelines[key]
+
+
+def _file_stamp(path: str | None) -> list[Any] | None:
+    if path is None:
+        return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None  # loading it says what is wrong
+    return [stat.st_mtime_ns, stat.st_size]
 
 
 def jsonable(value: Any) -> Any:
@@ -144,10 +186,11 @@ def _save(path: Path, array: np.ndarray) -> None:
 
 
 class LineProgress:
-    """Progress as JSON lines on ``stream``, at most one per percent unless the message changes."""
+    """Progress as JSON lines on ``stream``, at most one per percent unless the message changes;
+    ``tag`` is added to every record (a served worker's job)."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream, self._last = stream, (-1.0, "")
+    def __init__(self, stream: TextIO, tag: dict[str, Any] | None = None) -> None:
+        self.stream, self.tag, self._last = stream, dict(tag or {}), (-1.0, "")
 
     def __call__(self, fraction: float, message: str) -> bool:
         if fraction - self._last[0] >= 0.01 or message != self._last[1] or fraction >= 1.0:
@@ -156,25 +199,15 @@ class LineProgress:
         return True
 
     def send(self, record: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(record) + "\n")
+        self.stream.write(json.dumps({**record, **self.tag}) + "\n")
         self.stream.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The process entry point; see the module docstring for the protocol."""
-    parser = argparse.ArgumentParser(prog="python -m LiverTumorRefineLib.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--job", required=True, help="the job.json a LiverTumorRefine Logic wrote")
-    args = parser.parse_args(argv)
-    protocol = sys.stdout
-    sys.stdout = sys.stderr  # libraries that print must not break the protocol
-    lines = LineProgress(protocol)
-
-    def terminate(signum, frame):  # Cancel: unwind so temporary folders (TotalSegmentator's) are removed
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
+def run_one(job_path: str, lines: LineProgress, pipelines: dict[str, Any] | None = None) -> int:
+    """Run one job, reporting on ``lines`` its progress and then its end (done, or the error); the
+    exit status it stands for."""
     try:
-        run_job(args.job, lines)
+        run_job(job_path, lines, pipelines=pipelines)
     except RefineError as exc:
         lines.send({"error": str(exc), "kind": type(exc).__name__})
         return EXIT_USER
@@ -186,10 +219,65 @@ def main(argv: list[str] | None = None) -> int:
         logging.exception("LiverTumorRefine worker failed")
         lines.send({"error": f"{type(exc).__name__}: {exc}", "kind": "bug"})
         return EXIT_BUG
-    finally:
-        sys.stdout = protocol
     lines.send({"done": RESULT_FILE})
     return EXIT_OK
+
+
+def serve(requests: Iterable[str], stream: TextIO, idle_exit_s: float = IDLE_EXIT_S) -> int:
+    """Run the jobs named on ``requests`` (``{"job": path}`` lines) one after another with the
+    models kept loaded; see the module docstring. Returns the exit status."""
+    waiting: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:  # a thread, so that waiting for the next job can time out
+        for line in requests:
+            waiting.put(line)
+        waiting.put(None)
+
+    threading.Thread(target=read, name="LiverTumorRefine-requests", daemon=True).start()
+    pipelines: dict[str, Any] = {}
+    while True:
+        try:
+            line = waiting.get(timeout=idle_exit_s)
+        except queue.Empty:
+            LineProgress(stream).send({"exit": "idle"})
+            return EXIT_OK
+        if line is None:
+            return EXIT_OK
+        if not line.strip():
+            continue
+        try:
+            job_path = str(json.loads(line)["job"])
+        except (ValueError, KeyError, TypeError):
+            logging.error("LiverTumorRefine worker: not a job request: %r", line)
+            continue
+        lines = LineProgress(stream, {"job": job_path})
+        lines.send({"started": True})
+        if run_one(job_path, lines, pipelines) == EXIT_MEMORY:
+            return EXIT_MEMORY  # the heap may be in pieces: a new worker starts clean
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The process entry point; see the module docstring for the protocol."""
+    parser = argparse.ArgumentParser(prog="python -m LiverTumorRefineLib.worker", description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--job", help="run this job.json (a LiverTumorRefine Logic wrote it) and end")
+    mode.add_argument("--serve", action="store_true", help="run the jobs named on stdin, one JSON line each")
+    parser.add_argument("--idle-exit", type=float, default=IDLE_EXIT_S, help="--serve: seconds without a job "
+                        "before the worker ends")
+    args = parser.parse_args(argv)
+    protocol = sys.stdout
+    sys.stdout = sys.stderr  # libraries that print must not break the protocol
+
+    def terminate(signum, frame):  # Cancel: unwind so temporary folders (TotalSegmentator's) are removed
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        if args.serve:
+            return serve(sys.stdin, protocol, args.idle_exit)
+        return run_one(args.job, LineProgress(protocol))
+    finally:
+        sys.stdout = protocol
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ A refinement has three phases:
    job folder (``worker.write_job``). The scene is left as it was.
 2. the worker (``LiverTumorRefineLib.worker``): makes the coarse mask when the source is seed
    points, the automatic network or TotalSegmentator, refines it and computes the metrics. It
-   never touches MRML. ``startRefine`` runs it in its own process (``workerprocess``): Slicer's
-   main thread holds the GIL while it idles, so a thread would crawl; ``refine`` runs the same
-   code in this process (blocking; scripts and tests).
+   never touches MRML. ``startRefine`` runs it in the worker process (``workerprocess``, kept
+   between jobs with its models loaded): Slicer's main thread holds the GIL while it idles, so a
+   thread would crawl; ``refine`` runs the same code in this process (blocking; scripts and tests).
 3. ``apply`` (main thread): adds the coarse segment the worker made, the refined segment, sets
    colours, outlines and terminology and fills the metrics table. Nothing is written to the
    scene before this phase, so a cancelled or failed job leaves the scene exactly as it was.
@@ -34,7 +34,7 @@ from LiverTumorRefineLib.coarse.sources import SOURCES
 from LiverTumorRefineLib.device import check_device
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
-from LiverTumorRefineLib.scene.workerprocess import WorkerProcess
+from LiverTumorRefineLib.scene.workerprocess import WorkerJob, WorkerServer
 
 try:  # In Slicer the base class provides getParameterNode(); headless (slicer-core) it is absent.
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -198,13 +198,19 @@ class LiverTumorRefineLogic(_LogicBase):
                               replaceCoarseSegmentId)
         return RefineJob(self, inputs, self.startWorker(inputs))
 
-    def startWorker(self, inputs: RefineInputs) -> WorkerProcess:
-        """The worker process for a prepared job; the job folder is removed if it cannot start."""
+    def startWorker(self, inputs: RefineInputs) -> WorkerJob:
+        """Hand a prepared job to the worker process (started on first use, then kept with its
+        models loaded); the job folder is removed if it cannot start."""
         try:
-            return WorkerProcess(inputs.jobPath, self.pythonExecutable)
+            return WorkerServer.shared(self.pythonExecutable).submit(inputs.jobPath)
         except BaseException:
             self.cleanup(inputs)
             raise
+
+    def stopWorker(self) -> None:
+        """End the worker process now (module closed; it also ends by itself when idle, and a
+        next job starts a new one)."""
+        WorkerServer.shared(self.pythonExecutable).stop()
 
     # ---------------------------------------------------------------- phase 1: main thread, read only
     def prepare(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
@@ -599,7 +605,7 @@ class LiverTumorRefineLogic(_LogicBase):
 
 
 class RefineJob:
-    """A refinement running in a worker process (``workerprocess.WorkerProcess``).
+    """A refinement running in the worker process (``workerprocess.WorkerJob``).
 
     The caller (the module's timer on the main thread) polls ``done`` and ``state()`` (both cheap,
     never blocking), may ``cancel()`` (ends the process), and calls ``finish()`` once ``done``: it
@@ -607,7 +613,7 @@ class RefineJob:
     after a cancel). The job folder is removed by ``finish``.
     """
 
-    def __init__(self, logic: LiverTumorRefineLogic, inputs: RefineInputs, process: WorkerProcess) -> None:
+    def __init__(self, logic: LiverTumorRefineLogic, inputs: RefineInputs, process: WorkerJob) -> None:
         self.logic, self.inputs, self.process = logic, inputs, process
 
     def cancel(self) -> None:

@@ -492,7 +492,7 @@ def cancel_job(job, after: float = 0.0, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while after > 0 and job.state()[0] < after and not job.done:
         assert time.monotonic() < deadline, f"the worker never got past {after} ({job.state()})"
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert not job.done, f"the job ended before it could be cancelled at {after}"
     job.cancel()
     assert job.wait(60), "the worker process did not stop after cancel"

@@ -1,0 +1,166 @@
+"""The long-lived worker (``worker --serve`` and ``workerprocess.WorkerServer``, issue 16): jobs one
+after another in one process with the models kept loaded, a failed job that does not end the
+worker, cancel and idle exit that hand the next job to a new worker, and the line protocol."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import blob_case
+from LiverTumorRefineLib import worker
+from LiverTumorRefineLib.errors import RefineCancelled, RefineError
+from LiverTumorRefineLib.refine.weights import save_model
+from LiverTumorRefineLib.scene.workerprocess import WorkerServer
+
+GEOMETRY = {"spacing": [0.8, 0.8, 2.5], "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
+
+
+@pytest.fixture(scope="module")
+def model_file(trained_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_model(trained_model, path)
+    return str(path)
+
+
+def make_job(root: Path, name: str, model_file: str, seed: int = 0) -> Path:
+    folder = root / name
+    folder.mkdir()
+    case = blob_case(seed, shape=(16, 64, 64))
+    return worker.write_job(folder, case.image, GEOMETRY, {"source": "mask"}, case.coarse, case.truth, device="cpu",
+                            weights=model_file, seg_weights=None, batch_size=64, refiner={"min_kept": 0.0, "tta": 1})
+
+
+@pytest.fixture
+def server():
+    server = WorkerServer()
+    yield server
+    server.stop()
+
+
+def finish(job, timeout: float = 300.0) -> None:
+    assert job.wait(timeout), "the job did not end"
+    job.check()
+
+
+def test_jobs_run_one_after_another_in_one_process(server, model_file, tmp_path):
+    first = server.submit(make_job(tmp_path, "a", model_file, seed=0))
+    finish(first)
+    pid = first.process.pid
+    second = server.submit(make_job(tmp_path, "b", model_file, seed=1))
+    finish(second)
+    assert second.process.pid == pid and server.starts == 1, "the second job started a new worker"
+    for job, seed in ((first, 0), (second, 1)):
+        result, refined, _ = worker.read_result(job.folder)
+        in_process = worker.run_job(make_job(tmp_path, f"again{seed}", model_file, seed=seed))
+        assert result["stats"]["patches"] == in_process["stats"]["patches"] > 0
+        assert np.array_equal(refined, np.load(tmp_path / f"again{seed}" / worker.REFINED_FILE).astype(bool))
+    assert first.state()[0] == second.state()[0] == 1.0
+
+
+def test_a_failed_job_does_not_end_the_worker(server, model_file, tmp_path):
+    broken = make_job(tmp_path, "broken", model_file)
+    (broken.parent / "ct.npy").unlink()  # a bug in the worker's eyes: it names the file
+    bad = server.submit(broken)
+    with pytest.raises(RefineError, match="ct.npy"):
+        finish(bad)
+    good = server.submit(make_job(tmp_path, "good", model_file))
+    finish(good)
+    assert good.process is bad.process and server.starts == 1
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
+def test_cancel_ends_the_worker_and_the_next_job_gets_a_new_one(server, model_file, tmp_path):
+    job = server.submit(make_job(tmp_path, "cancelled", model_file))
+    deadline = time.monotonic() + 120
+    while job.state()[0] <= 0.0 and not job.done:
+        assert time.monotonic() < deadline, "the worker never reported progress"
+        time.sleep(0.02)
+    job.cancel()
+    assert job.wait(60)
+    with pytest.raises(RefineCancelled):
+        job.check()
+    assert job.process.poll() is not None, "the worker is still running after cancel"
+    after = server.submit(make_job(tmp_path, "after", model_file))
+    finish(after)
+    assert server.starts == 2 and after.process.pid != job.process.pid
+
+
+def test_an_idle_worker_ends_and_the_next_job_starts_another(model_file, tmp_path):
+    server = WorkerServer(idle_exit_s=1.0)
+    try:
+        first = server.submit(make_job(tmp_path, "a", model_file))
+        finish(first)
+        deadline = time.monotonic() + 30
+        while server.running:
+            assert time.monotonic() < deadline, "the idle worker did not end"
+            time.sleep(0.1)
+        assert first.process.returncode == worker.EXIT_OK
+        second = server.submit(make_job(tmp_path, "b", model_file))
+        finish(second)
+        assert server.starts == 2
+    finally:
+        server.stop()
+    assert server.folder is None
+
+
+def test_stop_ends_the_worker_and_removes_its_log_folder(model_file, tmp_path):
+    server = WorkerServer()
+    finish(server.submit(make_job(tmp_path, "a", model_file)))
+    folder, process = server.folder, server.submit(make_job(tmp_path, "b", model_file)).process
+    server.stop()
+    assert process.poll() is not None and not folder.exists() and not server.running
+
+
+def test_serve_protocol_tags_every_record_and_survives_errors(monkeypatch):
+    """In process: started, progress and the end of each job carry its path; a user error and a
+    bug end only their job; running out of memory ends the worker."""
+    outcomes = {"user": RefineError("The CT is empty: load it again."), "bug": ValueError("boom"), "ok": None,
+                "memory": MemoryError(), "never": None}
+
+    def run(job_path, progress=None, weights=None, pipelines=None):
+        progress(0.5, "half")
+        if outcomes[job_path] is not None:
+            raise outcomes[job_path]
+        return {}
+
+    monkeypatch.setattr(worker, "run_job", run)
+    out = io.StringIO()
+    requests = [json.dumps({"job": name}) + "\n" for name in outcomes] + ["not json\n"]
+    assert worker.serve(requests, out) == worker.EXIT_MEMORY
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    ends = {r["job"]: r for r in records if "done" in r or "error" in r}
+    assert set(ends) == {"user", "bug", "ok", "memory"}, "a job after running out of memory was run"
+    assert ends["ok"]["done"] == worker.RESULT_FILE
+    assert "empty" in ends["user"]["error"] and ends["bug"]["kind"] == "bug" and ends["memory"]["kind"] == "MemoryError"
+    assert {"job": "ok", "started": True} in records and {"job": "ok", "progress": 0.5, "message": "half"} in records
+
+
+def test_serve_says_idle_and_ends_without_requests():
+    class Silent:  # stdin with nothing to read
+        def __iter__(self):
+            time.sleep(5)
+            return iter(())
+
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    assert worker.serve(Silent(), out, idle_exit_s=0.3) == worker.EXIT_OK
+    assert time.perf_counter() - t0 < 4
+    assert json.loads(out.getvalue()) == {"exit": "idle"}
+
+
+def test_the_served_worker_reuses_its_pipeline_until_the_model_file_changes(model_file, tmp_path):
+    job = json.loads(make_job(tmp_path, "a", model_file).read_text())
+    pipelines: dict = {}
+    first = worker.job_pipeline(job, None, pipelines)
+    assert worker.job_pipeline(job, None, pipelines) is first
+    assert worker.job_pipeline({**job, "refiner": {"tta": 4}}, None, pipelines) is not first
+    assert len(pipelines) == 1, "an old model set is kept"
+    again = worker.job_pipeline(job, None, pipelines)
+    os.utime(model_file, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file was replaced
+    assert worker.job_pipeline(job, None, pipelines) is not again
