@@ -1,9 +1,10 @@
 """Automatic coarse segmentation (the shipped 2.5D network), then refinement, on held-out cases.
 
-    python bench/autocoarse.py [--phantoms 20] [--lits117] [--no-refine]
+    python bench/autocoarse.py [--phantoms 20] [--lits117 | --real] [--no-refine] [--model segnet.pt]
 
 Phantoms with seeds 90000+ (the coarse network trains on 1000+, validates on 50000+) and LiTS
-case 117. Per case: liver Dice (liver + tumour as the organ), tumour Dice, lesion detection
+case 117, or with ``--real`` every real validation case (the two rebuilt by ``bench/realct.py``,
+then LiTS 117). Per case: liver Dice (liver + tumour as the organ), tumour Dice, lesion detection
 (a truth lesion is found when a predicted tumour piece overlaps it with IoU > 0.5; a predicted
 piece that matches no truth lesion that way is a false positive), and the tumour Dice after
 refinement of the automatic coarse mask. Prints means and timings.
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from LiverTumorRefineLib.coarse.autoseg import Segmenter  # noqa: E402
 from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
@@ -51,21 +53,27 @@ def detection(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phantoms", type=int, default=20)
-    parser.add_argument("--lits117", action="store_true")
+    parser.add_argument("--lits117", action="store_true", help="add LiTS 117")
+    parser.add_argument("--real", action="store_true", help="add every real validation case (implies LiTS 117)")
+    parser.add_argument("--model", help="a coarse network other than the shipped one (segnet.pt of a run)")
     parser.add_argument("--no-refine", action="store_true")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    segmenter = Segmenter(device=args.device)
+    segmenter = Segmenter(args.model, device=args.device)
     refiner = None if args.no_refine else Refiner(device=args.device)
     cases = [lambda i=i: make_phantom(EVALUATION_PHANTOM_SEED + i) for i in range(args.phantoms)]
-    if args.lits117:
+    if args.real:
+        from cases import real_cases
+
+        cases.extend(lambda case=case: case for case in real_cases())
+    elif args.lits117:
         from LiverTumorRefineLib.training.datasets import load_lits117
 
         cases.append(load_lits117)
     rows = {"phantom": [], "real": []}
     for make in cases:
         case = make()
-        kind = "real" if "117" in case.name else "phantom"
+        kind = "phantom" if case.name.startswith("phantom") else "real"
         spacing = case.image.spacing_zyx
         t = time.perf_counter()
         labels = segmenter.segment(case.image.array, spacing)
