@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from LiverTumorRefineLib.volume.labels import merge_label, select_label
 
 # Shares of the progress bar when one callback follows the whole run.
 COARSE_END, REFINE_END = 0.3, 0.95
+T = TypeVar("T")
 
 
 @dataclass
@@ -88,6 +90,22 @@ class RefinePipeline:
     def load(self) -> None:
         """Load the model now (it is otherwise loaded on first use)."""
         _ = self.refiner
+
+    def read_while_loading(self, read: Callable[[], T]) -> T:
+        """``read()`` on a thread while the model loads on this one; its result. Reading NIfTI, NRRD
+        and MHA files happens in SimpleITK, which releases the GIL, so the read hides behind the
+        PyTorch import and the model load (about 0.4 s of a 512x512x120 CT). A read error is
+        raised before a model error: the input is what the user fixes first."""
+        if self._refiner is not None:
+            return read()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="LiverTumorRefine-read") as pool:
+            reading = pool.submit(read)
+            try:
+                self.load()
+            except BaseException:
+                reading.result()
+                raise
+            return reading.result()
 
     @classmethod
     def around(cls, refiner: Any, seg_weights: str | os.PathLike | None = None) -> "RefinePipeline":
@@ -197,9 +215,9 @@ class RefinePipeline:
             seeds, negative_in_file = parse_signed_seeds(str(seeds))
             negative += negative_in_file
         if mask_path is not None:
-            image, coarse = files.load_pair(image_path, mask_path, segment=segment)
+            image, coarse = self.read_while_loading(lambda: files.load_pair(image_path, mask_path, segment=segment))
         else:
-            image, coarse = files.load_ct(image_path), None
+            image, coarse = self.read_while_loading(lambda: files.load_ct(image_path)), None
         result = self.run(image, coarse, source=kind, seeds=seeds, negative_seeds=negative, seed_method=seed_method,
                           label=label, ct_path=image_path,
                           progress=progress, coarse_progress=coarse_progress)
