@@ -189,3 +189,33 @@ def test_editable_band_is_the_boundary_within_band_mm_along_each_axis(spacing):
             any_out |= ~padded[window] & in_image[window]
     expected = any_in & any_out
     assert np.array_equal(sampling.editable_band(torch.from_numpy(mask), spacing, 6.0).numpy(), expected)
+
+
+def _box_max_reference(mask: torch.Tensor, ry: int, rx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max and min over each voxel's in-plane box (out-of-array voxels ignored) by 2D max pools."""
+    m = mask.float()[:, None]
+    kernel, padding = (2 * ry + 1, 2 * rx + 1), (ry, rx)
+    high = torch.nn.functional.max_pool2d(m, kernel, stride=1, padding=padding)[:, 0]
+    low = -torch.nn.functional.max_pool2d(-m, kernel, stride=1, padding=padding)[:, 0]
+    return high, low
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 8), st.integers(1, 40), st.integers(1, 40)), ry=st.integers(1, 12),
+       rx=st.integers(1, 12), density=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+def test_box_filters_equal_max_pools_at_any_size(shape, ry, rx, density, seed):
+    """The editable band and the parenchyma shell (running sums, a cost independent of the box
+    size) are exactly what 2D max pools give, at the array's edges too."""
+    mask = torch.from_numpy(np.random.default_rng(seed).random(shape) < density)
+    band_mm = 6.0
+    spacing = (2.5, band_mm / (ry + 0.5), band_mm / (rx + 0.5))  # int(band_mm / spacing) = ry, rx
+    high, low = _box_max_reference(mask, ry, rx)
+    assert torch.equal(sampling.editable_band(mask, spacing, band_mm), high != low)
+    # the shell: every voxel's own value, so that the values returned name the voxels
+    index = torch.arange(mask.numel(), dtype=torch.float32).reshape(shape) * 1e-3
+    unit = (1.0, 1.0, 1.0)  # 1 mm pixels: the shell's radii in voxels are the SHELL_MM values
+    inner_r, outer_r = (max(1, round(mm)) for mm in sampling.SHELL_MM)
+    inner, _ = _box_max_reference(mask, inner_r, inner_r)
+    outer, _ = _box_max_reference(mask, outer_r, outer_r)
+    expected = index[(outer > 0) & ~(inner > 0)]
+    assert torch.equal(sampling.shell_values(index, mask, unit).sort().values, expected.sort().values)
