@@ -168,6 +168,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.seedPlaceWidget.setCurrentNode(p.seedPoints)
             self.ui.negativePlaceWidget.setCurrentNode(p.negativePoints)
             seeds = COARSE_SOURCES[p.coarseSource] == "seeds"
+            self.ui.automaticNoteLabel.visible = COARSE_SOURCES[p.coarseSource] == "automatic"
             for widget in (self.ui.seedPointsLabel, self.ui.seedPointsSelector, self.ui.seedPlaceWidget,
                            self.ui.negativePointsLabel, self.ui.negativePointsSelector, self.ui.negativePlaceWidget,
                            self.ui.updateOnClickCheckBox):

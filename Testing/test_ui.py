@@ -41,6 +41,7 @@ EXPECTED_CLASSES = {
     "metricsTableView": "qMRMLTableView",
     "openSegmentEditorButton": "QPushButton",
     "seedPointsLabel": "QLabel",
+    "automaticNoteLabel": "QLabel",
     "seedPointsSelector": "qMRMLNodeComboBox",
     "seedPlaceWidget": "qSlicerMarkupsPlaceWidget",
     "negativePointsLabel": "QLabel",
