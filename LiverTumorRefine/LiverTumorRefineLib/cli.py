@@ -258,7 +258,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--seeds", help="one point inside each lesion: \"R,A,S;R,A,S\" in RAS mm as Slicer shows "
                                         "them, or a Slicer point list file (.mrk.json)")
     source.add_argument("--auto-coarse", action="store_true",
-                        help="make the coarse liver and tumour labels with the shipped coarse network")
+                        help="make the coarse liver and tumour labels with the shipped coarse network (trained on "
+                             "phantoms: good for the liver, misses most tumours on real CT; for automatic lesions "
+                             "use --totalsegmentator, when lesions matter --seeds)")
     source.add_argument("--totalsegmentator", action="store_true",
                         help="make the coarse tumour mask with TotalSegmentator (installed separately)")
     p.add_argument("--out", help="refined mask, written on the CT's grid; a .dcm name writes a DICOM SEG "
@@ -387,7 +389,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="automatic coarse liver (1) and tumour (2) label map from a CT")
+    p = sub.add_parser("segment", help="automatic coarse liver (1) and tumour (2) label map from a CT (the "
+                                       "liver is reliable; on real CT most tumours are missed)")
     p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA)")
     p.add_argument("--out", required=True, help="0/1/2 label map, written on the CT's grid")
     p.add_argument("--weights", help="coarse model file (default: the shipped segnet_default.pt)")
