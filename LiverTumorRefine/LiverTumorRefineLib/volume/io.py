@@ -1,13 +1,12 @@
 """Reading and writing volumes with SimpleITK, keeping geometry, and putting masks on the CT grid."""
 from __future__ import annotations
 
-import gzip
 import os
 import struct
 import warnings
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -120,30 +119,27 @@ def check_complete(path: str | os.PathLike) -> tuple[int, int]:
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return 0, 0
-    compressed = name.endswith(".gz")
     nans = 0
     try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
-            head = stream.read(540)
-            length = len(head)
-            layout = _nifti_layout(head)
-            if layout is None:
-                return 0, 0
-            offset, size, dtype = layout
-            pending = head[offset:]
-            if offset > len(head):
-                length += len(stream.read(offset - len(head)))
-            left = size  # voxel bytes still to scan for NaN
-            for chunk in iter(lambda: stream.read(1 << 22), b""):
-                length += len(chunk)
-                if dtype is not None and left > 0:
-                    pending += chunk
-                    usable = min(len(pending) - len(pending) % dtype.itemsize, left)
-                    nans += int(np.count_nonzero(np.isnan(np.frombuffer(pending[:usable], dtype))))
-                    pending, left = pending[usable:], left - usable
-            if dtype is not None and left > 0 and pending:
+        chunks = file_bytes(path, compressed=name.endswith(".gz"))
+        head = _read_at_least(chunks, b"", 540)
+        layout = _nifti_layout(head[:540])
+        if layout is None:
+            chunks.close()
+            return 0, 0
+        offset, size, dtype = layout
+        head = _read_at_least(chunks, head, offset)  # header extensions may follow the 540 bytes
+        length, pending, left = len(head), head[offset:], size  # pending: voxel bytes not yet scanned
+        for chunk in chunks:
+            length += len(chunk)
+            if dtype is not None and left > 0:
+                pending += chunk
                 usable = min(len(pending) - len(pending) % dtype.itemsize, left)
                 nans += int(np.count_nonzero(np.isnan(np.frombuffer(pending[:usable], dtype))))
+                pending, left = pending[usable:], left - usable
+        if dtype is not None and left > 0 and pending:
+            usable = min(len(pending) - len(pending) % dtype.itemsize, left)
+            nans += int(np.count_nonzero(np.isnan(np.frombuffer(pending[:usable], dtype))))
     except (OSError, EOFError, zlib.error) as exc:
         raise RefineError(f"{path} is damaged: its compressed data is corrupt or cut short ({exc}). It was "
                           "probably truncated in transfer or by a full disk: copy or export it again.") from None
@@ -151,6 +147,54 @@ def check_complete(path: str | os.PathLike) -> tuple[int, int]:
         raise RefineError(f"{path} is truncated: its header describes {size} bytes of voxels but only "
                           f"{max(0, length - offset)} are there. Copy or export it again.")
     return (nans, size // dtype.itemsize) if dtype is not None else (0, 0)
+
+
+def _read_at_least(chunks: Iterator[bytes], data: bytes, n: int) -> bytes:
+    """``data`` followed by chunks until it holds at least ``n`` bytes (or the chunks end)."""
+    while len(data) < n:
+        chunk = next(chunks, None)
+        if chunk is None:
+            break
+        data += chunk
+    return data
+
+
+GZIP_BLOCK = 1 << 22  # compressed bytes read at a time
+OUT_BLOCK = 1 << 24  # bytes handed on at a time
+
+
+def file_bytes(path: str | os.PathLike, compressed: bool) -> Iterator[bytes]:
+    """The bytes of a file, decompressed when it is gzip: large blocks straight through zlib,
+    which releases the GIL while it inflates (so a read overlaps the model load, see
+    ``pipeline.read_while_loading``), checking each gzip member's CRC-32 and length as the gzip
+    module does. Raises ``zlib.error`` or ``EOFError`` when the data is corrupt or cut short."""
+    with open(path, "rb") as stream:
+        if not compressed:
+            yield from iter(lambda: stream.read(OUT_BLOCK), b"")
+            return
+        inflate, fed, members = zlib.decompressobj(16 + zlib.MAX_WBITS), False, 0
+        for block in iter(lambda: stream.read(GZIP_BLOCK), b""):
+            while True:
+                if not fed and members:
+                    block = block.lstrip(b"\0")  # zero padding after a member, which gzip allows
+                if not fed and not block:
+                    break
+                fed = True
+                try:
+                    out = inflate.decompress(block, OUT_BLOCK)
+                except zlib.error as exc:
+                    raise zlib.error(f"corrupt data or CRC check failed: {exc}") from None
+                if out:
+                    yield out
+                if inflate.eof:  # a member ended: another may follow
+                    block, members = inflate.unused_data, members + 1
+                    inflate, fed = zlib.decompressobj(16 + zlib.MAX_WBITS), False
+                elif inflate.unconsumed_tail or len(out) == OUT_BLOCK:
+                    block = inflate.unconsumed_tail  # more output from what was read
+                else:
+                    break
+        if fed or not members:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:

@@ -1,0 +1,58 @@
+"""``volume.io.file_bytes`` and ``check_complete``: the gzip check that runs before SimpleITK reads a
+NIfTI (SimpleITK reads a cut-short file's missing voxels as zeros). Large zlib blocks instead of the
+gzip module, so that the check releases the GIL; it must refuse and accept what gzip does."""
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from LiverTumorRefineLib.volume import io
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few hundred bytes, so that every boundary case is crossed many times."""
+    monkeypatch.setattr(io, "GZIP_BLOCK", 97)
+    monkeypatch.setattr(io, "OUT_BLOCK", 301)
+
+
+def test_file_bytes_is_what_gzip_reads(tmp_path, small_blocks):
+    payload = os.urandom(3000) + bytes(20000) + b"liver" * 500
+    path = tmp_path / "two.gz"
+    # two members, zero padding after the first (gzip accepts both)
+    path.write_bytes(gzip.compress(payload[:7000]) + bytes(5) + gzip.compress(payload[7000:]))
+    assert b"".join(io.file_bytes(path, compressed=True)) == gzip.decompress(path.read_bytes()) == payload
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(payload)
+    assert b"".join(io.file_bytes(plain, compressed=False)) == payload
+
+
+@pytest.mark.parametrize("damage, error", [
+    (lambda data: data[:len(data) // 2], EOFError),  # cut short
+    (lambda data: data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:], zlib.error),  # CRC-32 of the trailer
+    (lambda data: b"not gzip" + data, zlib.error),
+])
+def test_file_bytes_refuses_what_gzip_refuses(tmp_path, small_blocks, damage, error):
+    path = tmp_path / "bad.gz"
+    path.write_bytes(damage(gzip.compress(os.urandom(5000))))
+    with pytest.raises((OSError, EOFError, zlib.error)):
+        gzip.decompress(path.read_bytes())
+    with pytest.raises(error):
+        b"".join(io.file_bytes(path, compressed=True))
+
+
+def test_check_complete_counts_nan_voxels_across_blocks(tmp_path, small_blocks):
+    array = np.random.default_rng(0).normal(60, 20, (5, 17, 19)).astype(np.float32)
+    array.flat[::7] = np.nan
+    path = tmp_path / "ct.nii.gz"
+    io.write_volume(Volume(array, Geometry((1.0, 1.0, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))), path)
+    assert io.check_complete(path) == (int(np.isnan(array).sum()), array.size)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(Exception, match="damaged"):
+        io.check_complete(cut)
