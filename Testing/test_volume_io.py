@@ -67,3 +67,25 @@ def test_distinct_values_are_those_of_numpy_unique(dtype, low, high):
     array = rng.random((5, 7, 9)) < 0.5 if dtype is bool else rng.integers(low, high, (5, 7, 9)).astype(dtype)
     for view in (array, array[:, ::2, 1:], array[:0]):
         assert distinct_values(view) == set(np.unique(view).tolist())
+
+
+def _merge_reference(labels, refined, label):
+    """merge_label as first written: a copy of the map, the label's lost voxels filled, then set."""
+    out = labels.copy()
+    fill = 1 if label == 2 and set(np.unique(labels).tolist()) <= {0, 1, 2} else 0
+    out[(labels == label) & ~refined] = fill
+    out[refined] = label
+    return out
+
+
+@pytest.mark.parametrize("values, label", [((0, 1), 1), ((0, 255), 255), ((0, 1, 2), 2), ((0, 1, 2), 1),
+                                           ((0, 2, 5), 2), ((0, 3), 3)])
+def test_merge_label_keeps_the_masks_form(values, label):
+    from LiverTumorRefineLib.volume.labels import merge_label
+
+    rng = np.random.default_rng(len(values) + label)
+    labels = rng.choice(np.array(values, dtype=np.uint8), (4, 9, 11))
+    refined = rng.random(labels.shape) < 0.3
+    merged = merge_label(labels, refined, label)
+    assert merged.dtype == labels.dtype
+    assert np.array_equal(merged, _merge_reference(labels, refined, label))

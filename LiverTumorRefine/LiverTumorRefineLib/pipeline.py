@@ -152,15 +152,17 @@ class RefinePipeline:
         binary, used = select_label(coarse_axial.array, label)
         end = REFINE_END if truth is not None else 1.0
         refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes)
+        del binary  # a volume-sized mask: freed before the result's arrays are made (peak memory)
         refined_binary, stats = refinement.mask, refinement.stats
         if made:
             stats["seconds"]["coarse"] = coarse_seconds
             stats["coarse_source"] = kind
         refined = io.reoriented(Volume(merge_label(coarse_axial.array, refined_binary, used), axial.geometry), code)
         result = PipelineResult(refined, io.reoriented(coarse_axial, code), used, stats, notes)
-        if refinement.uncertain is not None:
-            uncertain = Volume(refinement.uncertain.astype(np.uint8), axial.geometry)
-            result.uncertain = io.reoriented(uncertain, code).array.astype(bool)
+        if refinement.uncertain is not None:  # as is on an axial CT: no copies of a volume-sized map
+            result.uncertain = (refinement.uncertain if io.orientation(axial.geometry.direction) == code else
+                                io.reoriented(Volume(refinement.uncertain.astype(np.uint8), axial.geometry),
+                                              code).array.astype(bool))
         if truth is not None:
             report(progress, REFINE_END, "Computing metrics")
             result.metrics = metrics_against(truth, result, image)

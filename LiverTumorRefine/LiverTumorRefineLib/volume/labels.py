@@ -68,9 +68,16 @@ def merge_label(labels: np.ndarray, refined: np.ndarray, label: int | None) -> n
     liver, others 0). ``label`` None: a bool mask, returned as uint8 0/1."""
     if label is None:
         return refined.astype(np.uint8)
+    values = distinct_values(labels)
+    if values <= {0, label}:  # a binary mask: the refined mask in its value, without a copy of the input
+        out = refined.astype(labels.dtype)
+        out *= label
+        return out
+    fill = LITS_LIVER if label == LITS_TUMOUR and values <= {0, 1, 2} else 0
     out = labels.copy()
-    was = labels == label
-    out[was & ~refined] = LITS_LIVER if label == LITS_TUMOUR and set(np.unique(labels).tolist()) <= {0, 1, 2} else 0
+    left = labels == label
+    np.greater(left, refined, out=left)  # was the label, no longer is; in place: one mask-sized temporary
+    out[left] = fill
     out[refined] = label
     return out
 
