@@ -116,6 +116,21 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return time.perf_counter() - t, done.stdout
 
 
+# Runs a module as ``python -m`` does and writes the process's own peak RSS (VmHWM, Linux: the
+# high-water mark of its own memory, unlike ru_maxrss, which keeps the parent's size at fork) to
+# the file in sys.argv[1].
+PEAK_WRAPPER = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def peak():
+    with open('/proc/self/status') as status, open(out, 'w') as f:
+        f.write(next((line.split()[1] for line in status if line.startswith('VmHWM')), 'nan'))
+atexit.register(peak)
+module = sys.argv.pop(1)
+runpy.run_module(module, run_name='__main__', alter_sys=True)
+"""
+
+
 def cli_process(args: argparse.Namespace) -> None:
     """The whole CLI process on the case written as NIfTI, per runtime, best of ``repeats``
     (interleaved), beside its parts: Python + package imports, reading, refining, writing."""
@@ -138,11 +153,14 @@ def cli_process(args: argparse.Namespace) -> None:
              "import cli + Refiner": python + ["-c", "import LiverTumorRefineLib.cli; "
                                                "from LiverTumorRefineLib.refine.refiner import Refiner"],
              "import onnxruntime": python + ["-c", "import onnxruntime"]}
-    runs = {name: python + ["-m", "LiverTumorRefineLib.cli", "refine", "--image", str(ct), "--mask", str(mask),
-                            "--out", str(folder / f"refined_{name}.nii.gz"), "--force", "--runtime", name]
+    peak_file = folder / "peak_kb.txt"
+    runs = {name: python + ["-c", PEAK_WRAPPER, str(peak_file), "LiverTumorRefineLib.cli", "refine", "--image", str(ct),
+                            "--mask", str(mask), "--out", str(folder / f"refined_{name}.nii.gz"), "--force",
+                            "--runtime", name]
             for name in args.runtimes}
     best: dict[str, float] = {}
     lines: dict[str, str] = {}
+    peaks: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, command in {**parts, **runs}.items():
             try:
@@ -150,6 +168,8 @@ def cli_process(args: argparse.Namespace) -> None:
             except subprocess.CalledProcessError as exc:
                 print(f"{name}: failed ({exc.stderr.strip().splitlines()[-1] if exc.stderr else exc.returncode})")
                 continue
+            if name in runs:
+                peaks[name] = max(peaks.get(name, 0.0), float(peak_file.read_text() or "nan") / 1024)
             if seconds < best.get(name, float("inf")):
                 best[name], lines[name] = seconds, out.strip().splitlines()[-1] if out.strip() else ""
     t = time.perf_counter()
@@ -162,7 +182,8 @@ def cli_process(args: argparse.Namespace) -> None:
     print(f"case {tuple(args.size)} (x,y,z), {args.tumours} tumours, NIfTI in {folder}; best of {args.repeats}, "
           f"load average {os.getloadavg()[0]:.1f}")
     for name, seconds in best.items():
-        print(f"{name:>24}: {seconds:6.2f} s  {lines[name] if name in runs else ''}")
+        extra = f"peak RSS {peaks[name]:.0f} MiB  {lines[name]}" if name in runs else ""
+        print(f"{name:>24}: {seconds:6.2f} s  {extra}")
     print(f"{'read CT + mask':>24}: {reading:6.2f} s (in process)")
     print(f"{'write refined mask':>24}: {writing:6.2f} s (in process, verified)")
 
