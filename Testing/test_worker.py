@@ -45,13 +45,17 @@ def small_case():
     return st.synthetic_case(4, shape=(16, 64, 64))
 
 
+def slow_logic(trained_model) -> ltr.LiverTumorRefineLogic:
+    """8 orientations in batches of 16: a refinement long enough to be caught half-way by a poll,
+    even in a warm worker on a fast machine."""
+    return ltr.LiverTumorRefineLogic(weights=trained_model, batchSize=16, refinerOptions={"min_kept": 0.0, "tta": 8})
+
+
 @posix_only
 def test_cancel_half_way_ends_the_process_and_leaves_the_scene(app, trained_model, case):
     """Seed points: the coarse step and the refinement run in the worker; cancelling while it
     refines ends the process group, adds no coarse and no refined segment, removes the folder."""
-    # 8 orientations in batches of 16: a refinement long enough to be caught half-way by a poll,
-    # even in a warm worker on a fast machine
-    logic = ltr.LiverTumorRefineLogic(weights=trained_model, batchSize=16, refinerOptions={"min_kept": 0.0, "tta": 8})
+    logic = slow_logic(trained_model)
     sc = st.build_scene_case(app.scene, case, separate_truth=True)
     k, j, i = st.deepest_voxel(case.truth)
     ras = sc.matrix @ np.array([i, j, k, 1.0])
@@ -102,12 +106,14 @@ def test_job_keeps_its_speed_while_the_main_thread_holds_the_gil(app, logic, sma
 
 
 @posix_only
-def test_worker_killed_by_the_system_is_reported_as_out_of_memory(app, logic, case):
+def test_worker_killed_by_the_system_is_reported_as_out_of_memory(app, trained_model, case):
+    logic = slow_logic(trained_model)  # still running when the kill comes, even in a warm worker
     sc = st.build_scene_case(app.scene, case)
     before = st.scene_snapshot(app.scene)
     job = logic.startRefine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
     while job.state()[0] < ltr.PREPARE_END + 0.1 and not job.done:
-        time.sleep(0.05)
+        time.sleep(0.01)
+    assert not job.done, "the job ended before the kill"
     os.kill(job.process.process.pid, signal.SIGKILL)  # what the kernel's OOM killer does
     assert job.wait(60)
     st.expect_error(job.finish, "stopped by the system (SIGKILL)", "ran out of memory", "choose cpu")
