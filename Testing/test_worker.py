@@ -70,16 +70,18 @@ def test_cancel_half_way_ends_the_process_and_leaves_the_scene(app, trained_mode
 
 
 @posix_only
-def test_job_keeps_its_speed_while_the_main_thread_holds_the_gil(app, logic, small_case, monkeypatch):
+def test_job_keeps_its_speed_while_the_main_thread_holds_the_gil(app, trained_model, case, monkeypatch):
     """Slicer's main thread holds the GIL while Qt idles (PythonQt threads off); only a 100 ms poll
     runs Python. A C call through ``ctypes.PyDLL`` keeps the GIL, as the idle loop does. The job
-    must take at most 1.3x its time with the main thread free (plus one poll period)."""
+    must take at most 1.3x its time with the main thread free, plus two poll periods: the reader
+    thread parses the worker's last line when a poll lets it run, and the next poll sees it."""
     libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held during the call
     # One torch thread in the worker: on a busy machine two threads spin against other programs and a
     # run takes 0.3 or 3 s at random, whatever the main thread does.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    logic = slow_logic(trained_model)  # a job of about a second in the kept worker, not a few polls
     logic.stopWorker()  # the next job starts a worker with this environment
-    sc = st.build_scene_case(app.scene, small_case)
+    sc = st.build_scene_case(app.scene, case)
 
     def run(hold_gil: bool) -> float:
         t0 = time.perf_counter()
@@ -102,7 +104,7 @@ def test_job_keeps_its_speed_while_the_main_thread_holds_the_gil(app, logic, sma
     free, held = min(times[False]), min(times[True])
     print(f"\nworker job: {[round(t, 2) for t in times[False]]} s with the main thread free, "
           f"{[round(t, 2) for t in times[True]]} s while it holds the GIL")
-    assert held <= 1.3 * free + 0.1, f"{held:.2f} s while the main thread holds the GIL, {free:.2f} s free"
+    assert held <= 1.3 * free + 0.2, f"{held:.2f} s while the main thread holds the GIL, {free:.2f} s free"
 
 
 @posix_only

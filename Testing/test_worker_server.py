@@ -164,3 +164,24 @@ def test_the_served_worker_reuses_its_pipeline_until_the_model_file_changes(mode
     again = worker.job_pipeline(job, None, pipelines)
     os.utime(model_file, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file was replaced
     assert worker.job_pipeline(job, None, pipelines) is not again
+
+
+@pytest.mark.parametrize("dtype, stored", [(np.int16, np.int16), (np.uint16, np.uint16), (np.float32, np.float32),
+                                           (np.float64, np.float32), (np.uint8, np.float32)])
+def test_a_jobs_ct_keeps_a_ct_type_and_is_refined_the_same(tmp_path, dtype, stored, model_file):
+    """int16 CTs (Slicer's usual type) go to the worker as int16: half the bytes of float32."""
+    case = blob_case(0, shape=(16, 64, 64))
+    image = np.clip(np.round(case.image), 0, 255).astype(dtype)
+    folder = tmp_path / "job"
+    folder.mkdir()
+    job = worker.write_job(folder, image, GEOMETRY, {"source": "mask"}, case.coarse, None, device="cpu",
+                           weights=model_file, seg_weights=None, batch_size=64, refiner={"min_kept": 0.0, "tta": 1})
+    assert np.load(folder / "ct.npy").dtype == stored
+    worker.run_job(job)
+    as_float = tmp_path / "float"
+    as_float.mkdir()
+    again = worker.write_job(as_float, image.astype(np.float32), GEOMETRY, {"source": "mask"}, case.coarse, None,
+                             device="cpu", weights=model_file, seg_weights=None, batch_size=64,
+                             refiner={"min_kept": 0.0, "tta": 1})
+    worker.run_job(again)
+    assert np.array_equal(np.load(folder / worker.REFINED_FILE), np.load(as_float / worker.REFINED_FILE))

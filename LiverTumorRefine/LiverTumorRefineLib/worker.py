@@ -57,6 +57,7 @@ REFINED_FILE = "refined.npy"
 COARSE_OUT_FILE = "coarse_out.npy"
 UNCERTAIN_FILE = "uncertain.npy"  # where the augmented predictions disagree (the module's "unsure" overlay)
 EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_MEMORY = 0, 1, 2, 3
+CT_DTYPES = tuple(np.dtype(t) for t in ("int16", "uint16", "int32", "float32"))  # a job's CT keeps these types
 IDLE_EXIT_S = 600.0  # a served worker gives its memory back after 10 minutes without a job
 _RUN_END = 0.97  # the rest of the progress bar is writing the result
 
@@ -65,7 +66,7 @@ def write_job(folder: str | Path, ct: np.ndarray, geometry: dict[str, Any], coar
               coarse_mask: np.ndarray | None = None, truth: np.ndarray | None = None, **options: Any) -> Path:
     """Write a job folder (arrays as .npy, options as job.json); returns the job.json path."""
     folder = Path(folder)
-    np.save(folder / "ct.npy", np.ascontiguousarray(ct, dtype=np.float32))
+    np.save(folder / "ct.npy", np.ascontiguousarray(ct, dtype=ct.dtype if ct.dtype in CT_DTYPES else np.float32))
     coarse = dict(coarse)
     if coarse_mask is not None:
         np.save(folder / "coarse.npy", np.ascontiguousarray(coarse_mask, dtype=np.uint8))
@@ -254,6 +255,20 @@ def serve(requests: Iterable[str], stream: TextIO, idle_exit_s: float = IDLE_EXI
         lines.send({"started": True})
         if run_one(job_path, lines, pipelines) == EXIT_MEMORY:
             return EXIT_MEMORY  # the heap may be in pieces: a new worker starts clean
+        release_memory()
+
+
+def release_memory() -> None:
+    """Give a finished job's freed memory back to the system, so that an idle worker holds its
+    models, not the peak of its last CT (glibc keeps freed heap otherwise; elsewhere a no-op)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
