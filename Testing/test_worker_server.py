@@ -16,7 +16,7 @@ from conftest import blob_case
 from LiverTumorRefineLib import worker
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.refine.weights import save_model
-from LiverTumorRefineLib.scene.workerprocess import WorkerServer
+from LiverTumorRefineLib.scene.workerprocess import WorkerJob, WorkerServer
 
 GEOMETRY = {"spacing": [0.8, 0.8, 2.5], "origin": [0.0, 0.0, 0.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
 
@@ -107,6 +107,26 @@ def test_an_idle_worker_ends_and_the_next_job_starts_another(model_file, tmp_pat
     finally:
         server.stop()
     assert server.folder is None
+
+
+def test_a_job_the_idle_worker_left_untaken_goes_to_a_new_worker(model_file, tmp_path):
+    """The race at the idle exit: a job written to a worker that is leaving is never taken; its
+    handle sends it again to a new worker instead of waiting for ever."""
+    server = WorkerServer(idle_exit_s=0.5)
+    try:
+        first = server.submit(make_job(tmp_path, "a", model_file))
+        finish(first)
+        deadline = time.monotonic() + 30
+        while server.running:
+            assert time.monotonic() < deadline, "the idle worker did not end"
+            time.sleep(0.05)
+        late = WorkerJob(server, make_job(tmp_path, "late", model_file))
+        late.process = first.process  # what the reader of the old worker found when it ended
+        late.process_ended(resend=True)
+        finish(late)
+        assert server.starts == 2 and late.process is not first.process
+    finally:
+        server.stop()
 
 
 def test_stop_ends_the_worker_and_removes_its_log_folder(model_file, tmp_path):

@@ -61,6 +61,7 @@ class WorkerServer:
         self._lock = threading.Lock()
         self._process: Optional[subprocess.Popen] = None
         self._jobs: dict[str, WorkerJob] = {}
+        self._gone: set[subprocess.Popen] = set()  # processes whose reader has finished
         self.folder: Optional[Path] = None
         self.starts = 0  # worker processes started so far (tests, benchmarks)
 
@@ -86,17 +87,23 @@ class WorkerServer:
         return job
 
     def _send(self, job: "WorkerJob") -> None:
-        if not self.running:
-            self._start()
-        process = self._process
-        with self._lock:
-            self._jobs[str(job.job_path)] = job
-            job.process = process
-        try:
-            process.stdin.write((json.dumps({"job": str(job.job_path)}) + "\n").encode())
-            process.stdin.flush()
-        except OSError:  # it ended just now: the reader marks the job lost, and ``done`` sends it again
-            pass
+        for _ in range(3):
+            if not self.running:
+                self._start()
+            process = self._process
+            with self._lock:
+                if process in self._gone:  # it ended and its reader is done: nobody would answer
+                    continue
+                self._jobs[str(job.job_path)] = job
+                job.process = process
+            try:
+                process.stdin.write((json.dumps({"job": str(job.job_path)}) + "\n").encode())
+                process.stdin.flush()
+            except OSError:  # it ended just now: its reader marks the job lost, and ``done`` sends it again
+                pass
+            return
+        raise RefineError("The refinement process ended as soon as it started, three times: the details are in "
+                          "the Python console; please report this problem.")
 
     def _start(self) -> None:
         if self.folder is None:
@@ -145,6 +152,7 @@ class WorkerServer:
         process.stdout.close()
         process.wait()
         with self._lock:
+            self._gone.add(process)
             ended = [job for job in self._jobs.values() if job.process is process]
             for job in ended:
                 del self._jobs[str(job.job_path)]
