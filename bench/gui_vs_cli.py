@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine" / "Testing" / "Python"))
 
 from LiverTumorRefineLib.volume import io  # noqa: E402
 from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
