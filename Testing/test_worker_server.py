@@ -91,15 +91,21 @@ def test_cancel_ends_the_worker_and_the_next_job_gets_a_new_one(server, model_fi
     assert server.starts == 2 and after.process.pid != job.process.pid
 
 
+def run_until_idle_exit(server: WorkerServer, job_path: Path):
+    """Run one job, then wait until the worker has left at its idle timeout; the job."""
+    job = server.submit(job_path)
+    finish(job)
+    deadline = time.monotonic() + 30
+    while server.running:
+        assert time.monotonic() < deadline, "the idle worker did not end"
+        time.sleep(0.05)
+    return job
+
+
 def test_an_idle_worker_ends_and_the_next_job_starts_another(model_file, tmp_path):
     server = WorkerServer(idle_exit_s=1.0)
     try:
-        first = server.submit(make_job(tmp_path, "a", model_file))
-        finish(first)
-        deadline = time.monotonic() + 30
-        while server.running:
-            assert time.monotonic() < deadline, "the idle worker did not end"
-            time.sleep(0.1)
+        first = run_until_idle_exit(server, make_job(tmp_path, "a", model_file))
         assert first.process.returncode == worker.EXIT_OK
         second = server.submit(make_job(tmp_path, "b", model_file))
         finish(second)
@@ -114,12 +120,7 @@ def test_a_job_the_idle_worker_left_untaken_goes_to_a_new_worker(model_file, tmp
     handle sends it again to a new worker instead of waiting for ever."""
     server = WorkerServer(idle_exit_s=0.5)
     try:
-        first = server.submit(make_job(tmp_path, "a", model_file))
-        finish(first)
-        deadline = time.monotonic() + 30
-        while server.running:
-            assert time.monotonic() < deadline, "the idle worker did not end"
-            time.sleep(0.05)
+        first = run_until_idle_exit(server, make_job(tmp_path, "a", model_file))
         late = WorkerJob(server, make_job(tmp_path, "late", model_file))
         late.process = first.process  # what the reader of the old worker found when it ended
         late.process_ended(resend=True)
