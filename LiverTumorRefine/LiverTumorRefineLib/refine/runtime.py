@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.refine.batching import cache_batch, is_int8_export, largest_layer_elements
 from LiverTumorRefineLib.refine.network import BRNet
 from LiverTumorRefineLib.refine.weights import MODELS_DIR, sha256_of
 
@@ -42,9 +43,9 @@ SHIPPED_ONNX_MEAN_ERROR = 0.01
 ONNX_SUFFIX = ".onnx"
 SOURCE_KEY = "source_sha256"  # ONNX metadata: SHA-256 of the .pt the export was made from
 OPSET = 17
-# Network inputs per call that ran fastest on 2 CPU cores (bench/speed_runtime.py): PyTorch's
-# CPU convolutions fall off with larger batches (their working set leaves the cache), ONNX
-# Runtime's are flat from 16 to 256; on CUDA larger batches only help.
+# Network inputs per call on the CPU are chosen from the cache (``batching.cache_batch``); these
+# are the sizes that ran fastest on 2 CPU cores (bench/speed_runtime.py), used where the cache size
+# cannot be read. On CUDA larger batches only help.
 TORCH_CPU_BATCH = 32
 ONNX_BATCH = 64
 CUDA_BATCH = 512
@@ -73,9 +74,13 @@ class TorchRuntime:
         self.bf16 = bf16
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
         self.model = model.to(self.device).eval()
-        if channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.batch_size = CUDA_BATCH if self.device.type == "cuda" else TORCH_CPU_BATCH
+        if self.device.type == "cuda":
+            self.batch_size = CUDA_BATCH
+        else:
+            elements = largest_layer_elements(self.model)
+            self.batch_size = cache_batch(elements * (2 if bf16 else 4) if elements else None, TORCH_CPU_BATCH)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self._run(chunk) for chunk in x.split(self.batch_size)])
@@ -103,7 +108,10 @@ class OnnxRuntime:
     name = "onnx"
     device = torch.device("cpu")
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, ort: ModuleType | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, ort: ModuleType | None = None,
+                 layer_elements: int | None = None) -> None:
+        """``layer_elements``: the network's largest layer per input (``largest_layer_elements``
+        of its PyTorch model), which sets the inputs per call from the cache."""
         ort = ort or importlib.import_module("onnxruntime")
         self.path = Path(path)
         options = ort.SessionOptions()
@@ -116,7 +124,8 @@ class OnnxRuntime:
             raise RefineError(f"The ONNX model {self.path} could not be loaded ({type(exc).__name__}: {str(exc)[:160]}): "
                               "export it again from its .pt or use --runtime torch.") from None
         self.input = self.session.get_inputs()[0].name
-        self.batch_size = ONNX_BATCH
+        value_bytes = 1 if is_int8_export(self.path) else 4
+        self.batch_size = cache_batch(layer_elements * value_bytes if layer_elements else None, ONNX_BATCH)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self._run(chunk) for chunk in x.split(self.batch_size)])
@@ -199,7 +208,7 @@ def select_runtime(name: str, model: BRNet, device: torch.device, weights: Path 
     export = onnx_path_for(Path(weights)) if weights is not None else None
     usable = export is not None and export_matches(export, Path(weights))  # type: ignore[arg-type]
     if ort is not None and usable:
-        return OnnxRuntime(export, ort=ort)  # type: ignore[arg-type]
+        return OnnxRuntime(export, ort=ort, layer_elements=largest_layer_elements(model))  # type: ignore[arg-type]
     if name == "auto":
         return TorchRuntime(model, device)
     if ort is None:
