@@ -159,10 +159,8 @@ class RefinePipeline:
             stats["coarse_source"] = kind
         refined = io.reoriented(Volume(merge_label(coarse_axial.array, refined_binary, used), axial.geometry), code)
         result = PipelineResult(refined, io.reoriented(coarse_axial, code), used, stats, notes)
-        if refinement.uncertain is not None:  # as is on an axial CT: no copies of a volume-sized map
-            result.uncertain = (refinement.uncertain if io.orientation(axial.geometry.direction) == code else
-                                io.reoriented(Volume(refinement.uncertain.astype(np.uint8), axial.geometry),
-                                              code).array.astype(bool))
+        if refinement.uncertain is not None:  # as is on an axial CT: no copy of a volume-sized map
+            result.uncertain = io.reoriented(Volume(refinement.uncertain, axial.geometry), code).array
         if truth is not None:
             report(progress, REFINE_END, "Computing metrics")
             result.metrics = metrics_against(truth, result, image)

@@ -234,9 +234,13 @@ def to_lps(image: sitk.Image) -> sitk.Image:
 
 def reoriented(volume: Volume, code: str) -> Volume:
     """``volume`` with its axes permuted and flipped (no resampling) to the DICOM orientation
-    ``code`` (e.g. "LPS"); the same volume when it already has it."""
+    ``code`` (e.g. "LPS"); the same volume when it already has it. A bool mask stays bool (it goes
+    through SimpleITK, which has no bool pixels, as a uint8 view: no copy)."""
     if orientation(volume.geometry.direction) == code:
         return volume
+    if volume.array.dtype == bool:
+        turned = reoriented(volume.with_array(volume.array.view(np.uint8)), code)
+        return turned.with_array(turned.array.view(bool))
     return from_sitk(sitk.DICOMOrient(to_sitk(volume), code))
 
 
@@ -256,7 +260,7 @@ def axial_arrays(image: np.ndarray, mask: np.ndarray | None, spacing_zyx: Sequen
     lps_mask = None if mask is None else reoriented(Volume(np.asarray(mask, dtype=np.uint8), geometry), "LPS").array.astype(bool)
 
     def back(result: np.ndarray) -> np.ndarray:
-        return reoriented(Volume(np.asarray(result, dtype=np.uint8), lps_image.geometry), code).array.astype(bool)
+        return reoriented(Volume(np.asarray(result, dtype=bool), lps_image.geometry), code).array
 
     return lps_image.array, lps_mask, lps_image.geometry.spacing_zyx, back
 
