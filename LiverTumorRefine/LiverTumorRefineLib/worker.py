@@ -66,7 +66,7 @@ def write_job(folder: str | Path, ct: np.ndarray, geometry: dict[str, Any], coar
               coarse_mask: np.ndarray | None = None, truth: np.ndarray | None = None, **options: Any) -> Path:
     """Write a job folder (arrays as .npy, options as job.json); returns the job.json path."""
     folder = Path(folder)
-    np.save(folder / "ct.npy", np.ascontiguousarray(ct, dtype=ct.dtype if ct.dtype in CT_DTYPES else np.float32))
+    np.save(folder / "ct.npy", np.ascontiguousarray(ct, dtype=job_ct_dtype(ct.dtype)))
     coarse = dict(coarse)
     if coarse_mask is not None:
         np.save(folder / "coarse.npy", np.ascontiguousarray(coarse_mask, dtype=np.uint8))
@@ -78,6 +78,11 @@ def write_job(folder: str | Path, ct: np.ndarray, geometry: dict[str, Any], coar
     path = folder / "job.json"
     write_text(path, json.dumps(jsonable(job)))
     return path
+
+
+def job_ct_dtype(dtype: np.dtype) -> np.dtype:
+    """The type a job's CT is stored in: its own when that is a CT's (``CT_DTYPES``), else float32."""
+    return np.dtype(dtype) if np.dtype(dtype) in CT_DTYPES else np.dtype(np.float32)
 
 
 def read_result(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
@@ -141,16 +146,17 @@ def job_pipeline(job: dict[str, Any], weights: Any, pipelines: dict[str, Any]):
     options = {"weights": job.get("weights"), "device": job.get("device", "auto"),
                "batch_size": job.get("batch_size", 128), "seg_weights": job.get("seg_weights"),
                "refiner": dict(job.get("refiner") or {})}
+    def build(model: Any) -> RefinePipeline:
+        return RefinePipeline(model, device=options["device"], batch_size=options["batch_size"],
+                              seg_weights=options["seg_weights"], **options["refiner"])
+
+    if weights is not None:
+        return build(weights)  # an in-memory model: nothing to reuse it by
     stamps = [_file_stamp(options["weights"]), _file_stamp(options["seg_weights"])]
     key = json.dumps(jsonable({**options, "stamps": stamps}), sort_keys=True)
-    if weights is not None or key not in pipelines:
-        pipeline = RefinePipeline(weights if weights is not None else options["weights"], device=options["device"],
-                                  batch_size=options["batch_size"], seg_weights=options["seg_weights"],
-                                  **options["refiner"])
-        if weights is not None:
-            return pipeline  # an in-memory model: nothing to reuse it by
+    if key not in pipelines:
         pipelines.clear()  # one model set at a time: a served worker keeps its memory bounded
-        pipelines[key] = pipeline
+        pipelines[key] = build(options["weights"])
     return pipelines[key]
 
 

@@ -796,7 +796,7 @@ def _ct_array(volumeNode) -> np.ndarray:
     """The CT as a (k, j, i) copy: in its own type when that is a CT's (int16 and the like: half
     the bytes of float32 to copy, write and read in the worker), else float32."""
     array = slicer_module().util.arrayFromVolume(volumeNode)
-    image = np.array(array, dtype=array.dtype if array.dtype in worker.CT_DTYPES else np.float32, copy=True)
+    image = np.array(array, dtype=worker.job_ct_dtype(array.dtype), copy=True)
     if image.ndim != 3:
         raise RefineError(f"The volume '{volumeNode.GetName()}' is not a single-component 3D image "
                           "(colour or vector volume?): choose the CT.")
