@@ -75,7 +75,9 @@ def _grow(mask2d: np.ndarray, n: int) -> np.ndarray:
     return mask2d
 
 
-def test_red_slice_shows_three_outlines_where_the_segments_are(egl, trained_model, tmp_path):
+def refined_scene(trained_model):
+    """A fresh scene with synthetic case 0 (CT, coarse, reference) refined by the Logic:
+    (app, case, scene case, result)."""
     app = st.make_app()
     case = st.synthetic_case(0)
     sc = st.build_scene_case(app.scene, case)
@@ -83,6 +85,11 @@ def test_red_slice_shows_three_outlines_where_the_segments_are(egl, trained_mode
     logic = ltr.LiverTumorRefineLogic(weights=trained_model, refinerOptions={"min_kept": 0.0})
     result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId,
                           device="cpu")
+    return app, case, sc, result
+
+
+def test_red_slice_shows_three_outlines_where_the_segments_are(egl, trained_model, tmp_path):
+    app, case, sc, result = refined_scene(trained_model)
     refined = ltr.export_segment_mask(sc.segmentationNode, result.refinedSegmentId, sc.volumeNode)
     k = int(np.argmax(case.truth.sum(axis=(1, 2))))  # the slice where the lesion is largest
     slice_s = float((sc.matrix @ np.array([0.0, 0.0, k, 1.0]))[2])
@@ -148,12 +155,7 @@ def _magenta(rgb: np.ndarray) -> np.ndarray:
 def test_unsure_overlay_is_a_fourth_distinct_colour_off_by_default(egl, trained_model):
     """The voxels where the augmented predictions disagree: hidden after a refinement, then drawn
     as a magenta fill where that segment is, under unchanged red, yellow and green outlines."""
-    app = st.make_app()
-    case = st.synthetic_case(0)
-    sc = st.build_scene_case(app.scene, case)
-    logic = ltr.LiverTumorRefineLogic(weights=trained_model, refinerOptions={"min_kept": 0.0})
-    result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId,
-                          device="cpu")
+    app, case, sc, result = refined_scene(trained_model)
     assert result.uncertainSegmentId is not None, "no unsure overlay after a refinement"
     unsure = ltr.export_segment_mask(sc.segmentationNode, result.uncertainSegmentId, sc.volumeNode)
     k = int(np.argmax(unsure.sum(axis=(1, 2))))
@@ -164,7 +166,7 @@ def test_unsure_overlay_is_a_fourth_distinct_colour_off_by_default(egl, trained_
     hidden = renderer.render()
     assert _magenta(hidden).sum() == 0, "the unsure overlay is on by default"
 
-    logic.setUncertaintyVisible(sc.segmentationNode, result.uncertainSegmentId, True)
+    ltr.LiverTumorRefineLogic.setUncertaintyVisible(sc.segmentationNode, result.uncertainSegmentId, True)
     rgb = renderer.render()
     for colour in (ltr.TRUTH_COLOR, ltr.COARSE_COLOR, ltr.REFINED_COLOR):
         before, after = st.color_pixels(hidden, colour).sum(), st.color_pixels(rgb, colour).sum()

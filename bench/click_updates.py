@@ -49,6 +49,11 @@ def click_voxels(truth: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...], t
 PARTS: list[dict[str, float]] = []  # per job: where the time went
 
 
+def ras(sc, kji) -> list[float]:
+    """The RAS position (mm) of voxel ``kji`` (z, y, x) of the scene case's CT."""
+    return [float(v) for v in (sc.matrix @ [kji[2], kji[1], kji[0], 1.0])[:3]]
+
+
 def run_job(logic, sc, positive, negative, replace: str | None) -> tuple[float, object]:
     t0 = time.perf_counter()
     job = logic.startRefine(sc.volumeNode, sc.segmentationNode, "", device="cpu", coarseSource="seeds",
@@ -69,7 +74,7 @@ def one_round(logic, sc, clicks, kept: bool) -> list[float]:
     scene = sc.volumeNode.GetScene()
     positive = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
     negative = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "negative clicks")
-    deepest, inside, outside = (list((sc.matrix @ [k[2], k[1], k[0], 1.0])[:3]) for k in clicks)
+    deepest, inside, outside = (ras(sc, k) for k in clicks)
     positive.AddControlPoint(deepest)
     times = []
     replace = None
@@ -122,8 +127,7 @@ def main() -> None:
 def _warm_points(sc, clicks):
     scene = sc.volumeNode.GetScene()
     positive = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "warm-up")
-    k = clicks[0]
-    positive.AddControlPoint(list((sc.matrix @ [k[2], k[1], k[0], 1.0])[:3]))
+    positive.AddControlPoint(ras(sc, clicks[0]))
     return positive, None
 
 
