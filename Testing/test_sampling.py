@@ -219,3 +219,41 @@ def test_box_filters_equal_max_pools_at_any_size(shape, ry, rx, density, seed):
     outer, _ = _box_max_reference(mask, outer_r, outer_r)
     expected = index[(outer > 0) & ~(inner > 0)]
     assert torch.equal(sampling.shell_values(index, mask, unit).sort().values, expected.sort().values)
+
+
+def trilinear_patches(image: torch.Tensor, centres: torch.Tensor, spacing, cfg=CFG) -> torch.Tensor:
+    """The image channels as one 3D trilinear grid_sample over the whole array (how patches were
+    cut before the windowed 2D form): the reference the fast form must equal."""
+    n, p = len(centres), cfg.patch_px
+    y, x = sampling.pixel_coordinates(centres, spacing, cfg)
+    z = centres[:, 0, None].float() + torch.tensor(cfg.context_mm) / spacing[0]
+    k = z.shape[1]
+
+    def norm(c, size):
+        return (2 * c + 1) / size - 1
+
+    grid = torch.stack(torch.broadcast_tensors(norm(x, image.shape[2])[:, None, None, :].expand(n, k, p, p),
+                                               norm(y, image.shape[1])[:, None, :, None].expand(n, k, p, p),
+                                               norm(z, image.shape[0])[:, :, None, None].expand(n, k, p, p)), dim=-1)
+    out = torch.nn.functional.grid_sample(image[None, None], grid.view(1, n * k, p, p, 3), mode="bilinear",
+                                          padding_mode="border", align_corners=False)
+    return out.view(n, k, p, p)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.tuples(st.integers(1, 7), st.integers(1, 70), st.integers(1, 70)),
+       spacing=st.tuples(st.floats(0.5, 5.0), st.floats(0.3, 3.0), st.floats(0.3, 3.0)), seed=st.integers(0, 10_000))
+def test_patches_equal_one_trilinear_sample_of_the_volume(shape, spacing, seed):
+    """Windowed bilinear per slice, blended in z, is trilinear sampling with edges replicated:
+    at any spacing (finer or coarser than a patch pixel), crop size, and centres on the edges."""
+    rng = np.random.default_rng(seed)
+    image = torch.from_numpy(rng.normal(60, 80, shape).astype(np.float32))
+    mask = torch.from_numpy(rng.random(shape) < 0.3)
+    corners = [[0, 0, 0], [shape[0] - 1, shape[1] - 1, shape[2] - 1], [0, shape[1] - 1, 0]]
+    inner = np.stack([rng.integers(0, s, 5) for s in shape], axis=1)
+    centres = torch.from_numpy(np.concatenate([corners, inner]).astype(np.int64))
+    patches = sampling.extract_patches(image, mask, centres, spacing, CFG)
+    expected = trilinear_patches(image, centres, spacing)
+    assert torch.allclose(patches[:, :3], expected, atol=0.01, rtol=0)  # float32 rounding of HU in the hundreds
+    y, x = sampling.pixel_coordinates(centres, spacing, CFG)
+    assert torch.equal(patches[:, 3].bool(), sampling.cut_mask(mask, centres, y, x))
