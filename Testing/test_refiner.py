@@ -65,6 +65,24 @@ def test_progress_reports_and_cancel(trained_model):
                                                                   progress=lambda f, m: f < 0.5)
 
 
+def test_overlapped_loop_equals_the_serial_loop_and_leaves_no_thread(trained_model, monkeypatch):
+    """With ONNX Runtime a helper thread cuts and pastes while the network runs: the votes it
+    pastes must be exactly the serial loop's, and a cancel part-way must not leave it running.
+    (The overlapped loop is run here with the PyTorch runtime: the loop, not the runtime, is tested.)"""
+    import threading
+
+    case = blob_case(6)
+    refiner = Refiner(trained_model, device="cpu", batch_size=12)
+    serial = refiner.refine(case.image, case.coarse, case.spacing_zyx)
+    monkeypatch.setattr(Refiner, "_run_serial", Refiner._run_overlapped)
+    overlapped = refiner.refine(case.image, case.coarse, case.spacing_zyx)
+    assert np.array_equal(overlapped.mask, serial.mask) and np.array_equal(overlapped.uncertain, serial.uncertain)
+    assert overlapped.stats["lesions"] == serial.stats["lesions"]
+    with pytest.raises(RefineCancelled):
+        refiner.refine(case.image, case.coarse, case.spacing_zyx, progress=lambda f, m: f < 0.5)
+    assert not [t for t in threading.enumerate() if t.name.startswith("refine-patches")]
+
+
 def test_nan_and_inf_voxels_do_not_poison_the_result(trained_model):
     case = blob_case(4)
     image = case.image.copy()

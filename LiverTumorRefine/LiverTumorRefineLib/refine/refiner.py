@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -157,12 +158,69 @@ class Refiner:
 
     def _run_batches(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
                      progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
-        """Extract, infer and accumulate patches batch by batch; halves the batch on CUDA OOM and
-        finally falls back to the CPU."""
+        """Extract, infer and accumulate patches batch by batch. The cutting and pasting overlap
+        the network only where it runs in its own thread pool (ONNX Runtime): beside PyTorch's
+        CPU inference, two OpenMP teams fight over the cores (40% slower, measured)."""
+        if self.runtime.name == "onnx":
+            return self._run_overlapped(image, mask, centres, spacing, progress)
+        return self._run_serial(image, mask, centres, spacing, progress)
+
+    def _patches_per_batch(self) -> int:
+        return max(1, self.batch_size // self.tta)  # batch_size counts network inputs: a patch is one per orientation
+
+    def _run_overlapped(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
+                        progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
+        """A helper thread cuts the next batch and accumulates the last one while the network
+        runs on this one (ONNX Runtime releases the GIL), so the cutting and pasting hide behind
+        inference. ``seconds`` holds each stage's own time."""
         seconds = {"extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         canvas = Canvas(mask.shape, self.device)
-        # batch_size counts network inputs: each patch goes in once per orientation
-        start, batch = 0, max(1, self.batch_size // self.tta)
+        if not len(centres):
+            return canvas, seconds
+        batches = centres.split(self._patches_per_batch())
+
+        def cut(chunk: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():  # inference mode is per thread
+                t = time.perf_counter()
+                patches = sampling.network_input(sampling.extract_patches(image, mask, chunk, spacing, self.cfg), self.cfg)
+                inputs = tta_module.augmented(patches, self.tta)
+                seconds["extract"] += time.perf_counter() - t
+                return inputs
+
+        def paste(logits: torch.Tensor, chunk: torch.Tensor) -> None:
+            with torch.inference_mode():
+                t = time.perf_counter()
+                probs = tta_module.restored(logits, self.tta)
+                canvas.add(probs.flatten(0, 1), chunk.repeat(len(probs), 1), spacing, self.cfg)  # one vote per orientation
+                seconds["reassemble"] += time.perf_counter() - t
+
+        helper = ThreadPoolExecutor(1, thread_name_prefix="refine-patches")
+        try:
+            upcoming, pasted, done = helper.submit(cut, batches[0]), None, 0
+            for i, chunk in enumerate(batches):
+                inputs = upcoming.result()
+                if i + 1 < len(batches):
+                    upcoming = helper.submit(cut, batches[i + 1])
+                t = time.perf_counter()
+                logits = self.runtime(inputs)
+                seconds["infer"] += time.perf_counter() - t
+                if pasted is not None:
+                    pasted.result()  # raises here if the last paste failed
+                pasted = helper.submit(paste, logits, chunk)
+                done += len(chunk)
+                report(progress, 0.05 + 0.9 * done / len(centres), f"Refined {done}/{len(centres)} patches")
+            pasted.result()
+        finally:
+            helper.shutdown(wait=True, cancel_futures=True)  # a cancel or error leaves no thread behind
+        return canvas, seconds
+
+    def _run_serial(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
+                    progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
+        """One stage after another; on CUDA it halves the batch on out-of-memory and finally falls
+        back to the CPU."""
+        seconds = {"extract": 0.0, "infer": 0.0, "reassemble": 0.0}
+        canvas = Canvas(mask.shape, self.device)
+        start, batch = 0, self._patches_per_batch()
         while start < len(centres):
             part = centres[start:start + batch]
             try:
@@ -200,7 +258,7 @@ class Refiner:
         self.runtime = TorchRuntime(self.model, self.device)
         moved = Canvas(canvas.shape, self.device)
         moved.total, moved.count, moved.votes = canvas.total.cpu(), canvas.count.cpu(), canvas.votes.cpu()
-        return image.cpu(), mask.cpu(), centres.cpu(), moved, max(1, self.batch_size // self.tta)
+        return image.cpu(), mask.cpu(), centres.cpu(), moved, self._patches_per_batch()
 
 
 @dataclass

@@ -45,10 +45,19 @@ def check_count(n: int) -> int:
     return n
 
 
+def augmented(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The N patches ``x`` (N, C, P, P) in the first ``n`` orientations of ``ORDER``: (n * N, C, P, P)."""
+    return torch.cat([forward(x, k) for k in ORDER[:n]])
+
+
+def restored(logits: torch.Tensor, n: int) -> torch.Tensor:
+    """Probabilities (n, N, P, P) from the network's logits (n * N, P, P) for ``augmented(x, n)``,
+    each turned back to the patch's own orientation."""
+    probs = torch.sigmoid(logits.float()).view(n, len(logits) // n, *logits.shape[1:])
+    return torch.stack([inverse(p, k) for p, k in zip(probs, ORDER[:n])])
+
+
 def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int) -> torch.Tensor:
     """Probabilities (n, N, P, P) of the N patches ``x`` (N, C, P, P) seen in the first ``n``
     orientations of ``ORDER``, each turned back to the patch's own orientation."""
-    ks = ORDER[:n]
-    logits = model(torch.cat([forward(x, k) for k in ks]))
-    probs = torch.sigmoid(logits.float()).view(n, len(x), *logits.shape[1:])
-    return torch.stack([inverse(p, k) for p, k in zip(probs, ks)])
+    return restored(model(augmented(x, n)), n)
