@@ -89,3 +89,34 @@ def test_merge_label_keeps_the_masks_form(values, label):
     merged = merge_label(labels, refined, label)
     assert merged.dtype == labels.dtype
     assert np.array_equal(merged, _merge_reference(labels, refined, label))
+
+
+@pytest.mark.parametrize("dtype, values, label", [(np.uint8, (0, 1), None), (np.int8, (0, 1), 1), (bool, (0, 1), None),
+                                                  (np.uint8, (0, 255), None), (np.int16, (0, 1), None), (np.uint8, (0, 1, 2), None)])
+def test_select_label_without_copy_is_the_same_mask_and_read_only(dtype, values, label):
+    """``copy=False`` may hand out a view of the input (the pipeline's peak memory), but it must
+    be the same mask, and a view must not let anyone write into the caller's labels."""
+    from LiverTumorRefineLib.volume.labels import select_label
+
+    labels = np.random.default_rng(3).choice(np.array(values), (3, 7, 5)).astype(dtype)
+    before = labels.copy()
+    copied, used = select_label(labels, label)
+    viewed, used_too = select_label(labels, label, copy=False)
+    assert used == used_too and viewed.dtype == bool and np.array_equal(copied, viewed)
+    if np.shares_memory(viewed, labels):
+        assert not viewed.flags.writeable
+        with pytest.raises(ValueError):
+            viewed[0, 0, 0] = True
+    assert np.shares_memory(viewed, labels) == (values == (0, 1) and np.dtype(dtype).itemsize == 1)
+    assert np.array_equal(labels, before)
+
+
+@pytest.mark.parametrize("values, label", [((0, 1), 1), ((0, 1), None), ((0, 255), 255), ((0, 1, 2), 2)])
+def test_merge_label_reusing_the_refined_mask_gives_the_same_map(values, label):
+    from LiverTumorRefineLib.volume.labels import merge_label
+
+    rng = np.random.default_rng(11)
+    labels = rng.choice(np.array(values, dtype=np.uint8), (4, 6, 5))
+    refined = rng.random(labels.shape) < 0.4
+    expected = merge_label(labels, refined.copy(), label)
+    assert np.array_equal(merge_label(labels, refined, label, reuse=True), expected)

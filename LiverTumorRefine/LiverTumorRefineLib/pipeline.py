@@ -149,15 +149,16 @@ class RefinePipeline:
             check_same_grid(image, coarse, "coarse mask")
             coarse_axial = io.reoriented(coarse, "LPS")
         coarse_seconds = time.perf_counter() - t0
-        binary, used = select_label(coarse_axial.array, label)
+        binary, used = select_label(coarse_axial.array, label, copy=False)  # read only: the Refiner never writes it
         end = REFINE_END if truth is not None else 1.0
         refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes)
-        del binary  # a volume-sized mask: freed before the result's arrays are made (peak memory)
+        del binary  # where select_label made a volume-sized mask: freed before the result's arrays are made (peak memory)
         refined_binary, stats = refinement.mask, refinement.stats
         if made:
             stats["seconds"]["coarse"] = coarse_seconds
             stats["coarse_source"] = kind
-        refined = io.reoriented(Volume(merge_label(coarse_axial.array, refined_binary, used), axial.geometry), code)
+        # the result may take the refined mask's memory: nothing below reads refined_binary
+        refined = io.reoriented(Volume(merge_label(coarse_axial.array, refined_binary, used, reuse=True), axial.geometry), code)
         result = PipelineResult(refined, io.reoriented(coarse_axial, code), used, stats, notes)
         if refinement.uncertain is not None:  # as is on an axial CT: no copy of a volume-sized map
             result.uncertain = io.reoriented(Volume(refinement.uncertain, axial.geometry), code).array
@@ -221,6 +222,9 @@ class RefinePipeline:
         result = self.run(image, coarse, source=kind, seeds=seeds, negative_seeds=negative, seed_method=seed_method,
                           label=label, ct_path=image_path,
                           progress=progress, coarse_progress=coarse_progress)
+        del coarse  # result.coarse keeps what is still needed
+        if report_out is None:
+            del image  # only the review reads the CT again: freed before writing (peak memory)
         if extra is not None:
             files.write_result(result.coarse, image_path, extra, force)
         files.write_result(result.refined, image_path, out, force)

@@ -90,7 +90,8 @@ class Refiner:
         boxes = lesion_boxes(mask, crop_margin(spacing, self.cfg))
         report(progress, 0.0, "Cutting boundary patches")
         refined = mask.copy()
-        uncertain = np.zeros_like(mask)
+        # np.zeros, not zeros_like: the kernel's zero pages stay unallocated outside the lesion boxes
+        uncertain = np.zeros(mask.shape, dtype=bool)
         seconds = {"crop": 0.0, "sample": 0.0, "extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         patches = changed = 0
         lesions: list[dict[str, Any]] = []

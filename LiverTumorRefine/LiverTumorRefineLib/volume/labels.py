@@ -25,12 +25,14 @@ def distinct_values(labels: np.ndarray) -> set:
     return set(np.unique(labels).tolist())
 
 
-def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarray, int | None]:
+def select_label(labels: np.ndarray, label: int | None = None, *, copy: bool = True) -> tuple[np.ndarray, int | None]:
     """Binary tumour mask from a mask or label map, and the label used (None = a bool mask).
 
     Default: label 2 in a LiTS-style 0/1/2 map, the one non-zero value of a binary mask (0/1,
     0/255, ...); a map with several labels and no LiTS tumour label is refused rather than
-    guessed, because flattening it would lose the other labels.
+    guessed, because flattening it would lose the other labels. ``copy=False``: where the
+    mask's bytes already are ``labels``' (a bool mask, or label 1 of a one-byte 0/1 mask), it
+    is a read-only view of them instead of a copy (a volume-sized saving at the peak).
     """
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
@@ -47,9 +49,9 @@ def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarr
     if label is not None:
         if label not in values:
             raise RefineError(f"Label {label} is not in the mask (labels present: {present}): choose one with --label.")
-        return labels == label, label
+        return _mask_of(labels, label, values, copy), label
     if labels.dtype == bool:
-        return labels.copy(), None
+        return (labels.copy() if copy else _read_only(labels)), None
     if LITS_TUMOUR in values and values <= {0, 1, 2}:
         return labels == LITS_TUMOUR, LITS_TUMOUR
     foreground = values - {0}
@@ -59,17 +61,35 @@ def select_label(labels: np.ndarray, label: int | None = None) -> tuple[np.ndarr
     if not foreground:
         return np.zeros(labels.shape, dtype=bool), None
     value = int(next(iter(foreground)))
-    return labels == value, value
+    return _mask_of(labels, value, values, copy), value
 
 
-def merge_label(labels: np.ndarray, refined: np.ndarray, label: int | None) -> np.ndarray:
+def _mask_of(labels: np.ndarray, value: int, values: set, copy: bool) -> np.ndarray:
+    """``labels == value``, or with ``copy`` False a read-only bool view of ``labels`` where
+    that is the same bytes (one-byte integers holding only 0 and ``value`` 1)."""
+    if not copy and value == 1 and values <= {0, 1} and labels.dtype.itemsize == 1 and labels.dtype.kind in "iu":
+        return _read_only(labels.view(bool))
+    return labels == value
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def merge_label(labels: np.ndarray, refined: np.ndarray, label: int | None, *, reuse: bool = False) -> np.ndarray:
     """Put ``refined`` back into the original mask's form: a binary mask keeps its foreground
     value; in a label map only the chosen label changes (voxels leaving a LiTS tumour become
-    liver, others 0). ``label`` None: a bool mask, returned as uint8 0/1."""
+    liver, others 0). ``label`` None: a bool mask, returned as uint8 0/1. ``reuse``: the result
+    may be ``refined``'s own memory where it already holds the answer's bytes (uint8 0/1), so the
+    caller must not use ``refined`` afterwards."""
     if label is None:
-        return refined.astype(np.uint8)
+        return refined.view(np.uint8) if reuse else refined.astype(np.uint8)
     values = distinct_values(labels)
     if values <= {0, label}:  # a binary mask: the refined mask in its value, without a copy of the input
+        if reuse and label == 1 and labels.dtype == np.uint8:
+            return refined.view(np.uint8)
         out = refined.astype(labels.dtype)
         out *= label
         return out
