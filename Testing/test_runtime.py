@@ -105,6 +105,24 @@ def test_onnx_refinement_gives_the_torch_mask(trained_model, tmp_path):
     assert np.array_equal(onnx.mask, plain.mask)
 
 
+@pytest.mark.parametrize("streams, threads", [(2, 2), (3, 4)])
+def test_onnx_sessions_side_by_side_give_one_sessions_outputs_in_order(trained_model, tmp_path, streams, threads):
+    """Chunks shared round robin among sessions on helper threads come back in input order,
+    each exactly what a single session computes for it; the threads are split among them."""
+    ort = needs_onnx()
+    weights = tmp_path / "model.pt"
+    save_model(trained_model, weights)
+    path = rt.export_onnx(trained_model, weights)
+    x = network_inputs(trained_model)
+    single = rt.OnnxRuntime(path, threads=1, ort=ort)
+    shared = rt.OnnxRuntime(path, threads=threads, ort=ort, streams=streams)
+    assert len(single.sessions) == 1 and len(shared.sessions) == streams
+    assert sum(s.get_session_options().intra_op_num_threads for s in shared.sessions) == threads
+    single.batch_size = shared.batch_size = 7  # 40 inputs: six chunks, the last one short
+    assert torch.allclose(shared(x), single(x), atol=1e-5)  # (order of sums may differ with threads)
+    assert torch.allclose(shared(x[:5]), single(x[:5]), atol=1e-5)  # one chunk: no helper
+
+
 def test_an_export_of_another_model_or_a_changed_file_is_not_used(trained_model, tmp_path):
     ort = needs_onnx()
     weights = tmp_path / "model.pt"

@@ -18,9 +18,10 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ OPSET = 17
 # cannot be read. On CUDA larger batches only help.
 TORCH_CPU_BATCH = 32
 ONNX_BATCH = 64
+STREAMS = 2  # ONNX Runtime sessions run side by side (see OnnxRuntime)
 CUDA_BATCH = 512
 
 
@@ -103,36 +105,61 @@ class TorchRuntime:
 
 class OnnxRuntime:
     """An exported BRNet (``export_onnx``) run by ONNX Runtime on the CPU with ``threads`` threads
-    (default: PyTorch's count, so ``torch.set_num_threads`` and OMP_NUM_THREADS apply to both)."""
+    (default: PyTorch's count, so ``torch.set_num_threads`` and OMP_NUM_THREADS apply to both).
+
+    The threads are shared among ``streams`` sessions that run chunks side by side (default: 2
+    where there are 2 threads or more): this small network's layers parallelise poorly inside
+    one call, and on 2 cores two one-thread sessions ran 10-14% more inputs/s than one two-thread
+    session (``bench/speed_runtime.py``). Sharing the cache, each takes half the chunk size."""
 
     name = "onnx"
     device = torch.device("cpu")
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, ort: ModuleType | None = None,
-                 layer_elements: int | None = None) -> None:
+                 layer_elements: int | None = None, streams: int | None = None) -> None:
         """``layer_elements``: the network's largest layer per input (``largest_layer_elements``
         of its PyTorch model), which sets the inputs per call from the cache."""
         ort = ort or importlib.import_module("onnxruntime")
         self.path = Path(path)
+        threads = max(1, threads or torch.get_num_threads())
+        streams = min(streams or STREAMS, threads)
+        self.sessions = [self._session(ort, threads // streams + (i < threads % streams)) for i in range(streams)]
+        self.session = self.sessions[0]
+        self.input = self.session.get_inputs()[0].name
+        value_bytes = 1 if is_int8_export(self.path) else 4
+        self.batch_size = cache_batch(layer_elements * value_bytes * streams if layer_elements else None, ONNX_BATCH)
+        self._helpers = ThreadPoolExecutor(streams - 1, thread_name_prefix="onnx-stream") if streams > 1 else None
+
+    def _session(self, ort: ModuleType, threads: int) -> Any:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for damaged files
             raise RefineError(f"The ONNX model {self.path} could not be loaded ({type(exc).__name__}: {str(exc)[:160]}): "
                               "export it again from its .pt or use --runtime torch.") from None
-        self.input = self.session.get_inputs()[0].name
-        value_bytes = 1 if is_int8_export(self.path) else 4
-        self.batch_size = cache_batch(layer_elements * value_bytes if layer_elements else None, ONNX_BATCH)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._run(chunk) for chunk in x.split(self.batch_size)])
+        chunks = x.split(self.batch_size)
+        n = len(self.sessions)
+        if self._helpers is None or len(chunks) == 1:
+            return torch.cat([self._run(self.session, chunk) for chunk in chunks])
+        # session i runs every n-th chunk, the first on this thread, the others on helpers
+        others = [self._helpers.submit(self._run_all, self.sessions[i], chunks[i::n]) for i in range(1, n)]
+        outputs = [self._run_all(self.session, chunks[0::n]), *(f.result() for f in others)]
+        ordered: list[torch.Tensor] = [torch.empty(0)] * len(chunks)
+        for i, outs in enumerate(outputs):
+            ordered[i::n] = outs
+        return torch.cat(ordered)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run_all(self, session: Any, chunks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [self._run(session, chunk) for chunk in chunks]
+
+    def _run(self, session: Any, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.session.run(None, {self.input: array})[0])
+        return torch.from_numpy(session.run(None, {self.input: array})[0])
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """(N, P, P) probabilities."""
