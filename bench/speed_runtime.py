@@ -7,11 +7,13 @@ the refined masks' Dice on held-out phantoms against plain PyTorch.
 
 Prints, in this order:
 
-* peak: the best of 5 timed 4096x4096 fp32 matrix products with torch on all its threads
-  (sgemm, the best any conv can do on this CPU), in GFLOP/s;
+* peak: the better of a 4096x4096 fp32 matrix product (sgemm) and a large 128-channel 3x3
+  convolution in channels_last, with torch on all its threads, in GFLOP/s; and the int8 peak:
+  a 1024x1024 uint8 x int8 integer matrix product in ONNX Runtime, in GOP/s;
 * the shipped BRNet's FLOPs per network input, counted by ``torch.utils.flop_counter`` (a
   multiply-add counts 2);
-* for each runtime and batch size: network inputs/s, achieved GFLOP/s and its % of the peak,
+* for each runtime and batch size: network inputs/s, achieved GFLOP/s and its % of the peak
+  (and, for int8, of the int8 peak),
   on real network inputs cut from a held-out phantom;
 * quality: each runtime's refined masks on held-out phantoms (seeds 90000+, their
   ``simulate_coarse`` coarse masks), Dice against the truth and the difference from plain
@@ -70,6 +72,36 @@ def conv_pass(batch: int = 16, channels: int = 128, px: int = 48) -> Callable[[]
             conv(x)
             return flop / (time.perf_counter() - t) / 1e9
     return run
+
+
+def int8_pass(n: int = 1024) -> Callable[[], float]:
+    """One n x n uint8 x int8 -> int32 matrix product in ONNX Runtime (MatMulInteger, the integer
+    kernels the int8 export's convolutions run on), on torch's thread count: the int8 peak, in
+    GOP/s (a multiply-add counts 2). 1024 ran fastest of 1024, 2048 and 4096 on the project's CPU."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "int8_peak",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n]),
+                               helper.make_tensor_value_info("B", TensorProto.INT8, [n, n])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                                   options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"A": rng.integers(0, 255, (n, n), dtype=np.uint8), "B": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    session.run(None, feeds)
+
+    def run() -> float:  # several products per timing: one takes about a millisecond
+        t = time.perf_counter()
+        for _ in range(INT8_REPEATS):
+            session.run(None, feeds)
+        return INT8_REPEATS * 2 * n**3 / (time.perf_counter() - t) / 1e9
+    return run
+
+
+INT8_REPEATS = 16
 
 
 def flops_per_input(model: torch.nn.Module, cfg: Any) -> int:
@@ -177,7 +209,7 @@ def main() -> None:
 def measure_throughput(args: argparse.Namespace, runtimes: dict[str, Any], inputs: torch.Tensor, flops: int,
                        weights: Path, fp32_path: Path) -> None:
     """Every runtime at several batch sizes, interleaved, against the measured peak."""
-    passes: dict[str, Callable[[], float]] = {"peak sgemm": sgemm_pass(), "peak conv": conv_pass()}
+    passes: dict[str, Callable[[], float]] = {"peak sgemm": sgemm_pass(), "peak conv": conv_pass(), "peak int8": int8_pass()}
     for name, runtime in runtimes.items():
         for batch in (16, 32, 64, 128, 256) if name in ("torch fp32", "onnx fp32", "onnx int8") else (32, 128):
             chunked = rt.TorchRuntime(runtime.model, runtime.device, runtime.bf16, runtime.channels_last) \
@@ -202,7 +234,7 @@ def measure_throughput(args: argparse.Namespace, runtimes: dict[str, Any], input
     threads = torch.get_num_threads()
     if threads > 1:  # the same inputs on one thread (after the interleaved rounds: a thread count is process-wide)
         torch.set_num_threads(1)
-        one = {"torch fp32, 1 thread|32": throughput_pass(rt.TorchRuntime(model, torch.device("cpu"), channels_last=False),
+        one = {"torch fp32, 1 thread|32": throughput_pass(rt.TorchRuntime(load_model(weights), torch.device("cpu"), channels_last=False),
                                                           inputs, 32),
                "torch fp32 channels_last, 1 thread|32": throughput_pass(
                    rt.TorchRuntime(load_model(weights), torch.device("cpu"), channels_last=True), inputs, 32),
@@ -213,14 +245,17 @@ def measure_throughput(args: argparse.Namespace, runtimes: dict[str, Any], input
     print(f"\npeak: {peak:.0f} GFLOP/s fp32 = the better of a 4096x4096 sgemm ({best['peak sgemm']:.0f}) and a "
           f"128->128 channel 3x3 conv, channels_last, 16x48x48 ({best['peak conv']:.0f}), torch, {threads} threads, "
           f"best of {args.rounds} interleaved rounds")
-    print(f"\n{'runtime':>28} {'batch':>5} {'inputs/s':>9} {'patches/s':>9} {'GFLOP/s':>8} {'% peak':>7}  "
+    print(f"int8 peak: {best['peak int8']:.0f} GOP/s = a 1024x1024 uint8 x int8 MatMulInteger in ONNX Runtime, "
+          f"{threads} threads (for the int8 rows: the same work in int8 arithmetic)")
+    print(f"\n{'runtime':>28} {'batch':>5} {'inputs/s':>9} {'patches/s':>9} {'GFLOP/s':>8} {'% peak':>7} {'% int8 peak':>11}  "
           f"(patches/s: 4 orientations each)")
     for key, rate in best.items():
         if key.startswith("peak"):
             continue
         name, batch = key.split("|")
+        int8 = f"{100 * rate * flops / 1e9 / best['peak int8']:>10.0f}%" if "int8" in name else ""
         print(f"{name:>28} {batch:>5} {rate:>9.0f} {rate / 4:>9.0f} {rate * flops / 1e9:>8.0f} "
-              f"{100 * rate * flops / 1e9 / peak:>6.0f}%")
+              f"{100 * rate * flops / 1e9 / peak:>6.0f}% {int8}")
     print(f"load average now {os.getloadavg()[0]:.2f}", flush=True)
 
 
