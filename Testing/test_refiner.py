@@ -83,6 +83,26 @@ def test_overlapped_loop_equals_the_serial_loop_and_leaves_no_thread(trained_mod
     assert not [t for t in threading.enumerate() if t.name.startswith("refine-patches")]
 
 
+def test_read_only_inputs_are_refined_without_warnings(trained_model):
+    """The pipeline hands the Refiner a read-only view of the coarse mask (no copy at the peak).
+    Where a lesion box spans the whole array its crop is that view itself, which PyTorch cannot
+    wrap: it must be copied, not turned into a warning or an error."""
+    import warnings
+
+    from LiverTumorRefineLib.refine.boxes import crop_margin, lesion_boxes
+
+    case = blob_case(2)
+    (box,) = lesion_boxes(case.coarse, crop_margin(case.spacing_zyx, trained_model.patch_config))
+    image, coarse = case.image[box].astype(np.float32), case.coarse[box].copy()  # the array is its lesion box
+    image.flags.writeable = coarse.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = Refiner(trained_model, device="cpu").refine(image, coarse, case.spacing_zyx)
+    expected = Refiner(trained_model, device="cpu").refine(image.copy(), coarse.copy(), case.spacing_zyx)
+    assert result.stats["crop_shapes"] == [coarse.shape]  # the box is the whole array: the case this guards
+    assert np.array_equal(result.mask, expected.mask)
+
+
 def test_nan_and_inf_voxels_do_not_poison_the_result(trained_model):
     case = blob_case(4)
     image = case.image.copy()

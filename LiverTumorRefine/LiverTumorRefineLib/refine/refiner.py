@@ -122,12 +122,12 @@ class Refiner:
         if self.cfg.normalise != "liver":
             return None
         with torch.inference_mode():
-            values = [sampling.shell_values(self._crop_image(image, box), torch.from_numpy(np.ascontiguousarray(mask[box])).to(self.device),
+            values = [sampling.shell_values(self._crop_image(image, box), tensor_of(mask[box], self.device),
                                             spacing) for box in boxes]
             return sampling.parenchyma_from(torch.cat(values))
 
     def _crop_image(self, image: np.ndarray, box: Box) -> torch.Tensor:
-        crop = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32)).to(self.device)
+        crop = tensor_of(image[box], self.device, np.float32)
         return sampling.clean_hu(crop, self.cfg.hu_window)
 
     def _refine_box(self, image: np.ndarray, mask: np.ndarray, box: Box, spacing: tuple[float, ...],
@@ -136,7 +136,7 @@ class Refiner:
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
         with torch.inference_mode():
-            crop_mask = torch.from_numpy(np.ascontiguousarray(mask[box])).to(self.device)
+            crop_mask = tensor_of(mask[box], self.device)
             crop_image = sampling.normalised(self._crop_image(image, box), liver_hu, self.cfg)
             seconds["crop"] = time.perf_counter() - t0
             t = time.perf_counter()
@@ -280,6 +280,16 @@ def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[flo
         raise RefineError(f"Image {image.shape} and mask {mask.shape} are on different grids: resample the mask onto the CT.")
     if len(spacing_zyx) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing_zyx):
         raise RefineError(f"Voxel spacing {tuple(spacing_zyx)} is invalid: it must be three positive numbers (mm).")
+
+
+def tensor_of(array: np.ndarray, device: torch.device, dtype: type | None = None) -> torch.Tensor:
+    """``array`` (as ``dtype``) as a tensor on ``device``, sharing its memory where numpy allows;
+    a read-only array (the pipeline passes a read-only view of the coarse mask) is copied, since
+    PyTorch cannot wrap one without a warning."""
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array).to(device)
 
 
 def box_progress(progress: Progress | None, index: int, count: int) -> Progress | None:
