@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             methods[f"{name}/{setting}"] = make_refiner(path, args.device, options)
     cases: list = [] if args.no_real else list(real_cases(not args.no_lits))
     cases += [make_phantom(args.phantom_seed + i) for i in range(args.phantoms)]
+    if not cases:
+        parser.error("no cases: --no-real leaves only --phantoms N (N > 0)")
     rows = []
     for case in cases:
         truth = case.label.array == 2
