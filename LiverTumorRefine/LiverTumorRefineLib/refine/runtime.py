@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -109,7 +110,7 @@ class OnnxRuntime:
 
     The threads are shared among ``streams`` sessions that run chunks side by side (default: 2
     where there are 2 threads or more): this small network's layers parallelise poorly inside
-    one call, and on 2 cores two one-thread sessions ran 10-14% more inputs/s than one two-thread
+    one call, and on 2 cores two one-thread sessions ran 6-14% more inputs/s than one two-thread
     session (``bench/speed_runtime.py``). Sharing the cache, each takes half the chunk size."""
 
     name = "onnx"
@@ -129,6 +130,8 @@ class OnnxRuntime:
         value_bytes = 1 if is_int8_export(self.path) else 4
         self.batch_size = cache_batch(layer_elements * value_bytes * streams if layer_elements else None, ONNX_BATCH)
         self._helpers = ThreadPoolExecutor(streams - 1, thread_name_prefix="onnx-stream") if streams > 1 else None
+        if self._helpers is not None:  # its idle thread ends with the runtime, not with the process
+            weakref.finalize(self, self._helpers.shutdown, wait=False)
 
     def _session(self, ort: ModuleType, threads: int) -> Any:
         options = ort.SessionOptions()
