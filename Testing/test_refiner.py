@@ -103,6 +103,28 @@ def test_read_only_inputs_are_refined_without_warnings(trained_model):
     assert np.array_equal(result.mask, expected.mask)
 
 
+@pytest.mark.parametrize("shift_mm", [2.5, -2.5])
+def test_removal_needs_its_own_agreement_and_growth_is_untouched(trained_model, shift_mm):
+    """A voxel leaves the tumour only when ``removal_agreement`` of the predictions agree, while
+    growth keeps ``agreement``: a stricter removal never removes more coarse voxels and never
+    changes what is added. (The lesion gate is off, min_kept=0, so only the voxel gate acts.)"""
+    case = blob_case(7, coarse_shift_mm=shift_mm)  # over- and under-segmented
+
+    def refined(removal: float) -> np.ndarray:
+        refiner = Refiner(trained_model, device="cpu", min_kept=0.0, removal_agreement=removal)
+        return refiner.refine(case.image, case.coarse, case.spacing_zyx).mask
+
+    lenient, strict = refined(0.75), refined(1.0)
+    removed = lambda mask: case.coarse & ~mask  # noqa: E731
+    added = lambda mask: mask & ~case.coarse  # noqa: E731
+    assert not (removed(strict) & ~removed(lenient)).any()
+    assert np.array_equal(added(strict), added(lenient))
+    if shift_mm > 0:  # over-segmented: removals happen, and some split 3 to 1, so the setting is exercised
+        assert removed(strict).sum() < removed(lenient).sum()
+    with pytest.raises(RefineError, match="removal_agreement must be between 0 and 1"):
+        Refiner(trained_model, device="cpu", removal_agreement=1.5)
+
+
 def test_nan_and_inf_voxels_do_not_poison_the_result(trained_model):
     case = blob_case(4)
     image = case.image.copy()

@@ -70,7 +70,7 @@ class RefinePipeline:
 
     ``weights``: None (shipped model), a model file or an in-memory BRNet; ``device``: "auto",
     "cpu" or "cuda"; ``seg_weights``: the automatic coarse network's file (None: shipped);
-    ``refiner_options``: further ``Refiner`` options (``agreement``, ``shrink``).
+    ``refiner_options``: further ``Refiner`` options (``agreement``, ``removal_agreement``, ``shrink``).
     """
 
     def __init__(self, weights: Any = None, device: str = "auto", batch_size: int = 128, min_kept: float = MIN_KEPT,
@@ -114,7 +114,8 @@ class RefinePipeline:
         pipeline._refiner, pipeline.device = refiner, refiner.device.type
         pipeline.weights, pipeline.seg_weights = refiner.model, seg_weights
         pipeline.options = dict(batch_size=refiner.batch_size, min_kept=refiner.min_kept, tta=refiner.tta,
-                                agreement=refiner.agreement, shrink=refiner.shrink)
+                                agreement=refiner.agreement, removal_agreement=refiner.removal_agreement,
+                                shrink=refiner.shrink)
         return pipeline
 
     # ------------------------------------------------------------------ volumes

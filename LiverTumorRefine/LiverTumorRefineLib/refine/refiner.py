@@ -17,7 +17,7 @@ from LiverTumorRefineLib.refine import tta as tta_module
 from LiverTumorRefineLib.refine.boxes import Box, crop_margin, lesion_boxes
 from LiverTumorRefineLib.volume.checks import check_not_whole_volume
 from LiverTumorRefineLib.device import resolve_device
-from LiverTumorRefineLib.config import AGREEMENT, MIN_KEPT, SHRINK, SHRINK_MODES, TTA
+from LiverTumorRefineLib.config import AGREEMENT, MIN_KEPT, REMOVAL_AGREEMENT, SHRINK, SHRINK_MODES, TTA
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
 from LiverTumorRefineLib.refine.gate import box_origin, lesion_gate
@@ -44,7 +44,8 @@ class Refiner:
     ``weights``: None (the shipped default model), a model file, or a BRNet built by
     ``network.build_model``. ``device``: "auto", "cpu" or "cuda". ``tta``: orientations each
     patch is predicted in (1-8); ``agreement``: share of those predictions that must agree before
-    a voxel leaves its coarse label (0: no voxel gate); ``min_kept``: the share of a lesion's
+    a voxel joins the tumour, ``removal_agreement``: before one leaves it (0 and 0: no voxel
+    gate); ``min_kept``: the share of a lesion's
     coarse voxels it keeps at least, when the refinement is fully sure (see ``gate``); ``shrink``:
     what happens to a lesion that would shrink more: "revert" gives it its coarse outline back,
     "cap" gives back only the removed voxels the network was least sure of, up to the limit.
@@ -55,11 +56,12 @@ class Refiner:
 
     def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128,
                  min_kept: float = MIN_KEPT, tta: int = TTA, agreement: float = AGREEMENT,
-                 shrink: str = SHRINK, runtime: str = "auto") -> None:
+                 shrink: str = SHRINK, runtime: str = "auto", removal_agreement: float = REMOVAL_AGREEMENT) -> None:
         if not 0 <= min_kept <= 1:
             raise RefineError(f"min_kept must be between 0 and 1 (got {min_kept}).")
-        if not 0 <= agreement <= 1:
-            raise RefineError(f"agreement must be between 0 and 1 (got {agreement}).")
+        for name, value in (("agreement", agreement), ("removal_agreement", removal_agreement)):
+            if not 0 <= value <= 1:
+                raise RefineError(f"{name} must be between 0 and 1 (got {value}).")
         try:
             self.tta = tta_module.check_count(tta)
         except ValueError as exc:
@@ -67,6 +69,7 @@ class Refiner:
         if shrink not in SHRINK_MODES:
             raise RefineError(f"shrink must be one of {', '.join(SHRINK_MODES)} (got {shrink!r}).")
         self.min_kept, self.agreement, self.shrink = min_kept, agreement, shrink
+        self.removal_agreement = removal_agreement
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise RefineError(f"The batch size must be a whole number of at least 1 (got {batch_size!r}).")
         self.device = resolve_device(device)
@@ -149,7 +152,8 @@ class Refiner:
             proposed, sure = canvas.proposal(crop_mask, editable)
             uncertain = canvas.disagreement(editable).cpu().numpy()
             wanted = proposed != crop_mask
-            gated = torch.where(wanted & (sure < self.agreement), crop_mask, proposed)
+            needed = torch.where(proposed, self.agreement, self.removal_agreement)  # joining / leaving the tumour
+            gated = torch.where(wanted & (sure < needed), crop_mask, proposed)
             coarse_crop = mask[box]
             probability = canvas.mean().cpu().numpy() if self.shrink == "cap" else None
             refined_crop, decisions = lesion_gate(coarse_crop, gated.cpu().numpy(), wanted.cpu().numpy(),

@@ -143,7 +143,7 @@ class LiverTumorRefineLogic(_LogicBase):
 
     ``weights``: None for the model shipped in ``Resources/Models``, a model file, or a BRNet
     (``torch.nn.Module``); ``batchSize``: patches per inference batch; ``refinerOptions``: more
-    ``Refiner`` options (``tta``, ``agreement``, ``min_kept``); ``segWeights``: the automatic
+    ``Refiner`` options (``tta``, ``agreement``, ``removal_agreement``, ``min_kept``); ``segWeights``: the automatic
     coarse network's model file (None: the shipped one).
     """
 
