@@ -125,8 +125,7 @@ class OnnxRuntime:
         threads = max(1, threads or torch.get_num_threads())
         streams = min(streams or STREAMS, threads)
         self.sessions = [self._session(ort, threads // streams + (i < threads % streams)) for i in range(streams)]
-        self.session = self.sessions[0]
-        self.input = self.session.get_inputs()[0].name
+        self.input = self.sessions[0].get_inputs()[0].name
         value_bytes = 1 if is_int8_export(self.path) else 4
         self.batch_size = cache_batch(layer_elements * value_bytes * streams if layer_elements else None, ONNX_BATCH)
         self._helpers = ThreadPoolExecutor(streams - 1, thread_name_prefix="onnx-stream") if streams > 1 else None
@@ -146,12 +145,10 @@ class OnnxRuntime:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         chunks = x.split(self.batch_size)
-        n = len(self.sessions)
-        if self._helpers is None or len(chunks) == 1:
-            return torch.cat([self._run(self.session, chunk) for chunk in chunks])
         # session i runs every n-th chunk, the first on this thread, the others on helpers
+        n = min(len(self.sessions), len(chunks))
         others = [self._helpers.submit(self._run_all, self.sessions[i], chunks[i::n]) for i in range(1, n)]
-        outputs = [self._run_all(self.session, chunks[0::n]), *(f.result() for f in others)]
+        outputs = [self._run_all(self.sessions[0], chunks[0::n]), *(f.result() for f in others)]
         ordered: list[torch.Tensor] = [torch.empty(0)] * len(chunks)
         for i, outs in enumerate(outputs):
             ordered[i::n] = outs
