@@ -187,16 +187,14 @@ class Refiner:
         def cut(chunk: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():  # inference mode is per thread
                 t = time.perf_counter()
-                patches = sampling.network_input(sampling.extract_patches(image, mask, chunk, spacing, self.cfg), self.cfg)
-                inputs = tta_module.augmented(patches, self.tta)
+                inputs = self._network_inputs(image, mask, chunk, spacing)
                 seconds["extract"] += time.perf_counter() - t
                 return inputs
 
         def paste(logits: torch.Tensor, chunk: torch.Tensor) -> None:
             with torch.inference_mode():
                 t = time.perf_counter()
-                probs = tta_module.restored(logits, self.tta)
-                canvas.add(probs.flatten(0, 1), chunk.repeat(len(probs), 1), spacing, self.cfg)  # one vote per orientation
+                self._add_votes(canvas, logits, chunk, spacing)
                 seconds["reassemble"] += time.perf_counter() - t
 
         helper = ThreadPoolExecutor(1, thread_name_prefix="refine-patches")
@@ -230,13 +228,12 @@ class Refiner:
             part = centres[start:start + batch]
             try:
                 t = time.perf_counter()
-                patches = sampling.extract_patches(image, mask, part, spacing, self.cfg)
+                inputs = self._network_inputs(image, mask, part, spacing)
                 t1 = time.perf_counter()
-                probs = self._predict(sampling.network_input(patches, self.cfg))
+                logits = self.runtime(inputs)
                 _sync(self.device)
                 t2 = time.perf_counter()
-                # one prediction per orientation, each a vote at every voxel; one add keeps it all-or-nothing
-                canvas.add(probs.flatten(0, 1), part.repeat(len(probs), 1), spacing, self.cfg)
+                self._add_votes(canvas, logits, part, spacing)
                 _sync(self.device)
             except torch.cuda.OutOfMemoryError:  # canvas.add is all-or-nothing, so a retry never double-counts
                 image, mask, centres, canvas, batch = self._shrink_after_oom(image, mask, centres, canvas, batch)
@@ -248,9 +245,17 @@ class Refiner:
             report(progress, 0.05 + 0.9 * start / len(centres), f"Refined {start}/{len(centres)} patches")
         return canvas, seconds
 
-    def _predict(self, patches: torch.Tensor) -> torch.Tensor:
-        """(tta, N, P, P) probabilities."""
-        return tta_module.predict(self.runtime, patches, self.tta)
+    def _network_inputs(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor,
+                        spacing: tuple[float, ...]) -> torch.Tensor:
+        """The patches at ``centres`` as the network takes them, in every orientation: (tta * N, C, P, P)."""
+        patches = sampling.network_input(sampling.extract_patches(image, mask, centres, spacing, self.cfg), self.cfg)
+        return tta_module.augmented(patches, self.tta)
+
+    def _add_votes(self, canvas: Canvas, logits: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...]) -> None:
+        """The network's ``logits`` for ``_network_inputs(centres)`` onto ``canvas``: each orientation's
+        prediction is a vote at every voxel, added in one call so that it is all-or-nothing."""
+        probs = tta_module.restored(logits, self.tta)
+        canvas.add(probs.flatten(0, 1), centres.repeat(len(probs), 1), spacing, self.cfg)
 
     def _shrink_after_oom(self, image, mask, centres, canvas, batch):
         torch.cuda.empty_cache()
