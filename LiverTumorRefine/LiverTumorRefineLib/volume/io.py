@@ -1,6 +1,7 @@
 """Reading and writing volumes with SimpleITK, keeping geometry, and putting masks on the CT grid."""
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import warnings
@@ -130,16 +131,13 @@ def check_complete(path: str | os.PathLike) -> tuple[int, int]:
         offset, size, dtype = layout
         head = _read_at_least(chunks, head, offset)  # header extensions may follow the 540 bytes
         length, pending, left = len(head), head[offset:], size  # pending: voxel bytes not yet scanned
-        for chunk in chunks:
+        for chunk in itertools.chain([b""], chunks):  # b"": the voxel bytes read with the header come first
             length += len(chunk)
             if dtype is not None and left > 0:
                 pending += chunk
                 usable = min(len(pending) - len(pending) % dtype.itemsize, left)
                 nans += int(np.count_nonzero(np.isnan(np.frombuffer(pending[:usable], dtype))))
                 pending, left = pending[usable:], left - usable
-        if dtype is not None and left > 0 and pending:
-            usable = min(len(pending) - len(pending) % dtype.itemsize, left)
-            nans += int(np.count_nonzero(np.isnan(np.frombuffer(pending[:usable], dtype))))
     except (OSError, EOFError, zlib.error) as exc:
         raise RefineError(f"{path} is damaged: its compressed data is corrupt or cut short ({exc}). It was "
                           "probably truncated in transfer or by a full disk: copy or export it again.") from None
