@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from LiverTumorRefineLib.volume import io
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.coarse.points import parse_seeds, ras_to_voxels, read_markups
-from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels
+from LiverTumorRefineLib.coarse.seeded import SeedConfig, nearest_seed_labels, seed_labels
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 from LiverTumorRefineLib.refine.weights import save_model
 
@@ -67,6 +67,34 @@ def test_a_lesion_at_the_liver_edge_does_not_leak_into_fat():
     labels = seed_labels(image, [voxel((50, 50, 45))], SPACING)
     assert not labels[:, :, 66:].any()
     assert dice(labels == 1, truth == 1) > 0.75
+
+
+def rim_lesion(rim_hu: float):
+    """A 14 mm lesion whose inner 8 mm is a necrotic core (-55 HU from the liver) and whose outer
+    6 mm is a rim ``rim_hu`` from the liver (the reference includes the rim)."""
+    image, truth = liver_with_lesions([(50, 50, 52)], [14.0], 0.0, noise=12.0)
+    grid = np.indices(image.shape).astype(np.float32) * np.array(SPACING, np.float32)[:, None, None, None]
+    core = ((grid - np.array([50, 50, 52], np.float32)[:, None, None, None]) ** 2).sum(0) <= 8.0 ** 2
+    image[(truth == 1) & ~core] += rim_hu
+    image[core] -= 55.0
+    return image, truth == 1, core
+
+
+def test_a_necrotic_core_with_an_enhancing_rim_grows_to_the_rim():
+    image, truth, core = rim_lesion(40.0)
+    seed = [voxel((50, 50, 52))]
+    with_rim = seed_labels(image, seed, SPACING) == 1
+    core_only = seed_labels(image, seed, SPACING, SeedConfig(rim_min_hu=0)) == 1
+    assert dice(core_only, core) > 0.8  # without the rim rule the strongest edge is the core's
+    assert dice(with_rim, truth) > 0.85
+    assert dice(with_rim, truth) > dice(core_only, truth) + 0.3
+
+
+@pytest.mark.parametrize("delta", [-40.0, 35.0])
+def test_a_lesion_without_a_rim_is_unchanged_by_the_rim_rule(delta):
+    image, truth = liver_with_lesions([(50, 50, 52)], [12.0], delta, noise=20.0)
+    seed = [voxel((50, 50, 52))]
+    assert np.array_equal(seed_labels(image, seed, SPACING), seed_labels(image, seed, SPACING, SeedConfig(rim_min_hu=0)))
 
 
 def test_seed_outside_the_image_is_named():
