@@ -234,7 +234,29 @@ def test_hybrid_positive_correction_adds_only_near_its_click():
     assert after[click] and (after | before).sum() >= before.sum()
     changed = after != before
     assert changed.any()
-    assert not (changed & ~ball(image.shape, click, clicks.CORRECTION_RADIUS_MM)).any()  # local to the click
+    reach = clicks.correction_reach(before, SPACING)
+    assert not (changed & ~ball(image.shape, click, reach)).any()  # local to the click
+
+
+def test_a_correction_reaches_as_far_as_the_lesion_is_large(monkeypatch):
+    monkeypatch.setattr(clicks, "CORRECTION_SCALE", 1.0)
+    small, large = ball((40, 80, 80), (20, 40, 40), 8.0), ball((40, 80, 80), (20, 40, 40), 30.0)
+    assert clicks.correction_reach(small, SPACING) == clicks.CORRECTION_RADIUS_MM  # the fixed radius
+    assert abs(clicks.correction_reach(large, SPACING) - 30.0) < 1.0  # the lesion's own radius
+    monkeypatch.setattr(clicks, "CORRECTION_SCALE", 0.0)
+    assert clicks.correction_reach(large, SPACING) == clicks.CORRECTION_RADIUS_MM
+
+
+def test_the_growth_budget_has_a_floor_when_the_first_click_found_a_sliver(monkeypatch):
+    sliver = ball((40, 80, 80), (20, 40, 40), 3.0)
+    monkeypatch.setattr(clicks, "GROWTH_FLOOR", False)
+    assert clicks.growth_budget(sliver, SPACING) == int(clicks.GROWTH_LIMIT * sliver.sum())
+    monkeypatch.setattr(clicks, "GROWTH_FLOOR", True)
+    floor = clicks.growth_budget(sliver, SPACING)
+    reach_ball = 4.0 / 3.0 * np.pi * clicks.correction_reach(sliver, SPACING) ** 3 / float(np.prod(SPACING))
+    assert floor == int(sliver.sum() + reach_ball) > clicks.GROWTH_LIMIT * sliver.sum()
+    large = ball((40, 80, 80), (20, 40, 40), 30.0)  # a lesion whose limit is larger than the floor
+    assert clicks.growth_budget(large, SPACING) == int(clicks.GROWTH_LIMIT * large.sum())
 
 
 def test_negative_click_removes_the_leak_and_keeps_the_lesion():
@@ -243,12 +265,12 @@ def test_negative_click_removes_the_leak_and_keeps_the_lesion():
     leak = ball(shape, (12, 32, 42), 6) & ~lesion  # grown on from the lesion's edge
     model = lesion.copy()  # the model sees the lesion only
     click = (12, 32, 44)
-    removed = clicks.leak_at(lesion | leak, model, click, [(12, 32, 28)], SPACING)
+    removed = clicks.leak_at(lesion | leak, model, click, [(12, 32, 28)], SPACING, clicks.CORRECTION_RADIUS_MM)
     assert removed[click] and not (removed & lesion).any()
     assert removed.sum() >= 0.9 * leak.sum()
     # far from the click nothing goes, even where the model sees background
     far = ball(shape, (12, 32, 4), 3)
-    removed = clicks.leak_at(lesion | leak | far, model, click, [(12, 32, 28)], SPACING)
+    removed = clicks.leak_at(lesion | leak | far, model, click, [(12, 32, 28)], SPACING, clicks.CORRECTION_RADIUS_MM)
     assert not (removed & far).any()
     # end to end: the negative click is out of the refined lesion, the positive click in
     from LiverTumorRefineLib.refine.refiner import Refiner

@@ -9,11 +9,12 @@ surface); each further click at the deepest point of the largest error region of
 result the user sees (positive on a missed part, negative on a leak), within the lesion's crop.
 Each method and the shipped refiner re-run on that lesion's crop only: "model" is the click
 model alone, "hybrid" the ray grower's lesion corrected near each click with the model
-(``clicks.hybrid_lesion``). Lesion Dice is against that lesion alone (a neighbour it takes counts
-against it). The ray grower (``seeded``) alone gets click 1 only. Cases: held-out phantoms
+(``clicks.hybrid_lesion``), "separate" the Slicer module's grouping (each positive click a
+lesion of its own, see ``separate_click_lesion``). Lesion Dice is against that lesion alone (a
+neighbour it takes counts against it). The ray grower (``seeded``) alone gets click 1 only. Cases: held-out phantoms
 (seeds 90000+; the hybrid's constants were chosen on seeds 95000+ with --first-seed 95000 and
-the --correction-radius, --growth-limit, --refine-reach, --first-click-switch, --first-click-min-mm
-and --no-intensity-guard options) and
+the --correction-radius, --growth-limit, --refine-reach, --first-click-switch, --first-click-min-mm,
+--correction-scale, --growth-floor, --rim-min-hu and --no-intensity-guard options) and
 the real validation cases (``realct_1720``, ``realct_mip10`` from bench/realct.py's cache, LiTS
 117). Timing: click 1 and a corrective click on a 512x512 CT with the models loaded, and the
 first click including both models' loading. Merges: a lesion's result covering more than 10% of
@@ -22,6 +23,7 @@ another lesion; leaks: result voxels outside every lesion outnumbering the lesio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
+from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
@@ -62,13 +65,30 @@ def problems(labels: np.ndarray, own: int, result: clickmodel.LesionMask) -> tup
     return merged, leak > float((labels == own).sum())
 
 
+def separate_click_lesion(segmenter, refiner, image, spacing, lesion, others):
+    """The Slicer module's grouping ("separate"): each positive click is a lesion of its own, grown
+    by the hybrid with every other click as a neighbour, and the lesion is the union of its clicks'
+    lesions, refined on its crop. (The module then refines the whole CT at once; here the crop.)"""
+    own = [clickmodel.LesionClicks((p,), lesion.negative) for p in lesion.positive]
+    label_map = clickmodel.lesion_labels(segmenter, image, spacing, own + list(others), method="hybrid")
+    mine = (label_map > 0) & (label_map <= len(own))
+    where = np.argwhere(mine)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(where.min(axis=0), where.max(axis=0)))
+    coarse = clickmodel.LesionMask(box, mine[box])
+    return coarse, clickmodel.refine_lesion(refiner, image, spacing, coarse)
+
+
 def click_series(segmenter, refiner, image, spacing, truth, labels, lab, lesion, others, n_clicks: int,
                  method: str) -> tuple[list[float], list[float], list[tuple[bool, bool]]]:
     """Lesion Dice (coarse, refined) and (merged, leaked) after each of ``n_clicks`` clicks by ``method``."""
     coarse_d, refined_d, flags = [], [], []
     current = lesion
     for k in range(n_clicks):
-        coarse, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, current, others, method=method)
+        if method == "separate":
+            coarse, refined = separate_click_lesion(segmenter, refiner, image, spacing, current, others)
+        else:
+            coarse, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, current, others,
+                                                      method=method)
         coarse_d.append(lesion_dice(truth, coarse))
         refined_d.append(lesion_dice(truth, refined))
         flags.append(problems(labels, int(lab), refined))
@@ -167,9 +187,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-lits", action="store_true")
     parser.add_argument("--clicks", type=int, default=4)
     parser.add_argument("--weights", help="click model (default: the shipped one)")
-    parser.add_argument("--methods", default="model,hybrid", help="click methods to compare (model, hybrid)")
+    parser.add_argument("--methods", default="model,hybrid",
+                        help="click methods to compare: model, hybrid, and separate (the Slicer module's grouping: "
+                             "each positive click a lesion of its own)")
     parser.add_argument("--correction-radius", type=float, default=clickmodel.CORRECTION_RADIUS_MM,
                         help="hybrid: mm a correction reaches (tuned on phantoms 95000+ only)")
+    parser.add_argument("--correction-scale", type=float, default=clickmodel.CORRECTION_SCALE,
+                        help="hybrid: a correction reaches this times the lesion's sphere radius when over the radius")
+    parser.add_argument("--growth-floor", type=int, choices=(0, 1), default=int(clickmodel.GROWTH_FLOOR),
+                        help="hybrid: 1: corrections may always add a ball of their reach to the first-click lesion")
     parser.add_argument("--growth-limit", type=float, default=clickmodel.GROWTH_LIMIT,
                         help="hybrid: largest lesion volume, times its first-click volume")
     parser.add_argument("--refine-reach", type=float, default=clickmodel.REFINE_REACH_MM,
@@ -179,10 +205,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="hybrid: click 1 takes the model's lesion when the grower's is this many times larger")
     parser.add_argument("--first-click-min-mm", type=float, default=clickmodel.FIRST_CLICK_MIN_MM,
                         help="hybrid: the switch needs the model's lesion to be at least this sphere diameter")
+    parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
+                        help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    seeded.DEFAULT = dataclasses.replace(seeded.DEFAULT, rim_min_hu=args.rim_min_hu)
     clickmodel.CORRECTION_RADIUS_MM = args.correction_radius
     clickmodel.GROWTH_LIMIT = args.growth_limit
+    clickmodel.CORRECTION_SCALE = args.correction_scale
+    clickmodel.GROWTH_FLOOR = bool(args.growth_floor)
     clickmodel.REFINE_REACH_MM = args.refine_reach
     clickmodel.INTENSITY_GUARD = not args.no_intensity_guard
     clickmodel.FIRST_CLICK_SWITCH = args.first_click_switch

@@ -456,7 +456,15 @@ def click_lesion(segmenter: ClickSegmenter, refiner: Any, image: np.ndarray, spa
 # the one that reads corrections, so the hybrid starts from the grower and lets each corrective
 # click change only its own surroundings, as the model sees them with every click so far.
 CORRECTION_RADIUS_MM = 15.0  # a correction changes nothing farther than this from its click
+# ... or than this times the radius of the lesion (as a sphere of its volume) when it is clicked: a
+# large lesion's missed part is large too. 0: the fixed radius only. This and GROWTH_FLOOR were
+# chosen together on tuning phantoms 95000-95029 (README, clicks section).
+CORRECTION_SCALE = 1.0
 GROWTH_LIMIT = 4.0  # corrections never make a lesion more than this times its first-click volume
+# ... nor the first-click volume plus a ball of the correction's reach, whichever is larger (a first
+# click that found only a sliver would otherwise cap every correction at a few voxels). False: the
+# limit alone.
+GROWTH_FLOOR = True
 REFINE_REACH_MM = 5.0  # the refiner may move the outline at most this far out of the coarse mask
 # A positive correction adds only voxels whose intensity is nearer the lesion's where it was clicked
 # than the liver's around it: the model alone happily bridges a few millimetres of liver to a
@@ -498,12 +506,19 @@ def nearer_than(box_shape: Sequence[int], voxel: Sequence[int], others: Sequence
                               [tuple(float(v) for v in o) for o in others]) if others else np.ones(tuple(box_shape), bool)
 
 
+def correction_reach(mask: np.ndarray, spacing_zyx: Sequence[float]) -> float:
+    """How far (mm) a correction of the lesion ``mask`` reaches from its click: ``CORRECTION_RADIUS_MM``,
+    or ``CORRECTION_SCALE`` times the lesion's radius as a sphere when that is larger."""
+    volume = float(mask.sum()) * float(np.prod(spacing_zyx))
+    return max(CORRECTION_RADIUS_MM, CORRECTION_SCALE * (3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0))
+
+
 def leak_at(mask: np.ndarray, model: np.ndarray, negative: Sequence[int], positive: Sequence[Sequence[int]],
-            spacing_zyx: Sequence[float]) -> np.ndarray:
+            spacing_zyx: Sequence[float], reach_mm: float) -> np.ndarray:
     """What a negative click removes from ``mask``: the part of it connected to the click within
-    ``CORRECTION_RADIUS_MM``, nearer to the click than to any positive click, and, unless the
+    ``reach_mm``, nearer to the click than to any positive click, and, unless the
     model (``model``, bool) calls the click itself lesion, where the model sees background."""
-    region = mask & ball(mask.shape, negative, spacing_zyx, CORRECTION_RADIUS_MM)
+    region = mask & ball(mask.shape, negative, spacing_zyx, reach_mm)
     region &= nearer_than(mask.shape, negative, positive, spacing_zyx)
     if not model[tuple(negative)]:
         region &= ~model
@@ -511,10 +526,10 @@ def leak_at(mask: np.ndarray, model: np.ndarray, negative: Sequence[int], positi
     return component_at(region, negative)
 
 
-def missed_at(model: np.ndarray, positive: Sequence[int], spacing_zyx: Sequence[float]) -> np.ndarray:
+def missed_at(model: np.ndarray, positive: Sequence[int], spacing_zyx: Sequence[float], reach_mm: float) -> np.ndarray:
     """What a positive corrective click adds: the model's lesion connected to the click within
-    ``CORRECTION_RADIUS_MM`` of it (the click alone when the model sees no lesion there)."""
-    region = component_at(model & ball(model.shape, positive, spacing_zyx, CORRECTION_RADIUS_MM), positive)
+    ``reach_mm`` of it (the click alone when the model sees no lesion there)."""
+    region = component_at(model & ball(model.shape, positive, spacing_zyx, reach_mm), positive)
     region[tuple(positive)] = True
     return region
 
@@ -535,6 +550,17 @@ def within_budget(mask: np.ndarray, added: np.ndarray, click: Sequence[int], spa
     out = added & mask
     out[tuple(keep.T)] = True
     return out
+
+
+def growth_budget(first: np.ndarray, spacing_zyx: Sequence[float]) -> int:
+    """The most voxels corrections may make of a lesion whose first click gave ``first``:
+    ``GROWTH_LIMIT`` times its volume (with ``GROWTH_FLOOR``, at least that volume plus a ball of
+    the correction's reach)."""
+    budget = int(GROWTH_LIMIT * first.sum())
+    if GROWTH_FLOOR:
+        reach = correction_reach(first, spacing_zyx)
+        budget = max(budget, int(first.sum() + 4.0 / 3.0 * np.pi * reach ** 3 / float(np.prod(spacing_zyx))))
+    return budget
 
 
 def first_click_lesion(image: np.ndarray, spacing_zyx: Sequence[float], box: Sequence[slice], seed: Sequence[int],
@@ -604,14 +630,15 @@ def hybrid_lesion(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Seq
             mask = alone
     if len(positive) == 1 and not negative:
         return LesionMask(box, mask), None
-    budget = int(GROWTH_LIMIT * mask.sum())
+    budget = growth_budget(mask, spacing_zyx)
     model = model_mask(segmenter, image, spacing_zyx, grid, lesion, cell)
     for p in positive[1:]:
         addable = model & lesion_like(image[box], near_click(model, p, spacing_zyx), model, spacing_zyx) \
             if INTENSITY_GUARD else model
-        mask |= within_budget(mask, missed_at(addable, p, spacing_zyx) & cell, p, spacing_zyx, budget)
+        added = missed_at(addable, p, spacing_zyx, correction_reach(mask, spacing_zyx)) & cell
+        mask |= within_budget(mask, added, p, spacing_zyx, budget)
     for n in negative:
-        mask &= ~leak_at(mask, model, n, positive, spacing_zyx)
+        mask &= ~leak_at(mask, model, n, positive, spacing_zyx, correction_reach(mask, spacing_zyx))
     return LesionMask(box, keep_clicked(mask, positive, negative)), model
 
 
@@ -636,7 +663,7 @@ def hybrid_click_lesion(segmenter: ClickSegmenter, refiner: Any, image: np.ndarr
         model_box = np.zeros(mask.shape, dtype=bool)
         model_box[inner] = model
         for n in negative:
-            mask &= ~leak_at(mask, model_box, n, positive, spacing_zyx)
+            mask &= ~leak_at(mask, model_box, n, positive, spacing_zyx, correction_reach(coarse.mask, spacing_zyx))
     return coarse, LesionMask(box, keep_clicked(mask, positive, negative))
 
 
