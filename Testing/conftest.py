@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine")
 # The Slicer scene test support (shared with the in-Slicer self-test) lives in the module's test folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine" / "Testing" / "Python"))
 
-from LiverTumorRefineLib.config import NetConfig, PatchConfig  # noqa: E402
+from LiverTumorRefineLib.config import NetConfig  # noqa: E402
 from LiverTumorRefineLib.training.case import RefineCase  # noqa: E402
 from LiverTumorRefineLib.training.train import TrainConfig, build_bank, patch_loss  # noqa: E402
 from LiverTumorRefineLib.refine.network import build_model  # noqa: E402

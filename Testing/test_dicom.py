@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
@@ -139,7 +138,7 @@ def test_series_reads_as_the_array_and_geometry(series):
 
 
 def test_file_order_does_not_matter(tmp_path):
-    a, b = write_series(tmp_path / "a", seed=1), write_series(tmp_path / "b", seed=2)
+    write_series(tmp_path / "a", seed=1), write_series(tmp_path / "b", seed=2)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) != sorted(p.name for p in (tmp_path / "b").iterdir())
     va, vb = dicom.read_series(tmp_path / "a").volume, dicom.read_series(tmp_path / "b").volume
     assert np.array_equal(va.array, vb.array) and va.geometry.same_grid(vb.geometry)

@@ -18,7 +18,7 @@ pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
 from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
 import slicer_testing as st  # noqa: E402
-from LiverTumorRefineLib import pipeline, worker  # noqa: E402
+from LiverTumorRefineLib import pipeline  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
 from LiverTumorRefineLib.training.case import RefineCase  # noqa: E402
 

@@ -113,7 +113,7 @@ def test_figure_has_legend_and_slice_number() -> None:
     np.testing.assert_array_equal(figure[: picture.shape[0]], picture)
     strip = figure[picture.shape[0]:]
     assert strip.shape[0] > 30 and strip.shape[1] == picture.shape[1]
-    legend_row, text_row = strip[: strip.shape[0] // 2], strip[strip.shape[0] // 2:]
+    legend_row = strip[: strip.shape[0] // 2]
     for colour in (RED, YELLOW, GREEN):
         assert _pixels_of(legend_row, colour).sum() > 40, colour  # line sample and name in each colour
     # The slice number, drawn in the built-in font at the caption scale, is there pixel for pixel.

@@ -13,7 +13,7 @@ from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.refine import runtime as rt
 from LiverTumorRefineLib.refine.refiner import Refiner
 from LiverTumorRefineLib.refine.tta import predict
-from LiverTumorRefineLib.refine.weights import default_weights_path, load_model, save_model, sha256_of
+from LiverTumorRefineLib.refine.weights import default_weights_path, save_model, sha256_of
 
 
 def network_inputs(model, n: int = 40, seed: int = 0) -> torch.Tensor:

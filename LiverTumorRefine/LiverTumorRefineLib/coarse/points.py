@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

@@ -564,7 +564,6 @@ class LiverTumorRefineLogic(_LogicBase):
 
     @staticmethod
     def _writeMetricsTable(scene, metrics: dict[str, dict[str, float]]):
-        slicer = slicer_module()
         import vtk
 
         table = None

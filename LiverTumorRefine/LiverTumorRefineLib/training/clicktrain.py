@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 
 from LiverTumorRefineLib.coarse import clicks
-from LiverTumorRefineLib.coarse.clicks import ClickConfig, Voxel
+from LiverTumorRefineLib.coarse.clicks import ClickConfig
 from LiverTumorRefineLib.config import NetConfig
 from LiverTumorRefineLib.refine.boxes import component_labels
 from LiverTumorRefineLib.training.augment import augment
