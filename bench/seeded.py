@@ -1,6 +1,6 @@
 """Seeded coarse segmentation, then refinement: one click per lesion over 10 mm.
 
-    python bench/seeded.py [--phantoms 10] [--first-seed 90000] [--lits117] [--no-refine]
+    python bench/seeded.py [--phantoms 10] [--first-seed 90000] [--lits117] [--no-refine] [--rim-min-hu 16]
 
 The click is each truth lesion's deepest point (farthest from its surface). Per lesion: Dice of
 the seed's own region (everything it claimed, leaks included) against that lesion, for the
@@ -10,6 +10,7 @@ the voxels nearer to it than to any other seed). Prints means, leaks and timings
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine")
 from LiverTumorRefineLib.evaluate.metrics import overlap_metrics  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
 
 MIN_DIAMETER_MM = 10.0
@@ -56,7 +58,10 @@ def main() -> None:
     parser.add_argument("--no-refine", action="store_true")
     parser.add_argument("--rounds", type=int, default=1, help="refinement passes")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
+                        help="smallest rim overshoot (HU) that moves a lesion's edge out to its rim; 0: never")
     args = parser.parse_args()
+    seeded.DEFAULT = dataclasses.replace(seeded.DEFAULT, rim_min_hu=args.rim_min_hu)
     refiner = None if args.no_refine else Refiner(device=args.device)
     cases = [lambda i=i: make_phantom(args.first_seed + i) for i in range(args.phantoms)]
     if args.lits117:
