@@ -91,6 +91,22 @@ def test_cancel_ends_the_worker_and_the_next_job_gets_a_new_one(server, model_fi
     assert server.starts == 2 and after.process.pid != job.process.pid
 
 
+def test_a_new_worker_starts_when_its_log_folder_was_removed(model_file, tmp_path):
+    """A temporary-file cleaner (or a test's own temporary folder) may remove the folder of a worker
+    that has ended; the next job starts a worker in a new folder instead of failing."""
+    import shutil
+
+    server = WorkerServer(idle_exit_s=0.5)
+    try:
+        run_until_idle_exit(server, make_job(tmp_path, "first", model_file))
+        old = server.folder
+        shutil.rmtree(old)
+        finish(server.submit(make_job(tmp_path, "second", model_file)))
+        assert server.starts == 2 and server.folder != old and server.folder.is_dir()
+    finally:
+        server.stop()
+
+
 def run_until_idle_exit(server: WorkerServer, job_path: Path):
     """Run one job, then wait until the worker has left at its idle timeout; the job."""
     job = server.submit(job_path)

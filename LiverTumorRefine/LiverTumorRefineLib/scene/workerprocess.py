@@ -106,7 +106,7 @@ class WorkerServer:
                           "the Python console; please report this problem.")
 
     def _start(self) -> None:
-        if self.folder is None:
+        if self.folder is None or not self.folder.is_dir():  # a temporary-file cleaner may have removed it
             self.folder = Path(tempfile.mkdtemp(prefix="LiverTumorRefine-worker-"))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(LIB_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
