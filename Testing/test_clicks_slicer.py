@@ -35,6 +35,11 @@ def test_negative_click_reaches_the_worker_and_replaces_segments_in_place(app, l
     assert removed.any()
 
 
+def test_a_positive_click_next_to_the_result_corrects_its_lesion(app, logic):
+    found = st.check_positive_click_groups(app.scene, logic, st.build_scene_case(app.scene, st.synthetic_case(2)))
+    assert found["descriptions"] == ["lesion 1", "lesion 1", "lesion 2"]
+
+
 def test_negative_points_outside_the_ct_are_an_error_and_the_scene_is_unchanged(app, logic):
     sc = st.build_scene_case(app.scene, st.synthetic_case(0))
     positive = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")

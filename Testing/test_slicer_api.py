@@ -51,6 +51,7 @@ VERIFIED_5_8 = {
     "GetFirstNodeByClass": f"{MRML}/vtkMRMLScene.h", "GetNthNode": f"{MRML}/vtkMRMLScene.h",
     "GetNumberOfNodes": f"{MRML}/vtkMRMLScene.h", "RemoveNode": f"{MRML}/vtkMRMLScene.h",
     "GetNthControlPointLabel": MARKUPS, "GetNthControlPointPositionStatus": MARKUPS,
+    "GetNthControlPointDescription": MARKUPS, "SetNthControlPointDescription": MARKUPS,
     "GetNthControlPointPositionWorld": MARKUPS, "GetNumberOfControlPoints": MARKUPS,
     "GetNthSegment": f"{SEG}/vtkSegmentation.h", "GetNthSegmentID": f"{SEG}/vtkSegmentation.h",
     "GetNumberOfSegments": f"{SEG}/vtkSegmentation.h", "GetSegment": f"{SEG}/vtkSegmentation.h",

@@ -11,14 +11,18 @@ conventions: LPS, spacing/origin in x, y, z, direction row-major) and the option
 
     {"ct": "ct.npy", "geometry": {"spacing": [...], "origin": [...], "direction": [...]},
      "coarse": {"source": "mask", "mask": "coarse.npy"}      # or "seeds" (+ "seeds_ras",
-                                                            # optional "negative_seeds_ras"),
+                                                            # optional "negative_seeds_ras",
+                                                            # "seed_lesions", "previous"),
                                                             # "automatic", "totalsegmentator"
      "truth": "truth.npy" or null, "device": "auto", "weights": null, "seg_weights": null,
      "batch_size": 128, "refiner": {"tta": 8, "agreement": 0.5, "min_kept": 0.3}}
 
 It writes ``refined.npy`` (uint8 0/1), ``coarse_out.npy`` for a coarse mask it made,
 ``uncertain.npy`` (where the augmented predictions disagree), and last
-``result.json`` (stats, metrics, notes, seconds), each atomically. On stdout it prints one JSON
+``result.json`` (stats, metrics, notes, seconds), each atomically. With ``seed_lesions`` (each
+seed's lesion number, or null) the seeds are grouped into lesions, null ones by the piece of the
+``previous`` result (a mask file) they touch (``coarse.grouping``), and ``result.json`` gives every
+seed's number. On stdout it prints one JSON
 object per line: ``{"progress": f, "message": m}``, then ``{"done": "result.json"}`` or
 ``{"error": m, "kind": k}``. Exit status: 0 done, 2 a user error (``RefineError``), 3 out of
 memory, 1 a bug (traceback on stderr). ``run_job`` is the same work in-process.
@@ -63,11 +67,16 @@ _RUN_END = 0.97  # the rest of the progress bar is writing the result
 
 
 def write_job(folder: str | Path, ct: np.ndarray, geometry: dict[str, Any], coarse: dict[str, Any],
-              coarse_mask: np.ndarray | None = None, truth: np.ndarray | None = None, **options: Any) -> Path:
-    """Write a job folder (arrays as .npy, options as job.json); returns the job.json path."""
+              coarse_mask: np.ndarray | None = None, truth: np.ndarray | None = None,
+              previous: np.ndarray | None = None, **options: Any) -> Path:
+    """Write a job folder (arrays as .npy, options as job.json); returns the job.json path.
+    ``previous``: the seeded result a click update replaces (groups its new points)."""
     folder = Path(folder)
     np.save(folder / "ct.npy", np.ascontiguousarray(ct, dtype=job_ct_dtype(ct.dtype)))
     coarse = dict(coarse)
+    if previous is not None:
+        np.save(folder / "previous.npy", np.ascontiguousarray(previous, dtype=np.uint8))
+        coarse["previous"] = "previous.npy"
     if coarse_mask is not None:
         np.save(folder / "coarse.npy", np.ascontiguousarray(coarse_mask, dtype=np.uint8))
         coarse["mask"] = "coarse.npy"
@@ -92,6 +101,25 @@ def read_result(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, np.ndar
     coarse = folder / COARSE_OUT_FILE
     return (result, np.load(folder / REFINED_FILE).astype(bool),
             np.load(coarse).astype(bool) if result.get("coarse_made") else None)
+
+
+def group_seeds(ct: Any, seeds: list[Any], coarse: dict[str, Any], folder: Path) -> tuple[list[Any], list[int]]:
+    """The job's positive seeds grouped into lesions, and each seed's lesion number: the numbers the
+    job gives (``seed_lesions``, null for a point without one) and, for the others, the lesion of
+    the piece of the previous result (``previous``, a mask file) they lie in or next to
+    (``coarse.grouping``)."""
+    from LiverTumorRefineLib.coarse import grouping
+    from LiverTumorRefineLib.coarse.points import check_points, ras_to_voxels
+
+    given = list(coarse["seed_lesions"])
+    if len(given) != len(seeds) or any(n is not None and (not isinstance(n, int) or n < 1) for n in given):
+        raise RefineError("The job's seed lesion numbers do not match its seeds: restart 3D Slicer and try again.")
+    previous = np.load(folder / coarse["previous"]).astype(bool) if coarse.get("previous") else None
+    if previous is not None and previous.shape != ct.array.shape:
+        previous = None  # a result on another grid says nothing about these points
+    voxels = ras_to_voxels(check_points(seeds), ct)
+    numbers = grouping.assign_lesions(voxels, given, previous, ct.spacing_zyx)
+    return grouping.grouped(seeds, numbers), numbers
 
 
 def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any = None,
@@ -120,6 +148,9 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     truth = np.load(folder / job["truth"]).astype(bool) if job.get("truth") else None
     seeds = job["coarse"].get("seeds_ras") if source == "seeds" else None
     negative = job["coarse"].get("negative_seeds_ras") if source == "seeds" else None
+    lesions = None
+    if seeds is not None and "seed_lesions" in job["coarse"]:
+        seeds, lesions = group_seeds(ct, seeds, job["coarse"], folder)
     result = pipeline.run(ct, coarse, source=source, seeds=seeds, negative_seeds=negative, truth=truth,
                           progress=part(progress, 0.0, _RUN_END))
     warning = hu_plausibility(ct.array)
@@ -133,6 +164,8 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     stats = result.stats
     summary = {"stats": stats, "metrics": result.metrics, "notes": notes, "coarse_made": made, "coarse_source": source,
                "seconds": time.perf_counter() - t0, "device": str(stats.get("device", pipeline.device))}
+    if lesions is not None:
+        summary["seed_lesions"] = lesions
     write_text(folder / RESULT_FILE, json.dumps(jsonable(summary)))  # last: its presence means success
     report(progress, 1.0, "Refinement computed")
     return json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))

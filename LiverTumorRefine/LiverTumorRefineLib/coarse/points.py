@@ -5,22 +5,32 @@ Inline seeds are RAS millimetres as Slicer shows them: ``"R,A,S;R,A,S"``. A Slic
 file (``.mrk.json``) stores its points in LPS or RAS (its ``coordinateSystem``); both are read.
 Negative clicks (a leak to remove) come as a second list (``--negative-seeds``) or, in one file,
 as points whose label or description, or whose point list's name, starts with "neg"
-(``is_negative``).
+(``is_negative``). In a file, positive points whose description is "lesion N" are one lesion's
+clicks (as the Slicer module numbers them, ``coarse.grouping``); every other point is a lesion.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from LiverTumorRefineLib.coarse.grouping import lesion_number
 from LiverTumorRefineLib.volume import io
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.volume.geometry import Volume
 
 Point = tuple[float, float, float]
+
+
+class MarkupPoint(NamedTuple):
+    """A markups control point: its RAS position, whether it is negative, its lesion number (or None)."""
+
+    position: Point
+    negative: bool
+    lesion: Optional[int]
 
 
 def is_seed_file(spec: str) -> bool:
@@ -50,7 +60,7 @@ def parse_seeds(spec: str) -> list[Point]:
 
 def read_markups(path: str | os.PathLike) -> list[Point]:
     """The control points of a Slicer markups JSON file, in RAS."""
-    return [point for point, _ in read_signed_markups(path)]
+    return [point.position for point in read_signed_markups(path)]
 
 
 def is_negative(markup_name: Any, control: dict[str, Any]) -> bool:
@@ -60,27 +70,34 @@ def is_negative(markup_name: Any, control: dict[str, Any]) -> bool:
     return any(isinstance(w, str) and w.strip().lower().startswith("neg") for w in words)
 
 
-def parse_signed_seeds(spec: str) -> tuple[list[Point], list[Point]]:
+def parse_signed_seeds(spec: str) -> tuple[list[Any], list[Point]]:
     """(positive, negative) RAS points from inline seeds (all positive) or a ``.mrk.json`` file
-    (negative ones marked as ``is_negative`` says); RefineError when there is no positive one."""
+    (negative ones marked as ``is_negative`` says); RefineError when there is no positive one.
+    Each positive item is a lesion: a point, or the list of the points numbered with one lesion."""
+    from LiverTumorRefineLib.coarse.grouping import assign_lesions, grouped
+
     if not is_seed_file(spec):
         return parse_seeds(spec), []
     signed = read_signed_markups(spec.strip())
-    positive = [p for p, negative in signed if not negative]
+    positive = [p for p in signed if not p.negative]
     if not positive:
         raise RefineError(f"{spec.strip()} holds only negative points: place one positive point inside each lesion.")
-    return positive, [p for p, negative in signed if negative]
+    points = [p.position for p in positive]
+    numbers = assign_lesions(points, [p.lesion for p in positive], None, (1.0, 1.0, 1.0))
+    lesions = [group[0] if len(group) == 1 else group for group in grouped(points, numbers)]
+    return lesions, [p.position for p in signed if p.negative]  # type: ignore[misc]
 
 
-def read_signed_markups(path: str | os.PathLike) -> list[tuple[Point, bool]]:
-    """The control points of a Slicer markups JSON file in RAS, each with whether it is negative."""
+def read_signed_markups(path: str | os.PathLike) -> list[MarkupPoint]:
+    """The control points of a Slicer markups JSON file in RAS, each with whether it is negative and
+    its lesion number (a description "lesion N"; None without one)."""
     path = io.readable_file(path, "Seed file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         markups = data["markups"]
     except (OSError, ValueError, KeyError, TypeError):
         raise RefineError(f"{path} is not a Slicer markups file (.mrk.json with a \"markups\" list).") from None
-    points: list[tuple[Point, bool]] = []
+    points: list[MarkupPoint] = []
     for markup in markups:
         system = str(markup.get("coordinateSystem", "LPS")).upper()
         if system not in ("LPS", "RAS"):
@@ -94,7 +111,9 @@ def read_signed_markups(path: str | os.PathLike) -> list[tuple[Point, bool]]:
                 raise RefineError(f"{path}: point {label} has position {position!r}, which is not three numbers: "
                                   "place the point again in Slicer and save the point list.")
             x, y, z = (float(v) for v in position)
-            points.append(((-x, -y, z) if system == "LPS" else (x, y, z), is_negative(markup.get("name"), control)))
+            description = control.get("description")
+            points.append(MarkupPoint((-x, -y, z) if system == "LPS" else (x, y, z), is_negative(markup.get("name"), control),
+                                      lesion_number(description if isinstance(description, str) else None)))
     if not points:
         raise RefineError(f"{path} holds no points: place one point inside each lesion and save again.")
     return points

@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def make_coarse(source: str, image: Volume, *, seeds: Sequence[Sequence[float]] 
                 progress: Progress | None = None) -> Volume:
     """The coarse mask ``source`` makes for ``image`` (an LPS-oriented CT volume): 0/1 from seeds
     and TotalSegmentator, the 0/1/2 liver + tumour label map from the automatic network.
-    ``seeds``: RAS points (mm), one per lesion; ``negative_seeds``: RAS points of leaks to keep
+    ``seeds``: one item per lesion, a RAS point (mm) or a list of them (see ``from_seeds``); ``negative_seeds``: RAS points of leaks to keep
     out, and ``seed_method`` what grows the lesions (see ``clicks.SEED_METHODS``). ``ct_path``: the CT file, if there is one, for
     TotalSegmentator (else the volume is written to a temporary file). CUDA out-of-memory falls
     back to the CPU with a note in ``notes``."""
@@ -87,11 +87,12 @@ def make_coarse(source: str, image: Volume, *, seeds: Sequence[Sequence[float]] 
     return mask
 
 
-def from_seeds(image: Volume, seeds: Sequence[Sequence[float]] | None,
+def from_seeds(image: Volume, seeds: Sequence[Any] | None,
                negative_seeds: Sequence[Sequence[float]] | None = None, method: str = "auto") -> Volume:
-    """A 0/1 coarse tumour mask from one RAS point (mm) per lesion, by the ray grower (``seeded``),
-    the click model or the hybrid of both (``clicks``; these two also take ``negative_seeds``), as
-    ``method`` says."""
+    """A 0/1 coarse tumour mask from seeds (RAS mm), by the ray grower (``seeded``), the click model
+    or the hybrid of both (``clicks``; these two also take ``negative_seeds``), as ``method``
+    says. Each item of ``seeds`` is one lesion: a point, or a list of its points (the first inside
+    it, the others corrective clicks; the ray grower grows each point as a lesion of its own)."""
     from LiverTumorRefineLib.coarse import clicks
     from LiverTumorRefineLib.coarse.points import check_points, ras_to_voxels
     from LiverTumorRefineLib.coarse.seeded import grow_from_seeds
@@ -99,13 +100,24 @@ def from_seeds(image: Volume, seeds: Sequence[Sequence[float]] | None,
     if seeds is None or len(seeds) == 0:
         raise RefineError("No seed points: place one point inside each lesion, then try again.",
                           cli="The seeded coarse source needs at least one seed inside a lesion (--seeds).")
-    voxels = ras_to_voxels(check_points(list(seeds)), image)  # check_points names a malformed seed as given
+    lesions = [list(item) if is_point_list(item) else [item] for item in seeds]
+    if any(not lesion for lesion in lesions):
+        raise RefineError("A lesion was given with no seed point: give at least one point inside each lesion.")
+    # check_points names a malformed seed as given
+    flat = ras_to_voxels(check_points([p for lesion in lesions for p in lesion]), image)
     negative = ras_to_voxels(check_points(list(negative_seeds or [])), image)
     chosen = clicks.seed_method(method, negative)
     if chosen == "rays":
-        return image.with_array(grow_from_seeds(image.array, voxels, image.spacing_zyx).astype(np.uint8))
+        return image.with_array(grow_from_seeds(image.array, flat, image.spacing_zyx).astype(np.uint8))
+    starts = np.cumsum([0] + [len(lesion) for lesion in lesions])
+    voxels = [flat[a:b] for a, b in zip(starts[:-1], starts[1:])]
     return image.with_array(clicks.coarse_from_clicks(image.array, image.spacing_zyx, voxels, negative,
                                                       method=chosen).astype(np.uint8))
+
+
+def is_point_list(item: Any) -> bool:
+    """Whether a seeds item is a list of points (one lesion's clicks) rather than one point."""
+    return isinstance(item, (list, tuple)) and len(item) > 0 and isinstance(item[0], (list, tuple, np.ndarray))
 
 
 def automatic_labels(image: Volume, weights: str | os.PathLike | None = None, device: str = "auto",

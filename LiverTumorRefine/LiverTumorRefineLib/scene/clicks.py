@@ -1,4 +1,5 @@
-"""Corrective clicks: when to run the seeded job again after the user adds, moves or deletes a point.
+"""Corrective clicks: when to run the seeded job again after the user adds, moves or deletes a
+point, and which lesion each point belongs to (its description, "lesion N").
 
 No Qt here (tested headless): the module's timer calls ``ClickTrigger.due`` every 100 ms, and
 starts the job when it says so. Markups send a burst of events per click, and a stream of them
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import time
 from typing import Any, Callable, Optional
+
+from LiverTumorRefineLib.coarse.grouping import lesion_label, lesion_number
 
 # Markups events (vtkMRMLMarkupsNode.h, Slicer 5.8.1) that may change the defined points: a point
 # placed, moved (also while dragged), deleted (also markups' own undo of the last point), or unset.
@@ -32,6 +35,35 @@ def defined_points(node: Any) -> tuple[tuple[float, float, float], ...]:
             node.GetNthControlPointPositionWorld(n, world)
             points.append(tuple(round(float(v), 3) for v in world))
     return tuple(points)
+
+
+def point_lesions(node: Any) -> list[Optional[int]]:
+    """The lesion number each defined control point of ``node`` carries in its description
+    ("lesion N", see ``coarse.grouping``), None where it has none; in ``defined_points`` order."""
+    import slicer
+
+    defined = slicer.vtkMRMLMarkupsNode.PositionDefined
+    return [lesion_number(node.GetNthControlPointDescription(n)) for n in range(node.GetNumberOfControlPoints())
+            if node.GetNthControlPointPositionStatus(n) == defined]
+
+
+def label_point_lesions(node: Any, points: tuple, numbers: list[int]) -> int:
+    """Write "lesion N" into the description of each defined point that has no number yet, when the
+    defined points are still ``points`` (a point moved, added or deleted during the job: nothing is
+    written, and the next job numbers them). Returns how many descriptions were written."""
+    import slicer
+
+    if node is None or defined_points(node) != points or len(numbers) != len(points):
+        return 0
+    defined = slicer.vtkMRMLMarkupsNode.PositionDefined
+    indices = [n for n in range(node.GetNumberOfControlPoints())
+               if node.GetNthControlPointPositionStatus(n) == defined]
+    written = 0
+    for n, number in zip(indices, numbers):
+        if lesion_number(node.GetNthControlPointDescription(n)) is None:
+            node.SetNthControlPointDescription(n, lesion_label(int(number)))
+            written += 1
+    return written
 
 
 class ClickTrigger:

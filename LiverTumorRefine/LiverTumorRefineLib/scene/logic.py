@@ -34,6 +34,7 @@ from LiverTumorRefineLib.coarse.sources import SOURCES
 from LiverTumorRefineLib.device import check_device
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
+from LiverTumorRefineLib.scene.clicks import defined_points, label_point_lesions, point_lesions
 from LiverTumorRefineLib.scene.workerprocess import WorkerJob, WorkerServer
 
 try:  # In Slicer the base class provides getParameterNode(); headless (slicer-core) it is absent.
@@ -105,6 +106,8 @@ class RefineInputs:
     coarse: Optional[np.ndarray] = None  # the exported coarse and truth masks (CT grid), for the lesion review
     truth: Optional[np.ndarray] = None
     replaceCoarseId: Optional[str] = None  # a made coarse segment to replace in place (corrective clicks)
+    seedsNode: Any = None  # the positive point list, and its defined points as sent (their lesions are
+    seedPositions: tuple = ()  # written back into the points when they have not changed meanwhile)
 
 
 @dataclass
@@ -118,6 +121,7 @@ class RefineOutcome:
     seconds: float = 0.0
     coarse: Optional[np.ndarray] = None  # the coarse mask the worker made, or None
     uncertain: Optional[np.ndarray] = None  # where the augmented predictions disagree, or None
+    seedLesions: Optional[list[int]] = None  # each positive seed point's lesion number, or None
 
 
 @dataclass
@@ -243,11 +247,15 @@ class LiverTumorRefineLogic(_LogicBase):
                                   "segment as reference.")
             if made and truthSegmentationNode is segmentationNode:
                 segmentationNode = None  # a made coarse segment never goes into the reference segmentation
-        seeds = negative = None
+        seeds = negative = lesions = None
         if coarseSource == "seeds":
             seeds = self.seedPoints(seedsNode, volumeNode)
             negative = self.seedPoints(negativeSeedsNode, volumeNode, required=False) if negativeSeedsNode else []
+            lesions = point_lesions(seedsNode)
         replaceId = self.replaceableCoarseSegmentId(segmentationNode, replaceCoarseSegmentId) if made else None
+        # A click update groups its new points with the lesions of the result it replaces.
+        previous = (export_segment_mask(segmentationNode, replaceId, volumeNode)
+                    if seeds is not None and replaceId is not None else None)
 
         image = _ct_array(volumeNode)
         coarse = None
@@ -265,12 +273,15 @@ class LiverTumorRefineLogic(_LogicBase):
         inputs = RefineInputs(volumeNode, segmentationNode, coarseSegmentId, coarseName, truthSegmentationNode,
                               truthSegmentId, device, outlinesOnly, coarseSource, coarse=coarse, truth=truth,
                               replaceCoarseId=replaceId)
+        if seeds is not None:
+            inputs.seedsNode, inputs.seedPositions = seedsNode, defined_points(seedsNode)
         inputs.folder = Path(tempfile.mkdtemp(prefix=JOB_FOLDER_PREFIX))
         try:
             source = {"source": coarseSource}
             if seeds is not None:
-                source.update(seeds_ras=seeds, negative_seeds_ras=negative)
+                source.update(seeds_ras=seeds, negative_seeds_ras=negative, seed_lesions=lesions)
             inputs.jobPath = worker.write_job(inputs.folder, image, volume_geometry(volumeNode), source, coarse, truth,
+                                              previous=previous,
                                               device=device, weights=self._weightsFile(), seg_weights=self.segWeights,
                                               batch_size=self.batchSize, refiner=self.refinerOptions)
             report(progress, PREPARE_END, "Segments exported")  # a cancel here must not leave the folder
@@ -392,7 +403,8 @@ class LiverTumorRefineLogic(_LogicBase):
         uncertain = inputs.folder / worker.UNCERTAIN_FILE
         return RefineOutcome(mask, stats, result.get("metrics"), list(result.get("notes") or []),
                              float(result.get("seconds", 0.0)), coarse,
-                             np.load(uncertain).astype(bool) if uncertain.is_file() else None)
+                             np.load(uncertain).astype(bool) if uncertain.is_file() else None,
+                             result.get("seed_lesions"))
 
     # ---------------------------------------------------------------- phase 3: main thread, writes
     def apply(self, inputs: RefineInputs, outcome: RefineOutcome, progress: Progress | None = None) -> LiverTumorRefineResult:
@@ -416,6 +428,8 @@ class LiverTumorRefineLogic(_LogicBase):
         if segmentation.GetSegment(inputs.coarseSegmentId) is None:
             raise RefineError("The coarse segment was deleted while refining: nothing was added.")
         refinedId = self._writeRefinedSegment(inputs, outcome.mask)
+        if outcome.seedLesions is not None:  # the next click update keeps these points' lesions
+            label_point_lesions(inputs.seedsNode, inputs.seedPositions, outcome.seedLesions)
         self._applyDisplay(inputs, refinedId)
         uncertainId = None
         if outcome.uncertain is not None:

@@ -720,6 +720,52 @@ def check_negative_clicks(scene, logic, sc: SceneCase) -> dict:
     return {"positive_only": before, "with_negative": after}
 
 
+def check_positive_click_groups(scene, logic, sc: SceneCase) -> dict:
+    """Issue 16: a positive point placed after a seeded result corrects the lesion it touches
+    instead of growing a lesion of its own. Apply numbers the first point ("lesion 1" in its
+    description); a click update sends the points' numbers and the result it replaces, and the
+    worker puts an unnumbered point next to that result into lesion 1, a point far from it into a
+    new lesion 2; the numbers are written back into the points. Returns the job's coarse fields
+    and the descriptions."""
+    import json
+
+    from scipy import ndimage
+
+    from LiverTumorRefineLib.coarse.grouping import GROUP_REACH_MM
+
+    case = sc.case
+    seed = deepest_voxel(case.truth)
+    positive = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion clicks")
+    positive.AddControlPoint(_ras(sc, seed))
+    first = logic.refine(sc.volumeNode, sc.segmentationNode, "", device="cpu", coarseSource="seeds", seedsNode=positive)
+    node, coarseId = first.segmentationNode, first.coarseSegmentId
+    assert positive.GetNthControlPointDescription(0) == "lesion 1", positive.GetNthControlPointDescription(0)
+    coarse = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    spacing = np.array(sc.volumeNode.GetSpacing()[::-1])
+    # a missed part right next to the result, and a point far from it (a lesion of its own)
+    edt = ndimage.distance_transform_edt(~coarse, sampling=spacing)
+    near = tuple(int(v) for v in np.argwhere((edt > 0) & (edt <= 2.0))[0])
+    far_candidates = np.argwhere(edt > GROUP_REACH_MM + 5.0)
+    far = tuple(int(v) for v in far_candidates[len(far_candidates) // 2])
+    positive.AddControlPoint(_ras(sc, near))
+    positive.AddControlPoint(_ras(sc, far))
+    inputs = logic.prepare(sc.volumeNode, node, coarseId, device="cpu", coarseSource="seeds", seedsNode=positive,
+                           replaceCoarseSegmentId=coarseId)
+    try:
+        job = json.loads(inputs.jobPath.read_text())
+        assert job["coarse"]["seed_lesions"] == [1, None, None], job["coarse"]
+        assert np.array_equal(np.load(inputs.folder / job["coarse"]["previous"]).astype(bool), coarse)
+    finally:
+        logic.cleanup(inputs)
+    logic.refine(sc.volumeNode, node, coarseId, device="cpu", coarseSource="seeds", seedsNode=positive,
+                 replaceCoarseSegmentId=coarseId)
+    descriptions = [positive.GetNthControlPointDescription(n) for n in range(3)]
+    assert descriptions == ["lesion 1", "lesion 1", "lesion 2"], descriptions
+    after = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    assert after[near] and after[far], "a positive click is not in the coarse segment"
+    return {"job": job["coarse"], "descriptions": descriptions}
+
+
 def slicer_position_status(name: str) -> int:
     """A ``vtkMRMLMarkupsNode`` position status (``PositionPreview``, ...) by name."""
     import slicer
@@ -752,6 +798,7 @@ def run_self_test(scene, logic=None, seed: int = 0, case: Optional[RefineCase] =
     check_seeded_coarse(scene, logic, build_scene_case(scene, synthetic_case(seed + 2)))
     check_worker_job(scene, logic, build_scene_case(scene, synthetic_case(seed + 3)))
     check_negative_clicks(scene, logic, build_scene_case(scene, synthetic_case(seed + 2)))
+    check_positive_click_groups(scene, logic, build_scene_case(scene, synthetic_case(seed + 2)))
     with tempfile.TemporaryDirectory(prefix="LiverTumorRefine-selftest-") as temporary:
         run_lesion_review_checks(scene, appLogic, logic, folder or temporary)  # last: it reloads the scene
     return {"dice": {row: result.metrics[row]["dice"] for row in ("coarse", "refined")},
