@@ -256,7 +256,8 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--mask", help="coarse tumour mask or LiTS-style label map, or a DICOM SEG (.dcm) or Slicer "
                                        ".seg.nrrd (pick the segment with --segment)")
     source.add_argument("--seeds", help="one point inside each lesion: \"R,A,S;R,A,S\" in RAS mm as Slicer shows "
-                                        "them, or a Slicer point list file (.mrk.json)")
+                                        "them, or a Slicer point list file (.mrk.json; points whose description is "
+                                        "\"lesion N\" are one lesion's clicks)")
     source.add_argument("--auto-coarse", action="store_true",
                         help="make the coarse liver and tumour labels with the shipped coarse network (trained on "
                              "phantoms: good for the liver, misses most tumours on real CT; for automatic lesions "
