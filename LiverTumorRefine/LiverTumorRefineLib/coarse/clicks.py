@@ -614,9 +614,9 @@ def hybrid_lesion(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Seq
                   other_lesions: Sequence[LesionClicks] = ()) -> tuple[LesionMask, np.ndarray | None]:
     """A lesion's coarse mask by the hybrid: the ray grower's lesion from the first click (the
     model's instead when the grower's is over ``FIRST_CLICK_SWITCH`` times larger), then each
-    corrective click applied near itself with the click model's view of all the clicks
-    (``missed_at``, ``leak_at``), never past ``GROWTH_LIMIT`` times the first-click volume, nor on a
-    voxel nearer another lesion's first click. Also returns the model's mask on the box (None
+    corrective click applied within ``correction_reach`` of itself with the click model's view of
+    all the clicks (``missed_at``, ``leak_at``), never past ``growth_budget``, nor on a voxel nearer
+    another lesion's first click. Also returns the model's mask on the box (None
     after one click)."""
     grid = crop_grid(lesion.positive[0], image.shape, spacing_zyx, segmenter.cfg)
     box = grid.box(image.shape)

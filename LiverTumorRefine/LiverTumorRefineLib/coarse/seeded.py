@@ -157,8 +157,9 @@ def rim_edges(overshoot: np.ndarray, t: np.ndarray, radii: np.ndarray, stop_mm: 
     ``overshoot`` (rays, radii ``t``): how far past the liver's intensity, away from the lesion's
     core, each sample lies. Beyond each ray's edge (``radii``) the median over rays of the
     overshoot, ``cfg.rim_search_mm`` long, must peak at ``cfg.rim_min_hu`` or more and then fall
-    below ``cfg.rim_fraction`` of its peak. A ray's edge is then where its own overshoot falls
-    below that after its peak (the median profile's fall where it has none)."""
+    below ``cfg.rim_fraction`` of its peak. A ray's edge then moves out to its first sample, after
+    its own highest overshoot, below that fraction of the profile's peak (to the median profile's
+    fall where no such sample lies within the search)."""
     if cfg.rim_min_hu <= 0:
         return None
     step = float(t[1] - t[0])

@@ -60,8 +60,9 @@ def make_coarse(source: str, image: Volume, *, seeds: Sequence[Sequence[float]] 
                 progress: Progress | None = None) -> Volume:
     """The coarse mask ``source`` makes for ``image`` (an LPS-oriented CT volume): 0/1 from seeds
     and TotalSegmentator, the 0/1/2 liver + tumour label map from the automatic network.
-    ``seeds``: one item per lesion, a RAS point (mm) or a list of them (see ``from_seeds``); ``negative_seeds``: RAS points of leaks to keep
-    out, and ``seed_method`` what grows the lesions (see ``clicks.SEED_METHODS``). ``ct_path``: the CT file, if there is one, for
+    ``seeds``: one item per lesion, a RAS point (mm) or a list of them (see ``from_seeds``);
+    ``negative_seeds``: RAS points of leaks to keep out, and ``seed_method`` what grows the lesions
+    (see ``clicks.SEED_METHODS``). ``ct_path``: the CT file, if there is one, for
     TotalSegmentator (else the volume is written to a temporary file). CUDA out-of-memory falls
     back to the CPU with a note in ``notes``."""
     name = source_named(source).name
