@@ -103,3 +103,26 @@ def test_the_worker_groups_a_click_update_and_reports_the_numbers(tmp_path):
     assert worker.group_seeds(ct, seeds, {"seed_lesions": [1, None, None]}, tmp_path)[1] == [1, 2, 3]
     with pytest.raises(RefineError, match="seed lesion numbers do not match"):
         worker.group_seeds(ct, seeds, {"seed_lesions": [1, None]}, tmp_path)
+
+
+def test_from_seeds_hands_a_lesions_points_to_the_click_methods_together(monkeypatch):
+    from LiverTumorRefineLib.coarse import clicks, sources
+    from LiverTumorRefineLib.coarse.points import voxel_to_ras
+    from LiverTumorRefineLib.volume.geometry import Geometry, Volume
+
+    ct = Volume(np.zeros((12, 40, 40), np.int16), Geometry((1.0, 1.0, 2.5), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())))
+    a, b, c = (voxel_to_ras(v, ct) for v in [(6, 10, 10), (6, 12, 10), (6, 30, 30)])
+    seen = {}
+
+    def fake(image, spacing, positive, negative, method):
+        seen.update(positive=positive, method=method)
+        return np.zeros(image.shape, bool)
+
+    monkeypatch.setattr(clicks, "coarse_from_clicks", fake)
+    sources.from_seeds(ct, [[a, b], c], method="hybrid")
+    assert [len(lesion) for lesion in seen["positive"]] == [2, 1] and seen["method"] == "hybrid"
+    assert np.allclose(seen["positive"][0], [(6, 10, 10), (6, 12, 10)])
+    sources.from_seeds(ct, [a, b, c], method="hybrid")  # flat: a lesion per point
+    assert [len(lesion) for lesion in seen["positive"]] == [1, 1, 1]
+    with pytest.raises(RefineError, match=r"Seed 1 \(\[\]\) is not a point"):
+        sources.from_seeds(ct, [[], c], method="hybrid")

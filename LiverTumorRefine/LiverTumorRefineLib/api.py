@@ -71,7 +71,9 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
     """Make a coarse mask from ``source`` ("seeds", "automatic" (or "auto"), "totalsegmentator"),
     refine it and write the result (and, with ``coarse_out``, the coarse mask) on the CT's grid;
     returns stats with the coarse step's seconds under ``seconds["coarse"]``. ``seeds``: RAS
-    points in mm, or the same as a string ``"R,A,S;R,A,S"`` or a .mrk.json file.
+    points in mm, one per lesion, or a list of a lesion's points in place of its point (the first
+    inside it, the others corrective clicks); or a string ``"R,A,S;R,A,S"``, or a .mrk.json file
+    (points described "lesion N" grouped).
     ``coarse_progress`` reports the coarse step's progress. ``report``: as in ``refine_files``.
     ``negative_seeds``: RAS points (or a string or file like ``seeds``) of leaks to keep out;
     ``seed_method``: "auto", "hybrid", "rays" or "model" (see ``coarse.clicks.SEED_METHODS``)."""

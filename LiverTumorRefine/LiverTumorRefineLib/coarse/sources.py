@@ -102,9 +102,7 @@ def from_seeds(image: Volume, seeds: Sequence[Any] | None,
         raise RefineError("No seed points: place one point inside each lesion, then try again.",
                           cli="The seeded coarse source needs at least one seed inside a lesion (--seeds).")
     lesions = [list(item) if is_point_list(item) else [item] for item in seeds]
-    if any(not lesion for lesion in lesions):
-        raise RefineError("A lesion was given with no seed point: give at least one point inside each lesion.")
-    # check_points names a malformed seed as given
+    # check_points names a malformed seed as given (an empty lesion too: "[] is not a point")
     flat = ras_to_voxels(check_points([p for lesion in lesions for p in lesion]), image)
     negative = ras_to_voxels(check_points(list(negative_seeds or [])), image)
     chosen = clicks.seed_method(method, negative)
