@@ -301,3 +301,52 @@ def test_hybrid_never_merges_with_an_unclicked_neighbour():
     coarse = clicks.hybrid_lesion(segmenter, image, SPACING, clicks.LesionClicks((a, (12, 32, 44))))[0]
     first_volume = clicks.hybrid_lesion(segmenter, image, SPACING, one)[0].mask.sum()
     assert coarse.mask.sum() <= clicks.GROWTH_LIMIT * first_volume
+
+
+def test_the_lesion_cache_keys_results_by_the_named_ct_and_drops_the_oldest():
+    from LiverTumorRefineLib.coarse.lesion_cache import LesionCache
+
+    cache = LesionCache(size=2)
+    lesion = clicks.LesionClicks(((1.0, 2.0, 3.0),))
+    assert cache.key((4, 5, 6), SPACING, "hybrid", None, lesion, []) is None  # no CT named: nothing kept
+    with cache.for_ct("ct-a"):
+        first = cache.key((4, 5, 6), SPACING, "hybrid", None, lesion, [])
+        with cache.for_ct("ct-b"):  # another CT: another key
+            assert cache.key((4, 5, 6), SPACING, "hybrid", None, lesion, []) != first
+        assert cache.key((4, 5, 6), SPACING, "hybrid", None, lesion, []) == first  # restored
+        other = cache.key((4, 5, 6), SPACING, "hybrid", None, lesion.with_click((1, 2, 4), False), [])
+        third = cache.key((4, 5, 6), SPACING, "hybrid", None, lesion, [(9.0, 9.0, 9.0)])
+        assert len({first, other, third}) == 3  # a negative click or another lesion's first click: a new key
+        cache.put(first, "a")
+        cache.put(other, "b")
+        assert cache.get(first) == "a"  # now the most recently used
+        cache.put(third, "c")  # beyond 2: the least recently used ("b") goes
+        assert cache.get(other) is None and cache.get(first) == "a" and cache.get(third) == "c"
+    assert cache.ct is None
+
+
+def test_lesion_labels_reuse_unchanged_lesions_on_a_named_ct(monkeypatch):
+    from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
+
+    image, first, second, a = two_lesions(gap_mm=20.0)
+    b = tuple(int(v) for v in np.argwhere(second).mean(axis=0).round())
+    segmenter = clicks.shipped_segmenter()
+    lesions = [clicks.LesionClicks((a,)), clicks.LesionClicks((b,))]
+    computed = []
+    real = clicks.hybrid_lesion
+    monkeypatch.setattr(clicks, "hybrid_lesion", lambda *args: computed.append(args[3]) or real(*args))
+    plain = clicks.lesion_labels(segmenter, image, SPACING, lesions, method="hybrid")
+    LESIONS.clear()
+    with LESIONS.for_ct("two lesions"):
+        once = clicks.lesion_labels(segmenter, image, SPACING, lesions, method="hybrid")
+        again = clicks.lesion_labels(segmenter, image, SPACING, lesions, method="hybrid")
+        assert len(computed) == 2 + 2  # the plain run and the first named run; the second reused both
+        corrected = [lesions[0].with_click((12, 32, 33), True), lesions[1]]  # a click on lesion 1 only
+        updated = clicks.lesion_labels(segmenter, image, SPACING, corrected, method="hybrid")
+        assert computed[-1] == corrected[0] and len(computed) == 5  # lesion 2 came from the cache
+        reused = clicks.lesion_labels(segmenter, image, SPACING, corrected, method="hybrid")
+        assert len(computed) == 5
+    LESIONS.clear()
+    assert np.array_equal(plain, once) and np.array_equal(once, again) and np.array_equal(updated, reused)
+    # the same as computing every lesion afresh
+    assert np.array_equal(updated, clicks.lesion_labels(segmenter, image, SPACING, corrected, method="hybrid"))

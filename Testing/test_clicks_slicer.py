@@ -40,6 +40,18 @@ def test_a_positive_click_next_to_the_result_corrects_its_lesion(app, logic):
     assert found["descriptions"] == ["lesion 1", "lesion 1", "lesion 2"]
 
 
+def test_the_ct_identity_changes_with_the_voxels_and_the_grid(app):
+    sc = st.build_scene_case(app.scene, st.synthetic_case(0))
+    geometry = ltr.volume_geometry(sc.volumeNode)
+    before = ltr.ct_identity(sc.volumeNode, geometry)
+    assert ltr.ct_identity(sc.volumeNode, geometry) == before  # unchanged CT: the same name
+    sc.volumeNode.GetImageData().Modified()  # what slicer.util.arrayFromVolumeModified does
+    edited = ltr.ct_identity(sc.volumeNode, geometry)
+    assert edited != before
+    sc.volumeNode.SetSpacing(9.0, 9.0, 9.0)
+    assert ltr.ct_identity(sc.volumeNode, ltr.volume_geometry(sc.volumeNode)) != edited
+
+
 def test_negative_points_outside_the_ct_are_an_error_and_the_scene_is_unchanged(app, logic):
     sc = st.build_scene_case(app.scene, st.synthetic_case(0))
     positive = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")

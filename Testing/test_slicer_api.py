@@ -90,7 +90,7 @@ NOT_SLICER = {"AllocateScalars", "GetDimensions", "GetElement", "GetItemAsObject
               "GetNumberOfPoints", "GetPointData", "GetScalars", "InsertNextValue", "Modified", "Multiply4x4",
               "MultiplyPoint", "SetDimensions", "TransformPoint", "UnRegister", "TemporaryDirectory", "QTimer", "IsA",
               "WaitCursor", "Clear", "QShortcut", "QKeySequence", "SetExtent",
-              "AddObserver", "RemoveObserver"}  # vtkObject
+              "AddObserver", "RemoveObserver", "GetMTime"}  # vtkObject
 # The Segment Editor effect "Refine boundary": its scene logic and its Qt file (the editor calls it
 # makes on its scriptedEffect are checked against 5.8.1 by Testing/test_effect.py).
 SCANNED += [MODULE_DIR / "LiverTumorRefineLib" / "scene" / "effect.py",

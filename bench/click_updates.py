@@ -1,15 +1,19 @@
 """Corrective clicks in the Slicer module's path: a worker process per job against the kept worker.
 
-    .venv/bin/python bench/click_updates.py [--seed 90000] [--size 512] [--rounds 2]
+    .venv/bin/python bench/click_updates.py [--seed 90000] [--size 512] [--rounds 2] [--other-lesions]
 
 A phantom CT (``make_phantom(seed, size_xy=size)``) in a headless scene (slicer-core), one seed
 point at its largest lesion's deepest voxel. Each round runs the sequence a user clicks through with
 "Update on each click": Apply from the seed, a positive click (a second point in the lesion), a
 negative click (a point just outside the lesion) and its undo (the negative point deleted), each
 timed from the job's start to its segments in the scene, as the module's timer polls (100 ms).
+With ``--other-lesions`` every other lesion of 10 mm or more also gets a seed point at Apply (its
+deepest voxel), so each update re-runs all of them, as the module does.
 Rounds alternate between ``new``, where the worker is stopped before every job (what each update
 cost before the worker was kept), and ``kept``, the module's behaviour, so both see the same
-machine load. The shipped models, on the CPU.
+machine load. A kept round starts from a new worker warmed on one point alone, so its lesion cache
+(``coarse.lesion_cache``) holds nothing of the round's lesions: each step reuses only what the
+round's own earlier steps computed, as a user's clicks would. The shipped models, on the CPU.
 """
 from __future__ import annotations
 
@@ -70,12 +74,18 @@ def run_job(logic, sc, positive, negative, replace: str | None) -> tuple[float, 
     return time.perf_counter() - t0, result
 
 
-def one_round(logic, sc, clicks, kept: bool) -> list[float]:
+def one_round(logic, sc, clicks, kept: bool, others: list = ()) -> list[float]:
+    if kept:  # a warm worker that has seen none of this round's lesions (its lesion cache starts empty)
+        logic.stopWorker()
+        run_job(logic, sc, *_warm_points(sc, clicks), None)
+        PARTS.pop()
     scene = sc.volumeNode.GetScene()
     positive = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
     negative = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "negative clicks")
     deepest, inside, outside = (ras(sc, k) for k in clicks)
     positive.AddControlPoint(deepest)
+    for other in others:
+        positive.AddControlPoint(ras(sc, other))
     times = []
     replace = None
     for step in ("apply", "positive", "negative", "undo"):
@@ -98,6 +108,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=90000)
     parser.add_argument("--size", type=int, default=512, help="in-plane voxels of the phantom")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each mode, alternating")
+    parser.add_argument("--other-lesions", action="store_true",
+                        help="also a seed in every other lesion of 10 mm or more (updates re-run them all)")
     args = parser.parse_args()
     phantom = make_phantom(args.seed, size_xy=args.size)
     truth = phantom.label.array == 2
@@ -106,13 +118,21 @@ def main() -> None:
     app = st.make_app()
     sc = st.build_scene_case(app.scene, case)
     clicks = click_voxels(truth)
-    print(f"phantom {args.seed}: {truth.shape} voxels, clicks at {clicks} (deepest, inside, outside)")
+    others = []
+    if args.other_lesions:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from seeded import clicks as deepest_points  # bench/seeded.py
+
+        others = [s for s in deepest_points(truth, phantom.image.spacing_zyx)[1]
+                  if not component_labels(truth)[s] == component_labels(truth)[clicks[0]]]
+    print(f"phantom {args.seed}: {truth.shape} voxels, clicks at {clicks} (deepest, inside, outside), "
+          f"{len(others)} other lesion seeds")
     logic = ltr.LiverTumorRefineLogic()
     rows: dict[str, list[list[float]]] = {"new": [], "kept": []}
     run_job(logic, sc, *_warm_points(sc, clicks), None)  # file caches and the first worker, not counted
     for _ in range(args.rounds):
         for mode in ("new", "kept"):
-            rows[mode].append(one_round(logic, sc, clicks, kept=mode == "kept"))
+            rows[mode].append(one_round(logic, sc, clicks, kept=mode == "kept", others=others))
             print(f"{mode:>5}: " + ", ".join(f"{name} {s:.2f} s" for name, s in
                                               zip(("apply", "positive", "negative", "undo"), rows[mode][-1])), flush=True)
             for name, part in zip(("apply", "positive", "negative", "undo"), PARTS[-4:]):

@@ -12,7 +12,8 @@ conventions: LPS, spacing/origin in x, y, z, direction row-major) and the option
     {"ct": "ct.npy", "geometry": {"spacing": [...], "origin": [...], "direction": [...]},
      "coarse": {"source": "mask", "mask": "coarse.npy"}      # or "seeds" (+ "seeds_ras",
                                                             # optional "negative_seeds_ras",
-                                                            # "seed_lesions", "previous"),
+                                                            # "seed_lesions", "previous",
+                                                            # "ct_identity"),
                                                             # "automatic", "totalsegmentator"
      "truth": "truth.npy" or null, "device": "auto", "weights": null, "seg_weights": null,
      "batch_size": 128, "refiner": {"tta": 8, "agreement": 0.5, "min_kept": 0.3}}
@@ -22,7 +23,8 @@ It writes ``refined.npy`` (uint8 0/1), ``coarse_out.npy`` for a coarse mask it m
 ``result.json`` (stats, metrics, notes, seconds), each atomically. With ``seed_lesions`` (each
 seed's lesion number, or null) the seeds are grouped into lesions, null ones by the piece of the
 ``previous`` result (a mask file) they touch (``coarse.grouping``), and ``result.json`` gives every
-seed's number. On stdout it prints one JSON
+seed's number. With ``ct_identity`` (a name that changes whenever the CT does) a lesion whose
+clicks are those of an earlier job on that CT reuses its coarse result (``coarse.lesion_cache``). On stdout it prints one JSON
 object per line: ``{"progress": f, "message": m}``, then ``{"done": "result.json"}`` or
 ``{"error": m, "kind": k}``. Exit status: 0 done, 2 a user error (``RefineError``), 3 out of
 memory, 1 a bug (traceback on stderr). ``run_job`` is the same work in-process.
@@ -127,6 +129,7 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     """Do the job described by ``job_path`` and write its results beside it; returns result.json's
     content. ``weights`` (a BRNet) overrides the job's model file for in-process runs;
     ``pipelines`` keeps the pipelines (loaded models) of earlier jobs for reuse, by their options."""
+    from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
     from LiverTumorRefineLib.coarse.sources import source_named
     from LiverTumorRefineLib.volume.checks import hu_plausibility
     from LiverTumorRefineLib.volume.geometry import Geometry, Volume
@@ -151,8 +154,9 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     lesions = None
     if seeds is not None and "seed_lesions" in job["coarse"]:
         seeds, lesions = group_seeds(ct, seeds, job["coarse"], folder)
-    result = pipeline.run(ct, coarse, source=source, seeds=seeds, negative_seeds=negative, truth=truth,
-                          progress=part(progress, 0.0, _RUN_END))
+    with LESIONS.for_ct(job["coarse"].get("ct_identity") if seeds is not None else None):
+        result = pipeline.run(ct, coarse, source=source, seeds=seeds, negative_seeds=negative, truth=truth,
+                              progress=part(progress, 0.0, _RUN_END))
     warning = hu_plausibility(ct.array)
     notes = ([warning] if warning else []) + result.notes
     report(progress, _RUN_END, "Writing the result")

@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
 from LiverTumorRefineLib.config import LIVER_REFERENCE_HU, NetConfig
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
@@ -358,13 +359,18 @@ def segment_lesion(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Se
 def lesion_labels(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float],
                   lesions: Sequence[LesionClicks], progress: Progress | None = None, method: str = "model") -> np.ndarray:
     """Label map (int16) of the lesions' coarse masks by ``method`` ("model" or "hybrid"): 0
-    nothing, ``i + 1`` lesion ``i``; a voxel goes to the first lesion that claims it."""
+    nothing, ``i + 1`` lesion ``i``; a voxel goes to the first lesion that claims it. A lesion whose
+    inputs are unchanged since an earlier job on the same CT comes from ``lesion_cache.LESIONS``."""
     out = np.zeros(image.shape, dtype=np.int16)
     for i, lesion in enumerate(lesions):
         report(progress, i / len(lesions), f"Click model: lesion {i + 1} of {len(lesions)}")
         others = [o for j, o in enumerate(lesions) if j != i]
-        part = (hybrid_lesion(segmenter, image, spacing_zyx, lesion, others)[0] if method == "hybrid"
-                else segment_lesion(segmenter, image, spacing_zyx, lesion, others))
+        key = LESIONS.key(image.shape, spacing_zyx, method, segmenter, lesion, [o.positive[0] for o in others])
+        part = LESIONS.get(key)
+        if part is None:
+            part = (hybrid_lesion(segmenter, image, spacing_zyx, lesion, others)[0] if method == "hybrid"
+                    else segment_lesion(segmenter, image, spacing_zyx, lesion, others))
+            LESIONS.put(key, part)
         view = out[part.box]
         view[part.mask & (view == 0)] = i + 1
     report(progress, 1.0, "Click model")

@@ -20,6 +20,7 @@ A refinement has three phases:
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -278,9 +279,11 @@ class LiverTumorRefineLogic(_LogicBase):
         inputs.folder = Path(tempfile.mkdtemp(prefix=JOB_FOLDER_PREFIX))
         try:
             source = {"source": coarseSource}
+            geometry = volume_geometry(volumeNode)
             if seeds is not None:
-                source.update(seeds_ras=seeds, negative_seeds_ras=negative, seed_lesions=lesions)
-            inputs.jobPath = worker.write_job(inputs.folder, image, volume_geometry(volumeNode), source, coarse, truth,
+                source.update(seeds_ras=seeds, negative_seeds_ras=negative, seed_lesions=lesions,
+                              ct_identity=ct_identity(volumeNode, geometry))
+            inputs.jobPath = worker.write_job(inputs.folder, image, geometry, source, coarse, truth,
                                               previous=previous,
                                               device=device, weights=self._weightsFile(), seg_weights=self.segWeights,
                                               batch_size=self.batchSize, refiner=self.refinerOptions)
@@ -823,6 +826,12 @@ def volume_geometry(volumeNode) -> dict[str, list[float]]:
     return {"spacing": [float(s) for s in volumeNode.GetSpacing()],
             "origin": [-float(origin[0]), -float(origin[1]), float(origin[2])],
             "direction": list(_direction_lps(volumeNode))}
+
+
+def ct_identity(volumeNode, geometry: dict[str, list[float]]) -> str:
+    """A name of the CT that changes whenever its voxels or its grid do (the node's ID, its image
+    data's modification time, its geometry): the kept worker keeps lesion results under it."""
+    return f"{volumeNode.GetID()}|{volumeNode.GetImageData().GetMTime()}|{json.dumps(geometry)}"
 
 
 def nodes_by_class(scene, className: str) -> list:

@@ -754,6 +754,7 @@ def check_positive_click_groups(scene, logic, sc: SceneCase) -> dict:
     try:
         job = json.loads(inputs.jobPath.read_text())
         assert job["coarse"]["seed_lesions"] == [1, None, None], job["coarse"]
+        assert job["coarse"]["ct_identity"] == ltr.ct_identity(sc.volumeNode, job["geometry"])
         assert np.array_equal(np.load(inputs.folder / job["coarse"]["previous"]).astype(bool), coarse)
     finally:
         logic.cleanup(inputs)
