@@ -40,6 +40,22 @@ def test_a_positive_click_next_to_the_result_corrects_its_lesion(app, logic):
     assert found["descriptions"] == ["lesion 1", "lesion 1", "lesion 2"]
 
 
+def test_lesion_numbers_go_only_into_empty_descriptions_of_unchanged_points(app):
+    from LiverTumorRefineLib.scene.clicks import defined_points, label_point_lesions, point_lesions
+
+    node = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
+    for x, text in ((1.0, ""), (2.0, "liver dome"), (3.0, "lesion 4")):
+        node.SetNthControlPointDescription(node.AddControlPoint([x, 0.0, 0.0]), text)
+    assert point_lesions(node) == [None, None, 4]
+    sent = defined_points(node)
+    node.AddControlPoint([9.0, 0.0, 0.0])  # a click during the job: nothing is written
+    assert label_point_lesions(node, sent, [1, 2, 4]) == 0
+    node.RemoveNthControlPoint(3)
+    assert label_point_lesions(node, sent, [1, 2, 4]) == 1
+    # the user's own words stay; that point is numbered again by the next job
+    assert [node.GetNthControlPointDescription(n) for n in range(3)] == ["lesion 1", "liver dome", "lesion 4"]
+
+
 def test_the_ct_identity_changes_with_the_voxels_and_the_grid(app):
     sc = st.build_scene_case(app.scene, st.synthetic_case(0))
     geometry = ltr.volume_geometry(sc.volumeNode)

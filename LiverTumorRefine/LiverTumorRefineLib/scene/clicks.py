@@ -48,9 +48,10 @@ def point_lesions(node: Any) -> list[Optional[int]]:
 
 
 def label_point_lesions(node: Any, points: tuple, numbers: list[int]) -> int:
-    """Write "lesion N" into the description of each defined point that has no number yet, when the
-    defined points are still ``points`` (a point moved, added or deleted during the job: nothing is
-    written, and the next job numbers them). Returns how many descriptions were written."""
+    """Write "lesion N" into the empty description of each defined point, when the defined points
+    are still ``points`` (a point moved, added or deleted during the job: nothing is written, and
+    the next job numbers them). A description the user wrote is kept: that point is numbered
+    again by each job. Returns how many descriptions were written."""
     import slicer
 
     if node is None or defined_points(node) != points or len(numbers) != len(points):
@@ -60,7 +61,7 @@ def label_point_lesions(node: Any, points: tuple, numbers: list[int]) -> int:
                if node.GetNthControlPointPositionStatus(n) == defined]
     written = 0
     for n, number in zip(indices, numbers):
-        if lesion_number(node.GetNthControlPointDescription(n)) is None:
+        if not node.GetNthControlPointDescription(n).strip():
             node.SetNthControlPointDescription(n, lesion_label(int(number)))
             written += 1
     return written
