@@ -11,8 +11,8 @@ With ``--other-lesions`` every other lesion of 10 mm or more also gets a seed po
 deepest voxel), so each update re-runs all of them, as the module does.
 Rounds alternate between ``new``, where the worker is stopped before every job (what each update
 cost before the worker was kept), and ``kept``, the module's behaviour, so both see the same
-machine load. A kept round starts from a new worker warmed on one point alone, so its lesion cache
-(``coarse.lesion_cache``) holds nothing of the round's lesions: each step reuses only what the
+machine load. A kept round starts from a new worker warmed on a point outside the lesion, so its lesion
+cache (``coarse.lesion_cache``) holds nothing of the round's lesions: each step reuses only what the
 round's own earlier steps computed, as a user's clicks would. The shipped models, on the CPU.
 """
 from __future__ import annotations
@@ -145,9 +145,11 @@ def main() -> None:
 
 
 def _warm_points(sc, clicks):
+    """A seed just outside the lesion: it warms the worker without giving it any of the rounds'
+    lesions (a seed at the deepest voxel would be the Apply step's own lesion, then kept)."""
     scene = sc.volumeNode.GetScene()
     positive = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "warm-up")
-    positive.AddControlPoint(ras(sc, clicks[0]))
+    positive.AddControlPoint(ras(sc, clicks[2]))
     return positive, None
 
 
