@@ -7,7 +7,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -241,26 +241,6 @@ def reoriented(volume: Volume, code: str) -> Volume:
         return turned.with_array(turned.array.view(bool))
     return from_sitk(sitk.DICOMOrient(to_sitk(volume), code))
 
-
-def axial_arrays(image: np.ndarray, mask: np.ndarray | None, spacing_zyx: Sequence[float], direction: Sequence[float]
-                 ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float], Callable[[np.ndarray], np.ndarray]]:
-    """``image`` and ``mask`` (z, y, x arrays of a grid with the 3x3 ``direction``, LPS, row-major as
-    SimpleITK stores it) reordered by axis permutation and flips (no resampling) so that axis 0 runs
-    inferior-superior, as the engine's axial patches need; with their spacing and a function that
-    puts a bool result array computed on them back in the original array order. Axial input is
-    returned as is; a ``mask`` of None (only the image is needed) stays None."""
-    geometry = Geometry(tuple(float(s) for s in reversed(tuple(spacing_zyx))), (0.0, 0.0, 0.0),
-                        tuple(float(d) for d in direction))
-    code = orientation(geometry.direction)
-    if code == "LPS":  # the usual case: no copies
-        return image, mask, geometry.spacing_zyx, lambda result: result
-    lps_image = reoriented(Volume(np.asarray(image), geometry), "LPS")
-    lps_mask = None if mask is None else reoriented(Volume(np.asarray(mask, dtype=np.uint8), geometry), "LPS").array.astype(bool)
-
-    def back(result: np.ndarray) -> np.ndarray:
-        return reoriented(Volume(np.asarray(result, dtype=bool), lps_image.geometry), code).array
-
-    return lps_image.array, lps_mask, lps_image.geometry.spacing_zyx, back
 
 
 def read_geometry(path: str | os.PathLike) -> tuple[Geometry, tuple[int, int, int]]:
