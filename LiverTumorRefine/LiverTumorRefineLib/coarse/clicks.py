@@ -377,21 +377,20 @@ def lesion_labels(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Seq
     return out
 
 
-def group_lesions(positive: Sequence[Any], negative: Sequence[Voxel] = ()) -> list[LesionClicks]:
-    """Lesions from click lists (voxels): each item of ``positive`` is one lesion, given as one
-    point or as a list of its positive points (the first places its crop); every negative click
-    goes to every lesion (it only matters near one)."""
+def group_lesions(positive: Sequence[Sequence[Voxel]], negative: Sequence[Voxel] = ()) -> list[LesionClicks]:
+    """Lesions from click lists (voxels): each item of ``positive`` is one lesion's list of its
+    positive points (the first places its crop; ``sources.from_seeds`` makes these lists from what
+    the user gave); every negative click goes to every lesion (it only matters near one)."""
     lesions = []
-    for item in positive:
-        points = [item] if len(item) == 3 and all(np.isscalar(v) for v in item) else list(item)
-        if not points:
+    for points in positive:
+        if not len(points):
             raise RefineError("A lesion was given with no positive click: give at least one point inside it.")
         lesions.append(LesionClicks(tuple(tuple(float(v) for v in p) for p in points),  # type: ignore[misc]
                                     tuple(tuple(float(v) for v in p) for p in negative)))  # type: ignore[misc]
     return lesions
 
 
-def coarse_from_clicks(image: np.ndarray, spacing_zyx: Sequence[float], positive: Sequence[Any],
+def coarse_from_clicks(image: np.ndarray, spacing_zyx: Sequence[float], positive: Sequence[Sequence[Voxel]],
                        negative: Sequence[Voxel] = (), segmenter: ClickSegmenter | None = None,
                        progress: Progress | None = None, method: str = "model") -> np.ndarray:
     """A coarse tumour mask (bool) from clicks (voxels z, y, x; see ``group_lesions``) with the
