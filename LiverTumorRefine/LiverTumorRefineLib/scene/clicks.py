@@ -21,30 +21,31 @@ POINT_EVENTS = ("PointPositionDefinedEvent", "PointModifiedEvent", "PointRemoved
 DEFAULT_DELAY = 0.4  # seconds without a new event before a run
 
 
-def defined_points(node: Any) -> tuple[tuple[float, float, float], ...]:
-    """The world positions of ``node``'s control points whose position is defined (empty for None)."""
+def defined_indices(node: Any) -> list[int]:
+    """Indices of ``node``'s control points whose position is defined (not being placed, not
+    skipped); empty for None."""
     if node is None:
-        return ()
+        return []
     import slicer
 
     defined = slicer.vtkMRMLMarkupsNode.PositionDefined
+    return [n for n in range(node.GetNumberOfControlPoints()) if node.GetNthControlPointPositionStatus(n) == defined]
+
+
+def defined_points(node: Any) -> tuple[tuple[float, float, float], ...]:
+    """The world positions of ``node``'s defined control points (``defined_indices``)."""
     points = []
-    for n in range(node.GetNumberOfControlPoints()):
-        if node.GetNthControlPointPositionStatus(n) == defined:
-            world = [0.0, 0.0, 0.0]
-            node.GetNthControlPointPositionWorld(n, world)
-            points.append(tuple(round(float(v), 3) for v in world))
+    for n in defined_indices(node):
+        world = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(n, world)
+        points.append(tuple(round(float(v), 3) for v in world))
     return tuple(points)
 
 
 def point_lesions(node: Any) -> list[Optional[int]]:
     """The lesion number each defined control point of ``node`` carries in its description
     ("lesion N", see ``coarse.grouping``), None where it has none; in ``defined_points`` order."""
-    import slicer
-
-    defined = slicer.vtkMRMLMarkupsNode.PositionDefined
-    return [lesion_number(node.GetNthControlPointDescription(n)) for n in range(node.GetNumberOfControlPoints())
-            if node.GetNthControlPointPositionStatus(n) == defined]
+    return [lesion_number(node.GetNthControlPointDescription(n)) for n in defined_indices(node)]
 
 
 def label_point_lesions(node: Any, points: tuple, numbers: list[int]) -> int:
@@ -52,15 +53,10 @@ def label_point_lesions(node: Any, points: tuple, numbers: list[int]) -> int:
     are still ``points`` (a point moved, added or deleted during the job: nothing is written, and
     the next job numbers them). A description the user wrote is kept: that point is numbered
     again by each job. Returns how many descriptions were written."""
-    import slicer
-
     if node is None or defined_points(node) != points or len(numbers) != len(points):
         return 0
-    defined = slicer.vtkMRMLMarkupsNode.PositionDefined
-    indices = [n for n in range(node.GetNumberOfControlPoints())
-               if node.GetNthControlPointPositionStatus(n) == defined]
     written = 0
-    for n, number in zip(indices, numbers):
+    for n, number in zip(defined_indices(node), numbers):
         if not node.GetNthControlPointDescription(n).strip():
             node.SetNthControlPointDescription(n, lesion_label(int(number)))
             written += 1

@@ -35,7 +35,7 @@ from LiverTumorRefineLib.coarse.sources import SOURCES
 from LiverTumorRefineLib.device import check_device
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
-from LiverTumorRefineLib.scene.clicks import defined_points, label_point_lesions, point_lesions
+from LiverTumorRefineLib.scene.clicks import defined_indices, defined_points, label_point_lesions, point_lesions
 from LiverTumorRefineLib.scene.workerprocess import WorkerJob, WorkerServer
 
 try:  # In Slicer the base class provides getParameterNode(); headless (slicer-core) it is absent.
@@ -352,26 +352,19 @@ class LiverTumorRefineLogic(_LogicBase):
         if coarseSource == "mask":
             return bool(self.validSegmentId(segmentationNode, coarseSegmentId))
         if coarseSource == "seeds":
-            return seedsNode is not None and bool(self.definedPointIndices(seedsNode))
+            return bool(defined_indices(seedsNode))
         return coarseSource in COARSE_SEGMENT_NAMES
 
     # ---------------------------------------------------------------- seed points
     @staticmethod
-    def definedPointIndices(seedsNode) -> list[int]:
-        """Indices of the control points whose position is defined (not being placed, not skipped)."""
-        defined = slicer_module().vtkMRMLMarkupsNode.PositionDefined
-        return [n for n in range(seedsNode.GetNumberOfControlPoints())
-                if seedsNode.GetNthControlPointPositionStatus(n) == defined]
-
-    @classmethod
-    def seedPoints(cls, seedsNode, volumeNode, required: bool = True) -> list[tuple[float, float, float]]:
+    def seedPoints(seedsNode, volumeNode, required: bool = True) -> list[tuple[float, float, float]]:
         """The defined control points of a markups node as RAS points in ``volumeNode``'s own
         (untransformed) space; a point outside the CT is an error naming it. ``required``: no
         defined point is an error (the positive list), else an empty list (the negative one)."""
         slicer = slicer_module()
         import vtk
 
-        indices = [] if seedsNode is None else cls.definedPointIndices(seedsNode)
+        indices = defined_indices(seedsNode)
         if not indices and not required:
             return []
         if not indices:

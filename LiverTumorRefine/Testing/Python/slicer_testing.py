@@ -20,6 +20,7 @@ import numpy as np
 
 from LiverTumorRefineLib.scene import lesions
 from LiverTumorRefineLib.scene import logic as ltr
+from LiverTumorRefineLib.scene.clicks import defined_indices
 from LiverTumorRefineLib.volume.atomic import atomic_path
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.evaluate.metrics import compute_metrics
@@ -628,7 +629,7 @@ def check_seeded_coarse(scene, logic, sc: SceneCase):
                                       slicer_position_status("PositionPreview"))
     unset = points.AddControlPoint([900.0, 900.0, 900.0])  # outside the CT: an error if it were used
     points.UnsetNthControlPointPosition(unset)
-    assert ltr.LiverTumorRefineLogic.definedPointIndices(points) == [0]
+    assert defined_indices(points) == [0]
 
     result = logic.refine(sc.volumeNode, sc.segmentationNode, "", sc.truthSegmentationNode, sc.truthId, "cpu",
                           coarseSource="seeds", seedsNode=points)
@@ -692,7 +693,7 @@ def check_negative_clicks(scene, logic, sc: SceneCase) -> dict:
     far = tuple(int(v) for v in kji[np.argmax(((kji - np.array(deepest_voxel(case.truth))) ** 2).sum(1))])
     shrink = tuple(int(round(a + 0.25 * (b - a))) for a, b in zip(far, deepest_voxel(case.truth)))  # just inside
     negative.AddControlPoint(_ras(sc, shrink))
-    assert ltr.LiverTumorRefineLogic.definedPointIndices(negative) == [2]
+    assert defined_indices(negative) == [2]
 
     inputs = logic.prepare(sc.volumeNode, node, coarseId, sc.truthSegmentationNode, sc.truthId, "cpu",
                            coarseSource="seeds", seedsNode=positive, negativeSeedsNode=negative,
