@@ -126,3 +126,9 @@ def test_from_seeds_hands_a_lesions_points_to_the_click_methods_together(monkeyp
     assert [len(lesion) for lesion in seen["positive"]] == [1, 1, 1]
     with pytest.raises(RefineError, match=r"Seed 1 \(\[\]\) is not a point"):
         sources.from_seeds(ct, [[], c], method="hybrid")
+
+
+def test_numbered_keeps_given_numbers_and_numbers_the_rest_after_them():
+    assert grouping.numbered([None, 3, None, 1]) == [4, 3, 5, 1]
+    assert grouping.numbered([None, None]) == [1, 2]
+    assert grouping.numbered([]) == []

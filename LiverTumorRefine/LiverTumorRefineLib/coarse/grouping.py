@@ -48,13 +48,15 @@ def assign_lesions(points_zyx: Sequence[Sequence[float]], given: Sequence[Option
     """
     if len(given) != len(points_zyx):
         raise ValueError("one given number (or None) per point")
+    if previous is None or not previous.any():
+        return numbered(given)
     numbers: list[Optional[int]] = list(given)
     voxels = [tuple(int(round(float(v))) for v in p) for p in points_zyx]
-    pieces = Pieces(previous, spacing_zyx) if previous is not None and previous.any() else None
+    pieces = Pieces(previous, spacing_zyx)
     lesion_of_piece: dict[int, int] = {}
 
     def piece_at(voxel: tuple[int, ...]) -> tuple[int, float]:
-        return (0, float("inf")) if pieces is None else pieces.nearest(voxel, reach_mm)
+        return pieces.nearest(voxel, reach_mm)
 
     for voxel, number in zip(voxels, numbers):  # numbered points name their pieces first
         piece, distance = piece_at(voxel)
@@ -73,6 +75,14 @@ def assign_lesions(points_zyx: Sequence[Sequence[float]], given: Sequence[Option
         if piece and distance == 0.0:
             lesion_of_piece.setdefault(piece, numbers[i])  # type: ignore[arg-type]
     return [int(n) for n in numbers]  # type: ignore[arg-type]
+
+
+def numbered(given: Sequence[Optional[int]]) -> list[int]:
+    """Each point's given lesion number, and for each point without one a new lesion after the
+    largest given (no result yet to join)."""
+    first_new = max([n for n in given if n is not None], default=0) + 1
+    new = iter(range(first_new, first_new + len(given)))
+    return [int(n) if n is not None else next(new) for n in given]
 
 
 class Pieces:

@@ -74,7 +74,7 @@ def parse_signed_seeds(spec: str) -> tuple[list[Any], list[Point]]:
     """(positive, negative) RAS points from inline seeds (all positive) or a ``.mrk.json`` file
     (negative ones marked as ``is_negative`` says); RefineError when there is no positive one.
     Each positive item is a lesion: a point, or the list of the points numbered with one lesion."""
-    from LiverTumorRefineLib.coarse.grouping import assign_lesions, grouped
+    from LiverTumorRefineLib.coarse.grouping import grouped, numbered
 
     if not is_seed_file(spec):
         return parse_seeds(spec), []
@@ -83,7 +83,7 @@ def parse_signed_seeds(spec: str) -> tuple[list[Any], list[Point]]:
     if not positive:
         raise RefineError(f"{spec.strip()} holds only negative points: place one positive point inside each lesion.")
     points = [p.position for p in positive]
-    numbers = assign_lesions(points, [p.lesion for p in positive], None, (1.0, 1.0, 1.0))
+    numbers = numbered([p.lesion for p in positive])
     lesions = [group[0] if len(group) == 1 else group for group in grouped(points, numbers)]
     return lesions, [p.position for p in signed if p.negative]  # type: ignore[misc]
 
