@@ -27,7 +27,6 @@ class LesionCache:
         self.size = size
         self.ct: Optional[str] = None
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self.hits = self.misses = 0
 
     @contextmanager
     def for_ct(self, identity: Optional[str]) -> Iterator[None]:
@@ -49,9 +48,7 @@ class LesionCache:
     def get(self, key: Optional[tuple]) -> Any:
         """The kept result for ``key``, or None."""
         if key is None or key not in self._items:
-            self.misses += key is not None
             return None
-        self.hits += 1
         self._items.move_to_end(key)
         return self._items[key]
 
