@@ -667,8 +667,9 @@ def hybrid_click_lesion(segmenter: ClickSegmenter, refiner: Any, image: np.ndarr
     if model is not None:
         model_box = np.zeros(mask.shape, dtype=bool)
         model_box[inner] = model
+        reach = correction_reach(coarse.mask, spacing_zyx)  # the corrected coarse lesion's, for every negative click
         for n in negative:
-            mask &= ~leak_at(mask, model_box, n, positive, spacing_zyx, correction_reach(coarse.mask, spacing_zyx))
+            mask &= ~leak_at(mask, model_box, n, positive, spacing_zyx, reach)
     return coarse, LesionMask(box, keep_clicked(mask, positive, negative))
 
 
