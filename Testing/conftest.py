@@ -29,6 +29,13 @@ from LiverTumorRefineLib.training.augment import augment  # noqa: E402
 from LiverTumorRefineLib.refine import sampling  # noqa: E402
 
 
+def ball_mask(shape, centre, radius_mm: float, spacing_zyx) -> np.ndarray:
+    """Voxels of a grid of ``shape`` within ``radius_mm`` of voxel ``centre`` (z, y, x), at ``spacing_zyx``."""
+    scale = np.array(spacing_zyx, np.float32)[:, None, None, None]
+    grid = np.indices(shape).astype(np.float32) * scale
+    return ((grid - np.array(centre, np.float32)[:, None, None, None] * scale) ** 2).sum(0) <= radius_mm ** 2
+
+
 def blob_case(seed: int, shape=(24, 96, 96), spacing_zyx=(2.5, 0.8, 0.8), coarse_shift_mm: float | None = None) -> RefineCase:
     """A hypodense lobulated lesion in liver-like tissue with noise, plus a coarse mask that is
     the truth grown or shrunk by 1.5-3 mm (what a coarse network's bias looks like)."""

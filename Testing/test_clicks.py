@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from conftest import ball_mask
 from LiverTumorRefineLib import cli
 from LiverTumorRefineLib.coarse import clicks
 from LiverTumorRefineLib.coarse.points import parse_signed_seeds
@@ -43,9 +44,7 @@ def test_click_maps_peak_at_the_click_with_the_negative_channels_apart():
 
 
 def ball(shape, centre, radius):
-    grid = np.indices(shape).astype(np.float32) * np.array(SPACING, np.float32)[:, None, None, None]
-    return ((grid - np.array(centre, np.float32)[:, None, None, None] * np.array(SPACING, np.float32)[:, None, None, None]) ** 2
-            ).sum(0) <= radius ** 2
+    return ball_mask(shape, centre, radius, SPACING)
 
 
 def test_corrective_click_lands_in_the_largest_error_with_its_sign():

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import ball_mask
 from LiverTumorRefineLib.coarse import grouping
 from LiverTumorRefineLib.coarse.points import parse_signed_seeds
 from LiverTumorRefineLib.errors import RefineError
@@ -15,9 +16,7 @@ SPACING = (2.5, 1.0, 1.0)
 
 
 def ball(shape, centre, radius):
-    grid = np.indices(shape).astype(np.float32) * np.array(SPACING, np.float32)[:, None, None, None]
-    c = np.array(centre, np.float32) * np.array(SPACING, np.float32)
-    return ((grid - c[:, None, None, None]) ** 2).sum(0) <= radius ** 2
+    return ball_mask(shape, centre, radius, SPACING)
 
 
 @pytest.mark.parametrize("text, number", [("lesion 2", 2), ("Lesion-12", 12), (" LESION_3 ", 3), ("lesion2", 2),
