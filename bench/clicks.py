@@ -6,7 +6,8 @@ lesion and up to three corrective clicks.
 
 Per lesion of 10 mm or more (equivalent sphere): click 1 at its deepest point (farthest from its
 surface); each further click at the deepest point of the largest error region of the refined
-result the user sees (positive on a missed part, negative on a leak), within the lesion's crop.
+result the user sees (positive on a missed part, negative on a leak), within the result's box and
+the whole truth lesion's box together (so a missed part beyond the first click's crop is clicked too).
 Each method and the shipped refiner re-run on that lesion's crop only: "model" is the click
 model alone, "hybrid" the ray grower's lesion corrected near each click with the model
 (``clicks.hybrid_lesion``), "separate" the Slicer module's grouping (each positive click a
@@ -78,11 +79,19 @@ def separate_click_lesion(segmenter, refiner, image, spacing, lesion, others):
     return coarse, clickmodel.refine_lesion(refiner, image, spacing, coarse)
 
 
+def seen_box(result_box: Sequence[slice], truth_box: Sequence[slice]) -> tuple[slice, ...]:
+    """Where the simulated user looks for the next correction: the result's box and the whole truth
+    lesion's box together (a user sees the whole lesion, not only the crop the result lies on)."""
+    return tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(result_box, truth_box))
+
+
 def click_series(segmenter, refiner, image, spacing, truth, labels, lab, lesion, others, n_clicks: int,
                  method: str) -> tuple[list[float], list[float], list[tuple[bool, bool]]]:
     """Lesion Dice (coarse, refined) and (merged, leaked) after each of ``n_clicks`` clicks by ``method``."""
     coarse_d, refined_d, flags = [], [], []
     current = lesion
+    where = np.argwhere(truth)
+    truth_box = tuple(slice(int(a), int(b) + 1) for a, b in zip(where.min(axis=0), where.max(axis=0)))
     for k in range(n_clicks):
         if method == "separate":
             coarse, refined = separate_click_lesion(segmenter, refiner, image, spacing, current, others)
@@ -92,13 +101,14 @@ def click_series(segmenter, refiner, image, spacing, truth, labels, lab, lesion,
         coarse_d.append(lesion_dice(truth, coarse))
         refined_d.append(lesion_dice(truth, refined))
         flags.append(problems(labels, int(lab), refined))
-        found = clickmodel.corrective_click(truth[refined.box], refined.mask, spacing)
-        if found is None:  # nothing left to correct in the crop: later clicks change nothing
+        seen = seen_box(refined.box, truth_box)
+        found = clickmodel.corrective_click(truth[seen], refined.paste(truth.shape)[seen], spacing)
+        if found is None:  # nothing left to correct: later clicks change nothing
             coarse_d += [coarse_d[-1]] * (n_clicks - k - 1)
             refined_d += [refined_d[-1]] * (n_clicks - k - 1)
             flags += [flags[-1]] * (n_clicks - k - 1)
             break
-        voxel = tuple(v + b.start for v, b in zip(found[0], refined.box))
+        voxel = tuple(v + b.start for v, b in zip(found[0], seen))
         current = current.with_click(voxel, found[1])
     return coarse_d, refined_d, flags
 
