@@ -302,6 +302,64 @@ def test_hybrid_never_merges_with_an_unclicked_neighbour():
     assert coarse.mask.sum() <= clicks.GROWTH_LIMIT * first_volume
 
 
+def test_a_click_beyond_the_first_clicks_crop_gets_a_crop_of_its_own():
+    cfg = clicks.shipped_segmenter().cfg
+    shape, first = (30, 200, 200), (15.0, 100.0, 40.0)
+    near, far = (15.0, 100.0, 70.0), (15.0, 100.0, 150.0)  # 30 mm and 110 mm from the first click
+    assert len(clicks.click_grids([first, near], shape, SPACING, cfg)) == 1
+    grids = clicks.click_grids([first, near, far], shape, SPACING, cfg)
+    assert len(grids) == 2 and grids[1].centre == (15, 100, 150)
+    box = clicks.union_box([g.box(shape) for g in grids])
+    assert clicks.in_box(first, box) is not None and clicks.in_box(far, box) is not None
+    assert clicks.in_box(far, grids[0].box(shape)) is None  # the first crop alone would drop it
+
+
+def elongated_lesion():
+    """A CT with one hypodense lesion 110 mm long (a capsule of radius 9 mm along x), longer than a
+    click crop (80 mm), and its voxels."""
+    rng = np.random.default_rng(4)
+    shape = (24, 64, 150)
+    z, y, x = np.indices(shape).astype(np.float32) * np.array(SPACING, np.float32)[:, None, None, None]
+    along = np.clip(x, 20.0, 130.0)
+    lesion = (z - 30.0) ** 2 + (y - 32.0) ** 2 + (x - along) ** 2 <= 9.0 ** 2
+    image = np.where(lesion, 40.0, 100.0) + rng.normal(0, 8, shape)
+    return image.astype(np.float32), lesion
+
+
+def test_a_correction_beyond_the_first_clicks_crop_adds_the_missed_part():
+    image, lesion = elongated_lesion()
+    segmenter = clicks.shipped_segmenter()
+    one = clicks.LesionClicks(((12.0, 32.0, 25.0),))  # near one end: the crop ends 40 mm on
+    before = clicks.hybrid_lesion(segmenter, image, SPACING, one)[0].paste(image.shape)
+    assert not before[:, :, 80:].any()  # beyond the first click's crop
+    far = (12, 32, 110)  # 85 mm from the first click, inside the lesion
+    after = clicks.hybrid_lesion(segmenter, image, SPACING, one.with_click(far, True))[0].paste(image.shape)
+    added = after & ~before
+    assert after[far] and added.sum() > 200, added.sum()  # the lesion around the click, not the click alone
+    assert (added & lesion).sum() >= 0.8 * added.sum()
+
+
+def test_a_correction_nearer_a_neighbours_first_click_still_adds_to_its_lesion():
+    own, neighbour = (12.0, 32.0, 20.0), (12.0, 32.0, 60.0)
+    box = (slice(0, 24), slice(0, 64), slice(0, 80))
+    correction = (12.0, 32.0, 45.0)  # nearer the neighbour's first click than the lesion's own
+    alone = clicks.nearest_click_cell(box, SPACING, [own], [neighbour])
+    both = clicks.nearest_click_cell(box, SPACING, [own, correction], [neighbour])
+    assert not alone[12, 32, 45] and both[12, 32, 45] and both[12, 32, 40]
+    assert not both[12, 32, 55] and not both[12, 32, 60]  # still off the neighbour's side of the correction
+    assert (both >= alone).all()
+    # end to end: a large lesion with a small neighbour next to its edge
+    shape = (24, 64, 80)
+    big, small = ball(shape, (12, 32, 30), 18), ball(shape, (12, 32, 56), 4)
+    image = (np.where(big | small, 40.0, 100.0) + np.random.default_rng(5).normal(0, 8, shape)).astype(np.float32)
+    lesion, other = clicks.LesionClicks(((12.0, 32.0, 22.0),)), clicks.LesionClicks(((12.0, 32.0, 56.0),))
+    edge = (12, 32, 44)  # inside the large lesion, 22 mm from its click and 12 mm from the neighbour's
+    segmenter = clicks.shipped_segmenter()
+    corrected = clicks.hybrid_lesion(segmenter, image, SPACING, lesion.with_click(edge, True), [other])[0]
+    whole = corrected.paste(shape)
+    assert whole[edge] and whole[12, 32, 40] and (whole & small).sum() <= 0.1 * small.sum()
+
+
 def test_the_lesion_cache_keys_results_by_the_named_ct_and_drops_the_oldest():
     from LiverTumorRefineLib.coarse.lesion_cache import LesionCache
 

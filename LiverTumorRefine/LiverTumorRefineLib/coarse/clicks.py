@@ -154,6 +154,22 @@ def crop_grid(centre_zyx: Sequence[float], shape: Sequence[int], spacing_zyx: Se
                     centre[1] + pixel / spacing_zyx[1], centre[2] + pixel / spacing_zyx[2])
 
 
+def click_grids(positive_zyx: Sequence[Voxel], shape: Sequence[int], spacing_zyx: Sequence[float],
+                cfg: ClickConfig) -> list[CropGrid]:
+    """The crops a lesion's clicks need: the first positive click's, then one around each further
+    positive click that no earlier crop holds (a correction far out on a large lesion)."""
+    grids = [crop_grid(positive_zyx[0], shape, spacing_zyx, cfg)]
+    for point in positive_zyx[1:]:
+        if all(in_box(point, g.box(shape)) is None for g in grids):
+            grids.append(crop_grid(point, shape, spacing_zyx, cfg))
+    return grids
+
+
+def union_box(boxes: Sequence[Sequence[slice]]) -> tuple[slice, slice, slice]:
+    """The smallest box holding every one of ``boxes``."""
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))  # type: ignore[return-value]
+
+
 def resample_slices(image: np.ndarray, z: np.ndarray, grid: CropGrid) -> torch.Tensor:
     """Slices ``z`` of ``image`` (HU) bilinearly resampled onto the crop's pixels, edges
     replicated: (len(z), P, P) float32."""
@@ -270,10 +286,11 @@ class ClickSegmenter:
         self.cfg: ClickConfig = model.click_config  # type: ignore[attr-defined]
 
     def probabilities(self, image: np.ndarray, spacing_zyx: Sequence[float], positive_zyx: Sequence[Voxel],
-                      negative_zyx: Sequence[Voxel] = ()) -> tuple[CropGrid, torch.Tensor]:
-        """The crop around the first positive click and the lesion probability of its pixels (Z, P, P)."""
+                      negative_zyx: Sequence[Voxel] = (), grid: CropGrid | None = None) -> tuple[CropGrid, torch.Tensor]:
+        """A crop (default: around the first positive click) and the lesion probability of its
+        pixels (Z, P, P), the model seeing every click."""
         cfg = self.cfg
-        grid = crop_grid(positive_zyx[0], image.shape, spacing_zyx, cfg)
+        grid = grid if grid is not None else crop_grid(positive_zyx[0], image.shape, spacing_zyx, cfg)
         z_mm, y_mm, x_mm = grid.offsets_mm(spacing_zyx)
         pos, neg = ([tuple((float(v) - c) * s for v, c, s in zip(p, grid.centre, spacing_zyx)) for p in points]
                     for points in (positive_zyx, negative_zyx))
@@ -283,17 +300,32 @@ class ClickSegmenter:
             prob = torch.sigmoid(self.model(x.to(self.device))).float().cpu()
         return grid, prob
 
+    def lesion_probability(self, image: np.ndarray, spacing_zyx: Sequence[float], positive_zyx: Sequence[Voxel],
+                           negative_zyx: Sequence[Voxel] = (), box: Sequence[slice] | None = None
+                           ) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        """The lesion probability on the CT voxels of ``box`` (default: the box of the crops the
+        clicks need, ``click_grids``), from each of those crops, the larger where they overlap."""
+        grids = click_grids(positive_zyx, image.shape, spacing_zyx, self.cfg)
+        box = tuple(box) if box is not None else union_box([g.box(image.shape) for g in grids])
+        out = np.zeros(tuple(b.stop - b.start for b in box), dtype=np.float32)
+        for grid in grids:
+            _, prob = self.probabilities(image, spacing_zyx, positive_zyx, negative_zyx, grid)
+            on_box = paste_back(prob, grid, box, spacing_zyx, self.cfg)
+            z = slice(grid.z0 - box[0].start, grid.z1 - box[0].start)
+            np.maximum(out[z], on_box, out=out[z])
+        return box, out  # type: ignore[return-value]
+
     def segment(self, image: np.ndarray, spacing_zyx: Sequence[float], positive_zyx: Sequence[Voxel],
                 negative_zyx: Sequence[Voxel] = (), progress: Progress | None = None) -> LesionMask:
         """One lesion's mask from its clicks (voxel indices z, y, x of ``image``, in HU): the crop
-        is centred on the first positive click; the result is the 3D component connected to the
-        positive clicks, which it always holds (and never a negative click)."""
+        is centred on the first positive click, with more crops for positive clicks beyond it; the
+        result is the 3D component connected to the positive clicks, which it always holds (and
+        never a negative click)."""
         if len(positive_zyx) == 0:
             raise RefineError("A lesion needs at least one positive click inside it.")
         report(progress, 0.0, "Click model")
-        grid, prob = self.probabilities(image, spacing_zyx, positive_zyx, negative_zyx)
-        box = grid.box(image.shape)
-        native = paste_back(prob, grid, box, spacing_zyx, self.cfg) > self.cfg.threshold
+        box, prob = self.lesion_probability(image, spacing_zyx, positive_zyx, negative_zyx)
+        native = prob > self.cfg.threshold
         local = [v for v in (in_box(p, box) for p in positive_zyx) if v is not None]
         negative = [v for v in (in_box(p, box) for p in negative_zyx) if v is not None]
         report(progress, 1.0, "Click model")
@@ -302,7 +334,8 @@ class ClickSegmenter:
 
 def paste_back(prob: torch.Tensor, grid: CropGrid, box: Sequence[slice], spacing_zyx: Sequence[float],
                cfg: ClickConfig) -> np.ndarray:
-    """The crop's probabilities (Z, P, P) bilinearly on the CT voxels of ``box`` (0 outside the crop)."""
+    """The crop's probabilities (Z, P, P) bilinearly on the rows and columns of ``box`` (0 outside
+    the crop), for the crop's own slices."""
     p = cfg.crop_px
     y = np.arange(box[1].start, box[1].stop)
     x = np.arange(box[2].start, box[2].stop)
@@ -332,15 +365,25 @@ class LesionClicks:
         return LesionClicks(self.positive, self.negative + (point,))  # type: ignore[arg-type]
 
 
-def nearest_click_cell(box: Sequence[slice], spacing_zyx: Sequence[float], own: Voxel,
+def nearest_click_cell(box: Sequence[slice], spacing_zyx: Sequence[float], own: Sequence[Voxel],
                        others: Sequence[Voxel]) -> np.ndarray:
-    """Voxels of ``box`` no farther (mm) from ``own`` than from any of ``others``: a lesion never
-    takes a voxel nearer another lesion's click, so neighbouring lesions cannot merge."""
+    """Voxels of ``box`` no farther (mm) from the nearest of ``own`` clicks than from any of
+    ``others``. A lesion's own are all its positive clicks and its others the other lesions' first
+    clicks: it never takes a voxel nearer another lesion's first click, so neighbouring lesions
+    cannot merge, and a correction still reaches the part of a large lesion that lies nearer a
+    small neighbour's first click than its own. (Other lesions' corrections are left out, so one
+    lesion's click does not change the others' results.)"""
     axes = np.ix_(*((np.arange(b.start, b.stop) * s).astype(np.float32) for b, s in zip(box, spacing_zyx)))
-    mine = sum((a - float(p) * s) ** 2 for a, p, s in zip(axes, own, spacing_zyx))
+
+    def squared(point: Voxel) -> np.ndarray:
+        return sum((a - float(p) * s) ** 2 for a, p, s in zip(axes, point, spacing_zyx))  # type: ignore[return-value]
+
+    mine = squared(own[0])
+    for point in own[1:]:
+        mine = np.minimum(mine, squared(point))
     cell = np.ones(tuple(b.stop - b.start for b in box), dtype=bool)
     for other in others:
-        cell &= mine <= sum((a - float(p) * s) ** 2 for a, p, s in zip(axes, other, spacing_zyx))
+        cell &= mine <= squared(other)
     return cell
 
 
@@ -350,7 +393,7 @@ def segment_lesion(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Se
     result = segmenter.segment(image, spacing_zyx, lesion.positive, lesion.negative, progress)
     if other_lesions:
         others = [o.positive[0] for o in other_lesions]
-        result.mask &= nearest_click_cell(result.box, spacing_zyx, lesion.positive[0], others)
+        result.mask &= nearest_click_cell(result.box, spacing_zyx, lesion.positive, others)
         local = [v for v in (in_box(p, result.box) for p in lesion.positive) if v is not None]
         result.mask = keep_clicked(result.mask, local, [])
     return result
@@ -507,7 +550,7 @@ def nearer_than(box_shape: Sequence[int], voxel: Sequence[int], others: Sequence
                 spacing_zyx: Sequence[float]) -> np.ndarray:
     """Voxels of a box nearer (mm) to ``voxel`` than to every one of ``others`` (local voxels)."""
     box = tuple(slice(0, n) for n in box_shape)
-    return nearest_click_cell(box, spacing_zyx, tuple(float(v) for v in voxel),  # type: ignore[arg-type]
+    return nearest_click_cell(box, spacing_zyx, [tuple(float(v) for v in voxel)],  # type: ignore[list-item]
                               [tuple(float(v) for v in o) for o in others]) if others else np.ones(tuple(box_shape), bool)
 
 
@@ -568,13 +611,18 @@ def growth_budget(first: np.ndarray, spacing_zyx: Sequence[float]) -> int:
     return budget
 
 
-def first_click_lesion(image: np.ndarray, spacing_zyx: Sequence[float], box: Sequence[slice], seed: Sequence[int],
-                       cell: np.ndarray) -> np.ndarray:
-    """The ray grower's lesion from the first click (``seed``, local to ``box``), kept in ``cell``."""
+def first_click_lesion(image: np.ndarray, spacing_zyx: Sequence[float], box: Sequence[slice],
+                       first_box: Sequence[slice], seed: Voxel, cell: np.ndarray) -> np.ndarray:
+    """The ray grower's lesion from the first click (``seed``, CT voxels) on ``box``, kept in
+    ``cell`` (on ``box``). The grower sees only the first click's crop ``first_box``, so a
+    correction that widens ``box`` does not change it."""
     from LiverTumorRefineLib.coarse.seeded import seed_labels
 
-    first = (seed_labels(image[tuple(box)], [seed], spacing_zyx) > 0) & cell
-    return keep_clicked(first, [tuple(seed)], [])  # type: ignore[list-item]
+    local = in_box(seed, first_box)
+    grown = seed_labels(image[tuple(first_box)], [local], spacing_zyx) > 0
+    first = np.zeros(cell.shape, dtype=bool)
+    first[tuple(slice(f.start - b.start, f.stop - b.start) for f, b in zip(first_box, box))] = grown
+    return keep_clicked(first & cell, [in_box(seed, box)], [])  # type: ignore[list-item]
 
 
 def lesion_like(image: np.ndarray, sample: np.ndarray, model: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -598,13 +646,12 @@ def near_click(model: np.ndarray, click: Sequence[int], spacing_zyx: Sequence[fl
     return (model & near) if (model & near).any() else near
 
 
-def model_mask(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float], grid: CropGrid,
+def model_mask(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float], box: Sequence[slice],
                clicks: LesionClicks, cell: np.ndarray) -> np.ndarray:
-    """The click model's lesion from ``clicks`` on the box of ``grid``, kept in ``cell`` and
-    connected to the positive clicks."""
-    box = grid.box(image.shape)
-    _, prob = segmenter.probabilities(image, spacing_zyx, clicks.positive, clicks.negative)
-    native = paste_back(prob, grid, box, spacing_zyx, segmenter.cfg) > segmenter.cfg.threshold
+    """The click model's lesion from ``clicks`` on ``box``, kept in ``cell`` and connected to the
+    positive clicks."""
+    _, prob = segmenter.lesion_probability(image, spacing_zyx, clicks.positive, clicks.negative, box)
+    native = prob > segmenter.cfg.threshold
     return keep_clicked(native & cell, [v for v in (in_box(p, box) for p in clicks.positive) if v is not None],
                         [v for v in (in_box(p, box) for p in clicks.negative) if v is not None])
 
@@ -621,22 +668,24 @@ def hybrid_lesion(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Seq
     model's instead when the grower's is over ``FIRST_CLICK_SWITCH`` times larger), then each
     corrective click applied within ``correction_reach`` of itself with the click model's view of
     all the clicks (``missed_at``, ``leak_at``), never past ``growth_budget``, nor on a voxel nearer
-    another lesion's first click. Also returns the model's mask on the box (None
-    after one click)."""
-    grid = crop_grid(lesion.positive[0], image.shape, spacing_zyx, segmenter.cfg)
-    box = grid.box(image.shape)
-    cell = nearest_click_cell(box, spacing_zyx, lesion.positive[0], [o.positive[0] for o in other_lesions])
+    another lesion's first click than to this one's clicks (``nearest_click_cell``). A positive click beyond the
+    first click's crop widens the box (``click_grids``). Also returns the model's mask on the box
+    (None after one click)."""
+    grids = click_grids(lesion.positive, image.shape, spacing_zyx, segmenter.cfg)
+    first_box = grids[0].box(image.shape)
+    box = union_box([g.box(image.shape) for g in grids])
+    cell = nearest_click_cell(box, spacing_zyx, lesion.positive, [o.positive[0] for o in other_lesions])
     positive = [v for v in (in_box(p, box) for p in lesion.positive) if v is not None]
     negative = [v for v in (in_box(p, box) for p in lesion.negative) if v is not None]
-    mask = first_click_lesion(image, spacing_zyx, box, positive[0], cell)
+    mask = first_click_lesion(image, spacing_zyx, box, first_box, lesion.positive[0], cell)
     if FIRST_CLICK_SWITCH > 0:
-        alone = model_mask(segmenter, image, spacing_zyx, grid, LesionClicks(lesion.positive[:1]), cell)
+        alone = model_mask(segmenter, image, spacing_zyx, box, LesionClicks(lesion.positive[:1]), cell)
         if mask.sum() > FIRST_CLICK_SWITCH * alone.sum() and not_tiny(alone, spacing_zyx):
             mask = alone
     if len(positive) == 1 and not negative:
         return LesionMask(box, mask), None
     budget = growth_budget(mask, spacing_zyx)
-    model = model_mask(segmenter, image, spacing_zyx, grid, lesion, cell)
+    model = model_mask(segmenter, image, spacing_zyx, box, lesion, cell)
     for p in positive[1:]:
         addable = model & lesion_like(image[box], near_click(model, p, spacing_zyx), model, spacing_zyx) \
             if INTENSITY_GUARD else model
@@ -661,7 +710,7 @@ def hybrid_click_lesion(segmenter: ClickSegmenter, refiner: Any, image: np.ndarr
     on_box[inner] = coarse.mask
     reach = ndimage.distance_transform_edt(~on_box, sampling=spacing_zyx) <= REFINE_REACH_MM
     others = [o.positive[0] for o in other_lesions]
-    mask = refined.mask & reach & nearest_click_cell(box, spacing_zyx, lesion.positive[0], others)
+    mask = refined.mask & reach & nearest_click_cell(box, spacing_zyx, lesion.positive, others)
     positive = [v for v in (in_box(p, box) for p in lesion.positive) if v is not None]
     negative = [v for v in (in_box(p, box) for p in lesion.negative) if v is not None]
     if model is not None:
