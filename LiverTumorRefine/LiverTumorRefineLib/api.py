@@ -86,7 +86,8 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
 
 def click_lesion(image: Volume, positive: Sequence[Point], negative: Sequence[Point] = (), *,
                  other_lesions: Sequence[Point] = (), refiner: Any = None, segmenter: Any = None) -> dict[str, Any]:
-    """One lesion from its clicks (RAS mm; the first positive click places its crop), by the hybrid
+    """One lesion from its clicks (RAS mm; the first positive click places its crop, and a positive
+    click beyond it adds a crop around itself), by the hybrid
     (the ray grower's lesion, corrected near each further click with the click model; see
     ``coarse.clicks.hybrid_lesion``) and then the refiner, on that lesion's crop only. A correction is the same call with
     the previous clicks and one more (positive: add a missed part; negative: remove a leak);
