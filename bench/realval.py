@@ -57,23 +57,26 @@ def large_lesions(truth: np.ndarray, spacing_zyx: Sequence[float]) -> list[bool]
 
 def parse_setting(spec: str) -> tuple[str, dict]:
     """NAME:key=value,... -> (NAME, Refiner options); ``normalise=none`` (an ablation) turns the
-    model's parenchyma normalisation off at inference."""
+    model's parenchyma normalisation off at inference, and ``passes=2`` refines the refined mask again."""
     name, _, rest = spec.partition(":")
     options = {}
     for item in filter(None, rest.split(",")):
         key, value = item.split("=")
-        options[key] = int(value) if key == "tta" else value if key in ("shrink", "normalise", "runtime") else float(value)
+        options[key] = int(value) if key in ("tta", "passes") else value if key in ("shrink", "normalise", "runtime") \
+            else float(value)
     return name, options
 
 
-def make_refiner(path: str, device: str, options: dict) -> Refiner:
-    """A Refiner with ``options``; ``normalise`` replaces the model's own setting."""
+def make_refiner(path: str, device: str, options: dict) -> tuple[Refiner, int]:
+    """A Refiner with ``options`` and how many passes it makes; ``normalise`` replaces the model's
+    own setting."""
     options = dict(options)
     normalise = options.pop("normalise", None)
+    passes = options.pop("passes", 1)
     refiner = Refiner(path, device=device, **options)
     if normalise is not None:
         refiner.cfg = replace(refiner.cfg, normalise=normalise)
-    return refiner
+    return refiner, passes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,9 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = compute_metrics(truth, coarse, spacing)
             base_lesions = np.array(lesion_dice(truth, coarse, spacing))
             outputs = {name: (fn(case.image.array, coarse, spacing), 0.0, {}) for name, fn in SMOOTHINGS.items()}
-            for name, refiner in methods.items():
+            for name, (refiner, passes) in methods.items():
                 t = time.perf_counter()
                 result = refiner.refine(case.image.array, coarse, spacing)
+                for _ in range(passes - 1):
+                    result = refiner.refine(case.image.array, result.mask, spacing)
                 outputs[name] = (result.mask, time.perf_counter() - t, result.stats)
             for name, (pred, seconds, stats) in outputs.items():
                 after = compute_metrics(truth, pred, spacing)
