@@ -47,6 +47,23 @@ def test_inputs_unchanged_and_stats_reported(trained_model):
     assert {"sample", "extract", "infer", "reassemble", "total"} <= set(result.stats["seconds"])
 
 
+
+def test_two_passes_refine_the_first_passs_result_again(trained_model):
+    case = blob_case(4)
+    refiner = Refiner(trained_model, device="cpu")
+    once = refiner.refine(case.image, case.coarse, case.spacing_zyx)
+    again = refiner.refine(case.image, once.mask, case.spacing_zyx)
+    twice = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=2)
+    assert np.array_equal(twice.mask, again.mask)
+    assert twice.stats["passes"] == 2 and "passes" not in once.stats
+    assert twice.stats["patches"] == once.stats["patches"] + again.stats["patches"]
+    assert twice.stats["voxels_changed"] == int(np.count_nonzero(twice.mask != case.coarse))
+    assert twice.stats["lesions"] == once.stats["lesions"]  # decisions against the coarse mask
+    assert np.array_equal(twice.uncertain, once.uncertain | again.uncertain)
+    for bad in (0, 5, 1.5, True):
+        with pytest.raises(RefineError, match="passes must be a whole number from 1 to 4"):
+            refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=bad)
+
 def test_cpu_refinement_is_deterministic_and_batch_size_independent(trained_model):
     case = blob_case(5)
     a = Refiner(trained_model, device="cpu", batch_size=128).refine(case.image, case.coarse, case.spacing_zyx).mask

@@ -38,6 +38,9 @@ class RefineResult:
     uncertain: np.ndarray | None = None
 
 
+MAX_PASSES = 4  # a bound on the work one call may ask for; only 1 and 2 have been measured
+
+
 class Refiner:
     """Boundary patch refinement with a BRNet.
 
@@ -80,8 +83,30 @@ class Refiner:
         self.runtime = select_runtime(runtime, self.model, self.device, path)
         self.batch_size = batch_size
 
-    def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None) -> RefineResult:
-        """Refine ``mask`` (bool, z-y-x) on ``image`` (HU). Inputs are not modified."""
+    def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None,
+               passes: int = 1) -> RefineResult:
+        """Refine ``mask`` (bool, z-y-x) on ``image`` (HU). Inputs are not modified.
+
+        ``passes`` > 1 refines the result again (the seeded sources' default, ``config.SEEDED_PASSES``:
+        a click-made coarse mask is far from the boundary, and a second pass moves it further);
+        ``stats`` then add up the passes' patches and seconds, count the voxels changed from
+        ``mask``, and keep the first pass's per-lesion decisions (against ``mask``)."""
+        if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
+            raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
+        result = self._refine_once(image, mask, spacing_zyx, part(progress, 0.0, 1.0 / passes))
+        for k in range(1, passes):
+            again = self._refine_once(image, result.mask, spacing_zyx, part(progress, k / passes, (k + 1) / passes))
+            stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"])
+            stats["seconds"] = {key: value + again.stats["seconds"][key] for key, value in result.stats["seconds"].items()}
+            result = RefineResult(again.mask, stats, result.uncertain | again.uncertain)
+        if passes > 1:
+            result.stats["voxels_changed"] = int(np.count_nonzero(result.mask != np.asarray(mask, dtype=bool)))
+            result.stats["passes"] = passes
+        return result
+
+    def _refine_once(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float],
+                     progress: Progress | None) -> RefineResult:
+        """One refinement pass of ``mask`` (see ``refine``)."""
         t0 = time.perf_counter()
         _check_inputs(image, mask, spacing_zyx)
         mask = np.asarray(mask).astype(bool, copy=False)
@@ -100,16 +125,16 @@ class Refiner:
         lesions: list[dict[str, Any]] = []
         liver_hu = self._parenchyma(image, mask, boxes, spacing)
         for i, box in enumerate(boxes):
-            part = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)))
+            piece = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)))
             # counted on the crop: nothing outside it changes, and a full-volume comparison would
             # cost one more mask-sized temporary (1 GB at 1024x1024x1000)
-            changed += int(np.count_nonzero(part.mask != mask[box]))
-            refined[box] = part.mask
-            uncertain[box] |= part.uncertain
-            patches += part.patches
-            for decision in part.lesions:
+            changed += int(np.count_nonzero(piece.mask != mask[box]))
+            refined[box] = piece.mask
+            uncertain[box] |= piece.uncertain
+            patches += piece.patches
+            for decision in piece.lesions:
                 lesions.append({**decision.to_dict(), "lesion": len(lesions) + 1})
-            for stage, value in part.seconds.items():
+            for stage, value in piece.seconds.items():
                 seconds[stage] += value
         seconds["total"] = time.perf_counter() - t0
         report(progress, 1.0, "Done")
