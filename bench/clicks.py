@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
+from LiverTumorRefineLib.config import SEEDED_PASSES  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
 
@@ -124,7 +125,7 @@ def run_case(case, segmenter: clickmodel.ClickSegmenter, refiner: Refiner, n_cli
     kind = "phantom" if case.name.startswith("phantom") else "real"
     lesions = [clickmodel.LesionClicks((tuple(float(v) for v in s),)) for s in seeds]
     grown = seed_labels(image, seeds, spacing)
-    grown_refined = refiner.refine(image, grown > 0, spacing).mask
+    grown_refined = refiner.refine(image, grown > 0, spacing, passes=SEEDED_PASSES).mask  # as refine --seeds does
     cells = nearest_seed_labels(truth_all.shape, seeds, spacing)
     case_rows = []
     for i, (lab, diameter) in enumerate(zip(ids, diameters)):

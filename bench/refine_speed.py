@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
 from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
-from LiverTumorRefineLib.config import PatchConfig  # noqa: E402
+from LiverTumorRefineLib.config import SEEDED_PASSES, PatchConfig  # noqa: E402
 from LiverTumorRefineLib.refine.network import build_model  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import grow_from_seeds  # noqa: E402
@@ -84,7 +84,8 @@ def tumour_centres(coarse: np.ndarray) -> list[tuple[float, float, float]]:
 def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: int, repeats: int, same_tumours: bool,
             seeded: bool = False) -> dict:
     """Best-of-``repeats`` refinement stats (after one warm-up) and this process's peak RSS. With
-    ``seeded`` each run first grows the coarse mask from one seed per tumour (``seconds["seed"]``)."""
+    ``seeded`` each run first grows the coarse mask from one seed per tumour (``seconds["seed"]``)
+    and refines it in ``SEEDED_PASSES`` passes, as ``refine --seeds`` does."""
     weights = default_weights_path()
     model = weights if weights.is_file() else build_model(PatchConfig())
     refiner = Refiner(model, device=device, batch_size=batch_size)
@@ -97,7 +98,7 @@ def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: i
         t = time.perf_counter()
         mask = grow_from_seeds(image, seeds, spacing) if seeded else coarse
         grown = time.perf_counter() - t
-        stats = refiner.refine(image, mask, spacing).stats
+        stats = refiner.refine(image, mask, spacing, passes=SEEDED_PASSES if seeded else 1).stats
         stats["wall"] = time.perf_counter() - t
         if seeded:
             stats["seconds"] = {"seed": grown, **stats["seconds"]}

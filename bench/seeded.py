@@ -1,6 +1,6 @@
 """Seeded coarse segmentation, then refinement: one click per lesion over 10 mm.
 
-    python bench/seeded.py [--phantoms 10] [--first-seed 90000] [--lits117] [--no-refine] [--rim-min-hu 16]
+    python bench/seeded.py [--phantoms 10] [--first-seed 90000] [--lits117] [--no-refine] [--passes 2] [--rim-min-hu 16]
 
 The click is each truth lesion's deepest point (farthest from its surface). Per lesion: Dice of
 the seed's own region (everything it claimed, leaks included) against that lesion, for the
@@ -25,6 +25,7 @@ from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
+from LiverTumorRefineLib.config import SEEDED_PASSES  # noqa: E402
 
 MIN_DIAMETER_MM = 10.0
 
@@ -56,7 +57,8 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=90000)
     parser.add_argument("--lits117", action="store_true")
     parser.add_argument("--no-refine", action="store_true")
-    parser.add_argument("--rounds", type=int, default=1, help="refinement passes")
+    parser.add_argument("--passes", type=int, default=SEEDED_PASSES,
+                        help=f"refinement passes (default {SEEDED_PASSES}, as refine --seeds does)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="smallest rim overshoot (HU) that moves a lesion's edge out to its rim; 0: never")
@@ -82,9 +84,7 @@ def main() -> None:
         refined, t_refine = None, 0.0
         if refiner is not None:
             t = time.perf_counter()
-            refined = grown > 0
-            for _ in range(args.rounds):
-                refined = refiner.refine(case.image.array, refined, spacing).mask
+            refined = refiner.refine(case.image.array, grown > 0, spacing, passes=args.passes).mask
             t_refine = time.perf_counter() - t
             cells = nearest_seed_labels(truth.shape, seeds, spacing)
         kind = "real" if case.name.startswith("lits") or "117" in case.name else "phantom"

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from LiverTumorRefineLib.coarse.sources import make_coarse, source_named
-from LiverTumorRefineLib.config import MIN_KEPT, TTA
+from LiverTumorRefineLib.config import MIN_KEPT, SEEDED_PASSES, TTA
 from LiverTumorRefineLib.device import check_device, with_cpu_fallback
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
@@ -152,7 +152,8 @@ class RefinePipeline:
         coarse_seconds = time.perf_counter() - t0
         binary, used = select_label(coarse_axial.array, label, copy=False)  # read only: the Refiner never writes it
         end = REFINE_END if truth is not None else 1.0
-        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes)
+        passes = SEEDED_PASSES if kind == "seeds" else 1  # a click-made mask: see config.SEEDED_PASSES
+        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, passes)
         del binary  # where select_label made a volume-sized mask: freed before the result's arrays are made (peak memory)
         refined_binary, stats = refinement.mask, refinement.stats
         if made:
@@ -170,12 +171,12 @@ class RefinePipeline:
         return result
 
     def refine_mask(self, image: Volume, mask: np.ndarray, progress: Progress | None,
-                    notes: list[str]):
-        """The Refiner's result (``RefineResult``: mask, stats, uncertain) on an LPS volume, falling back
-        to the CPU if the GPU runs out of memory."""
+                    notes: list[str], passes: int = 1):
+        """The Refiner's result (``RefineResult``: mask, stats, uncertain) on an LPS volume after
+        ``passes`` passes, falling back to the CPU if the GPU runs out of memory."""
         def on(device: str):
             refiner = self.refiner if device == self.device else make_refiner(self.weights, device, self.options)
-            return refiner.refine(image.array, mask, image.spacing_zyx, progress)
+            return refiner.refine(image.array, mask, image.spacing_zyx, progress, passes=passes)
 
         result = with_cpu_fallback(on, self.device, "refinement", notes)
         if str(self.refiner.device).startswith("cuda") and result.stats.get("device") == "cpu" and not notes:
