@@ -53,8 +53,13 @@ def test_two_passes_refine_the_first_passs_result_again(trained_model):
     refiner = Refiner(trained_model, device="cpu")
     once = refiner.refine(case.image, case.coarse, case.spacing_zyx)
     again = refiner.refine(case.image, once.mask, case.spacing_zyx)
-    twice = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=2)
+    seen = []
+    twice = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=2,
+                           progress=lambda fraction, message: seen.append((fraction, message)))
     assert np.array_equal(twice.mask, again.mask)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert seen[0][1].startswith("Pass 1 of 2: ") and seen[-1][1].startswith("Pass 2 of 2: ")
     assert twice.stats["passes"] == 2 and "passes" not in once.stats
     assert twice.stats["patches"] == once.stats["patches"] + again.stats["patches"]
     assert twice.stats["voxels_changed"] == int(np.count_nonzero(twice.mask != case.coarse))

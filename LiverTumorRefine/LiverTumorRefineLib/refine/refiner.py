@@ -93,9 +93,12 @@ class Refiner:
         ``mask``, and keep the first pass's per-lesion decisions (against ``mask``)."""
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
             raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
-        result = self._refine_once(image, mask, spacing_zyx, part(progress, 0.0, 1.0 / passes))
+        def pass_progress(k: int) -> Progress | None:
+            return progress if passes == 1 else part(progress, k / passes, (k + 1) / passes, f"Pass {k + 1} of {passes}: ")
+
+        result = self._refine_once(image, mask, spacing_zyx, pass_progress(0))
         for k in range(1, passes):
-            again = self._refine_once(image, result.mask, spacing_zyx, part(progress, k / passes, (k + 1) / passes))
+            again = self._refine_once(image, result.mask, spacing_zyx, pass_progress(k))
             stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"])
             stats["seconds"] = {key: value + again.stats["seconds"][key] for key, value in result.stats["seconds"].items()}
             result = RefineResult(again.mask, stats, result.uncertain | again.uncertain)
