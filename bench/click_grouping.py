@@ -7,7 +7,8 @@ previous coarse result it lies in or within ``--reach`` mm of (``coarse.grouping
 is a new lesion. Two kinds of click meet that rule:
 
 - corrective positive clicks (as ``bench/clicks.py`` places them: the deepest point of the largest
-  missed region of the refined result, up to 3 per lesion, hybrid): they should join their lesion;
+  missed region of the refined result, anywhere on the truth lesion, up to 3 per lesion, hybrid):
+  they should join their lesion;
 - a new lesion's first click, placed after every other lesion has its result (the worst order):
   it should not join a neighbour.
 
@@ -32,6 +33,7 @@ from LiverTumorRefineLib.coarse.grouping import Pieces  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
 
+from clicks import seen_box  # noqa: E402  (bench/clicks.py: where the simulated user looks)
 from seeded import clicks as deepest_clicks  # noqa: E402
 
 FAR = 1e9
@@ -52,14 +54,17 @@ def distances(case, segmenter, refiner, n_clicks: int) -> tuple[list[tuple[float
     corrections = []
     for i, lab in enumerate(ids):
         truth = labels == lab
+        where = np.argwhere(truth)
+        truth_box = tuple(slice(int(a), int(b) + 1) for a, b in zip(where.min(axis=0), where.max(axis=0)))
         current = lesions[i]
         others = lesions[:i] + lesions[i + 1:]
         for _ in range(n_clicks - 1):
             coarse, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, current, others)
-            found = clickmodel.corrective_click(truth[refined.box], refined.mask, spacing)
+            seen = seen_box(refined.box, truth_box)
+            found = clickmodel.corrective_click(truth[seen], refined.paste(truth.shape)[seen], spacing)
             if found is None:
                 break
-            voxel = tuple(v + b.start for v, b in zip(found[0], refined.box))
+            voxel = tuple(v + b.start for v, b in zip(found[0], seen))
             if found[1]:
                 previous = (first > 0) & (first != i + 1)
                 previous[coarse.box] |= coarse.mask
