@@ -314,6 +314,24 @@ def test_a_click_beyond_the_first_clicks_crop_gets_a_crop_of_its_own():
     assert clicks.in_box(far, grids[0].box(shape)) is None  # the first crop alone would drop it
 
 
+
+def test_the_click_models_probability_covers_every_clicks_crop():
+    image, lesion = elongated_lesion()
+    segmenter = clicks.shipped_segmenter()
+    first, far = (12.0, 32.0, 25.0), (12.0, 32.0, 110.0)
+    one_box, _ = segmenter.lesion_probability(image, SPACING, [first])
+    box, both = segmenter.lesion_probability(image, SPACING, [first, far])
+    assert one_box[2].stop <= 80 and box[2].stop > 110  # the far click's crop is part of the box
+    local = clicks.in_box(far, box)
+    assert both[local] > 0.5  # the model, centred on the far click, sees the lesion there
+    grid = clicks.click_grids([first, far], image.shape, SPACING, segmenter.cfg)[0]
+    _, prob = segmenter.probabilities(image, SPACING, [first, far], grid=grid)
+    first_crop = clicks.paste_back(prob, grid, box, SPACING, segmenter.cfg)  # the first crop, both clicks
+    z = slice(grid.z0 - box[0].start, grid.z1 - box[0].start)
+    assert (both[z] >= first_crop - 1e-6).all() and (both[z] > first_crop + 0.5).any()  # the larger of the two
+    whole = segmenter.segment(image, SPACING, [first, far]).paste(image.shape)
+    assert whole[tuple(int(v) for v in far)] and whole[tuple(int(v) for v in first)]
+
 def elongated_lesion():
     """A CT with one hypodense lesion 110 mm long (a capsule of radius 9 mm along x), longer than a
     click crop (80 mm), and its voxels."""
