@@ -41,6 +41,13 @@ class RefineResult:
 MAX_PASSES = 4  # a bound on the work one call may ask for; only 1 and 2 have been measured
 
 
+def changed_voxels(before: np.ndarray, after: np.ndarray) -> int:
+    """How many voxels differ between two masks of one shape (bool or 0/1), counted slab by slab:
+    no mask-sized temporary (1 GB at 1024x1024x1000)."""
+    return sum(int(np.count_nonzero(np.asarray(before[z:z + sampling.SLAB], dtype=bool) != after[z:z + sampling.SLAB]))
+               for z in range(0, before.shape[0], sampling.SLAB))
+
+
 class Refiner:
     """Boundary patch refinement with a BRNet.
 
@@ -93,6 +100,7 @@ class Refiner:
         ``mask``, and keep the first pass's per-lesion decisions (against ``mask``)."""
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
             raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
+
         def pass_progress(k: int) -> Progress | None:
             return progress if passes == 1 else part(progress, k / passes, (k + 1) / passes, f"Pass {k + 1} of {passes}: ")
 
@@ -101,9 +109,12 @@ class Refiner:
             again = self._refine_once(image, result.mask, spacing_zyx, pass_progress(k))
             stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"])
             stats["seconds"] = {key: value + again.stats["seconds"][key] for key, value in result.stats["seconds"].items()}
-            result = RefineResult(again.mask, stats, result.uncertain | again.uncertain)
+            # either pass's disagreement, written only where there is some: the map's untouched pages
+            # stay unallocated (an OR of the two would write a whole mask-sized array)
+            again.uncertain[result.uncertain] = True
+            result = RefineResult(again.mask, stats, again.uncertain)
         if passes > 1:
-            result.stats["voxels_changed"] = int(np.count_nonzero(result.mask != np.asarray(mask, dtype=bool)))
+            result.stats["voxels_changed"] = changed_voxels(mask, result.mask)
             result.stats["passes"] = passes
         return result
 
