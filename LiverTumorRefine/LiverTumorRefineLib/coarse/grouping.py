@@ -51,23 +51,18 @@ def assign_lesions(points_zyx: Sequence[Sequence[float]], given: Sequence[Option
     if previous is None or not previous.any():
         return numbered(given)
     numbers: list[Optional[int]] = list(given)
-    voxels = [tuple(int(round(float(v))) for v in p) for p in points_zyx]
     pieces = Pieces(previous, spacing_zyx)
+    # each point's nearest piece in reach, (0, inf) for none
+    near = [pieces.nearest(tuple(int(round(float(v))) for v in p), reach_mm) for p in points_zyx]
     lesion_of_piece: dict[int, int] = {}
-
-    def piece_at(voxel: tuple[int, ...]) -> tuple[int, float]:
-        return pieces.nearest(voxel, reach_mm)
-
-    for voxel, number in zip(voxels, numbers):  # numbered points name their pieces first
-        piece, distance = piece_at(voxel)
+    for (piece, distance), number in zip(near, numbers):  # numbered points name their pieces first
         if number is not None and piece and distance == 0.0:
             lesion_of_piece.setdefault(piece, number)
     next_number = max([n for n in numbers if n is not None], default=0) + 1
-    for i, voxel in enumerate(voxels):
+    for i, (piece, distance) in enumerate(near):
         if numbers[i] is not None:
             continue
-        piece, distance = piece_at(voxel)
-        if piece and distance <= reach_mm and piece in lesion_of_piece:
+        if piece in lesion_of_piece:  # a piece (non-zero) within reach_mm
             numbers[i] = lesion_of_piece[piece]
             continue
         numbers[i] = next_number
