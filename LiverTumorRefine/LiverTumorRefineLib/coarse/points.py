@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from LiverTumorRefineLib.coarse.grouping import lesion_number
+from LiverTumorRefineLib.coarse.grouping import grouped, lesion_number, numbered
 from LiverTumorRefineLib.volume import io
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.volume.geometry import Volume
@@ -74,8 +74,6 @@ def parse_signed_seeds(spec: str) -> tuple[list[Any], list[Point]]:
     """(positive, negative) RAS points from inline seeds (all positive) or a ``.mrk.json`` file
     (negative ones marked as ``is_negative`` says); RefineError when there is no positive one.
     Each positive item is a lesion: a point, or the list of the points numbered with one lesion."""
-    from LiverTumorRefineLib.coarse.grouping import grouped, numbered
-
     if not is_seed_file(spec):
         return parse_seeds(spec), []
     signed = read_signed_markups(spec.strip())

@@ -242,7 +242,6 @@ def reoriented(volume: Volume, code: str) -> Volume:
     return from_sitk(sitk.DICOMOrient(to_sitk(volume), code))
 
 
-
 def read_geometry(path: str | os.PathLike) -> tuple[Geometry, tuple[int, int, int]]:
     """Geometry and (z, y, x) shape of the 3D volume ``read_volume(path)`` gives, from the header only."""
     if Path(path).is_dir():  # a DICOM series folder: its slice headers
