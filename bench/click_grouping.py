@@ -33,7 +33,7 @@ from LiverTumorRefineLib.coarse.grouping import Pieces  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
 
-from clicks import seen_box  # noqa: E402  (bench/clicks.py: where the simulated user looks)
+from clicks import lesion_box, user_click  # noqa: E402  (bench/clicks.py: where the simulated user clicks)
 from seeded import clicks as deepest_clicks  # noqa: E402
 
 FAR = 1e9
@@ -54,18 +54,16 @@ def distances(case, segmenter, refiner, n_clicks: int) -> tuple[list[tuple[float
     corrections = []
     for i, lab in enumerate(ids):
         truth = labels == lab
-        where = np.argwhere(truth)
-        truth_box = tuple(slice(int(a), int(b) + 1) for a, b in zip(where.min(axis=0), where.max(axis=0)))
+        truth_box = lesion_box(truth)
         current = lesions[i]
         others = lesions[:i] + lesions[i + 1:]
         for _ in range(n_clicks - 1):
             coarse, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, current, others)
-            seen = seen_box(refined.box, truth_box)
-            found = clickmodel.corrective_click(truth[seen], refined.paste(truth.shape)[seen], spacing)
+            found = user_click(truth, truth_box, refined, spacing)
             if found is None:
                 break
-            voxel = tuple(v + b.start for v, b in zip(found[0], seen))
-            if found[1]:
+            voxel, positive = found
+            if positive:
                 previous = (first > 0) & (first != i + 1)
                 previous[coarse.box] |= coarse.mask
                 own = np.zeros_like(previous)
@@ -75,7 +73,7 @@ def distances(case, segmenter, refiner, n_clicks: int) -> tuple[list[tuple[float
                 at = pieces.labels == piece
                 box = pieces.box
                 corrections.append((distance, bool(piece) and bool((at & own[box]).any())))
-            current = current.with_click(voxel, found[1])
+            current = current.with_click(voxel, positive)
     return corrections, new_lesion
 
 

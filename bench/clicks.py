@@ -80,10 +80,23 @@ def separate_click_lesion(segmenter, refiner, image, spacing, lesion, others):
     return coarse, clickmodel.refine_lesion(refiner, image, spacing, coarse)
 
 
-def seen_box(result_box: Sequence[slice], truth_box: Sequence[slice]) -> tuple[slice, ...]:
-    """Where the simulated user looks for the next correction: the result's box and the whole truth
-    lesion's box together (a user sees the whole lesion, not only the crop the result lies on)."""
-    return tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(result_box, truth_box))
+def lesion_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of a (non-empty) mask."""
+    where = np.argwhere(mask)
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(where.min(axis=0), where.max(axis=0)))
+
+
+def user_click(truth: np.ndarray, truth_box: Sequence[slice], refined: clickmodel.LesionMask,
+               spacing: Sequence[float]) -> tuple[tuple[int, ...], bool] | None:
+    """Where the simulated user corrects ``refined`` next (``clicks.corrective_click``: CT voxel and
+    sign, True for a missed part; None when nothing is left), looking at the result's box and the
+    whole truth lesion's box (``truth_box``) together: a user sees the whole lesion, not only the
+    crop the result lies on."""
+    seen = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(refined.box, truth_box))
+    found = clickmodel.corrective_click(truth[seen], refined.paste(truth.shape)[seen], spacing)
+    if found is None:
+        return None
+    return tuple(v + b.start for v, b in zip(found[0], seen)), found[1]
 
 
 def click_series(segmenter, refiner, image, spacing, truth, labels, lab, lesion, others, n_clicks: int,
@@ -91,8 +104,7 @@ def click_series(segmenter, refiner, image, spacing, truth, labels, lab, lesion,
     """Lesion Dice (coarse, refined) and (merged, leaked) after each of ``n_clicks`` clicks by ``method``."""
     coarse_d, refined_d, flags = [], [], []
     current = lesion
-    where = np.argwhere(truth)
-    truth_box = tuple(slice(int(a), int(b) + 1) for a, b in zip(where.min(axis=0), where.max(axis=0)))
+    truth_box = lesion_box(truth)
     for k in range(n_clicks):
         if method == "separate":
             coarse, refined = separate_click_lesion(segmenter, refiner, image, spacing, current, others)
@@ -102,15 +114,13 @@ def click_series(segmenter, refiner, image, spacing, truth, labels, lab, lesion,
         coarse_d.append(lesion_dice(truth, coarse))
         refined_d.append(lesion_dice(truth, refined))
         flags.append(problems(labels, int(lab), refined))
-        seen = seen_box(refined.box, truth_box)
-        found = clickmodel.corrective_click(truth[seen], refined.paste(truth.shape)[seen], spacing)
+        found = user_click(truth, truth_box, refined, spacing)
         if found is None:  # nothing left to correct: later clicks change nothing
             coarse_d += [coarse_d[-1]] * (n_clicks - k - 1)
             refined_d += [refined_d[-1]] * (n_clicks - k - 1)
             flags += [flags[-1]] * (n_clicks - k - 1)
             break
-        voxel = tuple(v + b.start for v, b in zip(found[0], seen))
-        current = current.with_click(voxel, found[1])
+        current = current.with_click(*found)
     return coarse_d, refined_d, flags
 
 
