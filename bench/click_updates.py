@@ -123,8 +123,8 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from seeded import clicks as deepest_points  # bench/seeded.py
 
-        others = [s for s in deepest_points(truth, phantom.image.spacing_zyx)[1]
-                  if not component_labels(truth)[s] == component_labels(truth)[clicks[0]]]
+        labels, seeds, _, _ = deepest_points(truth, phantom.image.spacing_zyx)  # its labels: component_labels' own
+        others = [s for s in seeds if labels[s] != labels[clicks[0]]]
     print(f"phantom {args.seed}: {truth.shape} voxels, clicks at {clicks} (deepest, inside, outside), "
           f"{len(others)} other lesion seeds")
     logic = ltr.LiverTumorRefineLogic()
