@@ -17,7 +17,7 @@ import numpy as np
 
 from LiverTumorRefineLib.coarse.points import Point
 from LiverTumorRefineLib.coarse.sources import SOURCES, automatic_labels, from_seeds, make_coarse
-from LiverTumorRefineLib.config import MIN_KEPT, TTA
+from LiverTumorRefineLib.config import INTENSITY_GATE, MIN_KEPT, TTA
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.evaluate.metrics import compute_metrics
 from LiverTumorRefineLib.pipeline import RefinePipeline, check_report_output
@@ -50,13 +50,16 @@ def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, ou
                  label: int | None = None, device: str = "auto", weights: str | None = None, batch_size: int = 128,
                  min_kept: float = MIN_KEPT, force: bool = False, progress: Progress | None = None,
                  segment: str | int | None = None, tta: int = TTA,
-                 report: str | os.PathLike | None = None, runtime: str = "auto") -> dict[str, Any]:
+                 report: str | os.PathLike | None = None, runtime: str = "auto",
+                 intensity_gate: bool = INTENSITY_GATE) -> dict[str, Any]:
     """Refine the coarse mask file and write the result on the CT's grid; returns stats.
     ``image_path`` may be a DICOM series folder and ``mask_path`` a DICOM SEG or .seg.nrrd
     (``segment`` picks the segment); an ``out_path`` ending in .dcm writes a DICOM SEG that
     references the series. ``report``: also write the lesion-by-lesion review (``review``) as
-    .csv or .json there; its rows are returned under ``stats["review"]``. ``runtime``: see ``Refiner``."""
-    pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta, runtime=runtime)
+    .csv or .json there; its rows are returned under ``stats["review"]``. ``runtime`` and ``intensity_gate``:
+    see ``Refiner``."""
+    pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta, runtime=runtime,
+                              intensity_gate=intensity_gate)
     return pipeline.run_files(image_path, out_path, mask_path, label=label, segment=segment, report_path=report,
                               force=force, progress=progress)
 
@@ -67,7 +70,8 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
                         batch_size: int = 128, min_kept: float = MIN_KEPT, force: bool = False,
                         progress: Progress | None = None, coarse_progress: Progress | None = None,
                         tta: int = TTA, report: str | os.PathLike | None = None, runtime: str = "auto",
-                        negative_seeds: Sequence[Point] | str | None = None, seed_method: str = "auto") -> dict[str, Any]:
+                        negative_seeds: Sequence[Point] | str | None = None, seed_method: str = "auto",
+                        intensity_gate: bool = INTENSITY_GATE) -> dict[str, Any]:
     """Make a coarse mask from ``source`` ("seeds", "automatic" (or "auto"), "totalsegmentator"),
     refine it and write the result (and, with ``coarse_out``, the coarse mask) on the CT's grid;
     returns stats with the coarse step's seconds under ``seconds["coarse"]``. ``seeds``: RAS
@@ -76,9 +80,10 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
     (points described "lesion N" grouped).
     ``coarse_progress`` reports the coarse step's progress. ``report``: as in ``refine_files``.
     ``negative_seeds``: RAS points (or a string or file like ``seeds``) of leaks to keep out;
-    ``seed_method``: "auto", "hybrid", "rays" or "model" (see ``coarse.clicks.SEED_METHODS``)."""
+    ``seed_method``: "auto", "hybrid", "rays" or "model" (see ``coarse.clicks.SEED_METHODS``);
+    ``intensity_gate``: see ``Refiner``."""
     pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta,
-                              seg_weights=seg_weights, runtime=runtime)
+                              seg_weights=seg_weights, runtime=runtime, intensity_gate=intensity_gate)
     return pipeline.run_files(image_path, out_path, source=source, seeds=seeds, negative_seeds=negative_seeds,
                               seed_method=seed_method, coarse_out=coarse_out,
                               report_path=report, force=force, progress=progress, coarse_progress=coarse_progress)

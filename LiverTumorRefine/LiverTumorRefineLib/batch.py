@@ -36,7 +36,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from LiverTumorRefineLib.config import MIN_KEPT, TTA
+from LiverTumorRefineLib.config import INTENSITY_GATE, MIN_KEPT, TTA
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.evaluate.qa import files_by_role
 from LiverTumorRefineLib.volume import atomic, io
@@ -81,14 +81,18 @@ class BatchSettings:
     label: Optional[int] = None
     segment: Optional[str] = None
     runtime: str = "auto"
+    intensity_gate: bool = INTENSITY_GATE
 
     def identity(self) -> dict[str, Any]:
         """What the output depends on (not device, batch size or runtime, which change the speed,
         not what the output is): a finished case made with other values is not the output this run
         would make."""
         weights = str(Path(self.weights).resolve()) if self.weights else None
+        # the gate only when off: a record written before the option existed still matches a default
+        # run, as it does after any change of the code
+        gate = {} if self.intensity_gate else {"intensity_gate": False}
         return {"weights": weights, "min_kept": self.min_kept, "tta": self.tta, "label": self.label,
-                "segment": self.segment}
+                "segment": self.segment, **gate}
 
 
 @dataclass
@@ -366,7 +370,8 @@ def refine_case(case: BatchCase, settings: BatchSettings, overwrite: bool) -> Ca
             stats = api.refine_files(case.image, case.mask, case.out, label=settings.label, device=settings.device,
                                      weights=settings.weights, batch_size=settings.batch_size,
                                      min_kept=settings.min_kept, tta=settings.tta, segment=settings.segment,
-                                     runtime=settings.runtime, force=overwrite)
+                                     runtime=settings.runtime, intensity_gate=settings.intensity_gate,
+                                     force=overwrite)
             result.patches, result.voxels_changed = int(stats["patches"]), int(stats["voxels_changed"])
             if case.truth is not None:
                 _score(case, settings, result)

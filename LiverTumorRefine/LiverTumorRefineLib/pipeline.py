@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from LiverTumorRefineLib.coarse.sources import make_coarse, source_named
-from LiverTumorRefineLib.config import MIN_KEPT, SEEDED_PASSES, TTA
+from LiverTumorRefineLib.config import MIN_KEPT, SEEDED_INTENSITY_GATE, SEEDED_PASSES, TTA
 from LiverTumorRefineLib.device import check_device, with_cpu_fallback
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
@@ -70,7 +70,8 @@ class RefinePipeline:
 
     ``weights``: None (shipped model), a model file or an in-memory BRNet; ``device``: "auto",
     "cpu" or "cuda"; ``seg_weights``: the automatic coarse network's file (None: shipped);
-    ``refiner_options``: further ``Refiner`` options (``agreement``, ``removal_agreement``, ``shrink``).
+    ``refiner_options``: further ``Refiner`` options (``agreement``, ``removal_agreement``, ``shrink``,
+    ``intensity_gate``).
     """
 
     def __init__(self, weights: Any = None, device: str = "auto", batch_size: int = 128, min_kept: float = MIN_KEPT,
@@ -115,7 +116,7 @@ class RefinePipeline:
         pipeline.weights, pipeline.seg_weights = refiner.model, seg_weights
         pipeline.options = dict(batch_size=refiner.batch_size, min_kept=refiner.min_kept, tta=refiner.tta,
                                 agreement=refiner.agreement, removal_agreement=refiner.removal_agreement,
-                                shrink=refiner.shrink)
+                                shrink=refiner.shrink, intensity_gate=refiner.intensity_gate)
         return pipeline
 
     # ------------------------------------------------------------------ volumes
@@ -152,8 +153,9 @@ class RefinePipeline:
         coarse_seconds = time.perf_counter() - t0
         binary, used = select_label(coarse_axial.array, label, copy=False)  # read only: the Refiner never writes it
         end = REFINE_END if truth is not None else 1.0
-        passes = SEEDED_PASSES if kind == "seeds" else 1  # a click-made mask: see config.SEEDED_PASSES
-        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, passes)
+        # a click-made mask: see config.SEEDED_PASSES and SEEDED_INTENSITY_GATE
+        passes, gate = (SEEDED_PASSES, SEEDED_INTENSITY_GATE) if kind == "seeds" else (1, None)
+        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, passes, gate)
         del binary  # where select_label made a volume-sized mask: freed before the result's arrays are made (peak memory)
         refined_binary, stats = refinement.mask, refinement.stats
         if made:
@@ -171,12 +173,14 @@ class RefinePipeline:
         return result
 
     def refine_mask(self, image: Volume, mask: np.ndarray, progress: Progress | None,
-                    notes: list[str], passes: int = 1):
+                    notes: list[str], passes: int = 1, intensity_gate: bool | None = None):
         """The Refiner's result (``RefineResult``: mask, stats, uncertain) on an LPS volume after
-        ``passes`` passes, falling back to the CPU if the GPU runs out of memory."""
+        ``passes`` passes (and with ``intensity_gate``: see ``Refiner.refine``), falling back to the
+        CPU if the GPU runs out of memory."""
         def on(device: str):
             refiner = self.refiner if device == self.device else make_refiner(self.weights, device, self.options)
-            return refiner.refine(image.array, mask, image.spacing_zyx, progress, passes=passes)
+            return refiner.refine(image.array, mask, image.spacing_zyx, progress, passes=passes,
+                                  intensity_gate=intensity_gate)
 
         result = with_cpu_fallback(on, self.device, "refinement", notes)
         if str(self.refiner.device).startswith("cuda") and result.stats.get("device") == "cpu" and not notes:

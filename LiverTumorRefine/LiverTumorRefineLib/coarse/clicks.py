@@ -27,7 +27,7 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
-from LiverTumorRefineLib.config import LIVER_REFERENCE_HU, SEEDED_PASSES, NetConfig
+from LiverTumorRefineLib.config import LIVER_REFERENCE_HU, SEEDED_INTENSITY_GATE, SEEDED_PASSES, NetConfig
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
 from LiverTumorRefineLib.refine import sampling, weights
@@ -475,15 +475,16 @@ def shipped_segmenter() -> ClickSegmenter:
 
 def refine_lesion(refiner: Any, image: np.ndarray, spacing_zyx: Sequence[float], lesion: LesionMask) -> LesionMask:
     """``lesion`` after the boundary refiner (a ``refiner.Refiner``), run on its crop only (grown
-    by the refiner's own margin) with the seeded sources' passes (``config.SEEDED_PASSES``); an
-    empty lesion stays empty."""
+    by the refiner's own margin) as the seeded sources refine it (``config.SEEDED_PASSES`` and
+    ``SEEDED_INTENSITY_GATE``); an empty lesion stays empty."""
     if not lesion.mask.any():
         return lesion
     margin = crop_margin(spacing_zyx, refiner.cfg)
     box = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(lesion.box, margin, image.shape))
     coarse = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
     coarse[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(lesion.box, box))] = lesion.mask
-    return LesionMask(box, refiner.refine(image[box], coarse, spacing_zyx, passes=SEEDED_PASSES).mask)  # type: ignore[arg-type]
+    refined = refiner.refine(image[box], coarse, spacing_zyx, passes=SEEDED_PASSES, intensity_gate=SEEDED_INTENSITY_GATE)
+    return LesionMask(box, refined.mask)  # type: ignore[arg-type]
 
 
 def click_lesion(segmenter: ClickSegmenter, refiner: Any, image: np.ndarray, spacing_zyx: Sequence[float],

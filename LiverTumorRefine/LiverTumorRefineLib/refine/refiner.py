@@ -17,10 +17,12 @@ from LiverTumorRefineLib.refine import tta as tta_module
 from LiverTumorRefineLib.refine.boxes import Box, crop_margin, lesion_boxes
 from LiverTumorRefineLib.volume.checks import check_not_whole_volume
 from LiverTumorRefineLib.device import resolve_device
-from LiverTumorRefineLib.config import AGREEMENT, MIN_KEPT, REMOVAL_AGREEMENT, SHRINK, SHRINK_MODES, TTA
+from LiverTumorRefineLib.config import (AGREEMENT, INTENSITY_GATE, MIN_KEPT, REMOVAL_AGREEMENT, SHRINK, SHRINK_MODES,
+                                        TTA)
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
 from LiverTumorRefineLib.refine.gate import box_origin, lesion_gate
+from LiverTumorRefineLib.refine.intensity import IntensityDecision, gate_summary, intensity_gate
 from LiverTumorRefineLib.refine.network import BRNet
 from LiverTumorRefineLib.refine.reassembly import Canvas
 from LiverTumorRefineLib.refine.runtime import TorchRuntime, select_runtime
@@ -59,6 +61,7 @@ class Refiner:
     coarse voxels it keeps at least, when the refinement is fully sure (see ``gate``); ``shrink``:
     what happens to a lesion that would shrink more: "revert" gives it its coarse outline back,
     "cap" gives back only the removed voxels the network was least sure of, up to the limit.
+    ``intensity_gate``: also refuse the changes the CT's intensities contradict (see ``intensity``).
     ``runtime``: what runs the network ("auto", "torch" or "onnx", see ``runtime.select_runtime``);
     ``batch_size``: network inputs cut and accumulated together (the runtime feeds them to the
     network in chunks of the size it runs fastest at).
@@ -66,7 +69,8 @@ class Refiner:
 
     def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128,
                  min_kept: float = MIN_KEPT, tta: int = TTA, agreement: float = AGREEMENT,
-                 shrink: str = SHRINK, runtime: str = "auto", removal_agreement: float = REMOVAL_AGREEMENT) -> None:
+                 shrink: str = SHRINK, runtime: str = "auto", removal_agreement: float = REMOVAL_AGREEMENT,
+                 intensity_gate: bool = INTENSITY_GATE) -> None:
         if not 0 <= min_kept <= 1:
             raise RefineError(f"min_kept must be between 0 and 1 (got {min_kept}).")
         for name, value in (("agreement", agreement), ("removal_agreement", removal_agreement)):
@@ -80,6 +84,7 @@ class Refiner:
             raise RefineError(f"shrink must be one of {', '.join(SHRINK_MODES)} (got {shrink!r}).")
         self.min_kept, self.agreement, self.shrink = min_kept, agreement, shrink
         self.removal_agreement = removal_agreement
+        self.intensity_gate = check_gate(intensity_gate)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise RefineError(f"The batch size must be a whole number of at least 1 (got {batch_size!r}).")
         self.device = resolve_device(device)
@@ -91,22 +96,25 @@ class Refiner:
         self.batch_size = batch_size
 
     def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None,
-               passes: int = 1) -> RefineResult:
+               passes: int = 1, intensity_gate: bool | None = None) -> RefineResult:
         """Refine ``mask`` (bool, z-y-x) on ``image`` (HU). Inputs are not modified.
 
         ``passes`` > 1 refines the result again (the seeded sources' default, ``config.SEEDED_PASSES``:
         a click-made coarse mask is far from the boundary, and a second pass moves it further);
         ``stats`` then add up the passes' patches and seconds, count the voxels changed from
-        ``mask``, and keep the first pass's per-lesion decisions (against ``mask``)."""
+        ``mask``, and keep the first pass's per-lesion decisions (against ``mask``).
+        ``intensity_gate``: this call's setting of the intensity gate (None: the Refiner's; the seeded
+        sources refine without it, ``config.SEEDED_INTENSITY_GATE``)."""
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
             raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
 
         def pass_progress(k: int) -> Progress | None:
             return progress if passes == 1 else part(progress, k / passes, (k + 1) / passes, f"Pass {k + 1} of {passes}: ")
 
-        result = self._refine_once(image, mask, spacing_zyx, pass_progress(0))
+        gate = self.intensity_gate if intensity_gate is None else check_gate(intensity_gate)
+        result = self._refine_once(image, mask, spacing_zyx, pass_progress(0), gate)
         for k in range(1, passes):
-            again = self._refine_once(image, result.mask, spacing_zyx, pass_progress(k))
+            again = self._refine_once(image, result.mask, spacing_zyx, pass_progress(k), gate)
             stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"])
             stats["seconds"] = {key: value + again.stats["seconds"][key] for key, value in result.stats["seconds"].items()}
             # either pass's disagreement, written only where there is some: the map's untouched pages
@@ -119,7 +127,7 @@ class Refiner:
         return result
 
     def _refine_once(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float],
-                     progress: Progress | None) -> RefineResult:
+                     progress: Progress | None, gate: bool) -> RefineResult:
         """One refinement pass of ``mask`` (see ``refine``)."""
         t0 = time.perf_counter()
         _check_inputs(image, mask, spacing_zyx)
@@ -137,9 +145,10 @@ class Refiner:
         seconds = {"crop": 0.0, "sample": 0.0, "extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         patches = changed = 0
         lesions: list[dict[str, Any]] = []
-        liver_hu = self._parenchyma(image, mask, boxes, spacing)
+        intensity: list[IntensityDecision] = []
+        liver_hu = self._parenchyma(image, mask, boxes, spacing, gate)
         for i, box in enumerate(boxes):
-            piece = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)))
+            piece = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)), gate)
             # counted on the crop: nothing outside it changes, and a full-volume comparison would
             # cost one more mask-sized temporary (1 GB at 1024x1024x1000)
             changed += int(np.count_nonzero(piece.mask != mask[box]))
@@ -148,6 +157,7 @@ class Refiner:
             patches += piece.patches
             for decision in piece.lesions:
                 lesions.append({**decision.to_dict(), "lesion": len(lesions) + 1})
+            intensity += piece.intensity
             for stage, value in piece.seconds.items():
                 seconds[stage] += value
         seconds["total"] = time.perf_counter() - t0
@@ -156,12 +166,16 @@ class Refiner:
                  "runtime": self.runtime.name,
                  "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
                  "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions}
+        if gate:
+            stats["intensity_gate"] = gate_summary(intensity)
         return RefineResult(refined, stats, uncertain)
 
-    def _parenchyma(self, image: np.ndarray, mask: np.ndarray, boxes: list[Box], spacing: tuple[float, ...]) -> float | None:
+    def _parenchyma(self, image: np.ndarray, mask: np.ndarray, boxes: list[Box], spacing: tuple[float, ...],
+                    gate: bool) -> float | None:
         """The liver parenchyma's HU around all the lesions (pooled over their boxes, so how the
-        lesions are grouped into boxes does not change it), or None when not normalising."""
-        if self.cfg.normalise != "liver":
+        lesions are grouped into boxes does not change it), or None when neither the model's
+        normalisation nor the intensity gate needs it."""
+        if self.cfg.normalise != "liver" and not gate:
             return None
         with torch.inference_mode():
             values = [sampling.shell_values(self._crop_image(image, box), tensor_of(mask[box], self.device),
@@ -173,7 +187,7 @@ class Refiner:
         return sampling.clean_hu(crop, self.cfg.hu_window)
 
     def _refine_box(self, image: np.ndarray, mask: np.ndarray, box: Box, spacing: tuple[float, ...],
-                    liver_hu: float | None, progress: Progress | None) -> "_BoxResult":
+                    liver_hu: float | None, progress: Progress | None, gate: bool) -> "_BoxResult":
         """The refined mask inside ``box`` with what it cost and the gate's decisions."""
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
@@ -194,11 +208,14 @@ class Refiner:
             needed = torch.where(proposed, self.agreement, self.removal_agreement)  # joining / leaving the tumour
             gated = torch.where(wanted & (sure < needed), crop_mask, proposed)
             coarse_crop = mask[box]
+            gated_np, intensity = gated.cpu().numpy(), []
+            if gate:
+                gated_np, intensity = intensity_gate(image[box], coarse_crop, gated_np, liver_hu, spacing)
             probability = canvas.mean().cpu().numpy() if self.shrink == "cap" else None
-            refined_crop, decisions = lesion_gate(coarse_crop, gated.cpu().numpy(), wanted.cpu().numpy(),
+            refined_crop, decisions = lesion_gate(coarse_crop, gated_np, wanted.cpu().numpy(),
                                                   self.min_kept, box_origin(box), probability)
         seconds["reassemble"] += time.perf_counter() - t
-        return _BoxResult(refined_crop, seconds, int(len(centres)), decisions, uncertain)
+        return _BoxResult(refined_crop, seconds, int(len(centres)), decisions, uncertain, intensity)
 
     def _run_batches(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
                      progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
@@ -319,6 +336,14 @@ class _BoxResult:
     patches: int
     lesions: list
     uncertain: np.ndarray
+    intensity: list[IntensityDecision]  # one per changed lesion with ``Refiner(intensity_gate=True)``
+
+
+def check_gate(value: Any) -> bool:
+    """``value`` as the intensity gate's setting, or a RefineError when it is not True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise RefineError(f"intensity_gate must be True or False (got {value!r}).")
+    return bool(value)
 
 
 def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float]) -> None:
