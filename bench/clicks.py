@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
-from LiverTumorRefineLib.config import SEEDED_PASSES  # noqa: E402
+from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
 
@@ -135,7 +135,8 @@ def run_case(case, segmenter: clickmodel.ClickSegmenter, refiner: Refiner, n_cli
     kind = "phantom" if case.name.startswith("phantom") else "real"
     lesions = [clickmodel.LesionClicks((tuple(float(v) for v in s),)) for s in seeds]
     grown = seed_labels(image, seeds, spacing)
-    grown_refined = refiner.refine(image, grown > 0, spacing, passes=SEEDED_PASSES).mask  # as refine --seeds does
+    grown_refined = refiner.refine(image, grown > 0, spacing, passes=SEEDED_PASSES,  # as refine --seeds does
+                                   intensity_gate=SEEDED_INTENSITY_GATE).mask
     cells = nearest_seed_labels(truth_all.shape, seeds, spacing)
     case_rows = []
     for i, (lab, diameter) in enumerate(zip(ids, diameters)):
@@ -228,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="hybrid: the switch needs the model's lesion to be at least this sphere diameter")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
+    parser.add_argument("--no-intensity-gate", action="store_true", help="refine without the intensity gate")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     seeded.DEFAULT = dataclasses.replace(seeded.DEFAULT, rim_min_hu=args.rim_min_hu)
@@ -242,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clickmodel.ClickSegmenter(args.weights)
-    refiner = Refiner(device="cpu")
+    refiner = Refiner(device="cpu", intensity_gate=not args.no_intensity_gate)
     methods = [m for m in args.methods.split(",") if m]
     out: dict = {"phantom": [], "real": []}
     for i in range(args.phantoms):

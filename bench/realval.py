@@ -57,13 +57,18 @@ def large_lesions(truth: np.ndarray, spacing_zyx: Sequence[float]) -> list[bool]
 
 def parse_setting(spec: str) -> tuple[str, dict]:
     """NAME:key=value,... -> (NAME, Refiner options); ``normalise=none`` (an ablation) turns the
-    model's parenchyma normalisation off at inference, and ``passes=2`` refines the refined mask again."""
+    model's parenchyma normalisation off at inference, ``passes=2`` refines the refined mask again, and
+    ``intensity_gate=1`` turns the intensity gate on."""
     name, _, rest = spec.partition(":")
     options = {}
     for item in filter(None, rest.split(",")):
         key, value = item.split("=")
-        options[key] = int(value) if key in ("tta", "passes") else value if key in ("shrink", "normalise", "runtime") \
-            else float(value)
+        if key in ("tta", "passes"):
+            options[key] = int(value)
+        elif key == "intensity_gate":
+            options[key] = bool(int(value))
+        else:
+            options[key] = value if key in ("shrink", "normalise", "runtime") else float(value)
     return name, options
 
 

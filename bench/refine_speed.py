@@ -4,6 +4,7 @@
     python bench/refine_speed.py --sweep sizes     # the same tumours in 128x128x64 ... 512x512x300
     python bench/refine_speed.py --sweep tumours   # 1 ... 20 tumours in 512x512x120
     python bench/refine_speed.py --seeded          # coarse mask grown from one seed per tumour, then refined
+    python bench/refine_speed.py --no-intensity-gate  # the same without the intensity gate (what it costs)
     python bench/refine_speed.py --quick           # under a minute: README's headline case once, against its figure
     python bench/refine_speed.py --cli [--tumours 5] [--runtimes torch auto]
                                                    # the whole `livertumorrefine refine` process on the case, and
@@ -30,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
 from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
-from LiverTumorRefineLib.config import SEEDED_PASSES, PatchConfig  # noqa: E402
+from LiverTumorRefineLib.config import INTENSITY_GATE, SEEDED_INTENSITY_GATE, SEEDED_PASSES, PatchConfig  # noqa: E402
 from LiverTumorRefineLib.refine.network import build_model  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import grow_from_seeds  # noqa: E402
@@ -82,13 +83,13 @@ def tumour_centres(coarse: np.ndarray) -> list[tuple[float, float, float]]:
 
 
 def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: int, repeats: int, same_tumours: bool,
-            seeded: bool = False) -> dict:
+            seeded: bool = False, intensity_gate: bool = INTENSITY_GATE) -> dict:
     """Best-of-``repeats`` refinement stats (after one warm-up) and this process's peak RSS. With
     ``seeded`` each run first grows the coarse mask from one seed per tumour (``seconds["seed"]``)
     and refines it in ``SEEDED_PASSES`` passes, as ``refine --seeds`` does."""
     weights = default_weights_path()
     model = weights if weights.is_file() else build_model(PatchConfig())
-    refiner = Refiner(model, device=device, batch_size=batch_size)
+    refiner = Refiner(model, device=device, batch_size=batch_size, intensity_gate=intensity_gate)
     image, coarse, spacing = embedded_case(size, tumours) if same_tumours else synthetic_case(size, tumours)
     seeds = tumour_centres(coarse) if seeded else []
     reset_peak_rss()  # the peak from here on is the refinement's (plus the inputs it holds), not the case building
@@ -98,7 +99,8 @@ def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: i
         t = time.perf_counter()
         mask = grow_from_seeds(image, seeds, spacing) if seeded else coarse
         grown = time.perf_counter() - t
-        stats = refiner.refine(image, mask, spacing, passes=SEEDED_PASSES if seeded else 1).stats
+        stats = refiner.refine(image, mask, spacing, passes=SEEDED_PASSES if seeded else 1,
+                               intensity_gate=SEEDED_INTENSITY_GATE if seeded else None).stats
         stats["wall"] = time.perf_counter() - t
         if seeded:
             stats["seconds"] = {"seed": grown, **stats["seconds"]}
@@ -225,6 +227,7 @@ def main() -> None:
     parser.add_argument("--seeded", action="store_true", help="grow the coarse mask from one seed per tumour first")
     parser.add_argument("--cli", action="store_true", help="time the whole `livertumorrefine refine` process")
     parser.add_argument("--runtimes", nargs="+", default=["torch", "auto"], help="--runtime values for --cli")
+    parser.add_argument("--no-intensity-gate", action="store_true", help="refine without the intensity gate (its cost)")
     parser.add_argument("--quick", action="store_true",
                         help="one run of the default case after a warm-up (under a minute), compared with README's figure")
     args = parser.parse_args()
@@ -237,7 +240,7 @@ def main() -> None:
         cli_process(args)
         return
     row = measure(tuple(args.size), args.tumours, args.device, args.batch_size, args.repeats, args.same_tumours,
-                  args.seeded)
+                  args.seeded, not args.no_intensity_gate)
     if args.json:
         print(json.dumps(row))
         return

@@ -25,7 +25,7 @@ from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
-from LiverTumorRefineLib.config import SEEDED_PASSES  # noqa: E402
+from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES  # noqa: E402
 
 MIN_DIAMETER_MM = 10.0
 
@@ -84,7 +84,8 @@ def main() -> None:
         refined, t_refine = None, 0.0
         if refiner is not None:
             t = time.perf_counter()
-            refined = refiner.refine(case.image.array, grown > 0, spacing, passes=args.passes).mask
+            refined = refiner.refine(case.image.array, grown > 0, spacing, passes=args.passes,
+                                     intensity_gate=SEEDED_INTENSITY_GATE).mask
             t_refine = time.perf_counter() - t
             cells = nearest_seed_labels(truth.shape, seeds, spacing)
         kind = "real" if case.name.startswith("lits") or "117" in case.name else "phantom"
