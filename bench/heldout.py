@@ -1,7 +1,8 @@
 """Held-out evaluation of refinement models: coarse vs refined per case and per lesion.
 
     python bench/heldout.py --model mask=LiverTumorRefine/Resources/Models/brnet_default.pt \
-        --model nomask=LiverTumorRefine/Resources/Models/brnet_nomask.pt [--phantoms 20] [--lits117] [--csv OUT]
+        --model nomask=LiverTumorRefine/Resources/Models/brnet_nomask.pt [--phantoms 20] [--lits117] [--csv OUT] \
+        [--gate-ablation]
 
 Cases: phantoms with seeds 90000+ (training uses 1000+, validation 50000+) and LiTS case 117,
 each with a simulated coarse mask from a fixed seed. Nothing here feeds training or model
@@ -56,8 +57,14 @@ def main() -> None:
     parser.add_argument("--lits117", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--csv", help="write per-case rows here")
+    parser.add_argument("--gate-ablation", action="store_true",
+                        help="also run each model without the intensity gate (NAME/no-gate), side by side")
     args = parser.parse_args()
-    models = {name: Refiner(path, device=args.device) for name, path in (m.split("=", 1) for m in args.model)}
+    models = {}
+    for name, path in (m.split("=", 1) for m in args.model):
+        models[name] = Refiner(path, device=args.device)
+        if args.gate_ablation:
+            models[f"{name}/no-gate"] = Refiner(path, device=args.device, intensity_gate=False)
     rows = []
     for case, seed, truth, coarse in simulated_cases(args.phantoms, args.lits117):
         spacing = case.image.spacing_zyx
