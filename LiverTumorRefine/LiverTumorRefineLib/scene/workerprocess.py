@@ -220,6 +220,7 @@ class WorkerJob:
         self._resend = False
         self.taken = False  # the worker said it started this job
         self._cancelled_at: Optional[float] = None
+        self._killed = False  # Cancel ended the worker process
 
     def record(self, record: dict[str, Any]) -> None:
         """A line of the worker about this job (the reader thread)."""
@@ -255,7 +256,9 @@ class WorkerJob:
             self._ended.clear()
             self.server._send(self)
             return False
-        if self._ended.is_set():
+        # a job whose worker Cancel ended is done when that process is gone, not when its last line
+        # arrives: the worker may still be exiting (and holding its files) after it reported the cancel
+        if self._ended.is_set() and not (self._killed and self.process.poll() is None):
             return True
         if self._cancelled_at is not None and time.perf_counter() - self._cancelled_at > KILL_GRACE_S:
             self.server.kill(self.process, hard=True)
@@ -268,7 +271,8 @@ class WorkerJob:
             left = None if deadline is None else deadline - time.perf_counter()
             if left is not None and left <= 0:
                 return False
-            self._ended.wait(0.2 if left is None else min(0.2, left))
+            if self._ended.wait(0.2 if left is None else min(0.2, left)):
+                time.sleep(0.01)  # ended, and the cancelled worker still exiting: do not spin
         return True
 
     def cancel(self) -> None:
@@ -276,6 +280,7 @@ class WorkerJob:
         if self._cancelled_at is None:
             self._cancelled_at = time.perf_counter()
         if self.process is not None and self.process.poll() is None and not self._ended.is_set():
+            self._killed = True
             self.server.kill(self.process, hard=False)
 
     @property
