@@ -68,6 +68,7 @@ class LiverTumorRefineParameterNode:
     truthSegmentId: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "Auto"
     outlinesOnly: bool = True
+    intensityGate: bool = True
     metricsTable: vtkMRMLTableNode
     lesionTable: vtkMRMLTableNode
 
@@ -228,6 +229,7 @@ class LiverTumorRefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:  # the coarse step runs in the worker too: nothing enters the scene before the job succeeded
             if not ensure_torch():
                 return
+            self.logic.setIntensityGate(p.intensityGate)
             with slicer.util.WaitCursor():
                 self._job = self.logic.startRefine(p.inputVolume, p.segmentationNode, p.coarseSegmentId, truthNode,
                                                    p.truthSegmentId or None, DEVICES[p.device], p.outlinesOnly,

@@ -277,3 +277,20 @@ def test_automatic_coarse_segment_with_the_shipped_network(app, trained_model):
     snapshot = st.scene_snapshot(app.scene)
     st.expect_error(lambda: logic.refine(plain, None, "", device="cpu", coarseSource="automatic"), "no tumour in this CT")
     st.assert_same_scene(snapshot, st.scene_snapshot(app.scene), "after an automatic coarse segment found nothing")
+
+
+def test_the_intensity_gate_setting_reaches_the_worker(app, trained_model, case):
+    """The module's checkbox (``setIntensityGate``) goes into the refiner options of the job the
+    worker runs (which builds its ``Refiner`` from them, see test_worker_process_matches_in_process_call)."""
+    import json
+
+    logic = ltr.LiverTumorRefineLogic(weights=trained_model, refinerOptions=REFINER_OPTIONS)
+    sc = st.build_scene_case(app.scene, case)
+    for on in (False, True):
+        logic.setIntensityGate(on)
+        inputs = logic.prepare(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
+        try:
+            assert json.loads(Path(inputs.jobPath).read_text())["refiner"]["intensity_gate"] is on
+        finally:
+            logic.cleanup(inputs)
+    assert REFINER_OPTIONS == {"min_kept": 0.0}  # the shared options are not changed

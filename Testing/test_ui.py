@@ -35,6 +35,7 @@ EXPECTED_CLASSES = {
     "truthSegmentSelector": "qMRMLSegmentSelectorWidget",
     "deviceComboBox": "QComboBox",
     "outlinesOnlyCheckBox": "QCheckBox",
+    "intensityGateCheckBox": "QCheckBox",
     "applyButton": "QPushButton",
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",

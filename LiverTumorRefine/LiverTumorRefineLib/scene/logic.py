@@ -148,7 +148,7 @@ class LiverTumorRefineLogic(_LogicBase):
 
     ``weights``: None for the model shipped in ``Resources/Models``, a model file, or a BRNet
     (``torch.nn.Module``); ``batchSize``: patches per inference batch; ``refinerOptions``: more
-    ``Refiner`` options (``tta``, ``agreement``, ``removal_agreement``, ``min_kept``); ``segWeights``: the automatic
+    ``Refiner`` options (``tta``, ``agreement``, ``removal_agreement``, ``min_kept``, ``intensity_gate``); ``segWeights``: the automatic
     coarse network's model file (None: the shipped one).
     """
 
@@ -165,6 +165,11 @@ class LiverTumorRefineLogic(_LogicBase):
         from LiverTumorRefineLib.scene.lesions import LesionReviewLogic  # lesions imports this module
 
         self.review = LesionReviewLogic()
+
+    def setIntensityGate(self, on: bool) -> None:
+        """Whether the next refinements use the refiner's intensity gate (the module's checkbox;
+        ``refine.intensity``). A coarse segment made from seed points is refined without it."""
+        self.refinerOptions["intensity_gate"] = bool(on)
 
     # ---------------------------------------------------------------- one call
     def refine(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
