@@ -111,8 +111,12 @@ def test_cli_api_and_batch_take_the_gate(trained_model, tmp_path):
     assert cli.main(["refine", "--image", str(paths["ct"]), "--mask", str(paths["coarse"]),
                      "--out", str(tmp_path / "cli.nii.gz"), "--weights", str(paths["weights"]), "--device", "cpu",
                      "--min-kept", "0", "--no-intensity-gate"]) == 0
+    assert cli.main(["refine", "--image", str(paths["ct"]), "--mask", str(paths["coarse"]),
+                     "--out", str(tmp_path / "cli_default.nii.gz"), "--weights", str(paths["weights"]), "--device",
+                     "cpu", "--min-kept", "0"]) == 0
     gated, plain = (io.read_volume(tmp_path / name).array for name in ("api.nii.gz", "plain.nii.gz"))
     assert np.array_equal(io.read_volume(tmp_path / "cli.nii.gz").array, plain)
+    assert np.array_equal(io.read_volume(tmp_path / "cli_default.nii.gz").array, gated)  # on unless switched off
     assert not np.array_equal(gated, plain)
     # a batch finished without the gate is not the output a gated batch would make; one recorded
     # before the option existed (no key) counts as done for the default
