@@ -121,9 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outputs = {name: (fn(case.image.array, coarse, spacing), 0.0, {}) for name, fn in SMOOTHINGS.items()}
             for name, (refiner, passes) in methods.items():
                 t = time.perf_counter()
-                result = refiner.refine(case.image.array, coarse, spacing)
-                for _ in range(passes - 1):
-                    result = refiner.refine(case.image.array, result.mask, spacing)
+                result = refiner.refine(case.image.array, coarse, spacing, passes=passes)
                 outputs[name] = (result.mask, time.perf_counter() - t, result.stats)
             for name, (pred, seconds, stats) in outputs.items():
                 after = compute_metrics(truth, pred, spacing)

@@ -43,7 +43,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
                           "(or --batch MANIFEST_OR_FOLDER --out-dir DIR for a dataset).")
     common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,
                   tta=args.tta, force=args.force, progress=ProgressBar("refine"), report=args.report, runtime=args.runtime,
-                  intensity_gate=INTENSITY_GATE if args.intensity_gate is None else args.intensity_gate)
+                  intensity_gate=intensity_gate(args))
     if args.mask is not None:
         if args.coarse_out is not None:
             raise RefineError("--coarse-out is for coarse masks this command makes (--seeds, --auto-coarse, "
@@ -83,6 +83,12 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def intensity_gate(args: argparse.Namespace) -> bool:
+    """The intensity gate ``refine`` runs with: ``--intensity-gate``/``--no-intensity-gate``, else the
+    default (the option's own default is None, so that ``--seeds`` can refuse a given one)."""
+    return INTENSITY_GATE if args.intensity_gate is None else args.intensity_gate
+
+
 def _cmd_refine_batch(args: argparse.Namespace) -> int:
     from LiverTumorRefineLib import batch
 
@@ -98,8 +104,7 @@ def _cmd_refine_batch(args: argparse.Namespace) -> int:
         raise RefineError("--batch needs --out-dir DIR: the folder for the refined masks and the batch summary.")
     settings = batch.BatchSettings(weights=args.weights, device=args.device, batch_size=args.batch_size,
                                    min_kept=args.min_kept, tta=args.tta, label=args.label, segment=args.segment,
-                                   runtime=args.runtime,
-                                   intensity_gate=INTENSITY_GATE if args.intensity_gate is None else args.intensity_gate)
+                                   runtime=args.runtime, intensity_gate=intensity_gate(args))
     shard = batch.parse_shard(args.shard) if args.shard is not None else (0, 1)
     report = batch.run_batch(args.batch, args.out_dir, settings, shard, 1 if args.workers is None else args.workers,
                              args.force, log=lambda line: print(line, flush=True))

@@ -271,8 +271,10 @@ class WorkerJob:
             left = None if deadline is None else deadline - time.perf_counter()
             if left is not None and left <= 0:
                 return False
-            if self._ended.wait(0.2 if left is None else min(0.2, left)):
+            if self._ended.is_set():
                 time.sleep(0.01)  # ended, and the cancelled worker still exiting: do not spin
+            else:
+                self._ended.wait(0.2 if left is None else min(0.2, left))
         return True
 
     def cancel(self) -> None:
