@@ -47,7 +47,6 @@ def test_inputs_unchanged_and_stats_reported(trained_model):
     assert {"sample", "extract", "infer", "reassemble", "total"} <= set(result.stats["seconds"])
 
 
-
 def test_two_passes_refine_the_first_passs_result_again(trained_model):
     case = blob_case(4)
     refiner = Refiner(trained_model, device="cpu")
@@ -68,6 +67,7 @@ def test_two_passes_refine_the_first_passs_result_again(trained_model):
     for bad in (0, 5, 1.5, True):
         with pytest.raises(RefineError, match="passes must be a whole number from 1 to 4"):
             refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=bad)
+
 
 def test_cpu_refinement_is_deterministic_and_batch_size_independent(trained_model):
     case = blob_case(5)

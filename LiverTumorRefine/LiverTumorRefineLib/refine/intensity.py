@@ -1,10 +1,11 @@
 """Intensity evidence gate (``Refiner(intensity_gate=True)``, the default): the refiner's changes
 that the CT's own intensities contradict are set back to the coarse mask.
 
-A lesion's (a connected component of coarse and refined voxels) *lesion intensity* is the median of the voxels 1.5-4.5 mm inside the refined
-outline (its edge, not its centre: a necrotic centre reads far from the margin a reader draws; the
-refined outline, not the coarse one: a coarse mask a few mm too large would put liver in that
-band), and the *liver intensity* is the refiner's parenchyma estimate. Where the two differ by at
+A lesion's (a connected component of coarse and refined voxels) *lesion intensity* is the median
+of the voxels 1.5-4.5 mm inside the refined outline (its edge, not its centre: a necrotic centre
+reads far from the margin a reader draws; the refined outline, not the coarse one: a coarse mask a
+few mm too large would put liver in that band), and the *liver intensity* is the refiner's
+parenchyma estimate. Where the two differ by at
 least ``CONTRAST_MIN_HU``, an added voxel that reads as liver (nearer the liver than the lesion, and
 within half the contrast of the liver) is refused, and so is a removed voxel that reads as lesion.
 Intensities are lightly smoothed (``SMOOTH_MM``) so one noisy voxel does not decide.
@@ -117,6 +118,7 @@ def gate_lesions(image: np.ndarray, coarse: np.ndarray, refined: np.ndarray, liv
     out = refined.copy()
     out.ravel()[where[refuse_add | refuse_remove]] = was_lesion[refuse_add | refuse_remove]
     return out, decisions
+
 
 def gate_summary(decisions: Sequence[IntensityDecision]) -> dict[str, int]:
     """The statistics' account of the gate: the lesions it looked at (those in crops the refinement

@@ -336,7 +336,7 @@ class _BoxResult:
     patches: int
     lesions: list
     uncertain: np.ndarray
-    intensity: list[IntensityDecision]  # one per changed lesion with ``Refiner(intensity_gate=True)``
+    intensity: list[IntensityDecision]  # one per lesion the intensity gate looked at (none when it is off)
 
 
 def check_gate(value: Any) -> bool:
