@@ -115,6 +115,18 @@ def test_segmenter_with_a_tiny_trained_model_gives_a_connected_lesion_at_the_cli
     assert again[click] and not again[negative]
 
 
+def test_click_training_runs_on_the_device_it_names_and_refuses_one_it_cannot_use(tiny_model, tmp_path):
+    assert clicks.load_click_model(tiny_model).meta["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = clicktrain.ClickTrainConfig(steps=1, click=CFG, net=TINY)
+    unusable = ["tpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in unusable:  # refused before any crop is made or anything is written
+        with pytest.raises(RefineError, match="choose auto"):
+            clicktrain.train_clicks(cfg, tmp_path / device, log=lambda _: None, crops=[], val=[], device=device)
+        assert not (tmp_path / device).exists()
+    with pytest.raises(SystemExit):
+        clicktrain.main(["--out", str(tmp_path / "cli"), "--device", "tpu"])
+
+
 def test_click_model_file_is_hash_checked(tiny_model, tmp_path):
     model = clicks.load_click_model(tiny_model)
     assert model.click_config == CFG and model.net_config == TINY
