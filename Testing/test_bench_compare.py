@@ -123,3 +123,15 @@ def test_csv_and_numpy_plot(tmp_path):
     assert (tmp_path / "compare.png").stat().st_size > 100
     table = compare.format_table(summaries).splitlines()
     assert table[0] == "phantoms (3 cases):" and table[-1].split()[0] == "x" and table[-1].endswith("(1 failed)")
+
+
+def test_an_empty_result_is_counted_and_left_out_of_the_distances_only():
+    rows = [{"set": "s", "case": f"c{i}", "method": "m", "error": "", "dice": d, "voe": 1 - d, "assd": a, "mssd": 2 * a,
+             "seconds": 0.1} for i, (d, a) in enumerate(((0.8, 1.0), (0.6, 3.0), (0.0, float("inf"))))]
+    summary, = compare.summarise(rows, ["m"])
+    assert (summary.n, summary.failed, summary.empty) == (3, 0, 1)
+    assert summary.means["dice"] == pytest.approx(1.4 / 3)  # the empty result counts in the overlap
+    assert summary.means["assd"] == pytest.approx(2.0) and summary.means["mssd"] == pytest.approx(4.0)
+    assert compare.format_table([summary]).splitlines()[-1].endswith("(1 empty: distances over 2)")
+    only_empty = compare.summarise(rows[2:], ["m"])[0]
+    assert only_empty.means["assd"] == float("inf") and only_empty.empty == 1

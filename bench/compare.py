@@ -3,8 +3,9 @@
     python bench/compare.py [CASES...] [--phantoms N] [--lits117] [--out DIR] [--model NAME=PATH ...]
 
 Runs every method on the same cases and reports Dice, VOE, ASSD (mm), MSSD (mm) and wall seconds
-per method and case, with means per case set. Writes ``compare.csv`` (per-case rows, then one
-``mean`` row per method and case set; rewritten atomically after every case) and
+per method and case, with means per case set (a result with no voxel has no surface distance: the
+ASSD and MSSD means leave it out and say how many they left out). Writes ``compare.csv`` (per-case
+rows, then one ``mean`` row per method and case set; rewritten atomically after every case) and
 ``compare.png`` (mean Dice and mean ASSD per method, grouped by case set) into ``--out``.
 
 Cases:
@@ -296,6 +297,7 @@ class Summary:
     n: int
     means: dict[str, float] = field(default_factory=dict)
     failed: int = 0
+    empty: int = 0  # results with no voxel: their distances are infinite and left out of the means
 
 
 def run_method(method: Method, case: RefineCase) -> dict:
@@ -318,10 +320,16 @@ def summarise(rows: list[dict], methods: Sequence[str]) -> list[Summary]:
             if not sel:
                 continue
             means = {k: float(np.mean([r[k] for r in ok])) if ok else math.nan for k in KEYS + ("seconds",)}
-            out.append(Summary(case_set, method, len(ok), means, len(sel) - len(ok)))
+            # An empty result has no surface, so no distance: a mean over it would be infinite and
+            # hide every other case; the distances are the mean over the rest, and the count is shown.
+            finite = [r for r in ok if math.isfinite(r["assd"])]
+            for k in DISTANCE_KEYS:
+                means[k] = float(np.mean([r[k] for r in finite])) if finite else math.inf if ok else math.nan
+            out.append(Summary(case_set, method, len(ok), means, len(sel) - len(ok), len(ok) - len(finite)))
     return out
 
 
+DISTANCE_KEYS = ("assd", "mssd")
 CSV_FIELDS = ("set", "case", "method", "n_cases", "dice", "voe", "assd_mm", "mssd_mm", "seconds", "error")
 
 
@@ -342,7 +350,7 @@ def write_csv(path: Path, rows: list[dict], summaries: list[Summary]) -> None:
                 writer.writerow({"set": s.set, "case": "mean", "method": s.method, "n_cases": s.n,
                                  "dice": _num(m["dice"]), "voe": _num(m["voe"]), "assd_mm": _num(m["assd"]),
                                  "mssd_mm": _num(m["mssd"]), "seconds": _num(m["seconds"]),
-                                 "error": f"{s.failed} failed" if s.failed else ""})
+                                 "error": _problems(s)})
         _readable(temporary)
         os.replace(temporary, path)
     except BaseException:
@@ -358,6 +366,14 @@ def _readable(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def _problems(s: Summary) -> str:
+    """What a mean leaves out: failed runs, and empty results (left out of the distances only)."""
+    parts = [f"{s.failed} failed"] if s.failed else []
+    if s.empty:
+        parts.append(f"{s.empty} empty: distances over {s.n - s.empty}")
+    return "; ".join(parts)
+
+
 def _num(v: float) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
 
@@ -371,7 +387,7 @@ def format_table(summaries: list[Summary]) -> str:
         lines.append(f"  {'method':<18} {'Dice':>6} {'VOE':>6} {'ASSD mm':>8} {'MSSD mm':>8} {'seconds':>8}")
         for s in sel:
             m = s.means
-            note = f"  ({s.failed} failed)" if s.failed else ""
+            note = f"  ({_problems(s)})" if s.failed or s.empty else ""
             lines.append(f"  {s.method:<18} {m['dice']:6.3f} {m['voe']:6.3f} {m['assd']:8.2f} {m['mssd']:8.1f} "
                          f"{m['seconds']:8.2f}{note}")
     return "\n".join(lines)
