@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from LiverTumorRefineLib.refine.boxes import component_labels
+from LiverTumorRefineLib.refine.boxes import component_labels, lesion_box
 
 CONTRAST_MIN_HU = 15.0  # below this the lesion and the liver cannot be told apart by intensity
 EDGE_BAND_MM = (1.5, 4.5)
@@ -78,19 +78,10 @@ def intensity_gate(image: np.ndarray, coarse: np.ndarray, refined: np.ndarray, l
         return refined, []
     # on the lesions' own bounding box, padded by the smoothing's reach: the same result as on the
     # whole crop (whose margin is the patches' reach), at a fraction of the cost
-    sub = padded_box(coarse | refined, [int(np.ceil(4 * SMOOTH_MM / s)) + 1 for s in spacing_zyx])
+    sub = lesion_box(coarse | refined, [int(np.ceil(4 * SMOOTH_MM / s)) + 1 for s in spacing_zyx])
     out = refined.copy()
     out[sub], decisions = gate_lesions(image[sub], coarse[sub], refined[sub], liver_hu, spacing_zyx)
     return out, decisions
-
-
-def padded_box(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, ...]:
-    """The bounding box of ``mask`` (not empty) grown by ``pad`` voxels per axis, within the array."""
-    box = []
-    for axis, p in enumerate(pad):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(hits[0]) - p, 0), min(int(hits[-1]) + 1 + p, mask.shape[axis])))
-    return tuple(box)
 
 
 def gate_lesions(image: np.ndarray, coarse: np.ndarray, refined: np.ndarray, liver_hu: float,
