@@ -229,7 +229,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="hybrid: the switch needs the model's lesion to be at least this sphere diameter")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
-    parser.add_argument("--no-intensity-gate", action="store_true", help="refine without the intensity gate")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     seeded.DEFAULT = dataclasses.replace(seeded.DEFAULT, rim_min_hu=args.rim_min_hu)
@@ -244,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clickmodel.ClickSegmenter(args.weights)
-    refiner = Refiner(device="cpu", intensity_gate=not args.no_intensity_gate)
+    refiner = Refiner(device="cpu")  # every click-made mask is refined as refine --seeds does (SEEDED_*)
     methods = [m for m in args.methods.split(",") if m]
     out: dict = {"phantom": [], "real": []}
     for i in range(args.phantoms):
