@@ -314,3 +314,52 @@ def test_dicomseg_data_spec(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RefineError, match="No DICOM"):
         datasets.find_cases(f"dicomseg:{tmp_path / 'empty'}")
+
+
+DATA = Path(__file__).resolve().parent / "data"  # the GDCM-transcoded series: see make_compressed_series.py
+COMPRESSED = DATA / "ct_jpeg_lossless"
+
+
+def compressed_copy(tmp_path: Path, syntax) -> Path:
+    """The synthetic series with its pixel data compressed in ``syntax`` (pydicom's own encoders)."""
+    folder = tmp_path / "ct"
+    write_series(folder)
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.compress(syntax)
+        ds.save_as(path)
+    return folder
+
+
+@pytest.mark.parametrize("syntax", ["JPEGLosslessSV1", "JPEG2000Lossless", "JPEGLSLossless", "RLELossless"])
+def test_compressed_series_read_as_the_uncompressed_one(tmp_path, syntax):
+    """The transfer syntaxes hospital PACS exports use; JPEG Lossless (the commonest) and JPEG 2000
+    have no encoder here, so their series are committed files transcoded by GDCM."""
+    uid = getattr(pydicom.uid, syntax)
+    committed = {"JPEGLosslessSV1": COMPRESSED, "JPEG2000Lossless": DATA / "ct_jpeg2000"}
+    folder = committed[syntax] if syntax in committed else compressed_copy(tmp_path, uid)
+    assert {pydicom.dcmread(p).file_meta.TransferSyntaxUID for p in folder.iterdir()} == {uid}
+    read = dicom.read_series(folder)
+    assert np.array_equal(read.volume.array, ct_array().astype(np.float32))
+    spacing, origin = expected_geometry()
+    assert np.allclose(read.geometry.spacing, spacing) and np.allclose(read.geometry.origin, origin)
+
+
+def test_series_without_a_decoder_is_refused_with_what_to_do(monkeypatch, tmp_path, capsys):
+    """A broken install (the JPEG decoders missing) names the syntax and the fix, not pydicom's
+    traceback about plugins; nothing is written."""
+    import pydicom.pixels
+
+    real = pydicom.pixels.get_decoder
+
+    class Missing:
+        is_available = False
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder",
+                        lambda uid: Missing() if uid == pydicom.uid.JPEGLosslessSV1 else real(uid))
+    with pytest.raises(RefineError, match=r"'JPEG Lossless, Non-Hierarchical.*cannot decode.*pip install python-gdcm"):
+        dicom.read_series(COMPRESSED)
+    io.write_volume(Volume(truth_labels()), tmp_path / "mask.nii.gz")
+    assert main(["refine", "--image", str(COMPRESSED), "--mask", str(tmp_path / "mask.nii.gz"),
+                 "--out", str(tmp_path / "out.nii.gz")]) == 2
+    assert "cannot decode" in capsys.readouterr().err and not (tmp_path / "out.nii.gz").exists()

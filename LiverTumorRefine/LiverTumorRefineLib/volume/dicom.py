@@ -150,6 +150,28 @@ def _series_datasets(folder: str | os.PathLike, pixels: bool, series_uid: str | 
     return path, kept
 
 
+# What decodes the compressed transfer syntaxes PACS exports use (JPEG Lossless, JPEG baseline and
+# extended, JPEG 2000): GDCM, a dependency of this package, so only a broken install lacks it.
+DECODERS_HINT = "pip install python-gdcm"
+
+
+def check_decodable(path: Path, datasets: Sequence[Any]) -> None:
+    """Refuse, before any pixel is read, a series whose transfer syntax this installation cannot
+    decode, naming the syntax and what to do (pydicom's own error is a traceback about plugins)."""
+    from pydicom.pixels import get_decoder
+
+    syntaxes = {ds.file_meta.TransferSyntaxUID for ds in datasets if "TransferSyntaxUID" in getattr(ds, "file_meta", {})}
+    for uid in sorted(syntaxes):
+        try:
+            available = get_decoder(uid).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise RefineError(f"{path}: the CT slices are stored as '{uid.name}' ({uid}), which this installation cannot "
+                              f"decode. Install the decoders ({DECODERS_HINT}), or export the series uncompressed "
+                              "(for example with `gdcmconv --raw`, or from Slicer's DICOM module).")
+
+
 def geometry_from_affine(affine: np.ndarray) -> Geometry:
     """Engine geometry of a highdicom affine (LPS, indices (slice, row, column)); the engine's
     array is (z, y, x) = (slice, row, column), so SimpleITK's x axis is the column axis."""
@@ -187,6 +209,7 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None, pixels
     path, kept = _series_datasets(folder, pixels, series_uid)
     normal = _normal(kept[0])
     if pixels:
+        check_decodable(path, kept)
         try:
             hd_volume = hd.get_volume_from_series(kept, dtype=np.float32, apply_modality_transform=None,
                                                   apply_voi_transform=False, orientation_tol=1e-3)
