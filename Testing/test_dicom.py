@@ -363,3 +363,69 @@ def test_series_without_a_decoder_is_refused_with_what_to_do(monkeypatch, tmp_pa
     assert main(["refine", "--image", str(COMPRESSED), "--mask", str(tmp_path / "mask.nii.gz"),
                  "--out", str(tmp_path / "out.nii.gz")]) == 2
     assert "cannot decode" in capsys.readouterr().err and not (tmp_path / "out.nii.gz").exists()
+
+
+def write_multiframe(slices: list[Dataset], folder: Path, series_uid: str | None = None) -> Dataset:
+    """The series as one enhanced (multi-frame) CT file, as newer scanners export it: highdicom's
+    Legacy Converted Enhanced CT, whose frames run opposite to the slice normal here."""
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # highdicom: FrameType cannot be derived from these headers
+        image = hd.legacy.LegacyConvertedEnhancedCTImage(slices, series_instance_uid=series_uid or hd.UID(), series_number=2,
+                                                         sop_instance_uid=hd.UID(), instance_number=1)
+    image.save_as(folder / "ct.dcm")
+    return image
+
+
+def test_multiframe_ct_reads_as_the_series_of_files(series, tmp_path):
+    folder, slices, _ = series
+    image = write_multiframe(slices, tmp_path / "enhanced")
+    assert int(image.NumberOfFrames) == SHAPE[0]
+    read, files = dicom.read_series(tmp_path / "enhanced"), dicom.read_series(folder)
+    assert np.array_equal(read.volume.array, files.volume.array) and read.geometry.same_grid(files.geometry)
+    assert dicom.frame_slices(read) == list(range(SHAPE[0]))[::-1] and dicom.frame_slices(files) is None
+    headers = dicom.read_series(tmp_path / "enhanced", pixels=False)
+    assert headers.volume is None and headers.shape == SHAPE and headers.geometry.same_grid(files.geometry)
+
+
+def test_refine_multiframe_ct_out_dcm_round_trip(series, tmp_path, tiny_weights):
+    """A SEG of a multi-frame source lists its frames in the source's order, not the volume's: the
+    written file is read back (write_seg verifies it) and matches the NIfTI output."""
+    _, slices, seg_path = series
+    image = write_multiframe(slices, tmp_path / "enhanced")
+    common = ["--image", str(tmp_path / "enhanced"), "--mask", str(seg_path), "--segment", "tumor",
+              "--weights", str(tiny_weights), "--device", "cpu", "--min-kept", "0"]
+    assert main(["refine", *common, "--out", str(tmp_path / "refined.dcm")]) == 0
+    assert main(["refine", *common, "--out", str(tmp_path / "refined.nii.gz")]) == 0
+    seg = hd.seg.segread(str(tmp_path / "refined.dcm"))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == image.SeriesInstanceUID
+    nifti = io.read_volume(tmp_path / "refined.nii.gz")
+    assert nifti.array.any()
+    assert np.array_equal(dicom.read_seg_on(tmp_path / "refined.dcm", nifti, "Tumor").array.astype(bool), nifti.array > 0)
+
+
+def test_multiframe_ct_beside_other_images(series, tmp_path):
+    """Beside the files of another series, it is a series to choose; in the same series as other
+    image files, it is refused (which would be the volume is unclear)."""
+    folder, slices, _ = series
+    image = write_multiframe(slices, tmp_path / "enhanced")
+    (tmp_path / "enhanced" / "ct.dcm").rename(folder / "enhanced.dcm")
+    with pytest.raises(RefineError, match="holds 2 DICOM series"):
+        dicom.read_series(folder)
+    assert dicom.read_series(folder, series_uid=str(image.SeriesInstanceUID)).volume.array.shape == SHAPE
+    write_multiframe(slices, tmp_path / "same", series_uid=slices[0].SeriesInstanceUID)
+    (folder / "enhanced.dcm").unlink()
+    (tmp_path / "same" / "ct.dcm").rename(folder / "enhanced.dcm")
+    with pytest.raises(RefineError, match=r"1 multi-frame image\(s\) and 8 other image file\(s\).*folder of its own"):
+        dicom.read_series(folder)
+
+
+def test_a_dicom_file_given_as_the_ct_names_its_folder(tmp_path, capsys):
+    """A slice file (no suffix, as most DICOM files) or a .dcm file instead of the series folder."""
+    io.write_volume(Volume(truth_labels()), tmp_path / "mask.nii.gz")
+    for image in (COMPRESSED / "IM0041", DATA / "ct_jpeg2000" / "IM0041"):
+        assert main(["refine", "--image", str(image), "--mask", str(tmp_path / "mask.nii.gz"),
+                     "--out", str(tmp_path / "out.nii.gz")]) == 2
+        assert f"pass {image.parent}, the folder holding this file" in capsys.readouterr().err
+    assert io.is_dicom_file(COMPRESSED / "IM0041") and io.is_dicom_file(Path("x.DCM"))
+    assert not io.is_dicom_file(tmp_path / "mask.nii.gz")

@@ -1,5 +1,6 @@
-"""DICOM in and out: CT series folders as ``Volume``s, DICOM SEG segments onto a CT grid, and
-refined masks written as DICOM SEG referencing their source series.
+"""DICOM in and out: CT series folders (slice files, or one enhanced multi-frame file) as
+``Volume``s, DICOM SEG segments onto a CT grid, and refined masks written as DICOM SEG referencing
+their source series.
 
 Sorting, spacing checks, pixel transforms and SEG frame placement are highdicom's (frames are
 matched by their plane positions, never by file order); this module only chooses which files
@@ -72,9 +73,16 @@ def _read_headers(folder: Path, pixels: bool) -> list[Any]:
             ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels)
         except Exception:  # noqa: BLE001 - not DICOM (DICOMDIR readers, notes, .DS_Store): skipped
             continue
-        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "PixelSpacing" in ds:
+        if ("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "PixelSpacing" in ds) or is_multiframe(ds):
             datasets.append(ds)
     return datasets
+
+
+def is_multiframe(ds: Any) -> bool:
+    """An enhanced (multi-frame) image: the whole series in one file, its geometry per frame in the
+    functional groups (Enhanced CT, Legacy Converted Enhanced CT). A SEG is multi-frame too, but no CT."""
+    return ("PerFrameFunctionalGroupsSequence" in ds and int(ds.get("NumberOfFrames", 1) or 1) > 1
+            and ds.get("Modality") != "SEG")
 
 
 def _normal(ds: Any) -> np.ndarray:
@@ -140,6 +148,12 @@ def _series_datasets(folder: str | os.PathLike, pixels: bool, series_uid: str | 
     if not path.is_dir():
         raise RefineError(f"{path}: not a folder; give the folder holding one DICOM CT series.")
     datasets = _select_series(path, _read_headers(path, pixels), series_uid)
+    multiframe = [ds for ds in datasets if is_multiframe(ds)]
+    if multiframe:
+        if len(datasets) > 1:
+            raise RefineError(f"{path}: its series holds {len(multiframe)} multi-frame image(s) and {len(datasets) - len(multiframe)} "
+                              "other image file(s); put the one multi-frame (enhanced) CT file in a folder of its own.")
+        return path, datasets
     groups = Counter(_grid_key(ds) for ds in datasets)
     main = groups.most_common(1)[0][0]
     kept = _main_run([ds for ds in datasets if _grid_key(ds) == main])
@@ -207,9 +221,12 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None, pixels
     """
     _, hd = _imports()
     path, kept = _series_datasets(folder, pixels, series_uid)
-    normal = _normal(kept[0])
     if pixels:
         check_decodable(path, kept)
+    if is_multiframe(kept[0]):
+        return _read_multiframe(hd, path, kept[0], pixels)
+    normal = _normal(kept[0])
+    if pixels:
         try:
             hd_volume = hd.get_volume_from_series(kept, dtype=np.float32, apply_modality_transform=None,
                                                   apply_voi_transform=False, orientation_tol=1e-3)
@@ -234,6 +251,43 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None, pixels
     if not np.allclose(geometry.origin, [float(v) for v in kept[0].ImagePositionPatient], atol=1e-3):
         raise RuntimeError(f"{path}: series geometry does not start at the first slice")  # a bug
     return DicomSeries(volume, geometry, tuple(int(n) for n in shape), kept, path)
+
+
+def _read_multiframe(hd: Any, path: Path, ds: Any, pixels: bool) -> DicomSeries:
+    """``read_series`` for one enhanced (multi-frame) CT file: highdicom places its frames by their
+    plane positions; slices are ordered along the normal as for a series of files."""
+    image = hd.Image.from_dataset(ds, copy=False)
+    try:
+        if pixels:
+            hd_volume: Any = image.get_volume(dtype=np.float32, apply_real_world_transform=False,
+                                              apply_modality_transform=None, apply_voi_transform=False)
+        else:
+            hd_volume = image.get_volume_geometry()
+    except (ValueError, RuntimeError, AttributeError) as exc:
+        raise RefineError(f"{path}: the frames of its multi-frame CT do not form a regular volume ({exc}).") from None
+    if hd_volume is None:
+        raise RefineError(f"{path}: the frames of its multi-frame CT do not form a regular volume.")
+    hd_volume = _along_normal(hd_volume, np.cross(hd_volume.affine[:3, 2], hd_volume.affine[:3, 1]))
+    geometry = geometry_from_affine(hd_volume.affine)
+    shape = tuple(int(n) for n in hd_volume.spatial_shape)
+    volume = Volume(np.ascontiguousarray(hd_volume.array.astype(np.float32, copy=False)), geometry) if pixels else None
+    return DicomSeries(volume, geometry, shape, [ds], path)  # type: ignore[arg-type]
+
+
+def frame_slices(series: DicomSeries) -> list[int] | None:
+    """For a multi-frame series, the volume slice index of each of its frames, in file order (a SEG
+    of a multi-frame source lists its frames in that order); None for a series of files."""
+    ds = series.datasets[0]
+    if not is_multiframe(ds):
+        return None
+    geometry = series.geometry
+    direction = np.array(geometry.direction, dtype=float).reshape(3, 3)
+    normal, origin = direction[:, 2], np.array(geometry.origin, dtype=float)
+    slices = []
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        position = np.array([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient])
+        slices.append(int(round(float(np.dot(position - origin, normal)) / geometry.spacing[2])))
+    return slices
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,6 +420,9 @@ def write_seg(labels: Volume, series: DicomSeries, out: str | os.PathLike, names
         names = {1: "Tumor"} if values == [1] else LITS_SEGMENT_NAMES
     numbers = values or [1]  # an empty result is still a valid (empty) tumour segment
     planes = np.stack([labels.array == value for value in numbers], axis=-1).astype(np.uint8)  # frames, rows, cols, segments
+    order = frame_slices(series)
+    if order is not None:  # a multi-frame source: the SEG's frames follow the source's frames
+        planes = planes[order]
     first = series.datasets[0]
     seg = hd.seg.Segmentation(
         source_images=series.datasets, pixel_array=planes, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

@@ -29,6 +29,18 @@ def volume_suffix(path: str | os.PathLike) -> str:
     raise RefineError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}.")
 
 
+def is_dicom_file(path: Path) -> bool:
+    """A file holding a DICOM dataset: its name ends in .dcm, or it has the "DICM" marker after the
+    128-byte preamble (DICOM files often have no suffix)."""
+    if path.name.lower().endswith(".dcm"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def to_sitk(volume: Volume) -> sitk.Image:
     image = sitk.GetImageFromArray(volume.array)
     image.SetSpacing(volume.geometry.spacing)
@@ -202,6 +214,9 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
 
         return to_sitk(dicom.read_series(path).volume)
     path = Path(path)
+    if is_dicom_file(path):
+        raise RefineError(f"{path}: a DICOM CT is given as its folder: pass {path.parent}, the folder holding this file "
+                          "(one series of slice files, or one enhanced multi-frame CT file).")
     volume_suffix(path)
     readable_file(path)
     nans, voxels = check_complete(path)
