@@ -429,3 +429,23 @@ def test_a_dicom_file_given_as_the_ct_names_its_folder(tmp_path, capsys):
         assert f"pass {image.parent}, the folder holding this file" in capsys.readouterr().err
     assert io.is_dicom_file(COMPRESSED / "IM0041") and io.is_dicom_file(Path("x.DCM"))
     assert not io.is_dicom_file(tmp_path / "mask.nii.gz")
+
+
+def test_fractional_seg_is_a_probability_map_thresholded_at_half(series, tmp_path):
+    """AI tools export FRACTIONAL SEGs; the segment is where the map reaches 0.5 (the liver's 0.2
+    is not tumour), as for probability maps in any other file."""
+    folder, slices, _ = series
+    labels = truth_labels()
+    probability = np.where(labels == 2, 0.9, np.where(labels == 1, 0.2, 0.0)).astype(np.float32)
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Tumor probability", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(name="x", version="1", family=codes.DCM.ArtificialIntelligence))
+    seg = hd.seg.Segmentation(
+        source_images=slices, pixel_array=probability, segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        segment_descriptions=[description], series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="x", manufacturer_model_name="x", software_versions="1", device_serial_number="0")
+    seg.save_as(tmp_path / "probability.dcm")
+    ct = dicom.read_series(folder).volume
+    read = dicom.read_seg_on(tmp_path / "probability.dcm", ct)
+    assert np.array_equal(read.array.astype(bool), labels == 2)

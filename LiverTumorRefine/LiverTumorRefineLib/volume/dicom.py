@@ -336,16 +336,23 @@ def read_seg_header(path: str | os.PathLike) -> Any:
 
 def read_seg(path: str | os.PathLike, segment: str | int | None = None) -> Volume:
     """One segment of a DICOM SEG as a 0/1 uint8 volume on the SEG's own grid (the span of its
-    frames, placed by plane position; frames the SEG omits are empty)."""
+    frames, placed by plane position; frames the SEG omits are empty). A FRACTIONAL SEG (a
+    probability map) is thresholded at 0.5, as probability maps are everywhere else."""
     seg = _read_seg(path)
     number = choose_segment(segment_names(seg), segment, path)
+    fractional = str(seg.get("SegmentationType", "")).upper() == "FRACTIONAL"
     try:
-        hd_volume = seg.get_volume(segment_numbers=[number], combine_segments=True, relabel=True,
-                                   skip_overlap_checks=True, allow_missing_positions=True, dtype=np.uint8)
+        if fractional:  # a probability (or occupancy) map in [0, 1]: the segment is where it is >= 0.5
+            hd_volume = seg.get_volume(segment_numbers=[number], rescale_fractional=True, allow_missing_positions=True,
+                                       dtype=np.float32)
+        else:
+            hd_volume = seg.get_volume(segment_numbers=[number], combine_segments=True, relabel=True,
+                                       skip_overlap_checks=True, allow_missing_positions=True, dtype=np.uint8)
     except (ValueError, RuntimeError) as exc:
         raise RefineError(f"{path}: segment {number} is not a regular 3D volume ({str(exc)[:160]}).") from None
     hd_volume = _along_normal(hd_volume, np.cross(hd_volume.affine[:3, 2], hd_volume.affine[:3, 1]))
-    array = np.ascontiguousarray((hd_volume.array > 0).astype(np.uint8))
+    values = hd_volume.array.reshape(hd_volume.spatial_shape)  # drop the one-segment channel axis, if any
+    array = np.ascontiguousarray((values >= 0.5 if fractional else values > 0).astype(np.uint8))
     return Volume(array, geometry_from_affine(hd_volume.affine))
 
 
