@@ -449,3 +449,21 @@ def test_fractional_seg_is_a_probability_map_thresholded_at_half(series, tmp_pat
     ct = dicom.read_series(folder).volume
     read = dicom.read_seg_on(tmp_path / "probability.dcm", ct)
     assert np.array_equal(read.array.astype(bool), labels == 2)
+
+
+def test_a_mask_that_is_another_dicom_object_says_what_it_is(series, tmp_path):
+    """An RT structure set (hospitals' contours) or a CT slice given as the mask: named, with what to do."""
+    folder, slices, _ = series
+    rtstruct = slice_dataset(ct_array()[0], (0, 0, 0), (1, 0, 0, 0, 1, 0), {"study": "1.2", "series": "1.3", "frame": "1.4"}, 1)
+    rtstruct.Modality = "RTSTRUCT"
+    del rtstruct.PixelData
+    rtstruct.save_as(tmp_path / "contours.dcm", enforce_file_format=True)
+    with pytest.raises(RefineError, match=r"contours.dcm: an RT structure set .*SlicerRT"):
+        dicom.read_seg(tmp_path / "contours.dcm")
+    ct_slice = next(folder.iterdir())
+    (tmp_path / "slice.dcm").write_bytes(ct_slice.read_bytes())
+    with pytest.raises(RefineError, match=r"slice.dcm: a CT image, not a DICOM SEG: give the CT as --image"):
+        dicom.read_seg(tmp_path / "slice.dcm")
+    (tmp_path / "notes.dcm").write_text("not DICOM")
+    with pytest.raises(RefineError, match=r"notes.dcm: not a readable DICOM SEG"):
+        dicom.read_seg(tmp_path / "notes.dcm")

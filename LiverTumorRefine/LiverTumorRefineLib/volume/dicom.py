@@ -302,7 +302,25 @@ def _read_seg(path: str | os.PathLike) -> Any:
     try:
         return hd.seg.segread(str(path))
     except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise many types for non-SEG files
-        raise RefineError(f"{path}: not a readable DICOM SEG ({str(exc)[:160]}).") from None
+        raise RefineError(f"{path}: {_not_a_seg(path)} ({str(exc)[:160]}).") from None
+
+
+# What a .dcm that is no SEG usually is, and what to do with it.
+_OTHER_DICOM = {
+    "RTSTRUCT": "an RT structure set (contours), not a DICOM SEG: convert its structure to a segmentation first, "
+                "e.g. load it in 3D Slicer (SlicerRT extension) and save the segmentation as .seg.nrrd or DICOM SEG",
+    "CT": "a CT image, not a DICOM SEG: give the CT as --image (its series folder) and the segmentation as --mask",
+}
+
+
+def _not_a_seg(path: Path) -> str:
+    """Why ``path`` is no readable DICOM SEG, naming what it is when it is another DICOM object."""
+    pydicom, _ = _imports()
+    try:
+        modality = str(pydicom.dcmread(str(path), stop_before_pixels=True).get("Modality", ""))
+    except Exception:  # noqa: BLE001 - not DICOM at all
+        modality = ""
+    return _OTHER_DICOM.get(modality, "not a readable DICOM SEG")
 
 
 def segment_names(seg: Any) -> dict[int, str]:
