@@ -494,7 +494,37 @@ TRIALS = [
     ("weights not found (API)", lambda f, c: Refiner(str(f.folder / "none.pt")), r"Check the path, or use the shipped model"),
     ("weights not found (CLI)", lambda f, c: f.refine(c, "--mask", f.mask, "--weights", f.folder / "none.pt"),
      r"leave out --weights to use the shipped model"),
+    # 14. DICOM files that are not what the option wants
+    ("a DICOM slice file as the CT", lambda f, c: f.cli(c, "refine", "--image", _dicom_copy(f, "IM0041"), "--mask", f.mask,
+                                                         "--out", f.folder / "out.nii.gz", "--weights", f.model),
+     r"a DICOM CT is given as its folder: pass .*, the folder holding this file"),
+    ("an RT structure set as the mask", lambda f, c: f.refine(c, "--mask", _rtstruct(f)),
+     r"an RT structure set \(contours\), not a DICOM SEG"),
 ]
+
+
+def _dicom_copy(files, name):
+    """A slice of the committed JPEG Lossless series, copied beside the other inputs."""
+    path = files.folder / "dicom" / name
+    path.parent.mkdir()
+    path.write_bytes((Path(__file__).resolve().parent / "data" / "ct_jpeg_lossless" / name).read_bytes())
+    return path
+
+
+def _rtstruct(files):
+    """A minimal RT structure set header (no contours needed: it is refused for what it is)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = RTStructureSetStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "RTSTRUCT", generate_uid(), generate_uid()
+    path = files.folder / "contours.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def _empty(files):
