@@ -28,8 +28,8 @@ LITS_SEGMENT_NAMES = {1: "Liver", 2: "Tumor"}
 
 @dataclass
 class DicomSeries:
-    """One CT series: its volume (array in the order of ``datasets``; None when read headers only)
-    and the pydicom datasets of the slices kept, sorted along the slice normal."""
+    """One CT series: its volume (slices along the slice normal; None when read headers only) and
+    the pydicom datasets of the slices kept, in that order, or of its one multi-frame file."""
 
     volume: Volume | None
     geometry: Geometry
