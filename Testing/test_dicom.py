@@ -467,3 +467,19 @@ def test_a_mask_that_is_another_dicom_object_says_what_it_is(series, tmp_path):
     (tmp_path / "notes.dcm").write_text("not DICOM")
     with pytest.raises(RefineError, match=r"notes.dcm: not a readable DICOM SEG"):
         dicom.read_seg(tmp_path / "notes.dcm")
+
+
+def test_a_one_component_patient_name_writes_a_seg_without_a_warning(tmp_path):
+    """Anonymised series often name the patient by one ID; the SEG copies it without pydicom's
+    advice on how names should be written (a warning the user can do nothing about)."""
+    folder = tmp_path / "ct"
+    write_series(folder)
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PatientName = "ANON1720"
+        ds.save_as(path)
+    read = dicom.read_series(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dicom.write_seg(Volume(truth_labels(), read.geometry), read, tmp_path / "out.dcm")
+    assert str(pydicom.dcmread(tmp_path / "out.dcm").PatientName) == "ANON1720"

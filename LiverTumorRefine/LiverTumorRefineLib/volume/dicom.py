@@ -449,13 +449,17 @@ def write_seg(labels: Volume, series: DicomSeries, out: str | os.PathLike, names
     if order is not None:  # a multi-frame source: the SEG's frames follow the source's frames
         planes = planes[order]
     first = series.datasets[0]
-    seg = hd.seg.Segmentation(
-        source_images=series.datasets, pixel_array=planes, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[_segment_description(hd, i + 1, names.get(v, f"Label {v}")) for i, v in enumerate(numbers)],
-        series_instance_uid=hd.UID(), series_number=int(first.get("SeriesNumber", 0) or 0) + 9000,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LiverTumorRefine",
-        manufacturer_model_name="LiverTumorRefine", software_versions=_version(), device_serial_number="0",
-        series_description="LiverTumorRefine refined", omit_empty_frames=bool(values))
+    with warnings.catch_warnings():
+        # The SEG copies the patient's name from the series as it is; pydicom's advice on how a name
+        # should be written (one component, e.g. an anonymised ID) is about the source, not this output.
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = hd.seg.Segmentation(
+            source_images=series.datasets, pixel_array=planes, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[_segment_description(hd, i + 1, names.get(v, f"Label {v}")) for i, v in enumerate(numbers)],
+            series_instance_uid=hd.UID(), series_number=int(first.get("SeriesNumber", 0) or 0) + 9000,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LiverTumorRefine",
+            manufacturer_model_name="LiverTumorRefine", software_versions=_version(), device_serial_number="0",
+            series_description="LiverTumorRefine refined", omit_empty_frames=bool(values))
     with atomic_path(out, SEG_SUFFIX) as tmp:
         seg.save_as(tmp)
         _verify_seg(tmp, labels, numbers, series)
