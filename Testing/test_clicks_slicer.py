@@ -14,6 +14,7 @@ pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
 import slicer_testing as st  # noqa: E402
 from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+from LiverTumorRefineLib.scene import nodes as scene_nodes  # noqa: E402
 from LiverTumorRefineLib.scene.clicks import ClickTrigger  # noqa: E402
 
 REFINER_OPTIONS = {"min_kept": 0.0}  # as test_logic: lets the test model's refinement through
@@ -58,14 +59,14 @@ def test_lesion_numbers_go_only_into_empty_descriptions_of_unchanged_points(app)
 
 def test_the_ct_identity_changes_with_the_voxels_and_the_grid(app):
     sc = st.build_scene_case(app.scene, st.synthetic_case(0))
-    geometry = ltr.volume_geometry(sc.volumeNode)
-    before = ltr.ct_identity(sc.volumeNode, geometry)
-    assert ltr.ct_identity(sc.volumeNode, geometry) == before  # unchanged CT: the same name
+    geometry = scene_nodes.volume_geometry(sc.volumeNode)
+    before = scene_nodes.ct_identity(sc.volumeNode, geometry)
+    assert scene_nodes.ct_identity(sc.volumeNode, geometry) == before  # unchanged CT: the same name
     sc.volumeNode.GetImageData().Modified()  # what slicer.util.arrayFromVolumeModified does
-    edited = ltr.ct_identity(sc.volumeNode, geometry)
+    edited = scene_nodes.ct_identity(sc.volumeNode, geometry)
     assert edited != before
     sc.volumeNode.SetSpacing(9.0, 9.0, 9.0)
-    assert ltr.ct_identity(sc.volumeNode, ltr.volume_geometry(sc.volumeNode)) != edited
+    assert scene_nodes.ct_identity(sc.volumeNode, scene_nodes.volume_geometry(sc.volumeNode)) != edited
 
 
 def test_negative_points_outside_the_ct_are_an_error_and_the_scene_is_unchanged(app, logic):

@@ -63,9 +63,9 @@ SCRIPTED_EFFECT_PROPERTIES_5_8 = {"name", "title", "perSegment", "requireSegment
 def slicer_modules():
     pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
     import slicer_testing as st
-    from LiverTumorRefineLib.scene import effect, logic
+    from LiverTumorRefineLib.scene import effect, logic, nodes
 
-    return types.SimpleNamespace(st=st, effect=effect, logic=logic)
+    return types.SimpleNamespace(st=st, effect=effect, logic=logic, nodes=nodes)
 
 
 # A coarse outline 2 mm inside the lesion: the refinement grows it, into the "Other" segment.
@@ -122,7 +122,7 @@ def _dilate(mask: np.ndarray, voxels: int) -> np.ndarray:
 
 
 def segment_masks(m, ed) -> dict[str, np.ndarray]:
-    return {name: m.logic.export_segment_mask(ed.node, segmentId, ed.volume) for name, segmentId in ed.ids.items()}
+    return {name: m.nodes.export_segment_mask(ed.node, segmentId, ed.volume) for name, segmentId in ed.ids.items()}
 
 
 def write_like_the_effect(ed, labelmap) -> None:

@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
 from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+from LiverTumorRefineLib.scene import nodes as scene_nodes  # noqa: E402
 import slicer_testing as st  # noqa: E402
 from LiverTumorRefineLib import pipeline  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
@@ -51,7 +52,7 @@ def test_refine_adds_outlined_segment_keeps_inputs_and_fills_metrics(app, logic,
     result = st.check_refine(app.scene, logic, sc)
     st.check_refined_beats_coarse(result)
     assert result.device == "cpu" and result.notes == []
-    assert np.array_equal(ltr.export_segment_mask(sc.segmentationNode, sc.coarseId, sc.volumeNode), case.coarse)
+    assert np.array_equal(scene_nodes.export_segment_mask(sc.segmentationNode, sc.coarseId, sc.volumeNode), case.coarse)
 
 
 def test_truth_in_its_own_segmentation_node(app, logic, case):
@@ -113,7 +114,7 @@ def test_self_test_body(app, logic, case):
 def test_export_creates_no_nodes(app, case):
     sc = st.build_scene_case(app.scene, case)
     before = st.scene_snapshot(app.scene)
-    mask = ltr.export_segment_mask(sc.segmentationNode, sc.coarseId, sc.volumeNode)
+    mask = scene_nodes.export_segment_mask(sc.segmentationNode, sc.coarseId, sc.volumeNode)
     assert np.array_equal(mask, case.coarse)
     st.assert_same_scene(before, st.scene_snapshot(app.scene), "export")
 
@@ -195,7 +196,7 @@ def test_sagittal_ct_is_refined_in_axial_planes(app, logic, case):
     """The same CT and segments stored sagittally (array axes x, z, y) give the same refined voxels
     as the axial original: the logic refines the axial view and puts the result back."""
     axial = st.build_scene_case(app.scene, case)
-    expected = ltr.export_segment_mask(axial.segmentationNode,
+    expected = scene_nodes.export_segment_mask(axial.segmentationNode,
                                        logic.refine(axial.volumeNode, axial.segmentationNode, axial.coarseId,
                                                     device="cpu").refinedSegmentId, axial.volumeNode)
 
@@ -211,7 +212,7 @@ def test_sagittal_ct_is_refined_in_axial_planes(app, logic, case):
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     coarseId = st.add_segment(segmentation, sagittal(case.coarse), "Tumour", (0.2, 0.4, 1.0), matrix)
     result = logic.refine(volume, segmentation, coarseId, device="cpu")
-    refined = ltr.export_segment_mask(segmentation, result.refinedSegmentId, volume)
+    refined = scene_nodes.export_segment_mask(segmentation, result.refinedSegmentId, volume)
     assert (expected != case.coarse).any()
     assert np.array_equal(refined.transpose(1, 2, 0), expected)
 
@@ -269,7 +270,7 @@ def test_automatic_coarse_segment_with_the_shipped_network(app, trained_model):
     assert node.GetName() == "phantom CT coarse" and node.GetSegmentation().GetNumberOfSegments() == 3
     assert result.uncertainSegmentId is not None
     assert node.GetSegmentation().GetSegment(segmentId).GetName() == "Tumour (automatic coarse)"
-    coarse = ltr.export_segment_mask(node, segmentId, volume)
+    coarse = scene_nodes.export_segment_mask(node, segmentId, volume)
     truth = phantom.label.array == 2
     assert 2 * (coarse & truth).sum() / (coarse.sum() + truth.sum()) > 0.5
 

@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
 from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+from LiverTumorRefineLib.scene import nodes as scene_nodes  # noqa: E402
 import slicer_testing as st  # noqa: E402
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "Resources" / "Screenshots" / "slice_outlines.png"
@@ -90,7 +91,7 @@ def refined_scene(trained_model):
 
 def test_red_slice_shows_three_outlines_where_the_segments_are(egl, trained_model, tmp_path):
     app, case, sc, result = refined_scene(trained_model)
-    refined = ltr.export_segment_mask(sc.segmentationNode, result.refinedSegmentId, sc.volumeNode)
+    refined = scene_nodes.export_segment_mask(sc.segmentationNode, result.refinedSegmentId, sc.volumeNode)
     k = int(np.argmax(case.truth.sum(axis=(1, 2))))  # the slice where the lesion is largest
     slice_s = float((sc.matrix @ np.array([0.0, 0.0, k, 1.0]))[2])
 
@@ -157,7 +158,7 @@ def test_unsure_overlay_is_a_fourth_distinct_colour_off_by_default(egl, trained_
     as a magenta fill where that segment is, under unchanged red, yellow and green outlines."""
     app, case, sc, result = refined_scene(trained_model)
     assert result.uncertainSegmentId is not None, "no unsure overlay after a refinement"
-    unsure = ltr.export_segment_mask(sc.segmentationNode, result.uncertainSegmentId, sc.volumeNode)
+    unsure = scene_nodes.export_segment_mask(sc.segmentationNode, result.uncertainSegmentId, sc.volumeNode)
     k = int(np.argmax(unsure.sum(axis=(1, 2))))
     assert unsure[k].sum() >= 20, "test setup: the refinement is sure everywhere on its best slice"
     slice_s = float((sc.matrix @ np.array([0.0, 0.0, k, 1.0]))[2])

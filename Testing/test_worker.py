@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("slicer", reason="needs the PyPI slicer-core package")
 
 from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+from LiverTumorRefineLib.scene import nodes as scene_nodes  # noqa: E402
 import slicer_testing as st  # noqa: E402
 from LiverTumorRefineLib import worker  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
@@ -184,7 +185,7 @@ def test_new_segments_carry_the_terminology_tag(app, logic, case):
     result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
     value = vtk.reference("")
     segment = sc.segmentationNode.GetSegmentation().GetSegment(result.refinedSegmentId)
-    assert segment.GetTag("TerminologyEntry", value) and str(value) == ltr.LIVER_NEOPLASM_TERMINOLOGY
+    assert segment.GetTag("TerminologyEntry", value) and str(value) == scene_nodes.LIVER_NEOPLASM_TERMINOLOGY
     assert "lesions" in result.stats and "parenchyma_hu" in result.stats  # the engine's stats reach the Logic
 
 
@@ -198,5 +199,5 @@ def test_nodes_by_class_releases_the_collection(app):
             seen.append(app.scene.GetNodesByClass(className))
             return seen[-1]
 
-    assert [n.GetName() for n in ltr.nodes_by_class(Recording(), "vtkMRMLTableNode")] == ["t"]
+    assert [n.GetName() for n in scene_nodes.nodes_by_class(Recording(), "vtkMRMLTableNode")] == ["t"]
     assert seen[0].GetReferenceCount() == 1, "the collection keeps an extra reference (leak)"

@@ -27,6 +27,7 @@ from LiverTumorRefineLib import cli  # noqa: E402
 from LiverTumorRefineLib.demo import COARSE_SEED  # noqa: E402
 from LiverTumorRefineLib.scene import lesions  # noqa: E402
 from LiverTumorRefineLib.scene import logic as ltr  # noqa: E402
+from LiverTumorRefineLib.scene import nodes as scene_nodes  # noqa: E402
 from LiverTumorRefineLib.training.coarse_simulator import simulate_coarse  # noqa: E402
 from LiverTumorRefineLib.training.datasets import load_lits117  # noqa: E402
 from LiverTumorRefineLib.volume import io  # noqa: E402
@@ -84,8 +85,8 @@ def main() -> int:
         raise SystemExit("the refinement gave no unsure overlay: the worker does not pass it on")
     logic.setUncertaintyVisible(segmentationNode, result.uncertainSegmentId, True)
 
-    refined = ltr.export_segment_mask(segmentationNode, result.refinedSegmentId, volumeNode)
-    unsure = ltr.export_segment_mask(segmentationNode, result.uncertainSegmentId, volumeNode)
+    refined = scene_nodes.export_segment_mask(segmentationNode, result.refinedSegmentId, volumeNode)
+    unsure = scene_nodes.export_segment_mask(segmentationNode, result.uncertainSegmentId, volumeNode)
     # The largest lesion that still fills most of a zoomed view (under 40 ml).
     largest = max((row for row in rows if row["refined_ml"] < 40), key=lambda row: row["refined_ml"])
     renderer = st.SliceRenderer(app, SIZE, SIZE)

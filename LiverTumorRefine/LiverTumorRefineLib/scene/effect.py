@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic, RefineInputs, RefineJob, export_segment_mask
+from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic, RefineInputs, RefineJob
+from LiverTumorRefineLib.scene.nodes import export_segment_mask
 
 
 @dataclass

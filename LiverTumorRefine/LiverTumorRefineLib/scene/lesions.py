@@ -32,6 +32,7 @@ import numpy as np
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.evaluate import review
 from LiverTumorRefineLib.scene import logic as ltr
+from LiverTumorRefineLib.scene import nodes
 from LiverTumorRefineLib.volume import io
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 
@@ -100,7 +101,7 @@ class LesionReviewLogic:
         arrays on ``volumeNode``'s grid; ``refinerLesions``: the Refiner's ``stats["lesions"]``).
         Replaces an earlier review of the same refined segment; returns the table node."""
         scene = volumeNode.GetScene()
-        rows, labels = review_rows(coarse, refined, ltr.volume_geometry(volumeNode), truth, refinerLesions)
+        rows, labels = review_rows(coarse, refined, nodes.volume_geometry(volumeNode), truth, refinerLesions)
         table = self.findReview(segmentationNode, refinedSegmentId)
         if table is None:
             table = scene.AddNewNodeByClass("vtkMRMLTableNode", REVIEW_TABLE_NAME)
@@ -114,8 +115,8 @@ class LesionReviewLogic:
         for name, mask in ((COARSE_DATA_SEGMENT, coarse), (PROPOSAL_DATA_SEGMENT, refined)):
             if segmentation.GetSegment(name) is not None:
                 segmentation.RemoveSegment(name)
-            image = ltr.oriented_image_from_mask(np.asarray(mask)[box], volumeNode, data, offset)
-            segmentation.AddSegment(ltr.tumour_segment(name, ltr.COARSE_COLOR, image), name)
+            image = nodes.oriented_image_from_mask(np.asarray(mask)[box], volumeNode, data, offset)
+            segmentation.AddSegment(nodes.tumour_segment(name, ltr.COARSE_COLOR, image), name)
         wasModifying = table.StartModify()
         try:
             table.SetNodeReferenceID(VOLUME_ROLE, volumeNode.GetID())
@@ -144,7 +145,7 @@ class LesionReviewLogic:
     def findReview(self, segmentationNode, refinedSegmentId: str):
         """The review table of ``refinedSegmentId`` in ``segmentationNode``, or None."""
         scene = segmentationNode.GetScene()
-        for node in ltr.nodes_by_class(scene, "vtkMRMLTableNode"):
+        for node in nodes.nodes_by_class(scene, "vtkMRMLTableNode"):
             if (node.GetNodeReferenceID(SEGMENTATION_ROLE) == segmentationNode.GetID()
                     and node.GetAttribute(REFINED_ATTRIBUTE) == refinedSegmentId):
                 return node
@@ -181,9 +182,9 @@ class LesionReviewLogic:
         if volumeNode is None or data is None:
             raise RefineError(f"The lesion review '{table.GetName()}' lost its CT or its review data (deleted?): "
                               "refine again to review the lesions.")
-        coarse = ltr.export_segment_mask(data, COARSE_DATA_SEGMENT, volumeNode)
-        proposal = ltr.export_segment_mask(data, PROPOSAL_DATA_SEGMENT, volumeNode)
-        _, labels = review_rows(coarse, proposal, ltr.volume_geometry(volumeNode))
+        coarse = nodes.export_segment_mask(data, COARSE_DATA_SEGMENT, volumeNode)
+        proposal = nodes.export_segment_mask(data, PROPOSAL_DATA_SEGMENT, volumeNode)
+        _, labels = review_rows(coarse, proposal, nodes.volume_geometry(volumeNode))
         self._arrays[table.GetID()] = (table, ReviewArrays(coarse, proposal, labels))
         return self._arrays[table.GetID()][1]
 
@@ -231,7 +232,7 @@ class LesionReviewLogic:
         scene.SaveStateForUndo()  # a no-op unless the scene's undo is on
         if flips:
             arrays = self.arrays(table)
-            refined = ltr.export_segment_mask(segmentationNode, refinedId, volumeNode)
+            refined = nodes.export_segment_mask(segmentationNode, refinedId, volumeNode)
             for lesion, decision in flips.items():
                 region = arrays.labels == lesion
                 refined[region] = (arrays.coarse if decision == REJECTED else arrays.proposal)[region]
@@ -262,8 +263,8 @@ class LesionReviewLogic:
 
     @staticmethod
     def _writeSegment(segmentationNode, segmentId: str, mask: np.ndarray, volumeNode) -> None:
-        slicer = ltr.slicer_module()
-        image = ltr.oriented_image_from_mask(mask, volumeNode, segmentationNode)
+        slicer = nodes.slicer_module()
+        image = nodes.oriented_image_from_mask(mask, volumeNode, segmentationNode)
         moduleLogic = slicer.vtkSlicerSegmentationsModuleLogic
         if not moduleLogic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, moduleLogic.MODE_REPLACE):
             raise RefineError(f"Could not write the decision into segment '{segmentId}'.")
@@ -300,7 +301,7 @@ class LesionReviewLogic:
         about half the view; returns the centre (RAS)."""
         centre, fieldOfView = self.lesionView(table, lesion)
         if sliceNodes is None:
-            sliceNodes = ltr.nodes_by_class(table.GetScene(), "vtkMRMLSliceNode")
+            sliceNodes = nodes.nodes_by_class(table.GetScene(), "vtkMRMLSliceNode")
         for sliceNode in sliceNodes:
             sliceNode.JumpSliceByCentering(*centre)
             width, height, _ = sliceNode.GetDimensions()
@@ -337,7 +338,7 @@ def _bounding_box(mask: np.ndarray) -> tuple[tuple[slice, ...], tuple[int, int, 
 
 def _volume_to_world(volumeNode, point: Sequence[float]) -> list[float]:
     """A point of the volume's own RAS space in world RAS (through its parent transforms)."""
-    slicer = ltr.slicer_module()
+    slicer = nodes.slicer_module()
     import vtk
 
     toWorld = vtk.vtkGeneralTransform()

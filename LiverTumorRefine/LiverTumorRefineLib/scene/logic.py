@@ -20,7 +20,6 @@ A refinement has three phases:
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -36,6 +35,7 @@ from LiverTumorRefineLib.device import check_device
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
 from LiverTumorRefineLib.scene.clicks import defined_indices, defined_points, label_point_lesions, point_lesions
+from LiverTumorRefineLib.scene import nodes
 from LiverTumorRefineLib.scene.workerprocess import WorkerJob, WorkerServer
 
 try:  # In Slicer the base class provides getParameterNode(); headless (slicer-core) it is absent.
@@ -52,17 +52,6 @@ METRICS_TABLE_NAME = "LiverTumorRefine metrics"
 ROW_HEADER = "Segmentation"
 # (column title, compute_metrics key)
 METRIC_COLUMNS = (("Dice", "dice"), ("VOE", "voe"), ("RVD", "rvd"), ("ASSD (mm)", "assd"), ("MSSD (mm)", "mssd"))
-# Slicer terminology entry string (vtkSegment tag "TerminologyEntry"): context~category~type~type
-# modifier~anatomic context~region~region modifier, each code as scheme^value^meaning.
-LIVER_NEOPLASM_TERMINOLOGY = (
-    "Segmentation category and type - DICOM master list"
-    "~SCT^49755003^Morphologically Altered Structure"
-    "~SCT^108369006^Neoplasm"
-    "~^^"
-    "~Anatomic codes - DICOM master list"
-    "~SCT^10200004^Liver"
-    "~^^"
-)
 REFINED_FROM_TAG = "LiverTumorRefine.RefinedFrom"  # on the refined segment: the coarse segment's ID
 # The fourth overlay, off by default: where the refinement is unsure. Magenta, far from the red,
 # yellow and green outlines (and from their red-green confusion).
@@ -77,16 +66,6 @@ COARSE_SEGMENT_NAMES = {source.name: source.segment_name for source in SOURCES i
 JOB_FOLDER_PREFIX = "LiverTumorRefine-job-"  # temporary job folders (removed by finish/refine)
 # Fractions of the overall progress bar given to each phase.
 PREPARE_END, WORKER_END = 0.05, 0.95
-
-
-def slicer_module():
-    """The ``slicer`` package, or a RefineError saying how to get it."""
-    try:
-        import slicer
-    except ImportError:
-        raise RefineError("3D Slicer's libraries are not available: run this inside 3D Slicer, or "
-                          "`pip install slicer-core` for headless use.") from None
-    return slicer
 
 
 @dataclass
@@ -228,10 +207,10 @@ class LiverTumorRefineLogic(_LogicBase):
                 coarseSource: str = "mask", seedsNode=None, negativeSeedsNode=None,
                 replaceCoarseSegmentId: Optional[str] = None) -> RefineInputs:
         """Check the inputs and write the job folder; the scene is not changed."""
-        slicer_module()  # a clear error outside Slicer
+        nodes.slicer_module()  # a clear error outside Slicer
         report(progress, 0.0, "Reading the CT and the segments")
         device = check_device(device)
-        _check_volume(volumeNode)
+        nodes.check_volume(volumeNode)
         if coarseSource != "mask" and coarseSource not in COARSE_SEGMENT_NAMES:
             raise RefineError(f"Unknown coarse source {coarseSource!r}: choose an existing segment, seed points, "
                               "automatic or TotalSegmentator.")
@@ -260,19 +239,19 @@ class LiverTumorRefineLogic(_LogicBase):
             lesions = point_lesions(seedsNode)
         replaceId = self.replaceableCoarseSegmentId(segmentationNode, replaceCoarseSegmentId) if made else None
         # A click update groups its new points with the lesions of the result it replaces.
-        previous = (export_segment_mask(segmentationNode, replaceId, volumeNode)
+        previous = (nodes.export_segment_mask(segmentationNode, replaceId, volumeNode)
                     if seeds is not None and replaceId is not None else None)
 
-        image = _ct_array(volumeNode)
+        image = nodes.ct_array(volumeNode)
         coarse = None
         if not made:
-            coarse = export_segment_mask(segmentationNode, coarseSegmentId, volumeNode)
+            coarse = nodes.export_segment_mask(segmentationNode, coarseSegmentId, volumeNode)
             if not coarse.any():
                 raise RefineError(f"The coarse segment '{coarseName}' lies outside the CT '{volumeNode.GetName()}': "
                                   "check that the segmentation belongs to this CT (same patient and series).")
         truth = None
         if truthSegmentationNode is not None:
-            truth = export_segment_mask(truthSegmentationNode, truthSegmentId, volumeNode)
+            truth = nodes.export_segment_mask(truthSegmentationNode, truthSegmentId, volumeNode)
             if not truth.any():
                 raise RefineError(f"The reference (truth) segment '{truthName}' lies outside the CT "
                                   f"'{volumeNode.GetName()}': check that it belongs to this CT.")
@@ -284,10 +263,10 @@ class LiverTumorRefineLogic(_LogicBase):
         inputs.folder = Path(tempfile.mkdtemp(prefix=JOB_FOLDER_PREFIX))
         try:
             source = {"source": coarseSource}
-            geometry = volume_geometry(volumeNode)
+            geometry = nodes.volume_geometry(volumeNode)
             if seeds is not None:
                 source.update(seeds_ras=seeds, negative_seeds_ras=negative, seed_lesions=lesions,
-                              ct_identity=ct_identity(volumeNode, geometry))
+                              ct_identity=nodes.ct_identity(volumeNode, geometry))
             inputs.jobPath = worker.write_job(inputs.folder, image, geometry, source, coarse, truth,
                                               previous=previous,
                                               device=device, weights=self._weightsFile(), seg_weights=self.segWeights,
@@ -327,7 +306,7 @@ class LiverTumorRefineLogic(_LogicBase):
         if segment is None:
             raise RefineError(f"The {role} segment is no longer in '{segmentationNode.GetName()}' (deleted?): "
                               "choose another segment.")
-        if _segment_is_empty(segmentationNode, segmentId):
+        if nodes.segment_is_empty(segmentationNode, segmentId):
             raise RefineError(f"The {role} segment '{segment.GetName()}' is empty: draw or import the tumour "
                               "outline first, then refine.")
         return segment.GetName()
@@ -366,7 +345,7 @@ class LiverTumorRefineLogic(_LogicBase):
         """The defined control points of a markups node as RAS points in ``volumeNode``'s own
         (untransformed) space; a point outside the CT is an error naming it. ``required``: no
         defined point is an error (the positive list), else an empty list (the negative one)."""
-        slicer = slicer_module()
+        slicer = nodes.slicer_module()
         import vtk
 
         indices = defined_indices(seedsNode)
@@ -466,7 +445,7 @@ class LiverTumorRefineLogic(_LogicBase):
         while unique in names:
             count += 1
             unique = f"{name} {count}"
-        segment = tumour_segment(unique, COARSE_COLOR, oriented_image_from_mask(mask, volumeNode, segmentationNode))
+        segment = nodes.tumour_segment(unique, COARSE_COLOR, nodes.oriented_image_from_mask(mask, volumeNode, segmentationNode))
         segmentId = segmentation.GenerateUniqueSegmentID(unique)
         segmentation.AddSegment(segment, segmentId)
         segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
@@ -480,8 +459,8 @@ class LiverTumorRefineLogic(_LogicBase):
         if segmentation.GetSegment(segmentId) is None:
             raise RefineError("The seeded coarse segment was deleted while refining: nothing was changed.")
         name = segmentation.GetSegment(segmentId).GetName()
-        segment = tumour_segment(name, COARSE_COLOR, oriented_image_from_mask(mask, volumeNode, segmentationNode))
-        return _put_segment(segmentationNode, segment, segmentId, COARSE_COLOR), name
+        segment = nodes.tumour_segment(name, COARSE_COLOR, nodes.oriented_image_from_mask(mask, volumeNode, segmentationNode))
+        return nodes.put_segment(segmentationNode, segment, segmentId, COARSE_COLOR), name
 
     def findRefinedSegmentId(self, segmentationNode, coarseSegmentId: str) -> Optional[str]:
         """ID of the segment an earlier run made from ``coarseSegmentId``, or None."""
@@ -493,7 +472,7 @@ class LiverTumorRefineLogic(_LogicBase):
             if segmentId == coarseSegmentId:
                 continue
             segment = segmentation.GetSegment(segmentId)
-            tag = segment_tag(segment, REFINED_FROM_TAG)
+            tag = nodes.segment_tag(segment, REFINED_FROM_TAG)
             if tag == coarseSegmentId:
                 return segmentId
             if tag is None and coarse is not None and segment.GetName() == coarse.GetName() + REFINED_SUFFIX:
@@ -502,18 +481,18 @@ class LiverTumorRefineLogic(_LogicBase):
 
     def _writeRefinedSegment(self, inputs: RefineInputs, mask: np.ndarray) -> str:
         segmentationNode = inputs.segmentationNode
-        segment = tumour_segment(inputs.coarseName + REFINED_SUFFIX, REFINED_COLOR,
-                                 oriented_image_from_mask(mask, inputs.volumeNode, segmentationNode))
+        segment = nodes.tumour_segment(inputs.coarseName + REFINED_SUFFIX, REFINED_COLOR,
+                                       nodes.oriented_image_from_mask(mask, inputs.volumeNode, segmentationNode))
         segment.SetTag(REFINED_FROM_TAG, inputs.coarseSegmentId)
         previous = self.findRefinedSegmentId(segmentationNode, inputs.coarseSegmentId)
-        return _put_segment(segmentationNode, segment, previous, REFINED_COLOR)
+        return nodes.put_segment(segmentationNode, segment, previous, REFINED_COLOR)
 
     def findUncertainSegmentId(self, segmentationNode, refinedSegmentId: str) -> Optional[str]:
         """ID of the "unsure" overlay segment of ``refinedSegmentId``, or None."""
         segmentation = segmentationNode.GetSegmentation()
         for index in range(segmentation.GetNumberOfSegments()):
             segmentId = segmentation.GetNthSegmentID(index)
-            if segment_tag(segmentation.GetSegment(segmentId), UNCERTAIN_OF_TAG) == refinedSegmentId:
+            if nodes.segment_tag(segmentation.GetSegment(segmentId), UNCERTAIN_OF_TAG) == refinedSegmentId:
                 return segmentId
         return None
 
@@ -522,11 +501,11 @@ class LiverTumorRefineLogic(_LogicBase):
         (magenta), hidden until ``setUncertaintyVisible`` shows it. It goes first in the segment
         list, so that the other segments' outlines are drawn over its fill."""
         segmentationNode = inputs.segmentationNode
-        segment = tumour_segment(inputs.coarseName + UNCERTAIN_SUFFIX, UNCERTAIN_COLOR,
-                                 oriented_image_from_mask(mask, inputs.volumeNode, segmentationNode))
+        segment = nodes.tumour_segment(inputs.coarseName + UNCERTAIN_SUFFIX, UNCERTAIN_COLOR,
+                                       nodes.oriented_image_from_mask(mask, inputs.volumeNode, segmentationNode))
         segment.SetTag(UNCERTAIN_OF_TAG, refinedId)
         previous = self.findUncertainSegmentId(segmentationNode, refinedId)
-        segmentId = _put_segment(segmentationNode, segment, previous, UNCERTAIN_COLOR, first=True)
+        segmentId = nodes.put_segment(segmentationNode, segment, previous, UNCERTAIN_COLOR, first=True)
         self.setUncertaintyVisible(segmentationNode, segmentId, False)
         return segmentId
 
@@ -582,7 +561,7 @@ class LiverTumorRefineLogic(_LogicBase):
         import vtk
 
         table = None
-        for node in nodes_by_class(scene, "vtkMRMLTableNode"):
+        for node in nodes.nodes_by_class(scene, "vtkMRMLTableNode"):
             if node.GetName() == METRICS_TABLE_NAME:
                 table = node
                 break
@@ -661,193 +640,6 @@ class RefineJob:
             return self.logic.apply(self.inputs, outcome)
         finally:
             self.logic.cleanup(self.inputs)
-
-
-# -------------------------------------------------------------------- helpers
-def export_segment_mask(segmentationNode, segmentId: str, referenceVolumeNode) -> np.ndarray:
-    """Segment ``segmentId`` as a bool (z, y, x) array on ``referenceVolumeNode``'s voxel grid.
-
-    Uses ``ExportSegmentsToLabelmapNode`` with the reference volume, so the segmentation may have
-    another spacing, extent, origin or (linear) parent transform. The temporary labelmap and
-    the display and colour nodes the export creates are removed again: the scene is unchanged.
-    """
-    slicer = slicer_module()
-    import vtk
-
-    scene = referenceVolumeNode.GetScene() or segmentationNode.GetScene()
-    if scene is None:
-        raise RefineError("The CT and segmentation must be in the Slicer scene.")
-    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
-    labelmap.SetName("__LiverTumorRefine_export__")
-    labelmap.SetHideFromEditors(True)
-    scene.AddNode(labelmap)
-    try:
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(segmentId)
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        ok = logic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmap, referenceVolumeNode,
-                                                slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-        if not ok or labelmap.GetImageData() is None:
-            raise RefineError(f"Could not export segment '{segmentId}' onto the CT grid: if the segmentation has a "
-                              "non-linear transform, harden it first (Data module, right-click, Harden transform).")
-        mask = slicer.util.arrayFromVolume(labelmap) != 0
-        expected = tuple(reversed(referenceVolumeNode.GetImageData().GetDimensions()))
-        if mask.shape != expected:
-            raise RuntimeError(f"exported mask {mask.shape} does not match the CT grid {expected}")
-        return np.array(mask, dtype=bool, copy=True)
-    finally:
-        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-        for node in reversed([n for n in added if n.GetID() not in before]):
-            scene.RemoveNode(node)
-
-
-def _put_segment(segmentationNode, segment, previousId: Optional[str], color, first: bool = False) -> str:
-    """Add ``segment`` (at the end, or ``first``), or put it in place of ``previousId`` (same ID,
-    same position); its ID."""
-    segmentation = segmentationNode.GetSegmentation()
-    wasModifying = segmentationNode.StartModify()
-    try:
-        if previousId is not None:
-            index = segmentation.GetSegmentIndex(previousId)
-            segmentation.RemoveSegment(previousId)
-            before = segmentation.GetNthSegmentID(index) if index < segmentation.GetNumberOfSegments() else ""
-            segmentId = previousId
-            segmentation.AddSegment(segment, segmentId, before or "")
-        else:
-            segmentId = segmentation.GenerateUniqueSegmentID(segment.GetName())
-            before = segmentation.GetNthSegmentID(0) if first and segmentation.GetNumberOfSegments() else ""
-            segmentation.AddSegment(segment, segmentId, before)
-        segmentation.GetSegment(segmentId).SetColor(*color)
-    finally:
-        segmentationNode.EndModify(wasModifying)
-    return segmentId
-
-
-def _segment_is_empty(segmentationNode, segmentId: str) -> bool:
-    """True when the segment has no voxel (binary labelmap source) or no geometry (surfaces)."""
-    slicer = slicer_module()
-    segmentation = segmentationNode.GetSegmentation()
-    labelmapName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
-    segment = segmentation.GetSegment(segmentId)
-    data = segment.GetRepresentation(labelmapName)
-    if data is None:
-        sourceName = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName
-        data = segment.GetRepresentation(sourceName())
-        if data is None:
-            return True
-        return data.GetNumberOfPoints() == 0
-    if data.GetPointData() is None or data.GetPointData().GetScalars() is None:
-        return True
-    from vtk.util.numpy_support import vtk_to_numpy
-
-    values = vtk_to_numpy(data.GetPointData().GetScalars())
-    return not np.any(values == segment.GetLabelValue())
-
-
-def oriented_image_from_mask(mask: np.ndarray, volumeNode, segmentationNode, offset_kji=(0, 0, 0)):
-    """A vtkOrientedImageData holding ``mask`` on the CT grid, in the segmentation's coordinates;
-    ``mask`` may be a crop of that grid whose first voxel is CT voxel ``offset_kji``."""
-    slicer = slicer_module()
-    import vtk
-    from vtk.util.numpy_support import vtk_to_numpy
-
-    image = slicer.vtkOrientedImageData()
-    k0, j0, i0 = (int(v) for v in offset_kji)
-    image.SetExtent(i0, i0 + mask.shape[2] - 1, j0, j0 + mask.shape[1] - 1, k0, k0 + mask.shape[0] - 1)
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(mask, dtype=np.uint8).ravel()
-    ijkToRas = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(ijkToRas)
-    volumeParent, segmentationParent = volumeNode.GetParentTransformNode(), segmentationNode.GetParentTransformNode()
-    if volumeParent is not segmentationParent:
-        volumeToSegmentation = vtk.vtkMatrix4x4()
-        if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(volumeParent, segmentationParent,
-                                                                          volumeToSegmentation):
-            raise RefineError("The CT or the segmentation is under a non-linear transform: harden the transforms "
-                              "(Data module, right-click, Harden transform) and refine again.")
-        vtk.vtkMatrix4x4.Multiply4x4(volumeToSegmentation, ijkToRas, ijkToRas)
-    image.SetImageToWorldMatrix(ijkToRas)
-    return image
-
-
-def tumour_segment(name: str, color, image):
-    """A new liver-neoplasm segment with a fixed name and colour that brings its own labelmap
-    ``image``: it gets its own layer, so it may overlap the coarse and truth segments, which
-    keep every voxel."""
-    slicer = slicer_module()
-    segment = slicer.vtkSegment()
-    segment.SetName(name)
-    segment.SetNameAutoGenerated(False)
-    segment.SetColorAutoGenerated(False)
-    segment.SetColor(*color)
-    # vtkSegment.SetTerminology exists only from Slicer 5.10: the tag works on every version.
-    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), LIVER_NEOPLASM_TERMINOLOGY)
-    segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), image)
-    return segment
-
-
-def _direction_lps(volumeNode) -> tuple[float, ...]:
-    """The volume's IJK axis directions in LPS, row-major with one column per axis (SimpleITK's
-    layout): RAS rows 0 and 1 change sign."""
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASDirectionMatrix(matrix)
-    return tuple((-1.0 if row < 2 else 1.0) * matrix.GetElement(row, col) for row in range(3) for col in range(3))
-
-
-def _check_volume(volumeNode) -> None:
-    if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise RefineError("No CT volume is selected: load the CT and choose it as the input volume.")
-    if volumeNode.GetImageData() is None or min(volumeNode.GetImageData().GetDimensions()) < 1:
-        raise RefineError(f"The volume '{volumeNode.GetName()}' holds no image data: load the CT again.")
-    if volumeNode.GetImageData().GetDimensions()[2] < 2:
-        raise RefineError(f"The volume '{volumeNode.GetName()}' is a single slice: refinement needs a 3D CT.")
-
-
-def _ct_array(volumeNode) -> np.ndarray:
-    """The CT as a (k, j, i) copy: in its own type when that is a CT's (int16 and the like: half
-    the bytes of float32 to copy, write and read in the worker), else float32."""
-    array = slicer_module().util.arrayFromVolume(volumeNode)
-    image = np.array(array, dtype=worker.job_ct_dtype(array.dtype), copy=True)
-    if image.ndim != 3:
-        raise RefineError(f"The volume '{volumeNode.GetName()}' is not a single-component 3D image "
-                          "(colour or vector volume?): choose the CT.")
-    return image
-
-
-def volume_geometry(volumeNode) -> dict[str, list[float]]:
-    """The volume's grid in SimpleITK conventions (LPS; spacing and origin x, y, z; direction
-    row-major, one column per axis), as the worker's job file holds it."""
-    origin = volumeNode.GetOrigin()
-    return {"spacing": [float(s) for s in volumeNode.GetSpacing()],
-            "origin": [-float(origin[0]), -float(origin[1]), float(origin[2])],
-            "direction": list(_direction_lps(volumeNode))}
-
-
-def ct_identity(volumeNode, geometry: dict[str, list[float]]) -> str:
-    """A name of the CT that changes whenever its voxels or its grid do (the node's ID, its image
-    data's modification time, its geometry): the kept worker keeps lesion results under it."""
-    return f"{volumeNode.GetID()}|{volumeNode.GetImageData().GetMTime()}|{json.dumps(geometry)}"
-
-
-def nodes_by_class(scene, className: str) -> list:
-    """The scene's nodes of ``className``. ``GetNodesByClass`` returns a new reference: it is
-    released here (as ``slicer.util.getNodesByClass`` does), or every call leaks a collection."""
-    nodes = scene.GetNodesByClass(className)
-    nodes.UnRegister(None)
-    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
-
-
-def segment_tag(segment, name: str) -> Optional[str]:
-    """The value of tag ``name`` of a vtkSegment, or None when it is unset or empty."""
-    import vtk
-
-    value = vtk.reference("")
-    if not segment.GetTag(name, value):
-        return None
-    return str(value) or None
 
 
 def _is_module(weights: Any) -> bool:

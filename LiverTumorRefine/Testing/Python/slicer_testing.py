@@ -20,6 +20,7 @@ import numpy as np
 
 from LiverTumorRefineLib.scene import lesions
 from LiverTumorRefineLib.scene import logic as ltr
+from LiverTumorRefineLib.scene import nodes as scene_nodes
 from LiverTumorRefineLib.scene.clicks import defined_indices
 from LiverTumorRefineLib.volume.atomic import atomic_path
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
@@ -250,7 +251,7 @@ def scene_snapshot(scene) -> dict:
             for k in range(segmentation.GetNumberOfSegments()):
                 segmentId = segmentation.GetNthSegmentID(k)
                 segment = segmentation.GetSegment(segmentId)
-                tagValues = (ltr.segment_tag(segment, TERMINOLOGY_TAG), ltr.segment_tag(segment, ltr.REFINED_FROM_TAG))
+                tagValues = (scene_nodes.segment_tag(segment, TERMINOLOGY_TAG), scene_nodes.segment_tag(segment, ltr.REFINED_FROM_TAG))
                 voxels, extent, matrix = segment_voxels(node, segmentId)
                 segments.append((segmentId, segment.GetName(), tuple(segment.GetColor()), tagValues,
                                  segmentation.GetLayerIndex(segmentId), extent, matrix, voxels.copy()))
@@ -326,8 +327,8 @@ def check_refine(scene, logic, sc: SceneCase):
     refined = segmentation.GetSegment(refinedId)
     assert refined is not None, "the refined segment is not in the coarse segment's segmentation"
     assert refined.GetName() == coarseName + " refined", f"refined segment is named {refined.GetName()!r}"
-    terminology = ltr.segment_tag(refined, TERMINOLOGY_TAG)  # vtkSegment.GetTerminology is missing in Slicer 5.8
-    assert terminology == ltr.LIVER_NEOPLASM_TERMINOLOGY, f"terminology {terminology!r}"
+    terminology = scene_nodes.segment_tag(refined, TERMINOLOGY_TAG)  # vtkSegment.GetTerminology is missing in Slicer 5.8
+    assert terminology == scene_nodes.LIVER_NEOPLASM_TERMINOLOGY, f"terminology {terminology!r}"
     assert "SCT^108369006^Neoplasm" in terminology and "SCT^10200004^Liver" in terminology
     assert tuple(refined.GetColor()) == ltr.REFINED_COLOR, f"refined colour {refined.GetColor()}"
     assert tuple(segmentation.GetSegment(sc.coarseId).GetColor()) == ltr.COARSE_COLOR
@@ -360,9 +361,9 @@ def check_refine(scene, logic, sc: SceneCase):
         f"besides the metrics and lesion tables and the review data, nodes were added: {sorted(added)}"
 
     # The refined segment holds what the engine returned, on the CT grid.
-    refinedMask = ltr.export_segment_mask(sc.segmentationNode, refinedId, ct)
-    coarseMask = ltr.export_segment_mask(sc.segmentationNode, sc.coarseId, ct)
-    truthMask = ltr.export_segment_mask(sc.truthSegmentationNode, sc.truthId, ct)
+    refinedMask = scene_nodes.export_segment_mask(sc.segmentationNode, refinedId, ct)
+    coarseMask = scene_nodes.export_segment_mask(sc.segmentationNode, sc.coarseId, ct)
+    truthMask = scene_nodes.export_segment_mask(sc.truthSegmentationNode, sc.truthId, ct)
     assert refinedMask.any() and not np.array_equal(refinedMask, coarseMask), "refinement changed nothing"
     assert result.patches > 0 and result.seconds.get("total", 0) > 0 and result.seconds["overall"] > 0
 
@@ -384,7 +385,7 @@ def check_refine_review(result, sc: SceneCase, coarseMask, refinedMask, truthMas
     table = result.reviewTable
     assert table is not None and table.GetName() == lesions.REVIEW_TABLE_NAME, "no lesion table"
     rows = lesions.LesionReviewLogic.lesions(table)
-    expected, _ = lesions.review_rows(coarseMask, refinedMask, ltr.volume_geometry(sc.volumeNode), truthMask,
+    expected, _ = lesions.review_rows(coarseMask, refinedMask, scene_nodes.volume_geometry(sc.volumeNode), truthMask,
                                       result.stats.get("lesions"))
     assert [row["lesion"] for row in rows] == [row.lesion for row in expected] and rows, "lesion rows"
     for row, want in zip(rows, expected):
@@ -428,7 +429,7 @@ def check_rerun_replaces(scene, logic, sc: SceneCase) -> None:
     assert second.tableNode is first.tableNode
     _assert_same_segment(coarseBefore, _segment_state(sc.segmentationNode, sc.coarseId), "coarse")
     assert segmentation.GetSegment(sc.coarseId).GetName() == "Tumour", "the coarse segment was renamed"
-    refined = ltr.export_segment_mask(sc.segmentationNode, second.refinedSegmentId, sc.volumeNode)
+    refined = scene_nodes.export_segment_mask(sc.segmentationNode, second.refinedSegmentId, sc.volumeNode)
     assert refined.any()
     assert logic.findRefinedSegmentId(sc.segmentationNode, sc.coarseId) == first.refinedSegmentId
 
@@ -524,10 +525,10 @@ def check_worker_job(scene, logic, sc: SceneCase):
     assert fraction >= ltr.WORKER_END, f"worker stopped at {fraction} ({message})"
     result = job.finish()
     assert not job.inputs.folder.exists(), "the job folder was left behind"
-    refined = ltr.export_segment_mask(sc.segmentationNode, result.refinedSegmentId, sc.volumeNode)
+    refined = scene_nodes.export_segment_mask(sc.segmentationNode, result.refinedSegmentId, sc.volumeNode)
     direct = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, sc.truthSegmentationNode, sc.truthId, "cpu")
     assert direct.refinedSegmentId == result.refinedSegmentId
-    assert np.array_equal(refined, ltr.export_segment_mask(sc.segmentationNode, direct.refinedSegmentId, sc.volumeNode))
+    assert np.array_equal(refined, scene_nodes.export_segment_mask(sc.segmentationNode, direct.refinedSegmentId, sc.volumeNode))
     assert result.metrics == direct.metrics, (result.metrics, direct.metrics)
     assert "lesions" in result.stats and "parenchyma_hu" in result.stats, sorted(result.stats)
     return result
@@ -576,8 +577,8 @@ def check_geometry_differs(scene, logic, case: RefineCase) -> None:
     grid), truth in a separate segmentation: exported exactly, refined segment on the CT grid."""
     sc = build_scene_case(scene, case, separate_truth=True, fine_segmentation=True)
     ct = sc.volumeNode
-    coarse = ltr.export_segment_mask(sc.segmentationNode, sc.coarseId, ct)
-    truth = ltr.export_segment_mask(sc.truthSegmentationNode, sc.truthId, ct)
+    coarse = scene_nodes.export_segment_mask(sc.segmentationNode, sc.coarseId, ct)
+    truth = scene_nodes.export_segment_mask(sc.truthSegmentationNode, sc.truthId, ct)
     assert np.array_equal(coarse, case.coarse), f"coarse export off the CT grid ({(coarse != case.coarse).sum()} voxels)"
     assert np.array_equal(truth, case.truth), "truth export off the CT grid"
     coarseBefore = _segment_state(sc.segmentationNode, sc.coarseId)
@@ -642,7 +643,7 @@ def check_seeded_coarse(scene, logic, sc: SceneCase):
     assert segment.GetName() == "Tumour (seeded coarse)", segment.GetName()
     assert tuple(segment.GetColor()) == ltr.COARSE_COLOR
     assert node.GetSegmentation().GetSegment(result.refinedSegmentId).GetName() == "Tumour (seeded coarse) refined"
-    coarse = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    coarse = scene_nodes.export_segment_mask(node, coarseId, sc.volumeNode)
     dice = 2 * (coarse & case.truth).sum() / (coarse.sum() + case.truth.sum())
     assert dice > 0.8, f"seeded coarse Dice {dice:.3f}"
     for sid, voxels in before.items():
@@ -653,7 +654,7 @@ def check_seeded_coarse(scene, logic, sc: SceneCase):
     assert again.segmentationNode is node, "the second coarse segment did not go into the chosen segmentation"
     assert again.coarseSegmentId != coarseId
     assert node.GetSegmentation().GetSegment(again.coarseSegmentId).GetName() == "Tumour (seeded coarse) 2"
-    assert np.array_equal(ltr.export_segment_mask(node, coarseId, sc.volumeNode), coarse), "first coarse segment changed"
+    assert np.array_equal(scene_nodes.export_segment_mask(node, coarseId, sc.volumeNode), coarse), "first coarse segment changed"
     return result
 
 
@@ -687,7 +688,7 @@ def check_negative_clicks(scene, logic, sc: SceneCase) -> dict:
     first = logic.refine(sc.volumeNode, sc.segmentationNode, "", sc.truthSegmentationNode, sc.truthId, "cpu",
                          coarseSource="seeds", seedsNode=positive, negativeSeedsNode=negative)
     node, coarseId, refinedId = first.segmentationNode, first.coarseSegmentId, first.refinedSegmentId
-    before = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    before = scene_nodes.export_segment_mask(node, coarseId, sc.volumeNode)
     # the "leak": the coarse voxel farthest from the positive click
     kji = np.argwhere(before)
     far = tuple(int(v) for v in kji[np.argmax(((kji - np.array(deepest_voxel(case.truth))) ** 2).sum(1))])
@@ -715,7 +716,7 @@ def check_negative_clicks(scene, logic, sc: SceneCase) -> dict:
     assert _segment_ids(node) == ids, f"the segment list changed: {ids} -> {_segment_ids(node)}"
     assert [scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())] == nodes, "nodes were added"
     assert node.GetSegmentation().GetSegment(coarseId).GetName() == "Tumour (seeded coarse)"
-    after = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    after = scene_nodes.export_segment_mask(node, coarseId, sc.volumeNode)
     assert before[shrink] and not after[shrink], "the negative click's voxel is still in the coarse segment"
     assert after.sum() < before.sum(), f"the negative click did not shrink the coarse mask ({before.sum()} -> {after.sum()})"
     return {"positive_only": before, "with_negative": after}
@@ -741,7 +742,7 @@ def check_positive_click_groups(scene, logic, sc: SceneCase) -> dict:
     first = logic.refine(sc.volumeNode, sc.segmentationNode, "", device="cpu", coarseSource="seeds", seedsNode=positive)
     node, coarseId = first.segmentationNode, first.coarseSegmentId
     assert positive.GetNthControlPointDescription(0) == "lesion 1", positive.GetNthControlPointDescription(0)
-    coarse = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    coarse = scene_nodes.export_segment_mask(node, coarseId, sc.volumeNode)
     spacing = np.array(sc.volumeNode.GetSpacing()[::-1])
     # a missed part right next to the result, and a point far from it (a lesion of its own)
     edt = ndimage.distance_transform_edt(~coarse, sampling=spacing)
@@ -755,7 +756,7 @@ def check_positive_click_groups(scene, logic, sc: SceneCase) -> dict:
     try:
         job = json.loads(inputs.jobPath.read_text())
         assert job["coarse"]["seed_lesions"] == [1, None, None], job["coarse"]
-        assert job["coarse"]["ct_identity"] == ltr.ct_identity(sc.volumeNode, job["geometry"])
+        assert job["coarse"]["ct_identity"] == scene_nodes.ct_identity(sc.volumeNode, job["geometry"])
         assert np.array_equal(np.load(inputs.folder / job["coarse"]["previous"]).astype(bool), coarse)
     finally:
         logic.cleanup(inputs)
@@ -763,7 +764,7 @@ def check_positive_click_groups(scene, logic, sc: SceneCase) -> dict:
                  replaceCoarseSegmentId=coarseId)
     descriptions = [positive.GetNthControlPointDescription(n) for n in range(3)]
     assert descriptions == ["lesion 1", "lesion 1", "lesion 2"], descriptions
-    after = ltr.export_segment_mask(node, coarseId, sc.volumeNode)
+    after = scene_nodes.export_segment_mask(node, coarseId, sc.volumeNode)
     assert after[near] and after[far], "a positive click is not in the coarse segment"
     return {"job": job["coarse"], "descriptions": descriptions}
 
@@ -1089,14 +1090,14 @@ def check_lesion_table(scene, logic, rc: ReviewCase):
 
 
 def _refined_now(rc: ReviewCase) -> np.ndarray:
-    return ltr.export_segment_mask(rc.segmentationNode, rc.refinedId, rc.volumeNode)
+    return scene_nodes.export_segment_mask(rc.segmentationNode, rc.refinedId, rc.volumeNode)
 
 
 def _write_refined(rc: ReviewCase, mask: np.ndarray) -> None:
     """Replace the refined segment's voxels (as a user's edit in the Segment Editor would)."""
     import slicer
 
-    image = ltr.oriented_image_from_mask(mask, rc.volumeNode, rc.segmentationNode)
+    image = scene_nodes.oriented_image_from_mask(mask, rc.volumeNode, rc.segmentationNode)
     moduleLogic = slicer.vtkSlicerSegmentationsModuleLogic
     assert moduleLogic.SetBinaryLabelmapToSegment(image, rc.segmentationNode, rc.refinedId, moduleLogic.MODE_REPLACE)
 
@@ -1158,7 +1159,7 @@ def slice_nodes(scene) -> list:
     """The scene's slice nodes; headless (no views) Red, Yellow and Green are added first."""
     import slicer
 
-    nodes = ltr.nodes_by_class(scene, "vtkMRMLSliceNode")
+    nodes = scene_nodes.nodes_by_class(scene, "vtkMRMLSliceNode")
     if nodes:
         return nodes
     sliceLogic = slicer.vtkMRMLSliceLogic()
@@ -1167,7 +1168,7 @@ def slice_nodes(scene) -> list:
         node = sliceLogic.AddSliceNode(name)
         node.SetOrientation(orientation)
         node.SetDimensions(400, 300, 1)
-    return ltr.nodes_by_class(scene, "vtkMRMLSliceNode")
+    return scene_nodes.nodes_by_class(scene, "vtkMRMLSliceNode")
 
 
 def check_jump_to_lesion(scene, logic, rc: ReviewCase, table, numbers) -> None:
@@ -1207,7 +1208,7 @@ def check_review_saved_with_scene(scene, appLogic, logic, rc: ReviewCase, table,
     scene.Clear(0)
     scene.SetURL(os.path.join(folder, mrml[0]))
     assert scene.Import(), "loading the scene failed"
-    tables = [n for n in ltr.nodes_by_class(scene, "vtkMRMLTableNode") if n.GetName() == lesions.REVIEW_TABLE_NAME
+    tables = [n for n in scene_nodes.nodes_by_class(scene, "vtkMRMLTableNode") if n.GetName() == lesions.REVIEW_TABLE_NAME
               and n.GetNodeReference(lesions.SEGMENTATION_ROLE) is not None
               and n.GetNodeReference(lesions.SEGMENTATION_ROLE).GetName() == segmentationName]
     assert len(tables) == 1, f"{len(tables)} lesion tables of '{segmentationName}' after loading"
@@ -1218,10 +1219,10 @@ def check_review_saved_with_scene(scene, appLogic, logic, rc: ReviewCase, table,
     volumeNode = loaded.GetNodeReference(lesions.VOLUME_ROLE)
     refinedId = loaded.GetAttribute(lesions.REFINED_ATTRIBUTE)
     assert loaded.GetNodeReference(lesions.DATA_ROLE).GetHideFromEditors()
-    now = ltr.export_segment_mask(segmentationNode, refinedId, volumeNode)
+    now = scene_nodes.export_segment_mask(segmentationNode, refinedId, volumeNode)
     assert np.array_equal(_lps(now, volumeNode), refinedLps), "the refined segment changed through save and load"
     logic.review.setDecision(loaded, numbers["B"], lesions.ACCEPTED)
-    after = _lps(ltr.export_segment_mask(segmentationNode, refinedId, volumeNode), volumeNode)
+    after = _lps(scene_nodes.export_segment_mask(segmentationNode, refinedId, volumeNode), volumeNode)
     assert np.array_equal(after, np.where(regionLps, proposalLps, refinedLps)), \
         "after loading, accepting B did not give exactly B's refined voxels back"
 
@@ -1232,7 +1233,7 @@ def _lps(mask: np.ndarray, volumeNode) -> np.ndarray:
     from LiverTumorRefineLib.volume import io
     from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 
-    g = ltr.volume_geometry(volumeNode)
+    g = scene_nodes.volume_geometry(volumeNode)
     grid = Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
     return io.reoriented(Volume(np.asarray(mask, dtype=np.uint8), grid), "LPS").array.astype(bool)
 
