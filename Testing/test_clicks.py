@@ -12,6 +12,7 @@ from scipy import ndimage
 from conftest import ball_mask
 from LiverTumorRefineLib import cli
 from LiverTumorRefineLib.coarse import clicks
+from LiverTumorRefineLib.coarse import clicknet
 from LiverTumorRefineLib.coarse.points import parse_signed_seeds
 from LiverTumorRefineLib.config import NetConfig
 from LiverTumorRefineLib.errors import RefineError
@@ -21,7 +22,7 @@ from LiverTumorRefineLib.training.phantom import Case
 from LiverTumorRefineLib.volume import io
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 
-CFG = clicks.ClickConfig(crop_px=32, pixel_mm=2.0, reach_mm=20.0)
+CFG = clicknet.ClickConfig(crop_px=32, pixel_mm=2.0, reach_mm=20.0)
 TINY = NetConfig(base_channels=4, depth=2, path_blocks=(1, 1), mask_prior=False)
 SPACING = (2.5, 1.0, 1.0)
 
@@ -29,7 +30,7 @@ SPACING = (2.5, 1.0, 1.0)
 def test_click_maps_peak_at_the_click_with_the_negative_channels_apart():
     z = np.array([-5.0, 0.0, 5.0])
     y = x = np.arange(-10.0, 11.0)
-    maps = clicks.click_maps(z, y, x, [(0.0, 2.0, -3.0)], [], CFG)
+    maps = clicknet.click_maps(z, y, x, [(0.0, 2.0, -3.0)], [], CFG)
     assert maps.shape == (3, 4, 21, 21)
     gaussian = maps[:, 0]
     peak = np.unravel_index(int(gaussian.argmax()), gaussian.shape)
@@ -38,7 +39,7 @@ def test_click_maps_peak_at_the_click_with_the_negative_channels_apart():
     assert float(gaussian[0, 12 + 4, 7]) == pytest.approx(np.exp(-(25 + 16) / (2 * CFG.sigma_mm ** 2)), rel=1e-5)
     assert float(maps[0, 1, 12, 7]) == pytest.approx(1 - 5 / CFG.ramp_mm, rel=1e-5)  # the ramp reaches far
     assert float(maps[:, 2:].abs().max()) == 0.0  # no negative click, nothing in its channels
-    both = clicks.click_maps(z, y, x, [(0.0, 2.0, -3.0)], [(5.0, -8.0, 8.0)], CFG)
+    both = clicknet.click_maps(z, y, x, [(0.0, 2.0, -3.0)], [(5.0, -8.0, 8.0)], CFG)
     assert torch.equal(both[:, :2], maps[:, :2])  # a negative click leaves the positive channels alone
     assert float(both[2, 2, 2, 18]) == pytest.approx(1.0) and float(both[2, 0, 2, 18]) < 0.01
 
@@ -99,7 +100,7 @@ def tiny_model(tmp_path_factory):
 
 
 def test_segmenter_with_a_tiny_trained_model_gives_a_connected_lesion_at_the_click(tiny_model):
-    segmenter = clicks.ClickSegmenter(tiny_model)
+    segmenter = clicknet.ClickSegmenter(tiny_model)
     case = lesion_case(99)
     truth = case.label.array == 2
     click = tuple(int(v) for v in np.argwhere(truth).mean(axis=0).round())
@@ -116,7 +117,7 @@ def test_segmenter_with_a_tiny_trained_model_gives_a_connected_lesion_at_the_cli
 
 
 def test_click_training_runs_on_the_device_it_names_and_refuses_one_it_cannot_use(tiny_model, tmp_path):
-    assert clicks.load_click_model(tiny_model).meta["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert clicknet.load_click_model(tiny_model).meta["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = clicktrain.ClickTrainConfig(steps=1, click=CFG, net=TINY)
     unusable = ["tpu"] + ([] if torch.cuda.is_available() else ["cuda"])
     for device in unusable:  # refused before any crop is made or anything is written
@@ -128,21 +129,21 @@ def test_click_training_runs_on_the_device_it_names_and_refuses_one_it_cannot_us
 
 
 def test_click_model_file_is_hash_checked(tiny_model, tmp_path):
-    model = clicks.load_click_model(tiny_model)
+    model = clicknet.load_click_model(tiny_model)
     assert model.click_config == CFG and model.net_config == TINY
     tampered = tmp_path / "m.pt"
     tampered.write_bytes(tiny_model.read_bytes() + b"x")
     (tmp_path / "m.pt.sha256").write_text(weights.sha256_of(tiny_model))
     with pytest.raises(RefineError, match="SHA-256"):
-        clicks.load_click_model(tampered)
+        clicknet.load_click_model(tampered)
 
 
 def test_shipped_click_model_loads_and_matches_its_pinned_hash():
-    path = weights.default_weights_path(clicks.DEFAULT_MODEL)
+    path = weights.default_weights_path(clicknet.DEFAULT_MODEL)
     digest = weights.sha256_of(path)
-    assert weights.SHIPPED_SHA256[clicks.DEFAULT_MODEL] == digest
+    assert weights.SHIPPED_SHA256[clicknet.DEFAULT_MODEL] == digest
     assert (path.parent / (path.name + ".sha256")).read_text().split()[0] == digest
-    model = clicks.load_click_model()
+    model = clicknet.load_click_model()
     assert model.click_config.in_channels == model.stem[0][0].in_channels
     assert path.stat().st_size < 5_000_000
 
@@ -320,12 +321,12 @@ def test_a_click_beyond_the_first_clicks_crop_gets_a_crop_of_its_own():
     cfg = clicks.shipped_segmenter().cfg
     shape, first = (30, 200, 200), (15.0, 100.0, 40.0)
     near, far = (15.0, 100.0, 70.0), (15.0, 100.0, 150.0)  # 30 mm and 110 mm from the first click
-    assert len(clicks.click_grids([first, near], shape, SPACING, cfg)) == 1
-    grids = clicks.click_grids([first, near, far], shape, SPACING, cfg)
+    assert len(clicknet.click_grids([first, near], shape, SPACING, cfg)) == 1
+    grids = clicknet.click_grids([first, near, far], shape, SPACING, cfg)
     assert len(grids) == 2 and grids[1].centre == (15, 100, 150)
-    box = clicks.union_box([g.box(shape) for g in grids])
-    assert clicks.in_box(first, box) is not None and clicks.in_box(far, box) is not None
-    assert clicks.in_box(far, grids[0].box(shape)) is None  # the first crop alone would drop it
+    box = clicknet.union_box([g.box(shape) for g in grids])
+    assert clicknet.in_box(first, box) is not None and clicknet.in_box(far, box) is not None
+    assert clicknet.in_box(far, grids[0].box(shape)) is None  # the first crop alone would drop it
 
 
 
@@ -336,11 +337,11 @@ def test_the_click_models_probability_covers_every_clicks_crop():
     one_box, _ = segmenter.lesion_probability(image, SPACING, [first])
     box, both = segmenter.lesion_probability(image, SPACING, [first, far])
     assert one_box[2].stop <= 80 and box[2].stop > 110  # the far click's crop is part of the box
-    local = clicks.in_box(far, box)
+    local = clicknet.in_box(far, box)
     assert both[local] > 0.5  # the model, centred on the far click, sees the lesion there
-    grid = clicks.click_grids([first, far], image.shape, SPACING, segmenter.cfg)[0]
+    grid = clicknet.click_grids([first, far], image.shape, SPACING, segmenter.cfg)[0]
     _, prob = segmenter.probabilities(image, SPACING, [first, far], grid=grid)
-    first_crop = clicks.paste_back(prob, grid, box, SPACING, segmenter.cfg)  # the first crop, both clicks
+    first_crop = clicknet.paste_back(prob, grid, box, SPACING, segmenter.cfg)  # the first crop, both clicks
     z = slice(grid.z0 - box[0].start, grid.z1 - box[0].start)
     assert (both[z] >= first_crop - 1e-6).all() and (both[z] > first_crop + 0.5).any()  # the larger of the two
     whole = segmenter.segment(image, SPACING, [first, far]).paste(image.shape)

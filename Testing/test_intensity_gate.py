@@ -159,7 +159,8 @@ def test_working_on_the_lesions_box_changes_nothing(seed):
 def test_a_clicked_lesion_is_refined_without_the_gate(trained_model):
     """``clicks.refine_lesion`` (the hybrid's and the Slicer click jobs' refinement) refines as the
     seeded sources do: two passes, no intensity gate (config.SEEDED_INTENSITY_GATE)."""
-    from LiverTumorRefineLib.coarse.clicks import LesionMask, refine_lesion
+    from LiverTumorRefineLib.coarse.clicknet import LesionMask
+    from LiverTumorRefineLib.coarse.clicks import refine_lesion
     from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES
 
     case = blob_case(3, coarse_shift_mm=3.0)

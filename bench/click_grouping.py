@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
+from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse.grouping import Pieces  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clicks", type=int, default=4)
     parser.add_argument("--reach", default="0,2,5,10,15", help="grouping reaches to report (mm)")
     args = parser.parse_args(argv)
-    segmenter, refiner = clickmodel.ClickSegmenter(), Refiner(device="cpu")
+    segmenter, refiner = clicknet.ClickSegmenter(), Refiner(device="cpu")
     cases = [make_phantom(args.first_seed + i) for i in range(args.phantoms)]
     if args.real:
         from cases import real_cases

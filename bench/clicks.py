@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
+from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
 from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES  # noqa: E402
@@ -48,14 +49,14 @@ from seeded import clicks as deepest_clicks  # noqa: E402
 MERGE_SHARE = 0.10
 
 
-def lesion_dice(truth: np.ndarray, result: clickmodel.LesionMask) -> float:
+def lesion_dice(truth: np.ndarray, result: clicknet.LesionMask) -> float:
     """Dice of a lesion result (on its box) against the whole-volume truth lesion."""
     inside = truth[result.box]
     total = float(truth.sum() + result.mask.sum())
     return 2.0 * float((inside & result.mask).sum()) / total if total else 1.0
 
 
-def problems(labels: np.ndarray, own: int, result: clickmodel.LesionMask) -> tuple[bool, bool]:
+def problems(labels: np.ndarray, own: int, result: clicknet.LesionMask) -> tuple[bool, bool]:
     """(merged, leaked): the result covers > 10% of another lesion; more voxels outside every
     lesion than the lesion has."""
     local = labels[result.box]
@@ -76,7 +77,7 @@ def separate_click_lesion(segmenter, refiner, image, spacing, lesion, others):
     mine = (label_map > 0) & (label_map <= len(own))
     where = np.argwhere(mine)
     box = tuple(slice(int(a), int(b) + 1) for a, b in zip(where.min(axis=0), where.max(axis=0)))
-    coarse = clickmodel.LesionMask(box, mine[box])
+    coarse = clicknet.LesionMask(box, mine[box])
     return coarse, clickmodel.refine_lesion(refiner, image, spacing, coarse)
 
 
@@ -86,7 +87,7 @@ def lesion_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b) + 1) for a, b in zip(where.min(axis=0), where.max(axis=0)))
 
 
-def user_click(truth: np.ndarray, truth_box: Sequence[slice], refined: clickmodel.LesionMask,
+def user_click(truth: np.ndarray, truth_box: Sequence[slice], refined: clicknet.LesionMask,
                spacing: Sequence[float]) -> tuple[tuple[int, ...], bool] | None:
     """Where the simulated user corrects ``refined`` next (``clicks.corrective_click``: CT voxel and
     sign, True for a missed part; None when nothing is left), looking at the result's box and the
@@ -124,7 +125,7 @@ def click_series(segmenter, refiner, image, spacing, truth, labels, lab, lesion,
     return coarse_d, refined_d, flags
 
 
-def run_case(case, segmenter: clickmodel.ClickSegmenter, refiner: Refiner, n_clicks: int, methods: Sequence[str],
+def run_case(case, segmenter: clicknet.ClickSegmenter, refiner: Refiner, n_clicks: int, methods: Sequence[str],
              out: dict) -> None:
     image, spacing = case.image.array, case.image.spacing_zyx
     truth_all = case.label.array == 2
@@ -178,7 +179,7 @@ def timing(case, weights: str | None, methods: Sequence[str]) -> None:
     lesion = clickmodel.LesionClicks((tuple(float(v) for v in seeds[0]),))
     for method in methods:
         t = time.perf_counter()
-        segmenter, refiner = clickmodel.ClickSegmenter(weights), Refiner(device="cpu")
+        segmenter, refiner = clicknet.ClickSegmenter(weights), Refiner(device="cpu")
         _, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion, method=method)
         cold = time.perf_counter() - t
         found = clickmodel.corrective_click((labels == ids[0])[refined.box], refined.mask, spacing)
@@ -242,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     clickmodel.FIRST_CLICK_MIN_MM = args.first_click_min_mm
     if args.threads:
         torch.set_num_threads(args.threads)
-    segmenter = clickmodel.ClickSegmenter(args.weights)
+    segmenter = clicknet.ClickSegmenter(args.weights)
     refiner = Refiner(device="cpu")  # every click-made mask is refined as refine --seeds does (SEEDED_*)
     methods = [m for m in args.methods.split(",") if m]
     out: dict = {"phantom": [], "real": []}

@@ -98,7 +98,7 @@ def click_lesion(image: Volume, positive: Sequence[Point], negative: Sequence[Po
     the previous clicks and one more (positive: add a missed part; negative: remove a leak);
     undo is the call without the last click. ``image``: an LPS-oriented CT (``load_ct``);
     ``other_lesions``: the first clicks of the other lesions, whose voxels this one never takes.
-    ``refiner``/``segmenter``: a loaded ``Refiner`` and ``clicks.ClickSegmenter`` to reuse
+    ``refiner``/``segmenter``: a loaded ``Refiner`` and ``clicknet.ClickSegmenter`` to reuse
     (default: the shipped models). Returns {"box": the CT voxels (z, y, x slices), "coarse" and
     "refined": bool arrays on that box, "seconds"}."""
     from LiverTumorRefineLib.coarse import clicks

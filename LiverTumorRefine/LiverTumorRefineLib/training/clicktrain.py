@@ -1,7 +1,7 @@
 """Training the click model on realistic phantoms with simulated clicks.
 
 Each phantom lesion gives one crop, cut and normalised by the same code as inference
-(``clicks.crop_image``, ``clicks.normalise_crop``), centred on the first click: a point near the
+(``clicknet.crop_image``, ``clicknet.normalise_crop``), centred on the first click: a point near the
 lesion's deepest point. Its target is that lesion alone (a neighbouring lesion is background).
 Corrective clicks follow a user: the deepest point of the largest error region, positive on a
 missed part and negative on a leak. Before the network can predict, the errors are those of
@@ -26,7 +26,8 @@ import torch
 from scipy import ndimage
 
 from LiverTumorRefineLib.coarse import clicks
-from LiverTumorRefineLib.coarse.clicks import ClickConfig
+from LiverTumorRefineLib.coarse import clicknet
+from LiverTumorRefineLib.coarse.clicknet import ClickConfig
 from LiverTumorRefineLib.config import NetConfig
 from LiverTumorRefineLib.device import DEVICES, resolve_device
 from LiverTumorRefineLib.refine.boxes import component_labels
@@ -63,7 +64,7 @@ class ClickTrainConfig:
     first_only: float = 0.35  # share of samples with the first click alone
     refresh_at: tuple[float, ...] = (0.45,)
     click: ClickConfig = field(default_factory=ClickConfig)
-    net: NetConfig = field(default_factory=lambda: clicks.NET)
+    net: NetConfig = field(default_factory=lambda: clicknet.NET)
 
 
 @dataclass
@@ -119,16 +120,16 @@ def lesion_crops(case: Case, cfg: ClickTrainConfig, rng: np.random.Generator | N
         if 2 * (lesion.sum() * voxel_ml * 3 / (4 * math.pi)) ** (1 / 3) < cfg.min_diameter_mm:
             continue
         click = first_click(lesion, spacing, rng)
-        grid = clicks.crop_grid(click, image.shape, spacing, cfg.click)
+        grid = clicknet.crop_grid(click, image.shape, spacing, cfg.click)
         z_mm, y_mm, x_mm = grid.offsets_mm(spacing)
-        hu = clicks.normalise_crop(clicks.crop_image(image, spacing, grid, cfg.click), z_mm, y_mm, x_mm,
+        hu = clicknet.normalise_crop(clicknet.crop_image(image, spacing, grid, cfg.click), z_mm, y_mm, x_mm,
                                    [(0.0, 0.0, 0.0)], cfg.click)
         zs = np.flatnonzero(lesion.any(axis=(1, 2)))
         margin = int(round(cfg.margin_mm / spacing[0]))
         keep = np.arange(max(zs[0] - margin, grid.z0), min(zs[-1] + margin + 1, grid.z1))
         z = keep - grid.z0
-        truth = clicks.resample_slices(lesion.astype(np.float32), keep, grid) > 0.5
-        other = clicks.resample_slices((tumours & ~lesion).astype(np.float32), keep, grid) > 0.5
+        truth = clicknet.resample_slices(lesion.astype(np.float32), keep, grid) > 0.5
+        other = clicknet.resample_slices((tumours & ~lesion).astype(np.float32), keep, grid) > 0.5
         out.append(LesionCrop(f"{case.name}/{k}", hu[z].half(), truth.numpy(), other.numpy(), z_mm[z].astype(np.float32),
                               float(spacing[0])))
     return out
@@ -190,7 +191,7 @@ def crop_input(crop: LesionCrop, slices: np.ndarray | slice, scenario: Sequence[
     pixel = crop.pixel_mm(cfg)
     positive = [c[:3] for c in scenario if c[3]]
     negative = [c[:3] for c in scenario if not c[3]]
-    maps = clicks.click_maps(crop.z_mm[slices], pixel, pixel, positive, negative, cfg)
+    maps = clicknet.click_maps(crop.z_mm[slices], pixel, pixel, positive, negative, cfg)
     return torch.cat([crop.image[slices].float(), maps], dim=1)
 
 
@@ -199,10 +200,10 @@ def predict_crop(model: torch.nn.Module, crop: LesionCrop, scenario: Sequence[Cl
     x = crop_input(crop, slice(None), scenario, cfg).to(next(model.parameters()).device)
     model.eval()
     with torch.inference_mode():
-        prob = torch.sigmoid(model(clicks.network_input(x[:, :cfg.image_channels], x[:, cfg.image_channels:], cfg))).cpu()
+        prob = torch.sigmoid(model(clicknet.network_input(x[:, :cfg.image_channels], x[:, cfg.image_channels:], cfg))).cpu()
     model.train()
     voxels = [to_voxel(crop, c, cfg) for c in scenario]
-    return clicks.keep_clicked(prob.numpy() > cfg.threshold, [v for v, c in zip(voxels, scenario) if c[3]],
+    return clicknet.keep_clicked(prob.numpy() > cfg.threshold, [v for v, c in zip(voxels, scenario) if c[3]],
                                [v for v, c in zip(voxels, scenario) if not c[3]])
 
 
@@ -295,9 +296,9 @@ def train_clicks(cfg: ClickTrainConfig, out_dir: str | Path, log: Log = print, c
     val_seeds = list(range(VALIDATION_PHANTOM_SEED, VALIDATION_PHANTOM_SEED + cfg.val_phantoms))
     crops = build_crops(train_seeds, cfg, rng, log) if crops is None else crops
     val = build_crops(val_seeds, cfg, None, log) if val is None else val
-    model = clicks.build_click_model(cfg.click, cfg.net)
+    model = clicknet.build_click_model(cfg.click, cfg.net)
     if init is not None:
-        model.load_state_dict(clicks.load_click_model(init).state_dict())
+        model.load_state_dict(clicknet.load_click_model(init).state_dict())
     model = model.to(dev)
     log(f"training on {dev.type}")
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -318,7 +319,7 @@ def train_clicks(cfg: ClickTrainConfig, out_dir: str | Path, log: Log = print, c
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step, cfg)  # type: ignore[arg-type]  # lr, warmup_steps and steps are all it reads
         k = cfg.click.image_channels
-        loss = patch_loss(model(clicks.network_input(batch[:, :k], batch[:, k:], cfg.click)), truth)
+        loss = patch_loss(model(clicknet.network_input(batch[:, :k], batch[:, k:], cfg.click)), truth)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -343,7 +344,7 @@ def train_clicks(cfg: ClickTrainConfig, out_dir: str | Path, log: Log = print, c
                         "step": step, "init": str(init) if init is not None else None, "device": dev.type,
                         "val_dice_clicks": [float(s) for s in scores], "train_crops": len(crops),
                         "sources": "synthetic phantoms generated by this project (training/phantom.py)"}
-                digest = clicks.save_click_model(model, out / "model.pt", meta)
+                digest = clicknet.save_click_model(model, out / "model.pt", meta)
                 log(f"  best so far: wrote {out / 'model.pt'} (sha256 {digest[:12]})")
     return out / "model.pt"
 
