@@ -7,6 +7,7 @@ import io
 import json
 import os
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,22 @@ def model_file(trained_model, tmp_path_factory):
     return str(path)
 
 
-def make_job(root: Path, name: str, model_file: str, seed: int = 0) -> Path:
+def slow_case(seed: int):
+    """Eight lesions side by side, each on many thin slices: hundreds of patches, seconds of work."""
+    cases = [blob_case(seed + i, shape=(96, 64, 64), spacing_zyx=(0.5, 0.8, 0.8)) for i in range(8)]
+    return types.SimpleNamespace(**{key: np.concatenate([getattr(c, key) for c in cases], axis=2)
+                                    for key in ("image", "coarse", "truth")})
+
+
+def make_job(root: Path, name: str, model_file: str, seed: int = 0, slow: bool = False) -> Path:
+    """A small refinement job; ``slow``: ``slow_case`` cut into one-patch batches in 8 orientations,
+    so that a cancel reaches it while it runs."""
     folder = root / name
     folder.mkdir()
-    case = blob_case(seed, shape=(16, 64, 64))
+    case = slow_case(seed) if slow else blob_case(seed, shape=(16, 64, 64))
     return worker.write_job(folder, case.image, GEOMETRY, {"source": "mask"}, case.coarse, case.truth, device="cpu",
-                            weights=model_file, seg_weights=None, batch_size=64, refiner={"min_kept": 0.0, "tta": 1})
+                            weights=model_file, seg_weights=None, batch_size=8 if slow else 64,
+                            refiner={"min_kept": 0.0, "tta": 8 if slow else 1})
 
 
 @pytest.fixture
@@ -76,11 +87,12 @@ def test_a_failed_job_does_not_end_the_worker(server, model_file, tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX")
 def test_cancel_ends_the_worker_and_the_next_job_gets_a_new_one(server, model_file, tmp_path):
-    job = server.submit(make_job(tmp_path, "cancelled", model_file))
+    job = server.submit(make_job(tmp_path, "cancelled", model_file, slow=True))
     deadline = time.monotonic() + 120
     while job.state()[0] <= 0.0 and not job.done:
         assert time.monotonic() < deadline, "the worker never reported progress"
         time.sleep(0.02)
+    assert not job.done, "the job ended before it could be cancelled: make the cancelled job slower"
     job.cancel()
     assert job.wait(60)
     with pytest.raises(RefineCancelled):
