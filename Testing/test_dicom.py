@@ -483,3 +483,37 @@ def test_a_one_component_patient_name_writes_a_seg_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         dicom.write_seg(Volume(truth_labels(), read.geometry), read, tmp_path / "out.dcm")
     assert str(pydicom.dcmread(tmp_path / "out.dcm").PatientName) == "ANON1720"
+
+
+def test_a_copied_slice_file_is_read_once_not_a_cut_in_the_volume(tmp_path):
+    """A slice copied under another name (the same SOPInstanceUID) used to split the run of
+    positions, so the volume was cut short; it is read once, with a warning."""
+    folder = tmp_path / "ct"
+    write_series(folder)
+    (folder / "IM_copy").write_bytes(sorted(folder.iterdir())[3].read_bytes())
+    with pytest.warns(UserWarning, match=r"1 file\(s\) are copies of another slice"):
+        read = dicom.read_series(folder)
+    assert np.array_equal(read.volume.array, ct_array())
+
+
+def test_two_acquisitions_in_one_series_are_refused_not_mixed(tmp_path):
+    """Two phases stored in one series (the same positions, AcquisitionNumber 1 and 2) would be
+    mixed or cut to a few slices; they are refused, naming the acquisitions and files."""
+    folder = tmp_path / "ct"
+    write_series(folder)
+    for i, path in enumerate(sorted(folder.iterdir())):
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionNumber = 1
+        ds.save_as(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.AcquisitionNumber = 2
+        ds.save_as(folder / f"late{i}")
+    with pytest.raises(RefineError, match=r"holds 2 acquisitions \(AcquisitionNumber 1, 2\) at the same slice positions, "
+                                          r"e\.g\. .* \(8 positions\): put the files of one acquisition"):
+        dicom.read_series(folder)
+    for path in folder.glob("late*"):
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionNumber = 1
+        ds.save_as(path)  # a second, different image at each position of one acquisition
+    with pytest.raises(RefineError, match="two different images at the same slice position"):
+        dicom.read_series(folder)

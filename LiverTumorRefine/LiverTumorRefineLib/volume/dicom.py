@@ -96,9 +96,34 @@ def _grid_key(ds: Any) -> tuple:
             tuple(round(float(v), 4) for v in ds.PixelSpacing), int(ds.Rows), int(ds.Columns))
 
 
+def _position(ds: Any, normal: np.ndarray) -> float:
+    """The slice's position along ``normal`` (mm)."""
+    return float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
+
+
+def _distinct_slices(path: Path, datasets: list[Any]) -> list[Any]:
+    """``datasets`` without copies of one instance (the same SOPInstanceUID in two files: the first
+    is kept). Two different images at one position are refused: two acquisitions (phases) stored in
+    one series, or a series merged from two, would otherwise be mixed or cut short."""
+    unique = list({str(ds.SOPInstanceUID): ds for ds in reversed(datasets)}.values())[::-1]
+    normal = _normal(unique[0])
+    at: dict[float, list[Any]] = {}
+    for ds in unique:
+        at.setdefault(round(_position(ds, normal), 2), []).append(ds)
+    clashes = [group for group in at.values() if len(group) > 1]
+    if not clashes:
+        return unique
+    acquisitions = sorted({str(ds.get("AcquisitionNumber", "") or "none") for group in clashes for ds in group})
+    example = ", ".join(Path(str(ds.filename)).name for ds in clashes[0][:2])
+    what = (f"{len(acquisitions)} acquisitions (AcquisitionNumber {', '.join(acquisitions)}) at the same slice positions"
+            if len(acquisitions) > 1 else "two different images at the same slice position")
+    raise RefineError(f"{path}: its series holds {what}, e.g. {example} ({len(clashes)} positions): put the files of "
+                      "one acquisition in a folder of their own.")
+
+
 def _main_run(datasets: list[Any]) -> list[Any]:
     """The longest run of slices at the most common spacing along the slice normal, sorted
-    along it; duplicated positions keep their first file."""
+    along it (one image per position: ``_distinct_slices``)."""
     normal = _normal(datasets[0])
     by_position = sorted(datasets, key=lambda ds: float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)))
     positions = np.array([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in by_position])
@@ -156,11 +181,17 @@ def _series_datasets(folder: str | os.PathLike, pixels: bool, series_uid: str | 
         return path, datasets
     groups = Counter(_grid_key(ds) for ds in datasets)
     main = groups.most_common(1)[0][0]
-    kept = _main_run([ds for ds in datasets if _grid_key(ds) == main])
-    dropped = len(datasets) - len(kept)
+    grid = [ds for ds in datasets if _grid_key(ds) == main]
+    distinct = _distinct_slices(path, grid)
+    kept = _main_run(distinct)
+    copies, dropped = len(grid) - len(distinct), len(datasets) - len(grid) + len(distinct) - len(kept)
+    if copies:
+        warnings.warn(f"{path}: {copies} file(s) are copies of another slice (the same SOPInstanceUID); each slice is "
+                      "read once.", UserWarning, stacklevel=3)
     if dropped:
-        warnings.warn(f"{path}: dropped {dropped} of {len(datasets)} slices that do not belong to the main regular "
-                      f"volume (another orientation, size or slice spacing); kept {len(kept)}.", UserWarning, stacklevel=3)
+        warnings.warn(f"{path}: dropped {dropped} of {len(datasets) - copies} slices that do not belong to the main "
+                      f"regular volume (another orientation, size or slice spacing); kept {len(kept)}.", UserWarning,
+                      stacklevel=3)
     return path, kept
 
 
