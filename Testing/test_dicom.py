@@ -517,3 +517,18 @@ def test_two_acquisitions_in_one_series_are_refused_not_mixed(tmp_path):
         ds.save_as(path)  # a second, different image at each position of one acquisition
     with pytest.raises(RefineError, match="two different images at the same slice position"):
         dicom.read_series(folder)
+
+
+def test_a_missing_slice_is_refused_not_cropped_away(tmp_path):
+    """A slice missing in the middle left two runs; the longer one was kept and the CT silently
+    cropped. It is refused, saying where the gap is."""
+    folder = tmp_path / "ct"
+    slices = write_series(folder)
+    gone = str(slices[3].SOPInstanceUID)
+    for path in folder.iterdir():
+        if str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) == gone:
+            path.unlink()
+    first = ORIGIN[2] + 2 * STEP
+    with pytest.raises(RefineError, match=rf"2\.5 mm apart, but 5 mm between the slices at {first:.1f} and "
+                                          rf"{first + 2 * STEP:.1f} mm .*a slice missing"):
+        dicom.read_series(folder)

@@ -121,12 +121,14 @@ def _distinct_slices(path: Path, datasets: list[Any]) -> list[Any]:
                       "one acquisition in a folder of their own.")
 
 
-def _main_run(datasets: list[Any]) -> list[Any]:
-    """The longest run of slices at the most common spacing along the slice normal, sorted
-    along it (one image per position: ``_distinct_slices``)."""
+def _main_run(path: Path, datasets: list[Any]) -> list[Any]:
+    """The run of slices at the most common spacing along the slice normal, sorted along it (one
+    image per position: ``_distinct_slices``); single slices off that run (a stray slice at another
+    spacing) are left out. Two runs of several slices (a missing slice, or two spacings) are
+    refused: keeping the longer part would crop the CT without saying where."""
     normal = _normal(datasets[0])
-    by_position = sorted(datasets, key=lambda ds: float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)))
-    positions = np.array([float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in by_position])
+    by_position = sorted(datasets, key=lambda ds: _position(ds, normal))
+    positions = np.array([_position(ds, normal) for ds in by_position])
     if len(by_position) < 3:
         return by_position
     steps = np.round(np.diff(positions), 2)
@@ -134,12 +136,19 @@ def _main_run(datasets: list[Any]) -> list[Any]:
     if not common:
         return by_position[:1]
     step = common[0][0]
-    best, start = (0, 0), 0
+    runs, start = [], 0
     for i in range(len(steps) + 1):  # runs of consecutive steps equal to the common one
         if i == len(steps) or abs(steps[i] - step) > max(0.01 * step, 1e-3):
-            if i - start > best[1] - best[0]:
-                best = (start, i)
+            runs.append((start, i))
             start = i + 1
+    several = [run for run in runs if run[1] > run[0]]
+    if len(several) > 1:
+        (_, end), (after, _) = several[0], several[1]
+        raise RefineError(f"{path}: the slices do not form one regular volume: {step:g} mm apart, but "
+                          f"{positions[after] - positions[end]:g} mm between the slices at {positions[end]:.1f} and "
+                          f"{positions[after]:.1f} mm along the slice normal (a slice missing, or two spacings). Export "
+                          "the series again, complete, or resample it to one spacing (e.g. in 3D Slicer).")
+    best = max(runs, key=lambda run: run[1] - run[0])
     return by_position[best[0]:best[1] + 1]
 
 
@@ -183,7 +192,7 @@ def _series_datasets(folder: str | os.PathLike, pixels: bool, series_uid: str | 
     main = groups.most_common(1)[0][0]
     grid = [ds for ds in datasets if _grid_key(ds) == main]
     distinct = _distinct_slices(path, grid)
-    kept = _main_run(distinct)
+    kept = _main_run(path, distinct)
     copies, dropped = len(grid) - len(distinct), len(datasets) - len(grid) + len(distinct) - len(kept)
     if copies:
         warnings.warn(f"{path}: {copies} file(s) are copies of another slice (the same SOPInstanceUID); each slice is "
