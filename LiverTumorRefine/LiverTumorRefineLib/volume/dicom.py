@@ -105,7 +105,10 @@ def _distinct_slices(path: Path, datasets: list[Any]) -> list[Any]:
     """``datasets`` without copies of one instance (the same SOPInstanceUID in two files: the first
     is kept). Two different images at one position are refused: two acquisitions (phases) stored in
     one series, or a series merged from two, would otherwise be mixed or cut short."""
-    unique = list({str(ds.SOPInstanceUID): ds for ds in reversed(datasets)}.values())[::-1]
+    first: dict[str, Any] = {}
+    for ds in datasets:
+        first.setdefault(str(ds.get("SOPInstanceUID") or id(ds)), ds)
+    unique = list(first.values())
     normal = _normal(unique[0])
     at: dict[float, list[Any]] = {}
     for ds in unique:
@@ -114,7 +117,7 @@ def _distinct_slices(path: Path, datasets: list[Any]) -> list[Any]:
     if not clashes:
         return unique
     acquisitions = sorted({str(ds.get("AcquisitionNumber", "") or "none") for group in clashes for ds in group})
-    example = ", ".join(Path(str(ds.filename)).name for ds in clashes[0][:2])
+    example = ", ".join(Path(str(getattr(ds, "filename", "?"))).name for ds in clashes[0][:2])
     what = (f"{len(acquisitions)} acquisitions (AcquisitionNumber {', '.join(acquisitions)}) at the same slice positions"
             if len(acquisitions) > 1 else "two different images at the same slice position")
     raise RefineError(f"{path}: its series holds {what}, e.g. {example} ({len(clashes)} positions): put the files of "
