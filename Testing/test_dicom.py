@@ -532,3 +532,30 @@ def test_a_missing_slice_is_refused_not_cropped_away(tmp_path):
     with pytest.raises(RefineError, match=rf"2\.5 mm apart, but 5 mm between the slices at {first:.1f} and "
                                           rf"{first + 2 * STEP:.1f} mm .*a slice missing"):
         dicom.read_series(folder)
+
+
+def test_a_ct_beside_its_localizers_is_read_other_mixes_are_refused(tmp_path):
+    """A study exported into one folder: the CT (here 12 slices) and a 2-image localizer series.
+    The CT is read with a warning naming both; a second volume-sized series is still refused."""
+    folder = tmp_path / "study"
+    ct = write_series(tmp_path / "thin", seed=1)  # 8 slices: add 4 more along the same grid
+    files = sorted((tmp_path / "thin").iterdir())
+    uids = {"study": ct[0].StudyInstanceUID, "series": ct[0].SeriesInstanceUID, "frame": ct[0].FrameOfReferenceUID}
+    folder.mkdir()
+    for path in files:
+        path.rename(folder / path.name)
+    for k in range(SHAPE[0], SHAPE[0] + 4):
+        slice_dataset(ct_array()[-1], (ORIGIN[0], ORIGIN[1], ORIGIN[2] + STEP * k), (1, 0, 0, 0, 1, 0), uids,
+                      k + 1).save_as(folder / f"more{k}", enforce_file_format=True)
+    scout = {"study": uids["study"], "series": generate_uid(), "frame": uids["frame"]}
+    for k in range(2):
+        slice_dataset(ct_array()[0], (ORIGIN[0], ORIGIN[1] + k, ORIGIN[2]), (1, 0, 0, 0, 0, -1), scout,
+                      k + 1).save_as(folder / f"scout{k}", enforce_file_format=True)
+    with pytest.warns(UserWarning, match=r"holds 2 DICOM series.*Reading the one volume.*localizers"):
+        read = dicom.read_series(folder)
+    assert read.volume.array.shape == (SHAPE[0] + 4, *SHAPE[1:])
+    write_series(tmp_path / "phase2", seed=3)
+    for path in (tmp_path / "phase2").iterdir():
+        path.rename(folder / f"p2{path.name}")
+    with pytest.raises(RefineError, match="holds 3 DICOM series"):
+        dicom.read_series(folder)

@@ -155,6 +155,12 @@ def _main_run(path: Path, datasets: list[Any]) -> list[Any]:
     return by_position[best[0]:best[1] + 1]
 
 
+# In a folder of several series, one with at least MIN_VOLUME_SLICES images beside series of at most
+# MAX_LOCALIZER_SLICES (scouts) is read; any other mix is refused, since which one is meant is unclear.
+MIN_VOLUME_SLICES = 10
+MAX_LOCALIZER_SLICES = 3
+
+
 def _select_series(folder: Path, datasets: list[Any], series_uid: str | None) -> list[Any]:
     if not datasets:
         inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -167,6 +173,13 @@ def _select_series(folder: Path, datasets: list[Any], series_uid: str | None) ->
         return [ds for ds in datasets if str(ds.SeriesInstanceUID) == series_uid]
     if len(series) > 1:
         described = "; ".join(f"{uid} ({n} files, {_series_name(datasets, uid)})" for uid, n in series.items())
+        (main, count), *others = series.most_common()
+        if count >= MIN_VOLUME_SLICES and all(n <= MAX_LOCALIZER_SLICES for _, n in others):
+            # a study exported into one folder: the CT beside its localizers (scouts), which are no volume
+            warnings.warn(f"{folder} holds {len(series)} DICOM series: {described}. Reading the one volume, "
+                          f"{_series_name(datasets, main)}; the others have {MAX_LOCALIZER_SLICES} images or fewer "
+                          "(localizers).", UserWarning, stacklevel=4)
+            return [ds for ds in datasets if str(ds.SeriesInstanceUID) == main]
         raise RefineError(f"{folder} holds {len(series)} DICOM series: {described}. Put each series in its own "
                           "folder (or pass series_uid to dicom.read_series).")
     return datasets
