@@ -7,6 +7,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+def known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``data`` (a config as a model file stores it) that are fields of the dataclass
+    ``cls``, with JSON lists back as tuples: unknown keys from other versions are ignored."""
+    known = {f.name for f in fields(cls)}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+
+
 # A refinement moves boundaries; whether a lesion exists is the coarse segmenter's (or the
 # reader's) call. 0.5 was chosen for the previous, confidence-blind guard on validation phantoms
 # (seeds 50100-50119; no guard / 0.3 / 0.5 / 0.7: it kept 86% of the gain and cut the worst lesion
@@ -101,9 +108,7 @@ class PatchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PatchConfig":
-        known = {f.name for f in fields(cls)}
-        kwargs = {**LEGACY_PATCH, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}}
-        return cls(**kwargs)
+        return cls(**{**LEGACY_PATCH, **known_fields(cls, data)})
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,4 @@ class NetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "NetConfig":
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
-        return cls(**kwargs)
+        return cls(**known_fields(cls, data))

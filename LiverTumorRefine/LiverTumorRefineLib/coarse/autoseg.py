@@ -11,7 +11,7 @@ largest connected piece with the tumours inside it. The output is a coarse LiTS-
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 from torch.nn import functional as F
 
-from LiverTumorRefineLib.config import NetConfig
+from LiverTumorRefineLib.config import NetConfig, known_fields
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.refine.network import BRNet
 from LiverTumorRefineLib.refine.runtime import TorchRuntime
@@ -53,8 +53,7 @@ class SegConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SegConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
+        return cls(**known_fields(cls, data))
 
 
 def build_segnet(cfg: SegConfig = SegConfig(), net: NetConfig = SEG_NET) -> BRNet:

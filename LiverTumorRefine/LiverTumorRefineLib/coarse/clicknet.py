@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +24,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from LiverTumorRefineLib.config import LIVER_REFERENCE_HU, NetConfig
+from LiverTumorRefineLib.config import LIVER_REFERENCE_HU, NetConfig, known_fields
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
 from LiverTumorRefineLib.refine import sampling, weights
@@ -66,8 +66,7 @@ class ClickConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ClickConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
+        return cls(**known_fields(cls, data))
 
 
 # Bounds of a click model file's config, checked before anything is built (see weights.check_fields).
