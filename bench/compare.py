@@ -64,6 +64,7 @@ from LiverTumorRefineLib.training.case import RefineCase  # noqa: E402
 
 Method = Callable[[np.ndarray, np.ndarray, Sequence[float]], np.ndarray]
 KEYS = ("dice", "voe", "assd", "mssd")
+DISTANCE_KEYS = ("assd", "mssd")  # surface distances: none for an empty result
 DEFAULT_MODELS = {"ours": ROOT / "LiverTumorRefine/Resources/Models/brnet_default.pt",
                   "ours-nomask": ROOT / "LiverTumorRefine/Resources/Models/brnet_nomask.pt"}
 
@@ -319,17 +320,17 @@ def summarise(rows: list[dict], methods: Sequence[str]) -> list[Summary]:
             ok = [r for r in sel if not r["error"]]
             if not sel:
                 continue
-            means = {k: float(np.mean([r[k] for r in ok])) if ok else math.nan for k in KEYS + ("seconds",)}
             # An empty result has no surface, so no distance: a mean over it would be infinite and
             # hide every other case; the distances are the mean over the rest, and the count is shown.
             finite = [r for r in ok if math.isfinite(r["assd"])]
+            means = {k: float(np.mean([r[k] for r in ok])) if ok else math.nan
+                     for k in KEYS + ("seconds",) if k not in DISTANCE_KEYS}
             for k in DISTANCE_KEYS:
                 means[k] = float(np.mean([r[k] for r in finite])) if finite else math.inf if ok else math.nan
             out.append(Summary(case_set, method, len(ok), means, len(sel) - len(ok), len(ok) - len(finite)))
     return out
 
 
-DISTANCE_KEYS = ("assd", "mssd")
 CSV_FIELDS = ("set", "case", "method", "n_cases", "dice", "voe", "assd_mm", "mssd_mm", "seconds", "error")
 
 
@@ -387,7 +388,8 @@ def format_table(summaries: list[Summary]) -> str:
         lines.append(f"  {'method':<18} {'Dice':>6} {'VOE':>6} {'ASSD mm':>8} {'MSSD mm':>8} {'seconds':>8}")
         for s in sel:
             m = s.means
-            note = f"  ({_problems(s)})" if s.failed or s.empty else ""
+            problems = _problems(s)
+            note = f"  ({problems})" if problems else ""
             lines.append(f"  {s.method:<18} {m['dice']:6.3f} {m['voe']:6.3f} {m['assd']:8.2f} {m['mssd']:8.1f} "
                          f"{m['seconds']:8.2f}{note}")
     return "\n".join(lines)
