@@ -112,7 +112,7 @@ def test_csv_and_numpy_plot(tmp_path):
                  **{k: float("nan") for k in ("dice", "voe", "assd", "mssd", "seconds")}})
     summaries = compare.summarise(rows, ["coarse", "x"])
     assert [(s.method, s.n, s.failed, round(s.means["dice"], 3)) for s in summaries] == [("coarse", 2, 0, 0.7),
-                                                                                      ("x", 2, 1, 0.9)]
+                                                                                         ("x", 2, 1, 0.9)]
     compare.write_csv(tmp_path / "compare.csv", rows, summaries)
     with open(tmp_path / "compare.csv", newline="") as f:
         written = list(csv.DictReader(f))

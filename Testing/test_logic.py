@@ -197,8 +197,8 @@ def test_sagittal_ct_is_refined_in_axial_planes(app, logic, case):
     as the axial original: the logic refines the axial view and puts the result back."""
     axial = st.build_scene_case(app.scene, case)
     expected = scene_nodes.export_segment_mask(axial.segmentationNode,
-                                       logic.refine(axial.volumeNode, axial.segmentationNode, axial.coarseId,
-                                                    device="cpu").refinedSegmentId, axial.volumeNode)
+                                               logic.refine(axial.volumeNode, axial.segmentationNode, axial.coarseId,
+                                                            device="cpu").refinedSegmentId, axial.volumeNode)
 
     def sagittal(array):  # (z, y, x) -> (x, z, y): K runs along x, J along z, I along y
         return np.ascontiguousarray(array.transpose(2, 0, 1))

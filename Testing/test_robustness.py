@@ -498,7 +498,7 @@ TRIALS = [
      r"leave out --weights to use the shipped model"),
     # 14. DICOM files that are not what the option wants
     ("a DICOM slice file as the CT", lambda f, c: f.cli(c, "refine", "--image", _dicom_copy(f, "IM0041"), "--mask", f.mask,
-                                                         "--out", f.folder / "out.nii.gz", "--weights", f.model),
+                                                        "--out", f.folder / "out.nii.gz", "--weights", f.model),
      r"a DICOM CT is given as its folder: pass .*, the folder holding this file"),
     ("an RT structure set as the mask", lambda f, c: f.refine(c, "--mask", _rtstruct(f)),
      r"an RT structure set \(contours\), not a DICOM SEG"),

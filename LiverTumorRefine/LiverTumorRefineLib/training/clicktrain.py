@@ -123,7 +123,7 @@ def lesion_crops(case: Case, cfg: ClickTrainConfig, rng: np.random.Generator | N
         grid = clicknet.crop_grid(click, image.shape, spacing, cfg.click)
         z_mm, y_mm, x_mm = grid.offsets_mm(spacing)
         hu = clicknet.normalise_crop(clicknet.crop_image(image, spacing, grid, cfg.click), z_mm, y_mm, x_mm,
-                                   [(0.0, 0.0, 0.0)], cfg.click)
+                                     [(0.0, 0.0, 0.0)], cfg.click)
         zs = np.flatnonzero(lesion.any(axis=(1, 2)))
         margin = int(round(cfg.margin_mm / spacing[0]))
         keep = np.arange(max(zs[0] - margin, grid.z0), min(zs[-1] + margin + 1, grid.z1))
@@ -204,7 +204,7 @@ def predict_crop(model: torch.nn.Module, crop: LesionCrop, scenario: Sequence[Cl
     model.train()
     voxels = [to_voxel(crop, c, cfg) for c in scenario]
     return clicknet.keep_clicked(prob.numpy() > cfg.threshold, [v for v, c in zip(voxels, scenario) if c[3]],
-                               [v for v, c in zip(voxels, scenario) if not c[3]])
+                                 [v for v, c in zip(voxels, scenario) if not c[3]])
 
 
 def to_voxel(crop: LesionCrop, click: Click, cfg: ClickConfig) -> tuple[int, int, int]:
