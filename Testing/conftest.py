@@ -104,3 +104,15 @@ def trained_model(blob_cases, request):
         torch.save(model.state_dict(), partial)
         os.replace(partial, cached)
     return model.eval()
+
+
+@pytest.fixture()
+def tiny_weights(tmp_path):
+    """An untrained 4-channel BRNet saved as a weights file: for tests of file handling, not quality."""
+    from LiverTumorRefineLib.config import PatchConfig
+    from LiverTumorRefineLib.refine.weights import save_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_model(build_model(PatchConfig(), NetConfig(base_channels=4)).eval(), path)
+    return path

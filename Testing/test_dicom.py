@@ -207,20 +207,6 @@ def test_write_seg_references_the_series_and_reads_back(series, tmp_path):
     assert not list(tmp_path.glob(".out.dcm*"))  # no temporary file left behind
 
 
-@pytest.fixture()
-def tiny_weights(tmp_path):
-    import torch
-
-    from LiverTumorRefineLib.config import NetConfig, PatchConfig
-    from LiverTumorRefineLib.refine.network import build_model
-    from LiverTumorRefineLib.refine.weights import save_model
-
-    torch.manual_seed(0)
-    path = tmp_path / "model.pt"
-    save_model(build_model(PatchConfig(), NetConfig(base_channels=4)).eval(), path)
-    return path
-
-
 def test_refine_out_dcm_round_trip(series, tmp_path, tiny_weights):
     folder, slices, seg_path = series
     common = ["--image", str(folder), "--mask", str(seg_path), "--segment", "tumor", "--weights", str(tiny_weights),
@@ -452,13 +438,13 @@ def test_fractional_seg_is_a_probability_map_thresholded_at_half(series, tmp_pat
 
 
 def test_a_mask_that_is_another_dicom_object_says_what_it_is(series, tmp_path):
-    """An RT structure set (hospitals' contours) or a CT slice given as the mask: named, with what to do."""
+    """An RT structure set (hospitals' contours) or a CT slice where a DICOM SEG is needed: named, with what to do."""
     folder, slices, _ = series
     rtstruct = slice_dataset(ct_array()[0], (0, 0, 0), (1, 0, 0, 0, 1, 0), {"study": "1.2", "series": "1.3", "frame": "1.4"}, 1)
     rtstruct.Modality = "RTSTRUCT"
     del rtstruct.PixelData
     rtstruct.save_as(tmp_path / "contours.dcm", enforce_file_format=True)
-    with pytest.raises(RefineError, match=r"contours.dcm: an RT structure set .*SlicerRT"):
+    with pytest.raises(RefineError, match=r"contours.dcm: an RT structure set .*refine and evaluate read it as a mask"):
         dicom.read_seg(tmp_path / "contours.dcm")
     ct_slice = next(folder.iterdir())
     (tmp_path / "slice.dcm").write_bytes(ct_slice.read_bytes())

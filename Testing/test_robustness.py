@@ -500,8 +500,8 @@ TRIALS = [
     ("a DICOM slice file as the CT", lambda f, c: f.cli(c, "refine", "--image", _dicom_copy(f, "IM0041"), "--mask", f.mask,
                                                         "--out", f.folder / "out.nii.gz", "--weights", f.model),
      r"a DICOM CT is given as its folder: pass .*, the folder holding this file"),
-    ("an RT structure set as the mask", lambda f, c: f.refine(c, "--mask", _rtstruct(f)),
-     r"an RT structure set \(contours\), not a DICOM SEG"),
+    ("an RT structure set without contours as the mask", lambda f, c: f.refine(c, "--mask", _rtstruct(f)),
+     r"contours.dcm: this RT structure set has no contoured structure \(ROI\), so there is no mask in it"),
 ]
 
 
@@ -514,7 +514,7 @@ def _dicom_copy(files, name):
 
 
 def _rtstruct(files):
-    """A minimal RT structure set header (no contours needed: it is refused for what it is)."""
+    """A minimal RT structure set header without any structure (refused: it holds no mask)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 

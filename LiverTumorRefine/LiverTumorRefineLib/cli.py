@@ -53,8 +53,8 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         if args.label is not None:
             raise RefineError("--label selects a label of --mask; the coarse sources make their own mask.")
         if args.segment is not None:
-            raise RefineError("--segment selects a segment of --mask (a DICOM SEG or .seg.nrrd); the coarse sources "
-                              "make their own mask.")
+            raise RefineError("--segment selects a segment of --mask (a DICOM SEG, .seg.nrrd or RT structure set); "
+                              "the coarse sources make their own mask.")
         if args.seeds is not None and args.intensity_gate is not None:
             raise RefineError("--intensity-gate and --no-intensity-gate are for an existing coarse mask and the automatic "
                               "sources: a mask made from --seeds is always refined without the intensity gate. Leave "
@@ -264,8 +264,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refine", help="refine a coarse tumour mask (given, or made from seeds or automatically)")
     p.add_argument("--image", help="CT volume (NIfTI, NRRD, MHA) or a DICOM CT series folder")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--mask", help="coarse tumour mask or LiTS-style label map, or a DICOM SEG (.dcm) or Slicer "
-                                       ".seg.nrrd (pick the segment with --segment)")
+    source.add_argument("--mask", help="coarse tumour mask or LiTS-style label map, or a DICOM SEG (.dcm), Slicer "
+                                       ".seg.nrrd or RT structure set (.dcm, filled on the CT's slices); pick the "
+                                       "segment or structure with --segment")
     source.add_argument("--seeds", help="one point inside each lesion: \"R,A,S;R,A,S\" in RAS mm as Slicer shows "
                                         "them, or a Slicer point list file (.mrk.json; points whose description is "
                                         "\"lesion N\" are one lesion's clicks)")
@@ -287,8 +288,9 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                         "(model), or hybrid (= auto): the ray grower's lesion, corrected near each negative seed by "
                         "the model (the best in bench/clicks.py)")
     p.add_argument("--coarse-weights", help="coarse network file for --auto-coarse (default: the shipped one)")
-    p.add_argument("--segment", metavar="NAME", help="segment of a DICOM SEG or .seg.nrrd --mask, by name "
-                                                     "(case-insensitive) or number (default: its only segment)")
+    p.add_argument("--segment", metavar="NAME", help="segment of a DICOM SEG or .seg.nrrd --mask, or structure of an "
+                                                     "RT structure set, by name (case-insensitive) or number "
+                                                     "(default: its only one)")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses a CUDA GPU when there is one")
@@ -331,7 +333,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", required=True, help="predicted mask, resampled onto the truth's grid when it differs")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
     p.add_argument("--segment", metavar="NAME", help="segment (name or number) of whichever of --truth/--pred is a "
-                                                     "DICOM SEG (.dcm) or Slicer .seg.nrrd")
+                                                     "DICOM SEG (.dcm), Slicer .seg.nrrd or RT structure set (.dcm, "
+                                                     "filled on the other's grid)")
     p.add_argument("--pred-segment", metavar="NAME", help="segment of --pred when its name differs from --segment's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)

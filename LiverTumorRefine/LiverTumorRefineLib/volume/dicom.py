@@ -346,6 +346,17 @@ def frame_slices(series: DicomSeries) -> list[int] | None:
     return slices
 
 
+def frame_of_reference(path: str | os.PathLike) -> str | None:
+    """The FrameOfReferenceUID of the CT series folder ``path``; None for a volume file or a
+    series without one (then nothing can be checked against it)."""
+    if not is_dicom_folder(path):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dropped slices are reported when the CT itself is read
+        uid = read_series(path, pixels=False).datasets[0].get("FrameOfReferenceUID")
+    return str(uid) if uid else None
+
+
 # --------------------------------------------------------------------------------------------
 # DICOM SEG in
 
@@ -363,8 +374,8 @@ def _read_seg(path: str | os.PathLike) -> Any:
 
 # What a .dcm that is no SEG usually is, and what to do with it.
 _OTHER_DICOM = {
-    "RTSTRUCT": "an RT structure set (contours), not a DICOM SEG: convert its structure to a segmentation first, "
-                "e.g. load it in 3D Slicer (SlicerRT extension) and save the segmentation as .seg.nrrd or DICOM SEG",
+    "RTSTRUCT": "an RT structure set (contours), not a DICOM SEG: refine and evaluate read it as a mask, filled on "
+                "the CT's slices; here a DICOM SEG is needed (3D Slicer with SlicerRT converts one into the other)",
     "CT": "a CT image, not a DICOM SEG: give the CT as --image (its series folder) and the segmentation as --mask",
 }
 

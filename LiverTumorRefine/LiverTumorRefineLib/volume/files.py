@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.volume import checks, dicom, io, segments
+from LiverTumorRefineLib.volume import checks, dicom, io, rtstruct, segments
 from LiverTumorRefineLib.volume.geometry import Volume
 
 
@@ -35,11 +35,17 @@ def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
     CT file's own grid with ``io.back_on_grid(volume, image_path)`` before writing them. With
     ``image_is_ct`` (refinement; False for truth/prediction pairs) a CT that does not look like
     HU is warned about and a mask covering the whole CT is refused. The CT may be a DICOM series
-    folder; ``segment`` picks the mask's segment (name or number) in a DICOM SEG or .seg.nrrd,
-    ``image_segment`` the truth's when ``image_is_ct`` is False (see ``segments.read_mask``).
+    folder; ``segment`` picks the mask's segment (name or number) in a DICOM SEG, .seg.nrrd or RT
+    structure set, ``image_segment`` the truth's when ``image_is_ct`` is False (see
+    ``segments.read_mask``). An RT structure set is filled on the other file's grid.
     """
-    ct = io.read_image(image_path) if image_is_ct else segments.read_mask(image_path, image_segment)
-    mask = segments.read_mask(mask_path, segment)
+    if not image_is_ct and rtstruct.is_rtstruct(image_path):  # a reference drawn as contours: filled on the other
+        mask = segments.read_mask(mask_path, segment)
+        ct = segments.read_mask(image_path, image_segment, grid=mask)
+    else:
+        ct = io.read_image(image_path) if image_is_ct else segments.read_mask(image_path, image_segment)
+        frame = dicom.frame_of_reference(image_path) if image_is_ct and rtstruct.is_rtstruct(mask_path) else None
+        mask = segments.read_mask(mask_path, segment, grid=ct, frame_of_reference=frame)
     if ct.GetDimension() != mask.GetDimension():
         raise RefineError(f"CT is {ct.GetDimension()}D but the mask is {mask.GetDimension()}D: give matching volumes.")
     ct, mask = io.to_lps(ct), io.to_lps(mask)

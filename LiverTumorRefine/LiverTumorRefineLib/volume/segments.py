@@ -1,6 +1,7 @@
-"""Masks from segmentation files that hold named segments: DICOM SEG (``.dcm``) and Slicer
-``.seg.nrrd`` (single- or multi-layer, i.e. with overlapping segments), picked by name or
-number; plain mask files pass through to ``io.read_image``.
+"""Masks from segmentation files that hold named segments: DICOM SEG (``.dcm``), Slicer
+``.seg.nrrd`` (single- or multi-layer, i.e. with overlapping segments) and RT structure sets
+(contours, filled on a CT's grid), picked by name or number; plain mask files pass through to
+``io.read_image``.
 
 Slicer's ``.seg.nrrd`` keeps each segment in the header as ``Segment{i}_Name``,
 ``Segment{i}_Layer`` (which component of a multi-layer file) and ``Segment{i}_LabelValue`` (its
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from LiverTumorRefineLib.volume import io
+from LiverTumorRefineLib.volume import io, rtstruct
 from LiverTumorRefineLib.errors import RefineError
 
 
@@ -94,18 +95,26 @@ def read_seg_nrrd(path: str | os.PathLike, segment: str | int | None = None) -> 
     return mask
 
 
-def read_mask(path: str | os.PathLike, segment: str | int | None = None) -> sitk.Image:
-    """A mask or label image from ``path``: a DICOM SEG or .seg.nrrd segment (``segment`` by
-    name or number), else the plain file, for which ``segment`` is refused (use a label)."""
+def read_mask(path: str | os.PathLike, segment: str | int | None = None, grid: sitk.Image | None = None,
+              frame_of_reference: str | None = None) -> sitk.Image:
+    """A mask or label image from ``path``: an RT structure set's structure filled on ``grid``
+    (checked against the CT's ``frame_of_reference`` when given), a DICOM SEG or .seg.nrrd segment
+    (``segment`` by name or number), else the plain file, for which ``segment`` is refused (use a
+    label)."""
     from LiverTumorRefineLib.volume import dicom
 
+    if rtstruct.is_rtstruct(path):
+        if grid is None:
+            raise RefineError(f"{path}: an RT structure set holds contours, not voxels, and is filled on the grid of "
+                              "the file beside it: give that as a CT, or as a mask on the CT's grid.")
+        return rtstruct.read_rtstruct_on(path, grid, segment, frame_of_reference)
     if dicom.is_dicom_seg_path(path):
         return io.to_sitk(dicom.read_seg(path, segment))
     if seg_nrrd_segments(path):
         return read_seg_nrrd(path, segment)
     if segment is not None:
-        raise RefineError(f"{path}: --segment picks a segment of a DICOM SEG (.dcm) or Slicer .seg.nrrd; this is a "
-                          "plain mask file: choose its tumour value with --label instead.")
+        raise RefineError(f"{path}: --segment picks a segment of a DICOM SEG (.dcm), Slicer .seg.nrrd or RT structure "
+                          "set; this is a plain mask file: choose its tumour value with --label instead.")
     return io.read_image(path)
 
 

@@ -1,0 +1,232 @@
+"""RT structure sets (DICOM RTSTRUCT) as masks: contours filled on the CT's slices, through the
+same entry points as every other mask (refine, evaluate, load_pair)."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pydicom = pytest.importorskip("pydicom")
+
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid  # noqa: E402
+from test_dicom import ORIGIN, PIXEL, SHAPE, STEP, truth_labels, write_series  # noqa: E402
+
+from LiverTumorRefineLib import api  # noqa: E402
+from LiverTumorRefineLib.cli import main  # noqa: E402
+from LiverTumorRefineLib.errors import RefineError  # noqa: E402
+from LiverTumorRefineLib.volume import io, rtstruct  # noqa: E402
+
+TUMOUR_CENTRE = (4, 14, 17)  # z, y, x voxel of the tumour ball of test_dicom.truth_labels (radius 4.5 mm)
+
+
+def brute_force_fill(xy: np.ndarray, shape) -> np.ndarray:
+    """Even-odd test of every pixel centre against every edge (the classic crossing-number loop)."""
+    inside = np.zeros(shape, bool)
+    n = len(xy)
+    for row in range(shape[0]):
+        for col in range(shape[1]):
+            odd = False
+            for i in range(n):
+                (xa, ya), (xb, yb) = xy[i], xy[(i + 1) % n]
+                if (ya > row) != (yb > row) and col < xa + (row - ya) * (xb - xa) / (yb - ya):
+                    odd = not odd
+            inside[row, col] = odd
+    return inside
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3, 14), st.floats(-3, 12)), min_size=3, max_size=9))
+def test_fill_matches_the_point_by_point_even_odd_test(points):
+    """Any polygon, self-intersecting or reaching past the image, vertices on pixel centres too."""
+    xy = np.round(np.array(points), 1)  # rounding puts vertices and edges exactly on centres often
+    assert np.array_equal(rtstruct.fill_polygon(xy, (10, 12)), brute_force_fill(xy, (10, 12)))
+
+
+def test_a_rectangle_takes_exactly_the_centres_inside():
+    xy = np.array([[2.5, 3.5], [7.5, 3.5], [7.5, 9.5], [2.5, 9.5]])
+    expected = np.zeros((12, 10), bool)
+    expected[4:10, 3:8] = True
+    assert np.array_equal(rtstruct.fill_polygon(xy, (12, 10)), expected)
+    assert np.array_equal(rtstruct.fill_polygon(xy[::-1], (12, 10)), expected)  # either winding
+
+
+def circle(centre_mm, radius_mm: float, n: int = 360) -> np.ndarray:
+    angle = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    x, y, z = centre_mm
+    return np.stack([x + radius_mm * np.cos(angle), y + radius_mm * np.sin(angle), np.full(n, z)], axis=1)
+
+
+def square(centre_mm, half_mm: float) -> np.ndarray:
+    x, y, z = centre_mm
+    return np.array([[x - half_mm, y - half_mm, z], [x + half_mm, y - half_mm, z], [x + half_mm, y + half_mm, z],
+                     [x - half_mm, y + half_mm, z]])
+
+
+def voxel_mm(z: float, y: float, x: float) -> tuple[float, float, float]:
+    """LPS mm of a voxel of test_dicom's axial series (x along a row, y down a column)."""
+    return ORIGIN[0] + x * PIXEL[1], ORIGIN[1] + y * PIXEL[0], ORIGIN[2] + z * STEP
+
+
+def tumour_contours(shift_z: float = 0.0) -> list[np.ndarray]:
+    """The tumour ball of truth_labels as one circle per slice it cuts."""
+    z0, y0, x0 = TUMOUR_CENTRE
+    contours = []
+    for k in range(SHAPE[0]):
+        dz = (k - z0) * STEP
+        if abs(dz) < 4.5:
+            contours.append(circle(voxel_mm(k + shift_z, y0, x0), np.sqrt(4.5 ** 2 - dz ** 2)))
+    return contours
+
+
+def write_rtstruct(path: Path, frame_uid: str, structures: dict[str, list[np.ndarray]],
+                   kind: str = "CLOSED_PLANAR") -> Path:
+    """An RT structure set with one ROI per entry of ``structures`` (ROI numbers 1, 2, ...)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = RTStructureSetStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "RTSTRUCT", generate_uid(), generate_uid()
+    ds.StructureSetLabel, ds.PatientID = "test", "p1"
+    frame = Dataset()
+    frame.FrameOfReferenceUID = frame_uid
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    rois, roi_contours = [], []
+    for number, (name, contours) in enumerate(structures.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, frame_uid
+        rois.append(roi)
+        item = Dataset()
+        item.ReferencedROINumber = number
+        items = []
+        for points in contours:
+            contour = Dataset()
+            contour.ContourGeometricType = kind
+            contour.NumberOfContourPoints = len(points)
+            contour.ContourData = [f"{v:.4f}" for v in np.asarray(points).ravel()]
+            items.append(contour)
+        item.ContourSequence = items
+        roi_contours.append(item)
+    ds.StructureSetROISequence, ds.ROIContourSequence = rois, roi_contours
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture()
+def ct_and_contours(tmp_path):
+    """test_dicom's CT series, and a structure set holding its liver box and its tumour ball."""
+    folder = tmp_path / "ct"
+    slices = write_series(folder)
+    frame = str(slices[0].FrameOfReferenceUID)
+    liver = [square(voxel_mm(k, 15.5, 15.5), 2.0) for k in range(1, 7)]
+    path = write_rtstruct(tmp_path / "contours.dcm", frame, {"Liver": liver, "GTV tumour": tumour_contours()})
+    return folder, path, frame
+
+
+def test_a_structure_by_name_or_number_fills_the_lesion_on_the_ct_grid(ct_and_contours):
+    folder, path, _ = ct_and_contours
+    expected = truth_labels() == 2
+    for choice in ("gtv TUMOUR", "2", 2):
+        _, mask = api.load_pair(folder, path, segment=choice)
+        assert np.array_equal(mask.array.astype(bool), expected), choice
+    with pytest.raises(RefineError, match=r"holds 2 segments \(1 'Liver', 2 'GTV tumour'\): choose one with --segment"):
+        api.load_pair(folder, path)
+    with pytest.raises(RefineError, match=r"has no segment 'GTV'; segments there: 1 'Liver', 2 'GTV tumour'"):
+        api.load_pair(folder, path, segment="GTV")
+
+
+def test_the_same_contours_land_on_the_same_voxels_of_a_flipped_nifti_ct(ct_and_contours, tmp_path):
+    """Contours are placed by patient position: a CT stored in another axis order gets the same voxels."""
+    folder, path, _ = ct_and_contours
+    flipped = sitk.Flip(io.read_image(folder), [True, False, True])  # RAS-like storage order, other direction
+    sitk.WriteImage(flipped, str(tmp_path / "ct.nii.gz"))
+    _, from_series = api.load_pair(folder, path, segment="GTV tumour")
+    _, from_nifti = api.load_pair(tmp_path / "ct.nii.gz", path, segment="GTV tumour")
+    assert from_nifti.array.any() and np.array_equal(from_nifti.array, from_series.array)
+
+
+def test_a_contour_inside_another_is_a_hole(tmp_path):
+    folder = tmp_path / "ct"
+    slices = write_series(folder)
+    ring = [square(voxel_mm(3, 16, 16), 6.0), square(voxel_mm(3, 16, 16), 2.5)]
+    path = write_rtstruct(tmp_path / "ring.dcm", str(slices[0].FrameOfReferenceUID), {"ring": ring})
+    _, mask = api.load_pair(folder, path)
+    z, y, x = np.indices(SHAPE)
+    dy, dx = np.abs(y - 16) * PIXEL[0], np.abs(x - 16) * PIXEL[1]
+    outer, inner = (dy < 6.0) & (dx < 6.0), (dy < 2.5) & (dx < 2.5)
+    assert np.array_equal(mask.array.astype(bool), (z == 3) & outer & ~inner)
+
+
+def test_contours_of_another_scan_are_refused(ct_and_contours, tmp_path):
+    folder, _, frame = ct_and_contours
+    other = write_rtstruct(tmp_path / "other.dcm", generate_uid(), {"GTV": tumour_contours()})
+    with pytest.raises(RefineError, match=r"another frame of reference .* than the CT .*Give the CT series"):
+        api.load_pair(folder, other)
+    between = write_rtstruct(tmp_path / "between.dcm", frame, {"GTV": tumour_contours(shift_z=0.5)})
+    with pytest.raises(RefineError, match=r"do not lie on the CT's slices \(one lies 3.50 slices"):
+        api.load_pair(folder, between)
+    beyond = write_rtstruct(tmp_path / "beyond.dcm", frame, {"GTV": tumour_contours(shift_z=20)})
+    with pytest.raises(RefineError, match=r"every contour lies outside the CT's slices"):
+        api.load_pair(folder, beyond)
+    partly = write_rtstruct(tmp_path / "partly.dcm", frame, {"GTV": tumour_contours(shift_z=3)})  # slices 6, 7, 8
+    with pytest.warns(UserWarning, match=r"1 of 3 contours lie beyond the CT's first or last slice"):
+        _, mask = api.load_pair(folder, partly)
+    assert sorted(set(np.nonzero(mask.array)[0])) == [6, 7]
+
+
+def test_a_structure_set_as_planning_systems_write_it(tmp_path):
+    """pydicom's sample: no DICOM preamble, closing points repeated, point ROIs beside the contours."""
+    from pydicom.data import get_testdata_file
+
+    path = tmp_path / "sample.dcm"
+    path.write_bytes(Path(get_testdata_file("rtstruct.dcm", download=False)).read_bytes())
+    assert rtstruct.is_rtstruct(path)
+    grid = sitk.Image(51, 41, 4, sitk.sitkInt16)  # 10 mm voxels, slices at z -210, -200, -190, -180
+    grid.SetSpacing((10.0, 10.0, 10.0))
+    grid.SetOrigin((-250.0, -200.0, -210.0))
+    mask = sitk.GetArrayFromImage(rtstruct.read_rtstruct_on(path, grid, "patient"))
+    # the 400 x 300 mm rectangle: centres x -200..190 and y -150..140 (an edge's centres count on one side only)
+    assert mask.sum(axis=(1, 2)).tolist() == [0, 40 * 30, 40 * 30, 40 * 30]
+    assert mask[1, 5, 5] == 1 and mask[1, 5, 4] == 0 and mask[1, 4, 5] == 0
+    with pytest.raises(RefineError, match=r"holds 3 segments \(1 'patient', 2 'Isocenter 1', 3 'Isocenter 2'\)"):
+        rtstruct.read_rtstruct_on(path, grid)
+    with pytest.raises(RefineError, match=r"structure 2 has no closed planar contour \(it holds POINT\)"):
+        rtstruct.read_rtstruct_on(path, grid, "isocenter 1")
+    with pytest.raises(RefineError, match=r"another frame of reference"):
+        rtstruct.read_rtstruct_on(path, grid, "patient", frame_of_reference="1.2.3")
+
+
+def test_structures_without_an_area_are_refused_with_what_to_do(ct_and_contours, tmp_path):
+    folder, _, frame = ct_and_contours
+    points = write_rtstruct(tmp_path / "points.dcm", frame, {"marker": [np.array([voxel_mm(4, 14, 17)])]}, kind="POINT")
+    with pytest.raises(RefineError, match=r"structure 1 has no closed planar contour \(it holds POINT\)"):
+        api.load_pair(folder, points)
+    empty = write_rtstruct(tmp_path / "empty.dcm", frame, {"GTV": []})
+    with pytest.raises(RefineError, match=r"has no contoured structure \(ROI\)"):
+        api.load_pair(folder, empty)
+
+
+def test_refine_and_evaluate_take_a_structure_set(ct_and_contours, tmp_path, tiny_weights, capsys):
+    folder, path, _ = ct_and_contours
+    common = ["--image", str(folder), "--mask", str(path), "--segment", "GTV tumour", "--weights", str(tiny_weights),
+              "--device", "cpu"]
+    before = path.read_bytes()
+    assert main(["refine", *common, "--out", str(tmp_path / "refined.nii.gz")]) == 0
+    assert main(["refine", *common, "--out", str(tmp_path / "refined.dcm")]) == 0
+    assert path.read_bytes() == before  # the input is not modified
+    capsys.readouterr()
+    # The structure set as the reference, filled on the prediction's grid: its own lesion scores 1.
+    io.write_volume(io.read_volume(folder).with_array((truth_labels() == 2).astype(np.uint8)), tmp_path / "truth.nii.gz")
+    assert main(["evaluate", "--truth", str(path), "--pred", str(tmp_path / "truth.nii.gz"),
+                 "--segment", "gtv tumour", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dice"] == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning on a well-formed structure set
+        api.load_pair(folder, path, segment=1)
