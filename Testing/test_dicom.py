@@ -444,7 +444,7 @@ def test_a_mask_that_is_another_dicom_object_says_what_it_is(series, tmp_path):
     rtstruct.Modality = "RTSTRUCT"
     del rtstruct.PixelData
     rtstruct.save_as(tmp_path / "contours.dcm", enforce_file_format=True)
-    with pytest.raises(RefineError, match=r"contours.dcm: an RT structure set .*refine and evaluate read it as a mask"):
+    with pytest.raises(RefineError, match=r"contours.dcm: an RT structure set .*filled on the CT's slices"):
         dicom.read_seg(tmp_path / "contours.dcm")
     ct_slice = next(folder.iterdir())
     (tmp_path / "slice.dcm").write_bytes(ct_slice.read_bytes())

@@ -230,3 +230,20 @@ def test_refine_and_evaluate_take_a_structure_set(ct_and_contours, tmp_path, tin
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning on a well-formed structure set
         api.load_pair(folder, path, segment=1)
+
+
+def test_training_cases_take_structure_sets_beside_the_series(tmp_path):
+    """dicomseg:<folder> (the fine-tuning path for a site's own data) reads contours as it reads SEGs."""
+    from LiverTumorRefineLib.training import datasets
+
+    root = tmp_path / "cases"
+    slices = write_series(root / "case1")
+    liver = [square(voxel_mm(k, 15.5, 15.5), 8.0) for k in range(1, 7)]
+    # radiotherapy names: the tumour as "GTV_Liver", the liver without it as "Liver-GTV" (AAPM TG-263)
+    write_rtstruct(root / "case1_contours.dcm", str(slices[0].FrameOfReferenceUID),
+                   {"Liver-GTV": liver, "GTV_Liver": tumour_contours(), "Spinal cord": [square(voxel_mm(3, 2, 2), 1.0)]})
+    cases = list(datasets.find_cases(f"dicomseg:{root}"))
+    assert [c.name for c in cases] == ["case1"]
+    label = cases[0].label.array
+    assert np.array_equal(label == 2, truth_labels() == 2)
+    assert (label == 1).sum() > 0 and not label[:, 2, 2].any()  # the liver, and nothing of the unrelated structure

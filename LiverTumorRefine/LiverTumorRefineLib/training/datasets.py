@@ -160,21 +160,24 @@ def find_cases(spec: str) -> Iterator[Case]:
 
 
 # --------------------------------------------------------------------------------------------
-# DICOM: CT series folders with DICOM SEG liver and tumour segments
+# DICOM: CT series folders with DICOM SEG or RT structure set liver and tumour segments
 
 DICOMSEG_PREFIX = "dicomseg:"
 DICOMSEG_LAYOUT = ("<folder>/<case>/ (the CT series' slice files) with <folder>/<case>*.dcm beside it: DICOM SEG "
-                   "files holding a liver and a tumour segment (one file with both, or e.g. <case>_Liver.dcm and "
-                   "<case>_Tumor.dcm)")
+                   "or RT structure set files holding a liver and a tumour segment (one file with both, or e.g. "
+                   "<case>_Liver.dcm and <case>_Tumor.dcm)")
 LIVER_WORDS = ("liver",)
 TUMOUR_WORDS = ("tumor", "tumour", "lesion")
+# Radiotherapy names put the target type first (AAPM TG-263: "GTV", "GTV_Liver", "GTVp"), while
+# "Liver-GTV" is the liver without it: a gross tumour volume is recognised by its name's start.
+TUMOUR_PREFIXES = ("gtv",)
 
 
 def _segment_role(label: str, file_name: str, only_segment: bool) -> str | None:
     """"liver", "tumour" or None for a segment, from its label, else (a file's only segment) from
     the file name such as ``<case>_ManualROI_Tumor.dcm``."""
     for text in (label.lower(), file_name.lower() if only_segment else ""):
-        if any(word in text for word in TUMOUR_WORDS):
+        if any(word in text for word in TUMOUR_WORDS) or text.startswith(TUMOUR_PREFIXES):
             return "tumour"
         if any(word in text for word in LIVER_WORDS):
             return "liver"
@@ -182,29 +185,34 @@ def _segment_role(label: str, file_name: str, only_segment: bool) -> str | None:
 
 
 def read_dicom_case(name: str, series_folder: str | os.PathLike, seg_paths: Iterable[str | os.PathLike]) -> Case:
-    """A case from a CT series folder and DICOM SEG files holding its liver and tumour segments
-    (found by segment label, or by file name for single-segment files): label 1 liver, 2 tumour
-    (the tumour overrides the liver), on the CT grid, both reoriented to the closest LPS order
-    without resampling, like ``read_oriented``."""
-    from LiverTumorRefineLib.volume import dicom
+    """A case from a CT series folder and DICOM SEG or RT structure set files holding its liver and
+    tumour segments (found by segment or structure name, or by file name for single-segment
+    files): label 1 liver, 2 tumour (the tumour overrides the liver), on the CT grid, both
+    reoriented to the closest LPS order without resampling, like ``read_oriented``."""
+    from LiverTumorRefineLib.volume import dicom, rtstruct
 
     seg_paths = [Path(p) for p in seg_paths]
-    image = dicom.read_series(series_folder).volume
+    series = dicom.read_series(series_folder)
+    image, frame = series.volume, series.datasets[0].get("FrameOfReferenceUID")
     label = np.zeros(image.array.shape, dtype=np.uint8)
-    found: dict[str, list[str]] = {"liver": [], "tumour": []}
     masks: dict[str, np.ndarray] = {}
     for path in seg_paths:
-        names = dicom.segment_names(dicom.read_seg_header(path))
+        contours = rtstruct.is_rtstruct(path)
+        names = (rtstruct.structure_names(rtstruct.read_structure_set(path), path) if contours
+                 else dicom.segment_names(dicom.read_seg_header(path)))
         for number, segment in names.items():
             role = _segment_role(segment, Path(path).name, len(names) == 1)
             if role is None:
                 continue
-            found[role].append(f"{Path(path).name}:{segment}")
-            mask = dicom.read_seg_on(path, image, number).array.astype(bool)
+            if contours:
+                filled = rtstruct.read_rtstruct_on(path, io.to_sitk(image), number, str(frame) if frame else None)
+                mask = sitk.GetArrayFromImage(filled).astype(bool)
+            else:
+                mask = dicom.read_seg_on(path, image, number).array.astype(bool)
             masks[role] = masks[role] | mask if role in masks else mask
     missing = [role for role in ("liver", "tumour") if role not in masks]
     if missing:
-        raise RefineError(f"{name}: no {' or '.join(missing)} segment in its DICOM SEG files "
+        raise RefineError(f"{name}: no {' or '.join(missing)} segment in its DICOM SEG or RT structure set files "
                           f"({', '.join(str(p) for p in seg_paths) or 'none'}); segments need labels (or single-"
                           "segment file names) containing 'liver' and 'tumor'/'tumour'/'lesion'.")
     label[masks["liver"]] = 1

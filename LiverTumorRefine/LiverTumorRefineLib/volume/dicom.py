@@ -374,8 +374,8 @@ def _read_seg(path: str | os.PathLike) -> Any:
 
 # What a .dcm that is no SEG usually is, and what to do with it.
 _OTHER_DICOM = {
-    "RTSTRUCT": "an RT structure set (contours), not a DICOM SEG: refine and evaluate read it as a mask, filled on "
-                "the CT's slices; here a DICOM SEG is needed (3D Slicer with SlicerRT converts one into the other)",
+    "RTSTRUCT": "an RT structure set (contours), not a DICOM SEG: it has no voxels of its own; refine, evaluate "
+                "and training data read it filled on the CT's slices (volume.rtstruct.read_rtstruct_on)",
     "CT": "a CT image, not a DICOM SEG: give the CT as --image (its series folder) and the segmentation as --mask",
 }
 
