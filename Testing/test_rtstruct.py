@@ -208,6 +208,12 @@ def test_structures_without_an_area_are_refused_with_what_to_do(ct_and_contours,
     points = write_rtstruct(tmp_path / "points.dcm", frame, {"marker": [np.array([voxel_mm(4, 14, 17)])]}, kind="POINT")
     with pytest.raises(RefineError, match=r"structure 1 has no closed planar contour \(it holds POINT\)"):
         api.load_pair(folder, points)
+    damaged = write_rtstruct(tmp_path / "damaged.dcm", frame, {"GTV": tumour_contours()})
+    ds = pydicom.dcmread(damaged)
+    ds.ROIContourSequence[0].ContourSequence[1].ContourData = ds.ROIContourSequence[0].ContourSequence[1].ContourData[:-1]
+    ds.save_as(damaged)
+    with pytest.raises(RefineError, match=r"a contour of structure 1 has 1079 coordinates, not x, y, z triples"):
+        api.load_pair(folder, damaged)
     empty = write_rtstruct(tmp_path / "empty.dcm", frame, {"GTV": []})
     with pytest.raises(RefineError, match=r"has no contoured structure \(ROI\)"):
         api.load_pair(folder, empty)

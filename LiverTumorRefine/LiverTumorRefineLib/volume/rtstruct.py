@@ -66,7 +66,11 @@ def structure_contours(ds: Any, number: int, path: str | os.PathLike) -> list[np
     contours, other = [], set()
     for contour in item.ContourSequence:
         kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
-        points = np.asarray([float(v) for v in contour.get("ContourData", [])], dtype=float).reshape(-1, 3)
+        values = [float(v) for v in contour.get("ContourData", [])]
+        if len(values) % 3:
+            raise RefineError(f"{path}: a contour of structure {number} has {len(values)} coordinates, not x, y, z "
+                              "triples: the file is damaged; export the structure set again.")
+        points = np.asarray(values, dtype=float).reshape(-1, 3)
         if kind == "CLOSED_PLANAR" and len(points) >= 3:
             contours.append(points)
         else:
