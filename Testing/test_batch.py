@@ -274,3 +274,10 @@ def test_runtime_reaches_every_case_and_does_not_redo_finished_ones(data, tmp_pa
     assert seen == ["torch"]
     assert refine_batch(data, source, tmp_path / "out", "--runtime", "auto") == 0
     assert seen == ["torch"], "a finished case was redone because only the runtime changed"
+
+
+def test_case_names_come_from_the_file_or_its_dicom_folder(tmp_path):
+    data = Path(__file__).resolve().parent / "data" / "ct_jpeg_lossless"
+    assert batch.case_name(tmp_path / "case7_ct.nii.gz") == "case7"
+    assert batch.case_name(data) == "ct_jpeg_lossless"  # a DICOM folder
+    assert batch.case_name(data / "IM0041") == "ct_jpeg_lossless"  # one file standing for its series

@@ -231,7 +231,7 @@ def test_dcm_output_needs_a_dicom_series(tmp_path, tiny_weights, capsys):
     io.write_volume(Volume(truth_labels()), tmp_path / "mask.nii.gz")
     assert main(["refine", "--image", str(image), "--mask", str(tmp_path / "mask.nii.gz"), "--out",
                  str(tmp_path / "o.dcm"), "--weights", str(tiny_weights), "--device", "cpu"]) == 2
-    assert "must be a DICOM series folder" in capsys.readouterr().err
+    assert "must be a DICOM series (its folder or one of its files)" in capsys.readouterr().err
     assert not (tmp_path / "o.dcm").exists()
 
 
@@ -406,15 +406,52 @@ def test_multiframe_ct_beside_other_images(series, tmp_path):
         dicom.read_series(folder)
 
 
-def test_a_dicom_file_given_as_the_ct_names_its_folder(tmp_path, capsys):
-    """A slice file (no suffix, as most DICOM files) or a .dcm file instead of the series folder."""
-    io.write_volume(Volume(truth_labels()), tmp_path / "mask.nii.gz")
-    for image in (COMPRESSED / "IM0041", DATA / "ct_jpeg2000" / "IM0041"):
-        assert main(["refine", "--image", str(image), "--mask", str(tmp_path / "mask.nii.gz"),
-                     "--out", str(tmp_path / "out.nii.gz")]) == 2
-        assert f"pass {image.parent}, the folder holding this file" in capsys.readouterr().err
+def test_one_file_stands_for_its_series(tmp_path):
+    """A slice file (no suffix, as most DICOM files, or .dcm) given as the CT reads its whole series."""
+    for folder in (COMPRESSED, DATA / "ct_jpeg2000"):
+        from_file = io.read_volume(folder / "IM0041")
+        from_folder = io.read_volume(folder)
+        assert from_file.array.shape[0] > 1 and np.array_equal(from_file.array, from_folder.array)
+        assert from_file.geometry == from_folder.geometry
+        assert io.read_geometry(folder / "IM0041") == io.read_geometry(folder)
     assert io.is_dicom_file(COMPRESSED / "IM0041") and io.is_dicom_file(Path("x.DCM"))
     assert not io.is_dicom_file(tmp_path / "mask.nii.gz")
+    with pytest.raises(RefineError, match=r"missing\.dcm: not found; give a DICOM CT series folder or one of its files"):
+        io.read_image(tmp_path / "missing.dcm")
+
+
+def test_a_file_picks_its_series_in_a_study_folder(tmp_path, tiny_weights, capsys):
+    """A study exported into one folder (two phases, say): the refusal names a file of each series,
+    and that file as the CT reads its series and writes a SEG that references it."""
+    study = tmp_path / "study"
+    first = write_series(study)
+    second = write_series(tmp_path / "other", seed=5)
+    for path in (tmp_path / "other").iterdir():
+        path.rename(study / f"x{path.name}")
+    with pytest.raises(RefineError, match=r"holds 2 DICOM series: .*e\.g\. .*study/IM.*e\.g\. .*study/xIM.*Give one "
+                                          r"file of the series you want as the CT"):
+        dicom.read_series(study)
+    pick = next(p for p in sorted(study.iterdir()) if p.name.startswith("x"))
+    read = dicom.read_series(pick)
+    assert {ds.SeriesInstanceUID for ds in read.datasets} == {second[0].SeriesInstanceUID}
+    assert read.shape == SHAPE and read.folder == study
+    seg_path = tmp_path / "labels.dcm"
+    write_two_segment_seg(first, truth_labels(), seg_path)
+    one_of_first = next(p for p in sorted(study.iterdir()) if not p.name.startswith("x"))
+    assert main(["refine", "--image", str(one_of_first), "--mask", str(seg_path), "--segment", "Tumor",
+                 "--weights", str(tiny_weights), "--device", "cpu", "--out", str(tmp_path / "refined.dcm")]) == 0
+    seg = hd.seg.segread(str(tmp_path / "refined.dcm"))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first[0].SeriesInstanceUID
+    assert seg.SeriesInstanceUID not in {first[0].SeriesInstanceUID, second[0].SeriesInstanceUID}
+
+
+def test_a_segmentation_given_as_the_ct_says_so(series, tmp_path):
+    _, _, seg_path = series
+    with pytest.raises(RefineError, match=r"labels\.dcm is a DICOM SEG, not a CT image: give it as the mask"):
+        io.read_image(seg_path)
+    (tmp_path / "notes.dcm").write_text("not DICOM")
+    with pytest.raises(RefineError, match=r"notes\.dcm: not a readable DICOM file"):
+        io.read_image(tmp_path / "notes.dcm")
 
 
 def test_fractional_seg_is_a_probability_map_thresholded_at_half(series, tmp_path):

@@ -497,20 +497,12 @@ TRIALS = [
     ("weights not found (CLI)", lambda f, c: f.refine(c, "--mask", f.mask, "--weights", f.folder / "none.pt"),
      r"leave out --weights to use the shipped model"),
     # 14. DICOM files that are not what the option wants
-    ("a DICOM slice file as the CT", lambda f, c: f.cli(c, "refine", "--image", _dicom_copy(f, "IM0041"), "--mask", f.mask,
-                                                        "--out", f.folder / "out.nii.gz", "--weights", f.model),
-     r"a DICOM CT is given as its folder: pass .*, the folder holding this file"),
+    ("an RT structure set as the CT", lambda f, c: f.cli(c, "refine", "--image", _rtstruct(f), "--mask", f.mask,
+                                                         "--out", f.folder / "out.nii.gz", "--weights", f.model),
+     r"contours\.dcm is an RT structure set, not a CT image: give it as the mask"),
     ("an RT structure set without contours as the mask", lambda f, c: f.refine(c, "--mask", _rtstruct(f)),
      r"contours.dcm: this RT structure set has no contoured structure \(ROI\), so there is no mask in it"),
 ]
-
-
-def _dicom_copy(files, name):
-    """A slice of the committed JPEG Lossless series, copied beside the other inputs."""
-    path = files.folder / "dicom" / name
-    path.parent.mkdir()
-    path.write_bytes((Path(__file__).resolve().parent / "data" / "ct_jpeg_lossless" / name).read_bytes())
-    return path
 
 
 def _rtstruct(files):

@@ -155,9 +155,12 @@ def find_cases(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Ba
 
 def case_name(image: Path) -> str:
     """A case's name from its CT: the file name without its type and a trailing role word
-    (``case7_ct.nii.gz`` -> ``case7``), else the folder's name (``case7/ct.nii.gz``, a DICOM folder)."""
+    (``case7_ct.nii.gz`` -> ``case7``), else the folder's name (``case7/ct.nii.gz``, a DICOM folder,
+    or ``case7/IM0001``, one file standing for its DICOM series)."""
     if image.is_dir():
         return image.name
+    if io.is_dicom_file(image):
+        return image.parent.name
     stem = re.sub(r"(?:^|[_-])(?:ct|image|volume)$", "", _volume_stem(image), flags=re.IGNORECASE)
     return stem or image.parent.name
 

@@ -1,6 +1,6 @@
-"""DICOM in and out: CT series folders (slice files, or one enhanced multi-frame file) as
-``Volume``s, DICOM SEG segments onto a CT grid, and refined masks written as DICOM SEG referencing
-their source series.
+"""DICOM in and out: CT series (a folder of slice files or one enhanced multi-frame file, or one
+file standing for its series) as ``Volume``s, DICOM SEG segments onto a CT grid, and refined masks
+written as DICOM SEG referencing their source series.
 
 Sorting, spacing checks, pixel transforms and SEG frame placement are highdicom's (frames are
 matched by their plane positions, never by file order); this module only chooses which files
@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from LiverTumorRefineLib.volume import io
 from LiverTumorRefineLib.volume.atomic import atomic_path
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume
@@ -49,11 +50,6 @@ def _imports():  # noqa: ANN202 - the two modules
     except ImportError:
         raise RefineError("DICOM input and output need pydicom and highdicom: pip install pydicom highdicom") from None
     return pydicom, highdicom
-
-
-def is_dicom_folder(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a folder (a DICOM series is given as its folder)."""
-    return Path(path).is_dir()
 
 
 def is_dicom_seg_path(path: str | os.PathLike) -> bool:
@@ -172,7 +168,8 @@ def _select_series(folder: Path, datasets: list[Any], series_uid: str | None) ->
             raise RefineError(f"{folder}: no series {series_uid}; series there: {', '.join(series)}.")
         return [ds for ds in datasets if str(ds.SeriesInstanceUID) == series_uid]
     if len(series) > 1:
-        described = "; ".join(f"{uid} ({n} files, {_series_name(datasets, uid)})" for uid, n in series.items())
+        described = "; ".join(f"{uid} ({n} files, {_series_name(datasets, uid)}, e.g. {_a_file_of(datasets, uid)})"
+                              for uid, n in series.items())
         (main, count), *others = series.most_common()
         if count >= MIN_VOLUME_SLICES and all(n <= MAX_LOCALIZER_SLICES for _, n in others):
             # a study exported into one folder: the CT beside its localizers (scouts), which are no volume
@@ -180,9 +177,34 @@ def _select_series(folder: Path, datasets: list[Any], series_uid: str | None) ->
                           f"{_series_name(datasets, main)}; the others have {MAX_LOCALIZER_SLICES} images or fewer "
                           "(localizers).", UserWarning, stacklevel=4)
             return [ds for ds in datasets if str(ds.SeriesInstanceUID) == main]
-        raise RefineError(f"{folder} holds {len(series)} DICOM series: {described}. Put each series in its own "
-                          "folder (or pass series_uid to dicom.read_series).")
+        raise RefineError(f"{folder} holds {len(series)} DICOM series: {described}. Give one file of the series you "
+                          "want as the CT (it stands for its whole series), or put each series in its own folder.")
     return datasets
+
+
+def _a_file_of(datasets: list[Any], uid: str) -> str:
+    """The path of one file of series ``uid`` (the first by name), to give as the CT."""
+    return min(str(ds.filename) for ds in datasets if str(ds.SeriesInstanceUID) == uid)
+
+
+def _series_of_file(path: Path) -> str:
+    """The SeriesInstanceUID of the image file ``path``; RefineError when it is no image slice."""
+    pydicom, _ = _imports()
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for non-DICOM files
+        raise RefineError(f"{path}: not a readable DICOM file ({str(exc)[:120]}); give a CT series folder or one of "
+                          "its files.") from None
+    modality = str(ds.get("Modality", "")).upper()
+    if modality in ("SEG", "RTSTRUCT"):
+        kind = "a DICOM SEG" if modality == "SEG" else "an RT structure set"
+        raise RefineError(f"{path} is {kind}, not a CT image: give it as the mask, and the CT series (its folder or "
+                          "one of its files) as the CT.")
+    if "SeriesInstanceUID" not in ds or not (("ImagePositionPatient" in ds and "PixelSpacing" in ds)
+                                             or is_multiframe(ds)):
+        raise RefineError(f"{path}: a DICOM file that is no image slice ({modality or 'no modality'}); give a CT "
+                          "series folder or one of its image files.")
+    return str(ds.SeriesInstanceUID)
 
 
 def _series_name(datasets: list[Any], uid: str) -> str:
@@ -193,9 +215,15 @@ def _series_name(datasets: list[Any], uid: str) -> str:
 def _series_datasets(folder: str | os.PathLike, pixels: bool, series_uid: str | None) -> tuple[Path, list[Any]]:
     """The slices of the series in ``folder`` that form its main regular volume, sorted along
     the normal, with a warning naming how many odd slices (other orientation, size or spacing,
-    e.g. a reformatted localiser stored in the series) were left out."""
+    e.g. a reformatted localiser stored in the series) were left out. ``folder`` may be one file
+    of the series: its series is read from the file's folder."""
     path = Path(folder).expanduser()
-    if not path.is_dir():
+    if path.is_file():  # one file stands for its series (as 3D Slicer loads a series from one file)
+        series_uid = series_uid or _series_of_file(path)
+        path = path.parent
+    elif not path.exists():
+        raise RefineError(f"{path}: not found; give a DICOM CT series folder or one of its files.")
+    elif not path.is_dir():
         raise RefineError(f"{path}: not a folder; give the folder holding one DICOM CT series.")
     datasets = _select_series(path, _read_headers(path, pixels), series_uid)
     multiframe = [ds for ds in datasets if is_multiframe(ds)]
@@ -271,9 +299,10 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None, pixels
     """The CT series in ``folder`` in HU (RescaleSlope/Intercept applied) with its geometry.
 
     Slices are ordered by position along the slice normal, never by file name; slices that do
-    not fit the main regular volume are dropped with a warning. A folder with several series is
-    refused unless ``series_uid`` picks one. ``pixels=False`` reads headers only (geometry and
-    datasets for a SEG writer; ``volume`` is None).
+    not fit the main regular volume are dropped with a warning. ``folder`` may also be one file of
+    the series, which picks its series in its folder. A folder with several series is refused
+    unless ``series_uid`` (or such a file) picks one. ``pixels=False`` reads headers only (geometry
+    and datasets for a SEG writer; ``volume`` is None).
     """
     _, hd = _imports()
     path, kept = _series_datasets(folder, pixels, series_uid)
@@ -349,7 +378,7 @@ def frame_slices(series: DicomSeries) -> list[int] | None:
 def frame_of_reference(path: str | os.PathLike) -> str | None:
     """The FrameOfReferenceUID of the CT series folder ``path``; None for a volume file or a
     series without one (then nothing can be checked against it)."""
-    if not is_dicom_folder(path):
+    if not io.is_dicom_series(path):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dropped slices are reported when the CT itself is read
@@ -467,9 +496,10 @@ def check_seg_output(out: str | os.PathLike, image_path: str | os.PathLike, forc
     series folder (the SEG references its instances), the file must be new (or ``force``) in an
     existing, writable folder."""
     out = Path(out)
-    if not is_dicom_folder(image_path):
+    if not io.is_dicom_series(image_path):
         raise RefineError(f"{out}: a DICOM SEG output (.dcm) references its source CT series, so the CT must be a "
-                          f"DICOM series folder, not {image_path}: write a .nii.gz or .nrrd mask instead.")
+                          f"DICOM series (its folder or one of its files), not {image_path}: write a .nii.gz or .nrrd "
+                          "mask instead.")
     if out.is_dir():
         raise RefineError(f"Output {out} is a folder: give a file name such as {out / 'refined.dcm'}.")
     if out.exists() and not force:

@@ -41,6 +41,13 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def is_dicom_series(path: str | os.PathLike) -> bool:
+    """A DICOM CT as it is given here: the folder of a series, or one file of it (which stands for its
+    whole series, read from its folder)."""
+    path = Path(path)
+    return path.is_dir() or is_dicom_file(path)
+
+
 def to_sitk(volume: Volume) -> sitk.Image:
     image = sitk.GetImageFromArray(volume.array)
     image.SetSpacing(volume.geometry.spacing)
@@ -208,15 +215,13 @@ def file_bytes(path: str | os.PathLike, compressed: bool) -> Iterator[bytes]:
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
-    """A scalar image from a volume file (checked readable and complete) or a DICOM series folder."""
-    if Path(path).is_dir():  # a DICOM CT series is given as its folder; pydicom/highdicom load only then
+    """A scalar image from a volume file (checked readable and complete) or a DICOM series (its
+    folder, or one of its files)."""
+    if is_dicom_series(path):  # pydicom/highdicom load only then
         from LiverTumorRefineLib.volume import dicom
 
         return to_sitk(dicom.read_series(path).volume)
     path = Path(path)
-    if is_dicom_file(path):
-        raise RefineError(f"{path}: a DICOM CT is given as its folder: pass {path.parent}, the folder holding this file "
-                          "(one series of slice files, or one enhanced multi-frame CT file).")
     volume_suffix(path)
     readable_file(path)
     nans, voxels = check_complete(path)
@@ -259,7 +264,7 @@ def reoriented(volume: Volume, code: str) -> Volume:
 
 def read_geometry(path: str | os.PathLike) -> tuple[Geometry, tuple[int, int, int]]:
     """Geometry and (z, y, x) shape of the 3D volume ``read_volume(path)`` gives, from the header only."""
-    if Path(path).is_dir():  # a DICOM series folder: its slice headers
+    if is_dicom_series(path):  # a DICOM series: its slice headers
         from LiverTumorRefineLib.volume import dicom
 
         series = dicom.read_series(path, pixels=False)
