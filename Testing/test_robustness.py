@@ -500,13 +500,16 @@ TRIALS = [
     ("an RT structure set as the CT", lambda f, c: f.cli(c, "refine", "--image", _rtstruct(f), "--mask", f.mask,
                                                          "--out", f.folder / "out.nii.gz", "--weights", f.model),
      r"contours\.dcm is an RT structure set, not a CT image: give it as the mask"),
+    ("RT structure set contours between the CT's slices", lambda f, c: f.refine(c, "--mask", _rtstruct(f, 1.25)),
+     r"contours\.dcm: its contours do not lie on the CT's slices .*Give the CT series the structure set was drawn on"),
     ("an RT structure set without contours as the mask", lambda f, c: f.refine(c, "--mask", _rtstruct(f)),
      r"contours.dcm: this RT structure set has no contoured structure \(ROI\), so there is no mask in it"),
 ]
 
 
-def _rtstruct(files):
-    """A minimal RT structure set header without any structure (refused: it holds no mask)."""
+def _rtstruct(files, z_mm=None):
+    """A minimal RT structure set: no structure at all, or (``z_mm`` from the CT's first slice) one
+    10 mm square contour in the middle of the CT."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
@@ -516,6 +519,15 @@ def _rtstruct(files):
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = RTStructureSetStorage
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
     ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "RTSTRUCT", generate_uid(), generate_uid()
+    if z_mm is not None:
+        x, y = (AXIAL.origin[i] + AXIAL.spacing[i] * files.shape[2 - i] / 2 for i in (0, 1))
+        roi, item, contour = Dataset(), Dataset(), Dataset()
+        roi.ROINumber, roi.ROIName = 1, "GTV"
+        contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", 4
+        contour.ContourData = [v for dx, dy in ((-5, -5), (5, -5), (5, 5), (-5, 5))
+                               for v in (x + dx, y + dy, AXIAL.origin[2] + z_mm)]
+        item.ReferencedROINumber, item.ContourSequence = 1, [contour]
+        ds.StructureSetROISequence, ds.ROIContourSequence = [roi], [item]
     path = files.folder / "contours.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
