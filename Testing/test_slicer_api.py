@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "LiverTumorRefine"
 SCANNED = [MODULE_DIR / "LiverTumorRefine.py", MODULE_DIR / "LiverTumorRefineLib" / "scene" / "logic.py",
+           MODULE_DIR / "LiverTumorRefineLib" / "scene" / "nodes.py",
            MODULE_DIR / "LiverTumorRefineLib" / "scene" / "lesions.py",
            MODULE_DIR / "LiverTumorRefineLib" / "scene" / "clicks.py",
            *sorted((MODULE_DIR / "LiverTumorRefineGui").glob("*.py"))]
