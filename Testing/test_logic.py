@@ -295,3 +295,55 @@ def test_the_intensity_gate_setting_reaches_the_worker(app, trained_model, case)
         finally:
             logic.cleanup(inputs)
     assert REFINER_OPTIONS == {"min_kept": 0.0}  # the shared options are not changed
+
+
+def _as_planar_contours(segmentationNode) -> None:
+    """Make the segmentation look as SlicerRT loads an RT structure set: 'Planar contour' is its
+    source representation (with points, so that no segment is empty), and nothing converts a
+    voxel mask to it. Each segment keeps a binary labelmap, as SlicerRT's conversion gives it."""
+    import vtk
+
+    segmentation = segmentationNode.GetSegmentation()
+    segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+    labelmaps = [segment.GetRepresentation("Binary labelmap") for segment in segments]
+    for segment in segments:
+        contours = vtk.vtkPolyData()
+        points = vtk.vtkPoints()
+        for corner in ((0, 0, 0), (10, 0, 0), (10, 10, 0)):
+            points.InsertNextPoint(*corner)
+        contours.SetPoints(points)
+        segment.AddRepresentation("Planar contour", contours)
+    segmentation.SetSourceRepresentationName("Planar contour")  # drops the other representations
+    for segment, labelmap in zip(segments, labelmaps):
+        segment.AddRepresentation("Binary labelmap", labelmap)
+    assert segmentation.GetSourceRepresentationName() == "Planar contour"
+
+
+def test_a_segmentation_of_contours_is_refused_before_any_work_and_left_as_it_was(app, logic, case):
+    """The refined segment cannot be added to a segmentation whose source is planar contours
+    (Slicer's AddSegment fails): refused up front with what to do, nothing changed."""
+    sc = st.build_scene_case(app.scene, case)
+    _as_planar_contours(sc.segmentationNode)
+    snapshot = st.scene_snapshot(app.scene)
+    message = st.expect_error(lambda: logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu"),
+                              "stores its segments as 'Planar contour'", "Make source")
+    assert "RT structure set" in message
+    st.assert_same_scene(snapshot, st.scene_snapshot(app.scene), "after refusing a contour segmentation")
+    with pytest.raises(RefineError, match="stores its segments as 'Planar contour'"):
+        scene_nodes.put_segment(sc.segmentationNode, sc.segmentationNode.GetSegmentation().GetSegment(sc.coarseId),
+                                sc.otherId, (1, 0, 0))
+    assert sc.segmentationNode.GetSegmentation().GetSegment(sc.otherId) is not None  # nothing removed first
+
+
+def test_seeds_with_a_segmentation_of_contours_make_a_new_segmentation(app, logic, case):
+    sc = st.build_scene_case(app.scene, case, separate_truth=True)
+    _as_planar_contours(sc.segmentationNode)
+    before = sc.segmentationNode.GetSegmentation().GetNumberOfSegments()
+    points = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion clicks")
+    k, j, i = st.deepest_voxel(case.truth)
+    points.AddControlPoint([float(v) for v in (sc.matrix @ np.array([i, j, k, 1.0]))[:3]])
+    result = logic.refine(sc.volumeNode, sc.segmentationNode, "", device="cpu", coarseSource="seeds", seedsNode=points)
+    assert result.segmentationNode is not sc.segmentationNode
+    assert sc.segmentationNode.GetSegmentation().GetNumberOfSegments() == before
+    refined = scene_nodes.export_segment_mask(result.segmentationNode, result.refinedSegmentId, sc.volumeNode)
+    assert refined.any()

@@ -56,6 +56,7 @@ VERIFIED_5_8 = {
     "GetNthControlPointPositionWorld": MARKUPS, "GetNumberOfControlPoints": MARKUPS,
     "GetNthSegment": f"{SEG}/vtkSegmentation.h", "GetNthSegmentID": f"{SEG}/vtkSegmentation.h",
     "GetNumberOfSegments": f"{SEG}/vtkSegmentation.h", "GetSegment": f"{SEG}/vtkSegmentation.h",
+    "CanAcceptRepresentation": f"{SEG}/vtkSegmentation.h",
     "GetSegmentIndex": f"{SEG}/vtkSegmentation.h", "RemoveSegment": f"{SEG}/vtkSegmentation.h",
     "GetMasterRepresentationName": f"{SEG}/vtkSegmentation.h",
     "GetParentTransformNode": f"{MRML}/vtkMRMLTransformableNode.h", "GetRepresentation": f"{SEG}/vtkSegment.h",

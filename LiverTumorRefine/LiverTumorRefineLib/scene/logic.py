@@ -217,10 +217,12 @@ class LiverTumorRefineLogic(_LogicBase):
         made = coarseSource != "mask"
         if made:
             coarseSegmentId, coarseName = "", COARSE_SEGMENT_NAMES[coarseSource]
-            if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
-                segmentationNode = None
+            if segmentationNode is not None and (not segmentationNode.IsA("vtkMRMLSegmentationNode")
+                                                 or not nodes.accepts_voxel_masks(segmentationNode)):
+                segmentationNode = None  # a new segmentation (one of contours cannot take voxel masks)
         else:
             coarseName = self._checkSegment(segmentationNode, coarseSegmentId, "coarse")
+            nodes.check_accepts_voxel_masks(segmentationNode)  # the refined segment goes beside the coarse one
         if truthSegmentationNode is not None and not truthSegmentId:
             raise RefineError("A reference (truth) segmentation is selected but no segment in it: choose the truth "
                               "segment, or clear the reference segmentation.")
@@ -447,7 +449,8 @@ class LiverTumorRefineLogic(_LogicBase):
             unique = f"{name} {count}"
         segment = nodes.tumour_segment(unique, COARSE_COLOR, nodes.oriented_image_from_mask(mask, volumeNode, segmentationNode))
         segmentId = segmentation.GenerateUniqueSegmentID(unique)
-        segmentation.AddSegment(segment, segmentId)
+        nodes.check_accepts_voxel_masks(segmentationNode)
+        nodes.add_segment(segmentationNode, segment, segmentId)
         segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
         return segmentationNode, segmentId, unique
 

@@ -72,9 +72,42 @@ def export_segment_mask(segmentationNode, segmentId: str, referenceVolumeNode) -
             scene.RemoveNode(node)
 
 
+def accepts_voxel_masks(segmentationNode) -> bool:
+    """True when a segment given as a voxel mask (binary labelmap) can be added to the segmentation.
+
+    A segmentation keeps one source representation, and every segment added is converted to it
+    (``vtkSegmentation.AddSegment``). Nothing converts a labelmap to planar contours, the source
+    representation of a segmentation loaded from an RT structure set (SlicerRT): there the add
+    fails."""
+    slicer = slicer_module()
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    return bool(segmentationNode.GetSegmentation().CanAcceptRepresentation(name))
+
+
+def check_accepts_voxel_masks(segmentationNode) -> None:
+    """Refuse, naming what to do, a segmentation that cannot take a voxel-mask segment."""
+    if accepts_voxel_masks(segmentationNode):
+        return
+    segmentation = segmentationNode.GetSegmentation()
+    source = (getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName)()
+    raise RefineError(f"The segmentation '{segmentationNode.GetName()}' stores its segments as '{source}' (as an RT "
+                      "structure set loads), which a voxel mask cannot be converted to, so no refined segment can be "
+                      "added to it. Make 'Binary labelmap' its source representation (Segmentations module, "
+                      "Representations: Binary labelmap, Create, then Make source), then refine again.")
+
+
+def add_segment(segmentationNode, segment, segmentId: str, before: str = "") -> None:
+    """``segmentation.AddSegment``, checked: a RefineError instead of a segment silently missing."""
+    if not segmentationNode.GetSegmentation().AddSegment(segment, segmentId, before):
+        raise RefineError(f"Slicer could not add the segment '{segment.GetName()}' to '{segmentationNode.GetName()}' "
+                          "(see the application log): the scene keeps its other segments.")
+
+
 def put_segment(segmentationNode, segment, previousId: Optional[str], color, first: bool = False) -> str:
     """Add ``segment`` (at the end, or ``first``), or put it in place of ``previousId`` (same ID,
-    same position); its ID."""
+    same position); its ID. Refused before anything is removed when the segmentation cannot take
+    a voxel mask."""
+    check_accepts_voxel_masks(segmentationNode)
     segmentation = segmentationNode.GetSegmentation()
     wasModifying = segmentationNode.StartModify()
     try:
@@ -83,11 +116,11 @@ def put_segment(segmentationNode, segment, previousId: Optional[str], color, fir
             segmentation.RemoveSegment(previousId)
             before = segmentation.GetNthSegmentID(index) if index < segmentation.GetNumberOfSegments() else ""
             segmentId = previousId
-            segmentation.AddSegment(segment, segmentId, before or "")
+            add_segment(segmentationNode, segment, segmentId, before or "")
         else:
             segmentId = segmentation.GenerateUniqueSegmentID(segment.GetName())
             before = segmentation.GetNthSegmentID(0) if first and segmentation.GetNumberOfSegments() else ""
-            segmentation.AddSegment(segment, segmentId, before)
+            add_segment(segmentationNode, segment, segmentId, before)
         segmentation.GetSegment(segmentId).SetColor(*color)
     finally:
         segmentationNode.EndModify(wasModifying)
