@@ -319,20 +319,31 @@ def _as_planar_contours(segmentationNode) -> None:
     assert segmentation.GetSourceRepresentationName() == "Planar contour"
 
 
-def test_a_segmentation_of_contours_is_refused_before_any_work_and_left_as_it_was(app, logic, case):
-    """The refined segment cannot be added to a segmentation whose source is planar contours
-    (Slicer's AddSegment fails): refused up front with what to do, nothing changed."""
+def test_a_coarse_segment_of_contours_is_copied_as_voxels_and_its_segmentation_left_as_it_was(app, logic, case):
+    """The refined segment cannot go into a segmentation whose source is planar contours (Slicer's
+    AddSegment fails): the coarse segment is copied as voxels into a new segmentation, refined
+    there, and the contours are untouched."""
     sc = st.build_scene_case(app.scene, case)
     _as_planar_contours(sc.segmentationNode)
-    snapshot = st.scene_snapshot(app.scene)
-    message = st.expect_error(lambda: logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu"),
-                              "stores its segments as 'Planar contour'", "Make source")
-    assert "RT structure set" in message
-    st.assert_same_scene(snapshot, st.scene_snapshot(app.scene), "after refusing a contour segmentation")
+    segmentation = sc.segmentationNode.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    before = {sid: st.segment_voxels(sc.segmentationNode, sid)[0].copy() for sid in ids}
+    coarse = scene_nodes.export_segment_mask(sc.segmentationNode, sc.coarseId, sc.volumeNode)
+    result = logic.refine(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
+    node = result.segmentationNode
+    assert node is not sc.segmentationNode and node.GetSegmentation().GetSourceRepresentationName() == "Binary labelmap"
+    copy = node.GetSegmentation().GetSegment(result.coarseSegmentId)
+    assert copy.GetName() == segmentation.GetSegment(sc.coarseId).GetName()
+    assert np.array_equal(scene_nodes.export_segment_mask(node, result.coarseSegmentId, sc.volumeNode), coarse)
+    assert node.GetSegmentation().GetSegment(result.refinedSegmentId).GetName() == copy.GetName() + " refined"
+    assert any("copied as voxels into the new segmentation" in note for note in result.notes)
+    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == ids
+    for sid in ids:
+        assert np.array_equal(st.segment_voxels(sc.segmentationNode, sid)[0], before[sid]), sid
+    assert segmentation.GetSourceRepresentationName() == "Planar contour"
     with pytest.raises(RefineError, match="stores its segments as 'Planar contour'"):
-        scene_nodes.put_segment(sc.segmentationNode, sc.segmentationNode.GetSegmentation().GetSegment(sc.coarseId),
-                                sc.otherId, (1, 0, 0))
-    assert sc.segmentationNode.GetSegmentation().GetSegment(sc.otherId) is not None  # nothing removed first
+        scene_nodes.put_segment(sc.segmentationNode, segmentation.GetSegment(sc.coarseId), sc.otherId, (1, 0, 0))
+    assert segmentation.GetSegment(sc.otherId) is not None  # refused before anything was removed
 
 
 def test_seeds_with_a_segmentation_of_contours_make_a_new_segmentation(app, logic, case):

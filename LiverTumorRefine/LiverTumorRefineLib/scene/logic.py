@@ -88,6 +88,7 @@ class RefineInputs:
     replaceCoarseId: Optional[str] = None  # a made coarse segment to replace in place (corrective clicks)
     seedsNode: Any = None  # the positive point list, and its defined points as sent (their lesions are
     seedPositions: tuple = ()  # written back into the points when they have not changed meanwhile)
+    copyCoarse: bool = False  # the coarse segment's segmentation cannot take voxel masks (planar contours)
 
 
 @dataclass
@@ -222,7 +223,6 @@ class LiverTumorRefineLogic(_LogicBase):
                 segmentationNode = None  # a new segmentation (one of contours cannot take voxel masks)
         else:
             coarseName = self._checkSegment(segmentationNode, coarseSegmentId, "coarse")
-            nodes.check_accepts_voxel_masks(segmentationNode)  # the refined segment goes beside the coarse one
         if truthSegmentationNode is not None and not truthSegmentId:
             raise RefineError("A reference (truth) segmentation is selected but no segment in it: choose the truth "
                               "segment, or clear the reference segmentation.")
@@ -259,7 +259,8 @@ class LiverTumorRefineLogic(_LogicBase):
                                   f"'{volumeNode.GetName()}': check that it belongs to this CT.")
         inputs = RefineInputs(volumeNode, segmentationNode, coarseSegmentId, coarseName, truthSegmentationNode,
                               truthSegmentId, device, outlinesOnly, coarseSource, coarse=coarse, truth=truth,
-                              replaceCoarseId=replaceId)
+                              replaceCoarseId=replaceId,
+                              copyCoarse=not made and not nodes.accepts_voxel_masks(segmentationNode))
         if seeds is not None:
             inputs.seedsNode, inputs.seedPositions = seedsNode, defined_points(seedsNode)
         inputs.folder = Path(tempfile.mkdtemp(prefix=JOB_FOLDER_PREFIX))
@@ -405,6 +406,8 @@ class LiverTumorRefineLogic(_LogicBase):
         elif outcome.coarse is not None:
             inputs.segmentationNode, inputs.coarseSegmentId, inputs.coarseName = self._addCoarseSegment(
                 inputs.volumeNode, inputs.segmentationNode, outcome.coarse, inputs.coarseName)
+        elif inputs.copyCoarse:
+            outcome.notes.append(self._copyCoarseSegment(inputs))
         segmentationNode = inputs.segmentationNode
         segmentation = segmentationNode.GetSegmentation()
         if segmentation.GetSegment(inputs.coarseSegmentId) is None:
@@ -453,6 +456,19 @@ class LiverTumorRefineLogic(_LogicBase):
         nodes.add_segment(segmentationNode, segment, segmentId)
         segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
         return segmentationNode, segmentId, unique
+
+    def _copyCoarseSegment(self, inputs: RefineInputs) -> str:
+        """The coarse segment's voxels as a new segment of a new segmentation, where the refined
+        segment then goes: its own segmentation stores planar contours (an RT structure set), which
+        cannot take a voxel mask and is left as it is. Returns the note that says so."""
+        if inputs.segmentationNode.GetSegmentation().GetSegment(inputs.coarseSegmentId) is None:
+            raise RefineError("The coarse segment was deleted while refining: nothing was added.")
+        contours = inputs.segmentationNode.GetName()
+        inputs.segmentationNode, inputs.coarseSegmentId, inputs.coarseName = self._addCoarseSegment(
+            inputs.volumeNode, None, inputs.coarse, inputs.coarseName)
+        return (f"'{contours}' stores its segments as planar contours (an RT structure set), which cannot take a voxel "
+                f"mask: the coarse segment was copied as voxels into the new segmentation "
+                f"'{inputs.segmentationNode.GetName()}', and the refined segment is there. '{contours}' is unchanged.")
 
     @staticmethod
     def _replaceCoarseSegment(volumeNode, segmentationNode, mask: np.ndarray, segmentId: str) -> tuple[str, str]:
