@@ -510,27 +510,15 @@ TRIALS = [
 def _rtstruct(files, z_mm=None):
     """A minimal RT structure set: no structure at all, or (``z_mm`` from the CT's first slice) one
     10 mm square contour in the middle of the CT."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+    from pydicom.uid import generate_uid
+    from test_rtstruct import write_rtstruct
 
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = RTStructureSetStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "RTSTRUCT", generate_uid(), generate_uid()
+    structures = {}
     if z_mm is not None:
         x, y = (AXIAL.origin[i] + AXIAL.spacing[i] * files.shape[2 - i] / 2 for i in (0, 1))
-        roi, item, contour = Dataset(), Dataset(), Dataset()
-        roi.ROINumber, roi.ROIName = 1, "GTV"
-        contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", 4
-        contour.ContourData = [v for dx, dy in ((-5, -5), (5, -5), (5, 5), (-5, 5))
-                               for v in (x + dx, y + dy, AXIAL.origin[2] + z_mm)]
-        item.ReferencedROINumber, item.ContourSequence = 1, [contour]
-        ds.StructureSetROISequence, ds.ROIContourSequence = [roi], [item]
-    path = files.folder / "contours.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+        structures["GTV"] = [np.array([[x + dx, y + dy, AXIAL.origin[2] + z_mm]
+                                       for dx, dy in ((-5, -5), (5, -5), (5, 5), (-5, 5))])]
+    return write_rtstruct(files.folder / "contours.dcm", generate_uid(), structures)
 
 
 def _empty(files):
