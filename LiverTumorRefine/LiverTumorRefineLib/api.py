@@ -53,9 +53,9 @@ def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, ou
                  report: str | os.PathLike | None = None, runtime: str = "auto",
                  intensity_gate: bool = INTENSITY_GATE) -> dict[str, Any]:
     """Refine the coarse mask file and write the result on the CT's grid; returns stats.
-    ``image_path`` may be a DICOM series folder and ``mask_path`` a DICOM SEG or .seg.nrrd
-    (``segment`` picks the segment); an ``out_path`` ending in .dcm writes a DICOM SEG that
-    references the series. ``report``: also write the lesion-by-lesion review (``review``) as
+    ``image_path`` may be a DICOM series (its folder, or one of its files) and ``mask_path`` a
+    DICOM SEG, .seg.nrrd or RT structure set (``segment`` picks the segment or structure); an
+    ``out_path`` ending in .dcm writes a DICOM SEG that references the series. ``report``: also write the lesion-by-lesion review (``review``) as
     .csv or .json there; its rows are returned under ``stats["review"]``. ``runtime`` and ``intensity_gate``:
     see ``Refiner``."""
     pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta, runtime=runtime,
@@ -160,8 +160,9 @@ def segment_file(image_path: str | os.PathLike, out_path: str | os.PathLike, wei
 def evaluate_files(truth_path: str | os.PathLike, pred_path: str | os.PathLike, label: int | None = None,
                    segment: str | int | None = None, pred_segment: str | int | None = None) -> dict[str, float]:
     """Metrics of a predicted mask file against a truth file (pred resampled onto truth's grid).
-    ``segment`` picks the segment (name or number) of whichever file is a DICOM SEG or
-    .seg.nrrd; ``pred_segment`` overrides it for the prediction."""
+    ``segment`` picks the segment (name or number) of whichever file is a DICOM SEG, .seg.nrrd
+    or RT structure set (filled on the other file's grid); ``pred_segment`` overrides it for the
+    prediction."""
     truth_has, pred_has = segments.has_segments(truth_path), segments.has_segments(pred_path)
     if segment is not None and not (truth_has or pred_has):
         raise RefineError(f"A segment ({segment}) was given but neither {truth_path} nor {pred_path} is a DICOM SEG "
