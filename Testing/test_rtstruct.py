@@ -16,12 +16,13 @@ pydicom = pytest.importorskip("pydicom")
 
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid  # noqa: E402
-from test_dicom import ORIGIN, PIXEL, SHAPE, STEP, truth_labels, write_series  # noqa: E402
+from test_dicom import (ORIGIN, PIXEL, SHAPE, STEP, truth_labels, write_multiframe, write_series,  # noqa: E402
+                        write_two_segment_seg)
 
 from LiverTumorRefineLib import api  # noqa: E402
 from LiverTumorRefineLib.cli import main  # noqa: E402
 from LiverTumorRefineLib.errors import RefineError  # noqa: E402
-from LiverTumorRefineLib.volume import io, rtstruct  # noqa: E402
+from LiverTumorRefineLib.volume import dicom, io, polygons, rtstruct  # noqa: E402
 
 TUMOUR_CENTRE = (4, 14, 17)  # z, y, x voxel of the tumour ball of test_dicom.truth_labels (radius 4.5 mm)
 
@@ -46,15 +47,15 @@ def brute_force_fill(xy: np.ndarray, shape) -> np.ndarray:
 def test_fill_matches_the_point_by_point_even_odd_test(points):
     """Any polygon, self-intersecting or reaching past the image, vertices on pixel centres too."""
     xy = np.round(np.array(points), 1)  # rounding puts vertices and edges exactly on centres often
-    assert np.array_equal(rtstruct.fill_polygon(xy, (10, 12)), brute_force_fill(xy, (10, 12)))
+    assert np.array_equal(polygons.fill_polygon(xy, (10, 12)), brute_force_fill(xy, (10, 12)))
 
 
 def test_a_rectangle_takes_exactly_the_centres_inside():
     xy = np.array([[2.5, 3.5], [7.5, 3.5], [7.5, 9.5], [2.5, 9.5]])
     expected = np.zeros((12, 10), bool)
     expected[4:10, 3:8] = True
-    assert np.array_equal(rtstruct.fill_polygon(xy, (12, 10)), expected)
-    assert np.array_equal(rtstruct.fill_polygon(xy[::-1], (12, 10)), expected)  # either winding
+    assert np.array_equal(polygons.fill_polygon(xy, (12, 10)), expected)
+    assert np.array_equal(polygons.fill_polygon(xy[::-1], (12, 10)), expected)  # either winding
 
 
 def circle(centre_mm, radius_mm: float, n: int = 360) -> np.ndarray:
@@ -253,3 +254,106 @@ def test_training_cases_take_structure_sets_beside_the_series(tmp_path):
     label = cases[0].label.array
     assert np.array_equal(label == 2, truth_labels() == 2)
     assert (label == 1).sum() > 0 and not label[:, 2, 2].any()  # the liver, and nothing of the unrelated structure
+
+
+# ------------------------------------------------------------------------------------------
+# RT structure sets out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.floats(0.1, 0.9), st.integers(0, 2 ** 32 - 1))
+def test_outlines_fill_back_to_the_mask_and_are_simple_polygons(rows, cols, density, seed):
+    mask = np.random.default_rng(seed).random((rows, cols)) < density
+    outlines = polygons.mask_outlines(mask)
+    filled = np.zeros_like(mask)
+    for outline in outlines:
+        filled ^= polygons.fill_polygon(outline, mask.shape)
+        assert len({tuple(p) for p in outline.tolist()}) == len(outline) >= 4  # no vertex twice
+        assert np.all(outline % 1 == 0.5)  # along pixel edges
+    assert np.array_equal(filled, mask)
+
+
+def test_outlines_of_a_ring_and_of_pixels_touching_at_a_corner():
+    ring = np.ones((5, 5), bool)
+    ring[2, 2] = False
+    assert sorted(len(o) for o in polygons.mask_outlines(ring)) == [4, 4]  # outer square, hole
+    corner = np.zeros((4, 4), bool)
+    corner[1, 1] = corner[2, 2] = True  # one outline each, meeting at the corner (1.5, 1.5)
+    squares = sorted(sorted(map(tuple, o.tolist())) for o in polygons.mask_outlines(corner))
+    assert squares == [[(0.5, 0.5), (0.5, 1.5), (1.5, 0.5), (1.5, 1.5)], [(1.5, 1.5), (1.5, 2.5), (2.5, 1.5), (2.5, 2.5)]]
+    assert polygons.mask_outlines(np.zeros((3, 3), bool)) == []
+
+
+# Type 1 attributes of the RT Structure Set IOD's modules (PS3.3 A.19) that this writer fills.
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID", "StructureSetLabel",
+            "StructureSetROISequence", "ROIContourSequence", "RTROIObservationsSequence")
+
+
+def test_refined_contours_come_back_as_a_structure_set_of_the_series(ct_and_contours, tmp_path, tiny_weights):
+    """An RT structure set in, an RT structure set out (by default): it references the CT's
+    study, series, frame of reference and slices, and fills exactly the refined voxels."""
+    folder, path, frame = ct_and_contours
+    common = ["refine", "--image", str(folder), "--mask", str(path), "--segment", "GTV tumour", "--weights",
+              str(tiny_weights), "--device", "cpu", "--min-kept", "0"]
+    assert main([*common, "--out", str(tmp_path / "refined.dcm")]) == 0
+    assert main([*common, "--out", str(tmp_path / "refined.nii.gz")]) == 0
+    ds = pydicom.dcmread(tmp_path / "refined.dcm")
+    assert ds.Modality == "RTSTRUCT" and all(ds.get(k) not in (None, "") for k in REQUIRED)
+    series = dicom.read_series(folder, pixels=False)
+    reference = ds.ReferencedFrameOfReferenceSequence[0]
+    assert reference.FrameOfReferenceUID == frame
+    study = reference.RTReferencedStudySequence[0]
+    assert study.ReferencedSOPInstanceUID == series.datasets[0].StudyInstanceUID
+    images = {i.ReferencedSOPInstanceUID for i in study.RTReferencedSeriesSequence[0].ContourImageSequence}
+    assert study.RTReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
+    assert images == {d.SOPInstanceUID for d in series.datasets}
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["Tumor"]
+    nifti = io.read_volume(tmp_path / "refined.nii.gz")
+    _, back = api.load_pair(folder, tmp_path / "refined.dcm")
+    assert nifti.array.any() and np.array_equal(back.array.astype(bool), nifti.array > 0)
+    for contour in ds.ROIContourSequence[0].ContourSequence:  # each on the slice it names
+        k = next(i for i, d in enumerate(series.datasets) if d.SOPInstanceUID
+                 == contour.ContourImageSequence[0].ReferencedSOPInstanceUID)
+        assert np.allclose(np.array(contour.ContourData, float).reshape(-1, 3)[:, 2], ORIGIN[2] + STEP * k)
+    # asked for, a DICOM SEG instead; and a SEG mask gives an RT structure set when asked
+    assert main([*common, "--out", str(tmp_path / "as_seg.dcm"), "--dicom-output", "seg"]) == 0
+    assert pydicom.dcmread(tmp_path / "as_seg.dcm").Modality == "SEG"
+    slices = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+    write_two_segment_seg(slices, truth_labels(), tmp_path / "labels.dcm")
+    assert main(["refine", "--image", str(folder), "--mask", str(tmp_path / "labels.dcm"), "--segment", "Tumor",
+                 "--weights", str(tiny_weights), "--device", "cpu", "--out", str(tmp_path / "from_seg.dcm"),
+                 "--dicom-output", "rtstruct"]) == 0
+    assert pydicom.dcmread(tmp_path / "from_seg.dcm").Modality == "RTSTRUCT"
+
+
+def test_a_label_map_gives_one_structure_per_label_and_a_multiframe_ct_its_frames(tmp_path):
+    folder = tmp_path / "ct"
+    slices = write_series(folder)
+    enhanced = write_multiframe(slices, tmp_path / "enhanced")
+    for source in (folder, tmp_path / "enhanced"):
+        series = dicom.read_series(source)  # slices along the normal, whatever the frames' order
+        labels = series.volume.with_array(truth_labels())
+        out = rtstruct.write_rtstruct(labels, series, tmp_path / f"{source.name}.dcm")
+        ds = pydicom.dcmread(out)
+        assert [r.ROIName for r in ds.StructureSetROISequence] == ["Liver", "Tumor"]
+        assert [o.RTROIInterpretedType for o in ds.RTROIObservationsSequence] == ["ORGAN", "GTV"]
+        grid = io.to_sitk(labels)
+        for number, value in ((1, 1), (2, 2)):
+            back = sitk.GetArrayFromImage(rtstruct.read_rtstruct_on(out, grid, number))
+            assert np.array_equal(back.astype(bool), labels.array == value), (source.name, number)
+    for item in (c for roi in ds.ROIContourSequence for c in roi.ContourSequence):  # the frame of its plane
+        frame = enhanced.PerFrameFunctionalGroupsSequence[item.ContourImageSequence[0].ReferencedFrameNumber - 1]
+        z = float(frame.PlanePositionSequence[0].ImagePositionPatient[2])
+        assert np.allclose(np.array(item.ContourData, float).reshape(-1, 3)[:, 2], z)
+    assert {i.ReferencedSOPInstanceUID for c in ds.ROIContourSequence for item in c.ContourSequence
+            for i in item.ContourImageSequence} == {enhanced.SOPInstanceUID}
+
+
+def test_dicom_output_needs_a_dcm_out_and_not_a_batch(ct_and_contours, tmp_path, tiny_weights, capsys):
+    folder, path, _ = ct_and_contours
+    assert main(["refine", "--image", str(folder), "--mask", str(path), "--segment", "1", "--weights", str(tiny_weights),
+                 "--out", str(tmp_path / "o.nii.gz"), "--dicom-output", "rtstruct"]) == 2
+    assert "--dicom-output applies to a .dcm --out, not" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
+    assert main(["refine", "--batch", str(tmp_path), "--out-dir", str(tmp_path / "b"), "--dicom-output", "seg"]) == 2
+    assert "leave out --dicom-output" in capsys.readouterr().err

@@ -51,17 +51,18 @@ def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, ou
                  min_kept: float = MIN_KEPT, force: bool = False, progress: Progress | None = None,
                  segment: str | int | None = None, tta: int = TTA,
                  report: str | os.PathLike | None = None, runtime: str = "auto",
-                 intensity_gate: bool = INTENSITY_GATE) -> dict[str, Any]:
+                 intensity_gate: bool = INTENSITY_GATE, dicom_output: str | None = None) -> dict[str, Any]:
     """Refine the coarse mask file and write the result on the CT's grid; returns stats.
     ``image_path`` may be a DICOM series (its folder, or one of its files) and ``mask_path`` a
     DICOM SEG, .seg.nrrd or RT structure set (``segment`` picks the segment or structure); an
-    ``out_path`` ending in .dcm writes a DICOM SEG that references the series. ``report``: also write the lesion-by-lesion review (``review``) as
+    ``out_path`` ending in .dcm writes a DICOM SEG that references the series, or an RT structure
+    set (``dicom_output="rtstruct"``; the default when ``mask_path`` is one). ``report``: also write the lesion-by-lesion review (``review``) as
     .csv or .json there; its rows are returned under ``stats["review"]``. ``runtime`` and ``intensity_gate``:
     see ``Refiner``."""
     pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta, runtime=runtime,
                               intensity_gate=intensity_gate)
     return pipeline.run_files(image_path, out_path, mask_path, label=label, segment=segment, report_path=report,
-                              force=force, progress=progress)
+                              force=force, progress=progress, dicom_output=dicom_output)
 
 
 def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLike, source: str = "seeds",
@@ -71,7 +72,7 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
                         progress: Progress | None = None, coarse_progress: Progress | None = None,
                         tta: int = TTA, report: str | os.PathLike | None = None, runtime: str = "auto",
                         negative_seeds: Sequence[Point] | str | None = None, seed_method: str = "auto",
-                        intensity_gate: bool = INTENSITY_GATE) -> dict[str, Any]:
+                        intensity_gate: bool = INTENSITY_GATE, dicom_output: str | None = None) -> dict[str, Any]:
     """Make a coarse mask from ``source`` ("seeds", "automatic" (or "auto"), "totalsegmentator"),
     refine it and write the result (and, with ``coarse_out``, the coarse mask) on the CT's grid;
     returns stats with the coarse step's seconds under ``seconds["coarse"]``. ``seeds``: RAS
@@ -81,12 +82,13 @@ def refine_without_mask(image_path: str | os.PathLike, out_path: str | os.PathLi
     ``coarse_progress`` reports the coarse step's progress. ``report``: as in ``refine_files``.
     ``negative_seeds``: RAS points (or a string or file like ``seeds``) of leaks to keep out;
     ``seed_method``: "auto", "hybrid", "rays" or "model" (see ``coarse.clicks.SEED_METHODS``);
-    ``intensity_gate``: see ``Refiner``."""
+    ``intensity_gate``: see ``Refiner``; ``dicom_output``: as in ``refine_files`` (default a DICOM SEG)."""
     pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta,
                               seg_weights=seg_weights, runtime=runtime, intensity_gate=intensity_gate)
     return pipeline.run_files(image_path, out_path, source=source, seeds=seeds, negative_seeds=negative_seeds,
                               seed_method=seed_method, coarse_out=coarse_out,
-                              report_path=report, force=force, progress=progress, coarse_progress=coarse_progress)
+                              report_path=report, force=force, progress=progress, coarse_progress=coarse_progress,
+                              dicom_output=dicom_output)
 
 
 def click_lesion(image: Volume, positive: Sequence[Point], negative: Sequence[Point] = (), *,

@@ -43,7 +43,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
                           "(or --batch MANIFEST_OR_FOLDER --out-dir DIR for a dataset).")
     common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,
                   tta=args.tta, force=args.force, progress=ProgressBar("refine"), report=args.report, runtime=args.runtime,
-                  intensity_gate=intensity_gate(args))
+                  intensity_gate=intensity_gate(args), dicom_output=args.dicom_output)
     if args.mask is not None:
         if args.coarse_out is not None:
             raise RefineError("--coarse-out is for coarse masks this command makes (--seeds, --auto-coarse, "
@@ -96,7 +96,8 @@ def _cmd_refine_batch(args: argparse.Namespace) -> int:
                                        ("--negative-seeds", args.negative_seeds),
                                        ("--auto-coarse", args.auto_coarse), ("--totalsegmentator", args.totalsegmentator),
                                        ("--out", args.out), ("--coarse-out", args.coarse_out),
-                                       ("--coarse-weights", args.coarse_weights), ("--report", args.report)) if value]
+                                       ("--coarse-weights", args.coarse_weights), ("--report", args.report),
+                                       ("--dicom-output", args.dicom_output)) if value]
     if single:
         raise RefineError(f"--batch reads each case's CT and coarse mask from the manifest or folder: leave out "
                           f"{', '.join(single)}.")
@@ -276,8 +277,12 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                              "use --totalsegmentator, when lesions matter --seeds)")
     source.add_argument("--totalsegmentator", action="store_true",
                         help="make the coarse tumour mask with TotalSegmentator (installed separately)")
-    p.add_argument("--out", help="refined mask, written on the CT's grid; a .dcm name writes a DICOM SEG "
-                                 "referencing the CT series (--image must be a DICOM folder)")
+    p.add_argument("--out", help="refined mask, written on the CT's grid; a .dcm name writes a DICOM SEG (or RT "
+                                 "structure set, see --dicom-output) referencing the CT series (--image must be a "
+                                 "DICOM series)")
+    p.add_argument("--dicom-output", choices=("seg", "rtstruct"),
+                   help="what a .dcm --out is: a DICOM SEG (seg) or an RT structure set of closed contours along the "
+                        "voxel edges (rtstruct) (default: an RT structure set when --mask is one, else a SEG)")
     p.add_argument("--coarse-out", help="also write the coarse mask made from --seeds / --auto-coarse / "
                                         "--totalsegmentator here")
     p.add_argument("--negative-seeds", help="points outside the lesions whose tissue the coarse mask must leave out "

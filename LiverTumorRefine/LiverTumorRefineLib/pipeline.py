@@ -194,10 +194,12 @@ class RefinePipeline:
                   negative_seeds: Sequence[Sequence[float]] | str | os.PathLike | None = None, seed_method: str = "auto",
                   label: int | None = None, segment: str | int | None = None, coarse_out: str | os.PathLike | None = None,
                   report_path: str | os.PathLike | None = None, force: bool = False,
-                  progress: Progress | None = None, coarse_progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, coarse_progress: Progress | None = None,
+                  dicom_output: str | None = None) -> dict[str, Any]:
         """Refine a CT file's coarse mask file (``mask_path``), or the mask ``source`` makes, and
         write the result on the CT's own grid (a .dcm ``out_path``: a DICOM SEG referencing the
-        series); returns the stats. ``coarse_out`` also writes a made coarse mask; ``report_path``
+        series, or an RT structure set with ``dicom_output="rtstruct"``, the default when the mask
+        is one); returns the stats. ``coarse_out`` also writes a made coarse mask; ``report_path``
         the lesion-by-lesion review (.csv/.json), whose rows come back under ``stats["review"]``.
         Every output is checked before any work and written atomically."""
         from LiverTumorRefineLib.coarse.points import is_seed_file, parse_seeds, parse_signed_seeds
@@ -212,6 +214,7 @@ class RefinePipeline:
         inputs = [image_path, mask_path, seed_file, negative_file]
         out = files.check_result_output(out_path, image_path, inputs, force)
         extra = files.check_result_output(coarse_out, image_path, inputs, force) if coarse_out is not None else None
+        written_as = files.dicom_output_for(out, mask_path, dicom_output)
         if extra is not None and extra.resolve() == out.resolve():
             raise RefineError("coarse_out and out_path are the same file: choose two paths.",
                               cli="--coarse-out and --out are the same file: choose two paths.")
@@ -232,8 +235,8 @@ class RefinePipeline:
         if report_out is None:
             del image  # only the review reads the CT again: freed before writing (peak memory)
         if extra is not None:
-            files.write_result(result.coarse, image_path, extra, force)
-        files.write_result(result.refined, image_path, out, force)
+            files.write_result(result.coarse, image_path, extra, force, written_as)
+        files.write_result(result.refined, image_path, out, force, written_as)
         if report_out is not None:
             result.stats["review"] = write_review(image, result, report_out, force)
         return result.stats

@@ -555,7 +555,7 @@ def write_seg(labels: Volume, series: DicomSeries, out: str | os.PathLike, names
             segment_descriptions=[_segment_description(hd, i + 1, names.get(v, f"Label {v}")) for i, v in enumerate(numbers)],
             series_instance_uid=hd.UID(), series_number=int(first.get("SeriesNumber", 0) or 0) + 9000,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LiverTumorRefine",
-            manufacturer_model_name="LiverTumorRefine", software_versions=_version(), device_serial_number="0",
+            manufacturer_model_name="LiverTumorRefine", software_versions=version(), device_serial_number="0",
             series_description="LiverTumorRefine refined", omit_empty_frames=bool(values))
     with atomic_path(out, SEG_SUFFIX) as tmp:
         seg.save_as(tmp)
@@ -563,7 +563,8 @@ def write_seg(labels: Volume, series: DicomSeries, out: str | os.PathLike, names
     return out
 
 
-def _version() -> str:
+def version() -> str:
+    """This package's version, as DICOM objects written here record it."""
     from LiverTumorRefineLib import __version__
 
     return str(__version__)

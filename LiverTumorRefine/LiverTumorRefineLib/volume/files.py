@@ -67,16 +67,34 @@ def check_result_output(out_path: str | os.PathLike, image_path: str | os.PathLi
     return io.check_output(out_path, inputs, force)
 
 
-def write_result(volume: Volume, image_path: str | os.PathLike, out: str | os.PathLike, force: bool) -> None:
+DICOM_OUTPUTS = ("seg", "rtstruct")
+
+
+def dicom_output_for(out: str | os.PathLike, mask_path: str | os.PathLike | None, chosen: str | None) -> str:
+    """What a .dcm ``out`` is written as: ``chosen`` ("seg" or "rtstruct"), else what the mask was
+    (an RT structure set gives one back), else a DICOM SEG. Refused for a volume-file ``out``."""
+    if chosen is not None and chosen not in DICOM_OUTPUTS:
+        raise RefineError(f"Unknown DICOM output {chosen!r}: choose 'seg' (DICOM SEG) or 'rtstruct' (RT structure set).")
+    if chosen is not None and not dicom.is_dicom_seg_path(out):
+        raise RefineError(f"A DICOM output kind ({chosen}) applies to a .dcm output, not {out}.",
+                          cli=f"--dicom-output applies to a .dcm --out, not {out}.")
+    if chosen is not None:
+        return chosen
+    return "rtstruct" if mask_path is not None and rtstruct.is_rtstruct(mask_path) else "seg"
+
+
+def write_result(volume: Volume, image_path: str | os.PathLike, out: str | os.PathLike, force: bool,
+                 dicom_output: str = "seg") -> None:
     """Write ``volume``, computed on the LPS grid ``load_ct``/``load_pair`` give, back on the CT's
-    own grid: a DICOM SEG referencing the CT series for a .dcm ``out``, else a volume file."""
+    own grid: for a .dcm ``out`` a DICOM SEG (or, ``dicom_output="rtstruct"``, an RT structure set)
+    referencing the CT series, else a volume file."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dropped DICOM slices were reported when the CT was read
         on_grid = io.back_on_grid(volume, image_path)
         series = dicom.read_series(image_path, pixels=False) if dicom.is_dicom_seg_path(out) else None
-    if series is not None:
+    if series is not None and dicom_output == "rtstruct":
+        rtstruct.write_rtstruct(on_grid, series, out, force=force)
+    elif series is not None:
         dicom.write_seg(on_grid, series, out, force=force)
     else:
         io.write_volume(on_grid, out, force=force)
-
-

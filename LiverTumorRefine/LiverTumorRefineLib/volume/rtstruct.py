@@ -1,11 +1,12 @@
-"""RT structure sets (DICOM RTSTRUCT) as masks: the contours that radiotherapy planning systems and
-many PACS viewers store for a lesion, filled on a CT's slices.
+"""RT structure sets (DICOM RTSTRUCT), the contours that radiotherapy planning systems and many
+PACS viewers store for a lesion: read as masks on a CT's slices, and written from refined masks.
 
 A structure set holds points in patient millimetres, not voxels, so it is read onto a grid: one
 structure (ROI), picked by name or number like a DICOM SEG segment, has its closed planar contours
 placed on the grid's slices and filled there. A voxel is in the mask when its centre lies inside an
 odd number of the structure's contours on its slice (the even-odd rule), so a contour inside
-another is a hole. The file is read with pydicom; only the polygon fill is this module's.
+another is a hole. Written, a mask's contours run along its voxel edges (``polygons``), so reading
+them back gives the same voxels. Files are read and written with pydicom.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.volume.polygons import fill_polygon, mask_outlines
 
 # Contours drawn on the CT lie on its slice centres; one farther than this (in slices) from every
 # slice was drawn on another grid, and filling it on the nearest slice would misplace it.
@@ -88,34 +90,6 @@ def _to_index(points: np.ndarray, grid: sitk.Image) -> np.ndarray:
     return np.linalg.solve(scaled, (points - np.array(grid.GetOrigin(), dtype=float)).T).T
 
 
-def fill_polygon(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels (rows y, columns x) of ``shape`` whose centres lie inside the closed polygon ``xy``
-    ((n, 2) continuous column, row coordinates), by the even-odd rule, one scan line per row."""
-    mask = np.zeros(shape, dtype=bool)
-    x0, y0 = xy[:, 0], xy[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    rows = np.arange(max(0, int(np.ceil(y0.min()))), min(shape[0] - 1, int(np.floor(y0.max()))) + 1)
-    if rows.size == 0:
-        return mask
-    r = rows[:, None].astype(float)
-    crosses = (y0 > r) != (y1 > r)  # edges that a row's scan line crosses (half-open, so a vertex counts once)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        at = np.where(crosses, x0 + (r - y0) * (x1 - x0) / (y1 - y0), np.inf)
-    at = np.sort(at, axis=1)  # each row's crossings first, in order; an even number of them
-    starts, ends = at[:, 0::2], at[:, 1::2]
-    pairs = min(starts.shape[1], ends.shape[1])
-    starts, ends = starts[:, :pairs], ends[:, :pairs]
-    inside = np.isfinite(ends)
-    # A centre x is inside when start <= x < end for one pair: columns ceil(start) .. ceil(end) - 1.
-    first = np.clip(np.ceil(starts[inside]), 0, shape[1]).astype(int)
-    stop = np.clip(np.ceil(ends[inside]), 0, shape[1]).astype(int)
-    row_of = np.broadcast_to(rows[:, None], starts.shape)[inside]
-    edges = np.zeros((shape[0], shape[1] + 1), dtype=np.int32)
-    np.add.at(edges, (row_of, first), 1)
-    np.add.at(edges, (row_of, stop), -1)
-    return np.cumsum(edges[:, :-1], axis=1) > 0
-
-
 def rasterise(contours: list[np.ndarray], grid: sitk.Image, where: str | os.PathLike) -> np.ndarray:
     """The (z, y, x) uint8 mask of ``contours`` (LPS mm) on ``grid``'s slices, even-odd filled."""
     size = grid.GetSize()
@@ -173,3 +147,158 @@ def read_rtstruct_on(path: str | os.PathLike, grid: sitk.Image, segment: str | i
     mask = sitk.GetImageFromArray(rasterise(structure_contours(ds, number, path), grid, path))
     mask.CopyInformation(grid)
     return mask
+
+
+# --------------------------------------------------------------------------------------------
+# RT structure set out
+
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+STUDY_COMPONENT_REFERENCE = "1.2.840.10008.3.1.2.3.1"  # what RTReferencedStudySequence names the study by
+ROI_COLORS = {"Liver": (128, 174, 128), "Tumor": (0, 200, 0)}  # the refined outline is green in Slicer too
+
+
+def write_rtstruct(labels: Any, series: Any, out: str | os.PathLike, names: dict[int, str] | None = None,
+                   force: bool = False) -> Path:
+    """Write ``labels`` (a ``Volume`` on ``series``' grid, as ``dicom.read_series`` returns it) as an
+    RT structure set referencing the series' images: one structure per non-zero value, named by
+    ``names`` (default as ``dicom.write_seg``), each slice's outlines along voxel edges as closed
+    planar contours (a hole as a contour of its own). Filling the contours gives the voxels back
+    exactly: the file is written atomically and read back to check that. Returns the path."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from LiverTumorRefineLib.volume import dicom
+    from LiverTumorRefineLib.volume.atomic import atomic_path
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise RefineError(f"{out} already exists: choose another output or pass --force.")
+    if labels.array.shape != series.shape or not labels.geometry.same_grid(series.geometry):
+        raise RuntimeError(f"labels {labels.array.shape} are not on the series grid {series.shape}")  # a bug
+    values = [int(v) for v in np.unique(labels.array) if v != 0]
+    names = names or ({1: "Tumor"} if values in ([1], []) else dicom.LITS_SEGMENT_NAMES)
+    numbers = values or [1]  # an empty result is still a (contourless) tumour structure
+    first = series.datasets[0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    for keyword in ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+                    "ReferringPhysicianName"):
+        setattr(ds, keyword, first.get(keyword, ""))
+    ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "RTSTRUCT", generate_uid(), 1
+    ds.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + 9100
+    ds.SeriesDescription, ds.OperatorsName = "LiverTumorRefine refined", ""
+    ds.Manufacturer, ds.ManufacturerModelName = "LiverTumorRefine", "LiverTumorRefine"
+    ds.SoftwareVersions = dicom.version()
+    ds.StructureSetLabel, ds.StructureSetName = "Refined", "LiverTumorRefine"
+    ds.StructureSetDate, ds.StructureSetTime = _now()
+    images = _contour_images(series)
+    ds.ReferencedFrameOfReferenceSequence = [_frame_of_reference(first, series, images)]
+    frame = str(first.FrameOfReferenceUID)
+    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = [], [], []
+    for number, value in enumerate(numbers, start=1):
+        name = names.get(value, f"Label {value}")
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = number, frame, name
+        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        ds.StructureSetROISequence.append(roi)
+        item = Dataset()
+        item.ReferencedROINumber = number
+        item.ROIDisplayColor = list(ROI_COLORS.get(name, (255, 255, 0)))
+        contours = _slice_contours(labels, labels.array == value, images)
+        if contours:
+            item.ContourSequence = contours
+        ds.ROIContourSequence.append(item)
+        observation = Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType = "ORGAN" if name.lower() == "liver" else "GTV"
+        observation.ROIInterpreter = ""
+        ds.RTROIObservationsSequence.append(observation)
+    with atomic_path(out, ".dcm") as tmp:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+        _verify_rtstruct(tmp, labels, numbers, frame)
+    return out
+
+
+def _now() -> tuple[str, str]:
+    import datetime
+
+    now = datetime.datetime.now()
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
+def _contour_images(series: Any) -> list[Any]:
+    """Per slice of the volume, the image reference its contours name (a multi-frame CT: its frame)."""
+    from pydicom.dataset import Dataset
+
+    from LiverTumorRefineLib.volume import dicom
+
+    order = dicom.frame_slices(series)
+    frames = {slice_index: frame for frame, slice_index in enumerate(order)} if order is not None else None
+    images = []
+    for k in range(series.shape[0]):
+        source = series.datasets[0] if frames is not None else series.datasets[k]
+        image = Dataset()
+        image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+        if frames is not None:
+            image.ReferencedFrameNumber = frames[k] + 1
+        images.append(image)
+    return images
+
+
+def _frame_of_reference(first: Any, series: Any, images: list[Any]) -> Any:
+    """The structure set's reference to the CT: frame of reference, study, series and its images."""
+    from pydicom.dataset import Dataset
+
+    referenced_series = Dataset()
+    referenced_series.SeriesInstanceUID = series.series_uid
+    unique = {(str(i.ReferencedSOPInstanceUID), i.get("ReferencedFrameNumber")): i for i in images}
+    referenced_series.ContourImageSequence = list(unique.values())
+    study = Dataset()
+    study.ReferencedSOPClassUID, study.ReferencedSOPInstanceUID = STUDY_COMPONENT_REFERENCE, first.StudyInstanceUID
+    study.RTReferencedSeriesSequence = [referenced_series]
+    frame = Dataset()
+    frame.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame.RTReferencedStudySequence = [study]
+    return frame
+
+
+def _slice_contours(labels: Any, mask: np.ndarray, images: list[Any]) -> list[Any]:
+    """Closed planar contours of ``mask`` (on ``labels``' grid), slice by slice, in LPS mm."""
+    from pydicom.dataset import Dataset
+
+    geometry = labels.geometry
+    scaled = np.array(geometry.direction, dtype=float).reshape(3, 3) * np.array(geometry.spacing, dtype=float)
+    origin = np.array(geometry.origin, dtype=float)
+    contours = []
+    for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+        for outline in mask_outlines(mask[k]):
+            index = np.column_stack([outline, np.full(len(outline), float(k))])  # x, y, z voxel indices
+            points = origin + index @ scaled.T
+            contour = Dataset()
+            contour.ContourImageSequence = [images[k]]
+            contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", len(points)
+            contour.ContourData = [f"{v:.4f}".rstrip("0").rstrip(".") for v in points.ravel()]
+            contours.append(contour)
+    return contours
+
+
+def _verify_rtstruct(path: str, labels: Any, numbers: list[int], frame: str) -> None:
+    """Read the written structure set back onto the labels' grid: every structure fills its voxels."""
+    from LiverTumorRefineLib.volume import io
+
+    grid = io.to_sitk(labels.with_array(np.zeros(labels.array.shape, dtype=np.uint8)))
+    ds = read_structure_set(path)
+    for number, value in enumerate(numbers, start=1):
+        expected = labels.array == value
+        if not expected.any():
+            continue
+        back = sitk.GetArrayFromImage(read_rtstruct_on(path, grid, number, frame)).astype(bool)
+        if not np.array_equal(back, expected):
+            raise RuntimeError(f"{path}: structure {number} does not read back as written")  # a bug
+    if len(ds.StructureSetROISequence) != len(numbers):
+        raise RuntimeError(f"{path}: written structure set holds {len(ds.StructureSetROISequence)} structures")  # a bug
