@@ -214,7 +214,7 @@ def read_dicom_case(name: str, series_folder: str | os.PathLike, seg_paths: Iter
     if missing:
         raise RefineError(f"{name}: no {' or '.join(missing)} segment in its DICOM SEG or RT structure set files "
                           f"({', '.join(str(p) for p in seg_paths) or 'none'}); segments need labels (or single-"
-                          "segment file names) containing 'liver' and 'tumor'/'tumour'/'lesion'.")
+                          "segment file names) containing 'liver' and 'tumor'/'tumour'/'lesion' (or starting with 'GTV').")
     label[masks["liver"]] = 1
     label[masks["tumour"]] = 2
     oriented = io.reoriented(image, "LPS")
