@@ -318,7 +318,7 @@ def test_refined_contours_come_back_as_a_structure_set_of_the_series(ct_and_cont
     # asked for, a DICOM SEG instead; and a SEG mask gives an RT structure set when asked
     assert main([*common, "--out", str(tmp_path / "as_seg.dcm"), "--dicom-output", "seg"]) == 0
     assert pydicom.dcmread(tmp_path / "as_seg.dcm").Modality == "SEG"
-    slices = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+    slices = sorted((pydicom.dcmread(p) for p in folder.iterdir()), key=lambda d: float(d.ImagePositionPatient[2]))
     write_two_segment_seg(slices, truth_labels(), tmp_path / "labels.dcm")
     assert main(["refine", "--image", str(folder), "--mask", str(tmp_path / "labels.dcm"), "--segment", "Tumor",
                  "--weights", str(tiny_weights), "--device", "cpu", "--out", str(tmp_path / "from_seg.dcm"),
@@ -357,3 +357,28 @@ def test_dicom_output_needs_a_dcm_out_and_not_a_batch(ct_and_contours, tmp_path,
     assert not (tmp_path / "o.nii.gz").exists()
     assert main(["refine", "--batch", str(tmp_path), "--out-dir", str(tmp_path / "b"), "--dicom-output", "seg"]) == 2
     assert "leave out --dicom-output" in capsys.readouterr().err
+
+
+def test_overlay_and_qa_show_dicom_masks(ct_and_contours, tmp_path, tiny_weights, capsys):
+    """After refine --out x.dcm, the pictures read the SEG or structure set, not only volume files:
+    a file's only segment, else its one segment named as a tumour, else --segment."""
+    folder, path, frame = ct_and_contours
+    slices = sorted((pydicom.dcmread(p) for p in folder.iterdir()), key=lambda d: float(d.ImagePositionPatient[2]))
+    write_two_segment_seg(slices, truth_labels(), tmp_path / "truth.dcm")  # "Liver" and "Tumor"
+    assert main(["refine", "--image", str(folder), "--mask", str(path), "--segment", "GTV tumour", "--weights",
+                 str(tiny_weights), "--device", "cpu", "--out", str(tmp_path / "refined.dcm")]) == 0
+    masks = ["--truth", str(tmp_path / "truth.dcm"), "--coarse", str(path), "--refined", str(tmp_path / "refined.dcm")]
+    assert main(["overlay", "--image", str(folder), *masks, "--out", str(tmp_path / "o.png")]) == 0
+    assert (tmp_path / "o.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["qa", "--image", str(folder), *masks, "--out", str(tmp_path / "qa.png")]) == 0
+    assert "1 lesion(s)" in capsys.readouterr().out
+    from LiverTumorRefineLib.evaluate import qa
+
+    image, truth, coarse, refined = qa.load_case(folder, path, tmp_path / "refined.dcm", tmp_path / "truth.dcm")
+    assert np.array_equal(truth, truth_labels() == 2) and np.array_equal(coarse, truth_labels() == 2) and refined.any()
+    organs = write_rtstruct(tmp_path / "organs.dcm", frame, {"Liver": tumour_contours(), "Spleen": tumour_contours()})
+    assert main(["overlay", "--image", str(folder), "--truth", str(organs), "--out", str(tmp_path / "p.png")]) == 2
+    assert "holds 2 segments (1 'Liver', 2 'Spleen'): choose one with --segment" in capsys.readouterr().err
+    assert main(["overlay", "--image", str(folder), "--truth", str(organs), "--refined", str(tmp_path / "refined.dcm"),
+                 "--segment", "spleen", "--out", str(tmp_path / "p.png")]) == 0

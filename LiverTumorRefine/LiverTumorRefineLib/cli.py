@@ -130,7 +130,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
     from LiverTumorRefineLib import api
-    from LiverTumorRefineLib.volume import io
+    from LiverTumorRefineLib.volume import files, io
     from LiverTumorRefineLib.evaluate.overlay import render_overlay_figure, write_png
 
     out = io.check_output(args.out, [args.image, args.truth, args.coarse, args.refined], args.force, suffixes=(".png",))
@@ -142,7 +142,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
         path = getattr(args, name)
         if path is None:
             continue
-        mask = io.from_sitk(io.resample_mask_to(io.read_image(path), ct)).array
+        mask = files.mask_on_ct(path, ct, args.segment).array
         if label is None and name == "truth":
             masks[name], label = api.select_label(mask, None)
         else:
@@ -180,7 +180,8 @@ def _cmd_qa(args: argparse.Namespace) -> int:
         jobs = [(qa.QaCase(name, Path(args.image), Path(args.truth) if args.truth else None, Path(args.coarse),
                            Path(args.refined)), out)]
     for case, out in jobs:
-        image, truth, coarse, refined = qa.load_case(case.ct, case.coarse, case.refined, case.truth, args.label)
+        image, truth, coarse, refined = qa.load_case(case.ct, case.coarse, case.refined, case.truth, args.label,
+                                                     args.segment)
         sheet, tiles = qa.render_qa_sheet(image.array, image.spacing_zyx, coarse, refined, truth, title=case.name)
         write_png(sheet, out)
         print(f"Wrote {out}: {len(tiles)} lesion(s)")
@@ -347,27 +348,32 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_overlay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("overlay", help="PNG of an axial slice with truth/coarse/refined outlines")
-    p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA)")
-    p.add_argument("--truth", help="ground truth (red)")
+    p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA) or DICOM series")
+    p.add_argument("--truth", help="ground truth (red); masks may also be DICOM SEG, .seg.nrrd or RT structure sets")
     p.add_argument("--coarse", help="coarse mask (yellow)")
     p.add_argument("--refined", help="refined mask (green)")
     p.add_argument("--out", required=True, help="PNG file (never one of the inputs)")
     p.add_argument("--slice", type=int, help="axial slice index (default: the one with the most tumour)")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
+    p.add_argument("--segment", metavar="NAME", help="segment (name or number) of whichever mask is a DICOM SEG, "
+                                                     ".seg.nrrd or RT structure set with several")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_cmd_overlay)
 
 
 def _add_qa(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("qa", help="PNG contact sheet: one zoomed tile per lesion with truth/coarse/refined outlines")
-    p.add_argument("--image", help="CT volume (NIfTI, NRRD, MHA)")
-    p.add_argument("--truth", help="ground truth (red; optional: Dice needs it)")
+    p.add_argument("--image", help="CT volume (NIfTI, NRRD, MHA) or DICOM series")
+    p.add_argument("--truth", help="ground truth (red; optional: Dice needs it); masks may also be DICOM SEG, "
+                                   ".seg.nrrd or RT structure sets")
     p.add_argument("--coarse", help="coarse mask (yellow, dashed)")
     p.add_argument("--refined", help="refined mask (green)")
     p.add_argument("--batch", metavar="FOLDER", help="every case in FOLDER and its sub-folders: [NAME_]ct, truth, "
                                                      "coarse, refined .nii.gz (as demo writes them); one sheet each")
     p.add_argument("--out", required=True, help="PNG file, or with --batch the folder for NAME.png sheets")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
+    p.add_argument("--segment", metavar="NAME", help="segment (name or number) of whichever mask is a DICOM SEG, "
+                                                     ".seg.nrrd or RT structure set with several")
     p.add_argument("--force", action="store_true", help="overwrite existing sheets")
     p.set_defaults(func=_cmd_qa)
 

@@ -133,13 +133,14 @@ def render_qa_sheet(image: np.ndarray, spacing_zyx: Sequence[float], coarse: np.
 
 
 def load_case(ct_path: str | os.PathLike, coarse_path: str | os.PathLike, refined_path: str | os.PathLike,
-              truth_path: str | os.PathLike | None = None, label: int | None = None
-              ) -> tuple[Volume, Optional[np.ndarray], np.ndarray, np.ndarray]:
+              truth_path: str | os.PathLike | None = None, label: int | None = None,
+              segment: str | int | None = None) -> tuple[Volume, Optional[np.ndarray], np.ndarray, np.ndarray]:
     """The CT reoriented to LPS and the truth, coarse and refined tumour masks (bool) on its grid.
-    The tumour label is ``label``, else the one the first mask (truth, else coarse) implies
-    (2 in a 0/1/2 map, the one non-zero value of a binary mask)."""
+    Masks may be volume files, DICOM SEG, .seg.nrrd (``segment`` picks one of several segments) or
+    RT structure sets. The tumour label is ``label``, else the one the first mask (truth, else
+    coarse) implies (2 in a 0/1/2 map, the one non-zero value of a binary mask)."""
     from LiverTumorRefineLib import api
-    from LiverTumorRefineLib.volume import io
+    from LiverTumorRefineLib.volume import files, io
 
     ct = io.to_lps(io.read_image(ct_path))
     image = io.from_sitk(ct)
@@ -148,7 +149,7 @@ def load_case(ct_path: str | os.PathLike, coarse_path: str | os.PathLike, refine
     for name, path in (("truth", truth_path), ("coarse", coarse_path), ("refined", refined_path)):
         if path is None:
             continue
-        array = io.from_sitk(io.resample_mask_to(io.to_lps(io.read_image(path)), ct)).array
+        array = files.mask_on_ct(path, ct, segment).array
         if not decided:
             masks[name], chosen = api.select_label(array, None)
             decided = True

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorRefineLib.volume import io
+from LiverTumorRefineLib.volume.segments import names_a_tumour
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.training.phantom import Case
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume
@@ -167,17 +168,13 @@ DICOMSEG_LAYOUT = ("<folder>/<case>/ (the CT series' slice files) with <folder>/
                    "or RT structure set files holding a liver and a tumour segment (one file with both, or e.g. "
                    "<case>_Liver.dcm and <case>_Tumor.dcm)")
 LIVER_WORDS = ("liver",)
-TUMOUR_WORDS = ("tumor", "tumour", "lesion")
-# Radiotherapy names put the target type first (AAPM TG-263: "GTV", "GTV_Liver", "GTVp"), while
-# "Liver-GTV" is the liver without it: a gross tumour volume is recognised by its name's start.
-TUMOUR_PREFIXES = ("gtv",)
 
 
 def _segment_role(label: str, file_name: str, only_segment: bool) -> str | None:
     """"liver", "tumour" or None for a segment, from its label, else (a file's only segment) from
     the file name such as ``<case>_ManualROI_Tumor.dcm``."""
     for text in (label.lower(), file_name.lower() if only_segment else ""):
-        if any(word in text for word in TUMOUR_WORDS) or text.startswith(TUMOUR_PREFIXES):
+        if names_a_tumour(text):
             return "tumour"
         if any(word in text for word in LIVER_WORDS):
             return "liver"

@@ -1,11 +1,14 @@
 """The engine's files: a CT (file or DICOM series) and its mask read onto one axial grid, results
-written back on the CT's own grid (a volume file or a DICOM SEG), outputs checked first."""
+written back on the CT's own grid (a volume file, a DICOM SEG or an RT structure set), outputs
+checked first."""
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
 from typing import Sequence
+
+import SimpleITK as sitk
 
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.volume import checks, dicom, io, rtstruct, segments
@@ -57,6 +60,21 @@ def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
         warn_if_not_hu(image, image_path)
         checks.check_not_whole_volume(mask_volume.array)
     return image, mask_volume
+
+
+def mask_on_ct(path: str | os.PathLike, ct: sitk.Image, segment: str | int | None = None) -> Volume:
+    """A mask file for display on ``ct`` (as ``load_ct`` reads it, before ``from_sitk``), resampled
+    onto its grid (nearest neighbour): a volume file, or a DICOM SEG, .seg.nrrd or RT structure set
+    (filled on ``ct``'s slices) segment: the file's only segment, else ``segment``, else its one
+    segment named as a tumour (``segments.tumour_segment``)."""
+    if segments.has_segments(path):
+        names = segments.segment_names(path)
+        if len(names) == 1:
+            segment = next(iter(names))
+        elif segment is None:
+            segment = segments.tumour_segment(path)  # None: no single tumour; read_mask lists the segments
+    mask = segments.read_mask(path, segment if segments.has_segments(path) else None, grid=ct)
+    return io.from_sitk(io.resample_mask_to(io.to_lps(mask), ct))
 
 
 def check_result_output(out_path: str | os.PathLike, image_path: str | os.PathLike,
