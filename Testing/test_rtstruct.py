@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pydicom = pytest.importorskip("pydicom")
+hd = pytest.importorskip("highdicom")
 
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid  # noqa: E402
@@ -382,3 +383,16 @@ def test_overlay_and_qa_show_dicom_masks(ct_and_contours, tmp_path, tiny_weights
     assert "holds 2 segments (1 'Liver', 2 'Spleen'): choose one with --segment" in capsys.readouterr().err
     assert main(["overlay", "--image", str(folder), "--truth", str(organs), "--refined", str(tmp_path / "refined.dcm"),
                  "--segment", "spleen", "--out", str(tmp_path / "p.png")]) == 0
+
+
+def test_an_empty_result_is_one_empty_tumour_segment_in_either_dicom_output(tmp_path):
+    """A refinement that removed every voxel is still written, as a "Tumor" segment (it was named
+    "Liver" in a SEG before) and as a structure without contours."""
+    folder = tmp_path / "ct"
+    write_series(folder)
+    series = dicom.read_series(folder)
+    empty = series.volume.with_array(np.zeros(SHAPE, np.uint8))
+    seg = hd.seg.segread(str(dicom.write_seg(empty, series, tmp_path / "empty_seg.dcm")))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Tumor"]
+    ds = pydicom.dcmread(rtstruct.write_rtstruct(empty, series, tmp_path / "empty_rt.dcm"))
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["Tumor"] and "ContourSequence" not in ds.ROIContourSequence[0]

@@ -525,13 +525,12 @@ def _segment_description(hd: Any, number: int, label: str) -> Any:
             name="LiverTumorRefine", version=__version__, family=codes.DCM.ArtificialIntelligence))
 
 
-def write_seg(labels: Volume, series: DicomSeries, out: str | os.PathLike, names: dict[int, str] | None = None,
-              force: bool = False) -> Path:
-    """Write ``labels`` (on ``series``' grid, as ``read_series`` returns it) as a BINARY DICOM SEG
-    referencing the series' instances: one segment per non-zero value, named by ``names``
-    (default: "Tumor" for a 0/1 mask, "Liver"/"Tumor" for a LiTS 0/1/2 map). Written atomically
-    and read back to check every segment; returns the path."""
-    _, hd = _imports()
+def labels_to_write(labels: Volume, series: DicomSeries, out: str | os.PathLike, force: bool,
+                    names: dict[int, str] | None) -> tuple[Path, list[int], dict[int, str]]:
+    """What the DICOM writers (SEG, RT structure set) share: ``out`` must be new (or ``force``) and
+    ``labels`` on the series' grid. Returns the output path, the label values to write (an empty
+    result is still one, empty, tumour segment) and their names (default "Tumor" for a 0/1 mask,
+    "Liver" and "Tumor" for a LiTS 0/1/2 map)."""
     out = Path(out)
     if out.exists() and not force:
         raise RefineError(f"{out} already exists: choose another output or pass --force.")
@@ -539,8 +538,18 @@ def write_seg(labels: Volume, series: DicomSeries, out: str | os.PathLike, names
         raise RuntimeError(f"labels {labels.array.shape} are not on the series grid {series.shape}")  # a bug
     values = [int(v) for v in np.unique(labels.array) if v != 0]
     if names is None:
-        names = {1: "Tumor"} if values == [1] else LITS_SEGMENT_NAMES
-    numbers = values or [1]  # an empty result is still a valid (empty) tumour segment
+        names = {1: "Tumor"} if values in ([1], []) else LITS_SEGMENT_NAMES
+    return out, values or [1], names
+
+
+def write_seg(labels: Volume, series: DicomSeries, out: str | os.PathLike, names: dict[int, str] | None = None,
+              force: bool = False) -> Path:
+    """Write ``labels`` (on ``series``' grid, as ``read_series`` returns it) as a BINARY DICOM SEG
+    referencing the series' instances: one segment per non-zero value, named by ``names``
+    (default: "Tumor" for a 0/1 mask, "Liver"/"Tumor" for a LiTS 0/1/2 map). Written atomically
+    and read back to check every segment; returns the path."""
+    _, hd = _imports()
+    out, numbers, names = labels_to_write(labels, series, out, force, names)
     planes = np.stack([labels.array == value for value in numbers], axis=-1).astype(np.uint8)  # frames, rows, cols, segments
     order = frame_slices(series)
     if order is not None:  # a multi-frame source: the SEG's frames follow the source's frames
@@ -556,7 +565,7 @@ def write_seg(labels: Volume, series: DicomSeries, out: str | os.PathLike, names
             series_instance_uid=hd.UID(), series_number=int(first.get("SeriesNumber", 0) or 0) + 9000,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LiverTumorRefine",
             manufacturer_model_name="LiverTumorRefine", software_versions=version(), device_serial_number="0",
-            series_description="LiverTumorRefine refined", omit_empty_frames=bool(values))
+            series_description="LiverTumorRefine refined", omit_empty_frames=bool(labels.array.any()))
     with atomic_path(out, SEG_SUFFIX) as tmp:
         seg.save_as(tmp)
         _verify_seg(tmp, labels, numbers, series)

@@ -171,14 +171,7 @@ def write_rtstruct(labels: Any, series: Any, out: str | os.PathLike, names: dict
     from LiverTumorRefineLib.volume import dicom
     from LiverTumorRefineLib.volume.atomic import atomic_path
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise RefineError(f"{out} already exists: choose another output or pass --force.")
-    if labels.array.shape != series.shape or not labels.geometry.same_grid(series.geometry):
-        raise RuntimeError(f"labels {labels.array.shape} are not on the series grid {series.shape}")  # a bug
-    values = [int(v) for v in np.unique(labels.array) if v != 0]
-    names = names or ({1: "Tumor"} if values in ([1], []) else dicom.LITS_SEGMENT_NAMES)
-    numbers = values or [1]  # an empty result is still a (contourless) tumour structure
+    out, numbers, names = dicom.labels_to_write(labels, series, out, force, names)
     first = series.datasets[0]
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
