@@ -396,3 +396,15 @@ def test_an_empty_result_is_one_empty_tumour_segment_in_either_dicom_output(tmp_
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Tumor"]
     ds = pydicom.dcmread(rtstruct.write_rtstruct(empty, series, tmp_path / "empty_rt.dcm"))
     assert [r.ROIName for r in ds.StructureSetROISequence] == ["Tumor"] and "ContourSequence" not in ds.ROIContourSequence[0]
+
+
+def test_a_contour_truth_is_scored_on_every_slice_of_a_cropped_seg_prediction(ct_and_contours, tmp_path):
+    """A SEG holds only the frames with a segment: a structure set truth reaching beyond them is
+    filled on that grid extended, so its voxels there count as missed, not dropped."""
+    folder, path, frame = ct_and_contours
+    series = dicom.read_series(folder)
+    half = truth_labels() == 2
+    half[:4] = False  # the prediction misses the tumour's lower slices: its SEG holds slices 4-5 only
+    seg = dicom.write_seg(series.volume.with_array(half.astype(np.uint8)), series, tmp_path / "half.dcm")
+    metrics = api.evaluate_files(path, seg, segment="GTV tumour", pred_segment="Tumor")
+    assert metrics["dice"] == pytest.approx(2 * half.sum() / (half.sum() + (truth_labels() == 2).sum()))

@@ -44,7 +44,7 @@ def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
     """
     if not image_is_ct and rtstruct.is_rtstruct(image_path):  # a reference drawn as contours: filled on the other
         mask = segments.read_mask(mask_path, segment)
-        ct = segments.read_mask(image_path, image_segment, grid=mask)
+        ct = segments.read_mask(image_path, image_segment, grid=rtstruct.grid_covering(image_path, mask))
     else:
         ct = io.read_image(image_path) if image_is_ct else segments.read_mask(image_path, image_segment)
         frame = dicom.frame_of_reference(image_path) if image_is_ct and rtstruct.is_rtstruct(mask_path) else None

@@ -116,6 +116,21 @@ def rasterise(contours: list[np.ndarray], grid: sitk.Image, where: str | os.Path
     return mask.astype(np.uint8)
 
 
+def grid_covering(path: str | os.PathLike, grid: sitk.Image) -> sitk.Image:
+    """``grid`` extended with empty slices, before its first or after its last, so that every
+    contour of the structure set lies on one of its slices: a reference drawn as contours is
+    scored on a prediction's grid, which (a DICOM SEG's) may be cropped to the predicted slices."""
+    ds = read_structure_set(path)
+    planes = [_to_index(np.array([float(v) for v in contour.ContourData[:3]]).reshape(1, 3), grid)[0, 2]
+              for item in ds.get("ROIContourSequence", []) for contour in item.get("ContourSequence", [])
+              if len(contour.get("ContourData", [])) >= 3]
+    if not planes or grid.GetDimension() != 3:
+        return grid
+    before = max(0, int(round(-min(planes))))
+    after = max(0, int(round(max(planes) - (grid.GetSize()[2] - 1))))
+    return sitk.ConstantPad(grid, [0, 0, before], [0, 0, after], 0) if before or after else grid
+
+
 def check_frame_of_reference(ds: Any, frame_of_reference: str | None, where: str | os.PathLike) -> None:
     """Refuse a structure set drawn in another patient coordinate system than the CT's (when both say)."""
     if not frame_of_reference:
