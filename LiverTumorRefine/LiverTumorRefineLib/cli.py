@@ -264,7 +264,8 @@ def _cmd_train_coarse(args: argparse.Namespace) -> int:
 
 def _add_refine(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("refine", help="refine a coarse tumour mask (given, or made from seeds or automatically)")
-    p.add_argument("--image", help="CT volume (NIfTI, NRRD, MHA) or a DICOM CT series folder")
+    p.add_argument("--image", help="CT volume (NIfTI, NRRD, MHA) or a DICOM CT series: its folder, or one of its "
+                                   "files (picks that series in a folder holding several)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--mask", help="coarse tumour mask or LiTS-style label map, or a DICOM SEG (.dcm), Slicer "
                                        ".seg.nrrd or RT structure set (.dcm, filled on the CT's slices); pick the "

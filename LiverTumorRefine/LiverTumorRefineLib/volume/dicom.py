@@ -376,8 +376,8 @@ def frame_slices(series: DicomSeries) -> list[int] | None:
 
 
 def frame_of_reference(path: str | os.PathLike) -> str | None:
-    """The FrameOfReferenceUID of the CT series folder ``path``; None for a volume file or a
-    series without one (then nothing can be checked against it)."""
+    """The FrameOfReferenceUID of the CT series at ``path`` (its folder or one of its files); None
+    for a volume file or a series without one (then nothing can be checked against it)."""
     if not io.is_dicom_series(path):
         return None
     with warnings.catch_warnings():
@@ -405,7 +405,8 @@ def _read_seg(path: str | os.PathLike) -> Any:
 _OTHER_DICOM = {
     "RTSTRUCT": "an RT structure set (contours), not a DICOM SEG: it has no voxels of its own; refine, evaluate "
                 "and training data read it filled on the CT's slices (volume.rtstruct.read_rtstruct_on)",
-    "CT": "a CT image, not a DICOM SEG: give the CT as --image (its series folder) and the segmentation as --mask",
+    "CT": "a CT image, not a DICOM SEG: give the CT as --image (its series folder, or this file) and the segmentation "
+          "as --mask",
 }
 
 
