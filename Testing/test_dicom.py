@@ -188,8 +188,19 @@ def test_unknown_segment_lists_the_names(series):
     _, _, seg_path = series
     with pytest.raises(RefineError, match=r"no segment 'kidney'.*1 'Liver', 2 'Tumor'"):
         dicom.read_seg(seg_path, "kidney")
-    with pytest.raises(RefineError, match=r"holds 2 segments .*--segment"):
-        dicom.read_seg(seg_path)
+
+
+def test_without_segment_the_one_named_as_a_tumour_is_taken_saying_so(series, tmp_path):
+    """A Liver + Tumor file: the tumour, with a warning naming it; with no single tumour name, the
+    choice is refused with the list."""
+    folder, slices, seg_path = series
+    with pytest.warns(UserWarning, match=r"holds 2 segments \(1 'Liver', 2 'Tumor'\): using 2 'Tumor', the one named as "
+                                         r"a tumour \(--segment picks another\)"):
+        assert np.array_equal(dicom.read_seg(seg_path).array, dicom.read_seg(seg_path, "Tumor").array)
+    for names in (["Liver", "Spleen"], ["Tumor 1", "lesion 2"]):
+        assert dicom.choose_segment(dict(enumerate(names, start=1)), "2", "x.dcm") == 2
+        with pytest.raises(RefineError, match=r"x\.dcm holds 2 segments .*choose one with --segment"):
+            dicom.choose_segment(dict(enumerate(names, start=1)), None, "x.dcm")
 
 
 def test_write_seg_references_the_series_and_reads_back(series, tmp_path):
@@ -263,8 +274,8 @@ def test_multilayer_seg_nrrd_segment_by_name(tmp_path):
     assert np.array_equal(io.from_sitk(segments.read_mask(path, 1)).array.astype(bool), labels >= 1)
     with pytest.raises(RefineError, match=r"no segment 'kidney'.*1 'Liver', 2 'Tumour'"):
         segments.read_mask(path, "kidney")
-    with pytest.raises(RefineError, match="--segment"):
-        segments.read_mask(path)
+    with pytest.warns(UserWarning, match=r"using 2 'Tumour', the one named as a tumour"):
+        assert np.array_equal(io.from_sitk(segments.read_mask(path)).array.astype(bool), labels == 2)
     plain = tmp_path / "plain.nii.gz"
     io.write_volume(Volume(truth_labels()), plain)
     with pytest.raises(RefineError, match="plain mask file"):

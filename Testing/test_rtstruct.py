@@ -138,8 +138,9 @@ def test_a_structure_by_name_or_number_fills_the_lesion_on_the_ct_grid(ct_and_co
     for choice in ("gtv TUMOUR", "2", 2):
         _, mask = api.load_pair(folder, path, segment=choice)
         assert np.array_equal(mask.array.astype(bool), expected), choice
-    with pytest.raises(RefineError, match=r"holds 2 segments \(1 'Liver', 2 'GTV tumour'\): choose one with --segment"):
-        api.load_pair(folder, path)
+    with pytest.warns(UserWarning, match=r"using 2 'GTV tumour', the one named as a tumour"):
+        _, mask = api.load_pair(folder, path)
+    assert np.array_equal(mask.array.astype(bool), expected)
     with pytest.raises(RefineError, match=r"has no segment 'GTV'; segments there: 1 'Liver', 2 'GTV tumour'"):
         api.load_pair(folder, path, segment="GTV")
 
@@ -369,14 +370,18 @@ def test_overlay_and_qa_show_dicom_masks(ct_and_contours, tmp_path, tiny_weights
     assert main(["refine", "--image", str(folder), "--mask", str(path), "--segment", "GTV tumour", "--weights",
                  str(tiny_weights), "--device", "cpu", "--out", str(tmp_path / "refined.dcm")]) == 0
     masks = ["--truth", str(tmp_path / "truth.dcm"), "--coarse", str(path), "--refined", str(tmp_path / "refined.dcm")]
+    capsys.readouterr()
     assert main(["overlay", "--image", str(folder), *masks, "--out", str(tmp_path / "o.png")]) == 0
     assert (tmp_path / "o.png").stat().st_size > 0
-    capsys.readouterr()
+    assert "truth.dcm holds 2 segments (1 'Liver', 2 'Tumor'): using 2 'Tumor', the one named as a tumour" \
+        in capsys.readouterr().err  # the CLI's one-line warning
     assert main(["qa", "--image", str(folder), *masks, "--out", str(tmp_path / "qa.png")]) == 0
-    assert "1 lesion(s)" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "1 lesion(s)" in said.out and "using 2 'GTV tumour'" in said.err
     from LiverTumorRefineLib.evaluate import qa
 
-    image, truth, coarse, refined = qa.load_case(folder, path, tmp_path / "refined.dcm", tmp_path / "truth.dcm")
+    with pytest.warns(UserWarning, match="the one named as a tumour"):
+        image, truth, coarse, refined = qa.load_case(folder, path, tmp_path / "refined.dcm", tmp_path / "truth.dcm")
     assert np.array_equal(truth, truth_labels() == 2) and np.array_equal(coarse, truth_labels() == 2) and refined.any()
     organs = write_rtstruct(tmp_path / "organs.dcm", frame, {"Liver": tumour_contours(), "Spleen": tumour_contours()})
     assert main(["overlay", "--image", str(folder), "--truth", str(organs), "--out", str(tmp_path / "p.png")]) == 2

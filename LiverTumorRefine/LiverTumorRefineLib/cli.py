@@ -297,7 +297,7 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coarse-weights", help="coarse network file for --auto-coarse (default: the shipped one)")
     p.add_argument("--segment", metavar="NAME", help="segment of a DICOM SEG or .seg.nrrd --mask, or structure of an "
                                                      "RT structure set, by name (case-insensitive) or number "
-                                                     "(default: its only one)")
+                                                     "(default: its only one, else its one named as a tumour)")
     p.add_argument("--label", type=int, help="tumour label (default: 2 in a 0/1/2 map, else any non-zero)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto uses a CUDA GPU when there is one")

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorRefineLib.volume import io
-from LiverTumorRefineLib.volume.segments import names_a_tumour
+from LiverTumorRefineLib.volume.labels import names_a_tumour
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.training.phantom import Case
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume

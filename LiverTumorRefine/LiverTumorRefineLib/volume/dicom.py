@@ -426,12 +426,21 @@ def segment_names(seg: Any) -> dict[int, str]:
 
 
 def choose_segment(names: dict[int, str], segment: str | int | None, where: str | os.PathLike) -> int:
-    """The number of the segment named ``segment`` (label, case-insensitive, or its number);
-    the only one when None. RefineError listing the segments otherwise."""
+    """The number of the segment named ``segment`` (label, case-insensitive, or its number). When
+    None: the only one, else the one segment named as a tumour (``labels.names_a_tumour``: a
+    Liver + Tumor file), with a warning naming it. RefineError listing the segments otherwise."""
+    from LiverTumorRefineLib.volume.labels import names_a_tumour
+
     listed = ", ".join(f"{n} {name!r}" for n, name in names.items())
     if segment is None:
         if len(names) == 1:
             return next(iter(names))
+        tumours = [number for number, name in names.items() if names_a_tumour(name)]
+        if len(tumours) == 1:
+            warnings.warn(f"{where} holds {len(names)} segments ({listed}): using {tumours[0]} "
+                          f"{names[tumours[0]]!r}, the one named as a tumour (--segment picks another).",
+                          UserWarning, stacklevel=2)
+            return tumours[0]
         raise RefineError(f"{where} holds {len(names)} segments ({listed}): choose one with --segment NAME or NUMBER.")
     text = str(segment).strip()
     matches = [n for n, name in names.items() if name.strip().lower() == text.lower()]

@@ -66,13 +66,9 @@ def mask_on_ct(path: str | os.PathLike, ct: sitk.Image, segment: str | int | Non
     """A mask file for display on ``ct`` (as ``load_ct`` reads it, before ``from_sitk``), resampled
     onto its grid (nearest neighbour): a volume file, or a DICOM SEG, .seg.nrrd or RT structure set
     (filled on ``ct``'s slices) segment: the file's only segment, else ``segment``, else its one
-    segment named as a tumour (``segments.tumour_segment``)."""
-    if segments.has_segments(path):
-        names = segments.segment_names(path)
-        if len(names) == 1:
-            segment = next(iter(names))
-        elif segment is None:
-            segment = segments.tumour_segment(path)  # None: no single tumour; read_mask lists the segments
+    segment named as a tumour (``dicom.choose_segment``)."""
+    if segments.has_segments(path) and len(segments.segment_names(path)) == 1:
+        segment = None  # a --segment meant for another picture's file with several
     mask = segments.read_mask(path, segment if segments.has_segments(path) else None, grid=ct)
     return io.from_sitk(io.resample_mask_to(io.to_lps(mask), ct))
 

@@ -8,9 +8,20 @@ from LiverTumorRefineLib.errors import RefineError
 
 LITS_TUMOUR = 2
 LITS_LIVER = 1
+# Segment and structure names that say tumour. Radiotherapy names put the target type first (AAPM
+# TG-263: "GTV", "GTV_Liver", "GTVp"), while "Liver-GTV" is the liver without it: a gross tumour
+# volume is recognised by its name's start.
+TUMOUR_WORDS = ("tumor", "tumour", "lesion")
+TUMOUR_PREFIXES = ("gtv",)
 # A mask with more distinct values than this is an image (a CT has thousands), not a label map.
 MAX_LABELS = 256
 SMALL_SPAN = 4  # distinct_values tests each value between the minimum and maximum up to this span
+
+
+def names_a_tumour(name: str) -> bool:
+    """True when a segment or structure name says tumour ("Tumor", "lesion 2", "GTV_Liver")."""
+    text = name.strip().lower()
+    return any(word in text for word in TUMOUR_WORDS) or text.startswith(TUMOUR_PREFIXES)
 
 
 def distinct_values(labels: np.ndarray) -> set:

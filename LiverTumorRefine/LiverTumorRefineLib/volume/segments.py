@@ -22,18 +22,6 @@ from LiverTumorRefineLib.volume import io, rtstruct
 from LiverTumorRefineLib.errors import RefineError
 
 
-TUMOUR_WORDS = ("tumor", "tumour", "lesion")
-# Radiotherapy names put the target type first (AAPM TG-263: "GTV", "GTV_Liver", "GTVp"), while
-# "Liver-GTV" is the liver without it: a gross tumour volume is recognised by its name's start.
-TUMOUR_PREFIXES = ("gtv",)
-
-
-def names_a_tumour(name: str) -> bool:
-    """True when a segment or structure name says tumour ("Tumor", "lesion 2", "GTV_Liver")."""
-    text = name.strip().lower()
-    return any(word in text for word in TUMOUR_WORDS) or text.startswith(TUMOUR_PREFIXES)
-
-
 @dataclass(frozen=True)
 class SegmentInfo:
     """One segment of a Slicer .seg.nrrd header."""
@@ -117,14 +105,6 @@ def segment_names(path: str | os.PathLike) -> dict[int, str]:
     if dicom.is_dicom_seg_path(path):
         return dicom.segment_names(dicom.read_seg_header(path))
     return {s.number: s.name for s in seg_nrrd_segments(path)}
-
-
-def tumour_segment(path: str | os.PathLike) -> int | None:
-    """The one segment of ``path`` whose name says tumour (``names_a_tumour``), or its only
-    segment; None when there is no such single choice (or no segments)."""
-    names = segment_names(path)
-    tumours = [number for number, name in names.items() if names_a_tumour(name)]
-    return next(iter(names)) if len(names) == 1 else tumours[0] if len(tumours) == 1 else None
 
 
 def read_mask(path: str | os.PathLike, segment: str | int | None = None, grid: sitk.Image | None = None,
