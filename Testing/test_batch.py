@@ -281,3 +281,22 @@ def test_case_names_come_from_the_file_or_its_dicom_folder(tmp_path):
     assert batch.case_name(tmp_path / "case7_ct.nii.gz") == "case7"
     assert batch.case_name(data) == "ct_jpeg_lossless"  # a DICOM folder
     assert batch.case_name(data / "IM0041") == "ct_jpeg_lossless"  # one file standing for its series
+
+
+def test_a_folder_batch_takes_dicom_cases_beside_volume_files(data, tmp_path):
+    """A case folder holding its CT as a DICOM series (ct/) and its coarse mask as a DICOM SEG, or a
+    Slicer .seg.nrrd, is a case like one of volume files."""
+    from test_dicom import truth_labels, write_series, write_two_segment_seg
+
+    root = tmp_path / "cases"
+    slices = write_series(root / "p1" / "ct")
+    write_two_segment_seg(slices, truth_labels(), root / "p1" / "coarse.dcm")
+    (root / "p2").mkdir()
+    for suffix in ("ct.nii.gz", "coarse.nii.gz"):
+        shutil.copy(data / f"alpha_{suffix}", root / "p2" / suffix)
+    cases = batch.load_cases(root, tmp_path / "out")
+    assert [(c.name, c.image.name, c.mask.name) for c in cases] == [("p1", "ct", "coarse.dcm"),
+                                                                  ("p2", "ct.nii.gz", "coarse.nii.gz")]
+    assert refine_batch(data, root, tmp_path / "out") == 0  # p1: the SEG's segment named as a tumour
+    assert [row["status"] for row in summary(tmp_path / "out")] == ["refined", "refined"]
+    assert io.read_volume(tmp_path / "out" / "p1_refined.nii.gz").array.shape == truth_labels().shape

@@ -2,7 +2,9 @@
 
 The cases come from a CSV manifest (columns ``image`` and ``mask``, optional ``out``, ``truth``
 and ``name``) or from a folder whose files are matched by name as ``qa --batch`` matches them
-(``[NAME_]ct``, ``[NAME_]coarse`` or ``mask``, optional ``[NAME_]truth``).
+(``[NAME_]ct``, ``[NAME_]coarse`` or ``mask``, optional ``[NAME_]truth``; volume files, Slicer
+``.seg.nrrd`` or DICOM ``.dcm``), where a case's CT may also be a DICOM series in its sub-folder
+``ct/`` (or ``image/``, ``volume/``).
 
 ``--shard i/N`` takes every N-th case of the list in its given order (manifest order, or
 folders by name), starting at the i-th, so N machines of a job array split a dataset without
@@ -30,6 +32,8 @@ REQUIRED = ("image", "mask")
 # File-name roles of a case in a folder (``qa.files_by_role``).
 ROLES = {"image": ("ct", "image", "volume"), "mask": ("coarse", "mask"), "truth": ("truth", "label", "gt")}
 OUTPUT_SUFFIX = "_refined.nii.gz"
+# The files a folder batch matches: volume files, Slicer .seg.nrrd and DICOM .dcm (SEG, RT structure set).
+CASE_FILES = r"(?:\.seg)?\.(?:nii(?:\.gz)?|nrrd|mha|dcm)$"
 SHOWN_PROBLEMS = 5  # a manifest with many bad rows lists the first few and counts the rest
 
 
@@ -135,7 +139,11 @@ def find_cases(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Ba
     root = Path(folder)
     cases, incomplete = [], []
     for sub in [root] + sorted(p for p in root.iterdir() if p.is_dir()):
-        for prefix, roles in sorted(files_by_role(sub, ROLES).items()):
+        found = files_by_role(sub, ROLES, CASE_FILES)
+        series = dicom_ct_folder(sub)
+        if series is not None and found:  # a case folder holding its CT as a DICOM series folder
+            found.setdefault("", {}).setdefault("image", series)
+        for prefix, roles in sorted(found.items()):
             name = prefix or sub.name
             if {"image", "mask"} <= set(roles):
                 cases.append(BatchCase(name, roles["image"], roles["mask"], Path(out_dir) / (name + OUTPUT_SUFFIX),
@@ -151,6 +159,12 @@ def find_cases(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Ba
         warnings.warn(f"{len(incomplete)} file group(s) in {folder} have no CT or no coarse mask and are left out: "
                       f"{', '.join(incomplete[:SHOWN_PROBLEMS])}", UserWarning, stacklevel=2)
     return cases
+
+
+def dicom_ct_folder(folder: Path) -> Optional[Path]:
+    """A sub-folder of ``folder`` named ``ct``, ``image`` or ``volume`` (any case): a case's CT as
+    a DICOM series; None when there is none."""
+    return next((p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.lower() in ROLES["image"]), None)
 
 
 def case_name(image: Path) -> str:
