@@ -413,3 +413,17 @@ def test_a_contour_truth_is_scored_on_every_slice_of_a_cropped_seg_prediction(ct
     seg = dicom.write_seg(series.volume.with_array(half.astype(np.uint8)), series, tmp_path / "half.dcm")
     metrics = api.evaluate_files(path, seg, segment="GTV tumour", pred_segment="Tumor")
     assert metrics["dice"] == pytest.approx(2 * half.sum() / (half.sum() + (truth_labels() == 2).sum()))
+
+
+def test_qa_batch_takes_a_dicom_case(ct_and_contours, tmp_path, tiny_weights):
+    """qa --batch: a case folder with its CT as a ct/ DICOM series and .dcm masks."""
+    import shutil
+
+    folder, path, _ = ct_and_contours
+    case = tmp_path / "cases" / "p1"
+    shutil.copytree(folder, case / "ct")
+    shutil.copy(path, case / "coarse.dcm")
+    assert main(["refine", "--image", str(case / "ct"), "--mask", str(case / "coarse.dcm"), "--segment", "GTV tumour",
+                 "--weights", str(tiny_weights), "--device", "cpu", "--out", str(case / "refined.dcm")]) == 0
+    assert main(["qa", "--batch", str(tmp_path / "cases"), "--out", str(tmp_path / "sheets")]) == 0
+    assert (tmp_path / "sheets" / "p1.png").stat().st_size > 0

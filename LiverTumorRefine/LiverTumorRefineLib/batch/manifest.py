@@ -32,8 +32,6 @@ REQUIRED = ("image", "mask")
 # File-name roles of a case in a folder (``qa.files_by_role``).
 ROLES = {"image": ("ct", "image", "volume"), "mask": ("coarse", "mask"), "truth": ("truth", "label", "gt")}
 OUTPUT_SUFFIX = "_refined.nii.gz"
-# The files a folder batch matches: volume files, Slicer .seg.nrrd and DICOM .dcm (SEG, RT structure set).
-CASE_FILES = r"(?:\.seg)?\.(?:nii(?:\.gz)?|nrrd|mha|dcm)$"
 SHOWN_PROBLEMS = 5  # a manifest with many bad rows lists the first few and counts the rest
 
 
@@ -139,11 +137,7 @@ def find_cases(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Ba
     root = Path(folder)
     cases, incomplete = [], []
     for sub in [root] + sorted(p for p in root.iterdir() if p.is_dir()):
-        found = files_by_role(sub, ROLES, CASE_FILES)
-        series = dicom_ct_folder(sub)
-        if series is not None and found:  # a case folder holding its CT as a DICOM series folder
-            found.setdefault("", {}).setdefault("image", series)
-        for prefix, roles in sorted(found.items()):
+        for prefix, roles in sorted(files_by_role(sub, ROLES, ct_role="image").items()):
             name = prefix or sub.name
             if {"image", "mask"} <= set(roles):
                 cases.append(BatchCase(name, roles["image"], roles["mask"], Path(out_dir) / (name + OUTPUT_SUFFIX),
@@ -159,12 +153,6 @@ def find_cases(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Ba
         warnings.warn(f"{len(incomplete)} file group(s) in {folder} have no CT or no coarse mask and are left out: "
                       f"{', '.join(incomplete[:SHOWN_PROBLEMS])}", UserWarning, stacklevel=2)
     return cases
-
-
-def dicom_ct_folder(folder: Path) -> Optional[Path]:
-    """A sub-folder of ``folder`` named ``ct``, ``image`` or ``volume`` (any case): a case's CT as
-    a DICOM series; None when there is none."""
-    return next((p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.lower() in ROLES["image"]), None)
 
 
 def case_name(image: Path) -> str:

@@ -8,9 +8,9 @@ name and the legend.
 
 ``find_cases`` finds the cases of a folder for ``livertumorrefine qa --batch``: files named
 ``[NAME_]ct``, ``[NAME_]truth``, ``[NAME_]coarse`` and ``[NAME_]refined`` with a ``.nii``,
-``.nii.gz``, ``.nrrd`` or ``.mha`` extension (the layout ``livertumorrefine demo`` writes; truth
-optional; ``image``/``volume`` and ``label``/``gt`` also name the CT and truth), in the folder or in
-its sub-folders.
+``.nii.gz``, ``.nrrd``, ``.mha``, ``.seg.nrrd`` or ``.dcm`` extension (the layout ``livertumorrefine
+demo`` writes; truth optional; ``image``/``volume`` and ``label``/``gt`` also name the CT and truth),
+in the folder or in its sub-folders, where the CT may also be a DICOM series sub-folder ``ct/``.
 """
 from __future__ import annotations
 
@@ -160,12 +160,23 @@ def load_case(ct_path: str | os.PathLike, coarse_path: str | os.PathLike, refine
 
 _ROLES = {"ct": ("ct", "image", "volume"), "truth": ("truth", "label", "gt"), "coarse": ("coarse",),
           "refined": ("refined",)}
-_VOLUME = r"\.(?:nii(?:\.gz)?|nrrd|mha)$"
+# The files a folder of cases is matched on: volume files, Slicer .seg.nrrd and DICOM .dcm (SEG, RT structure set).
+CASE_FILES = r"(?:\.seg)?\.(?:nii(?:\.gz)?|nrrd|mha|dcm)$"
+CT_WORDS = ("ct", "image", "volume")
 
 
-def files_by_role(folder: Path, roles: Mapping[str, Sequence[str]], suffix: str = _VOLUME) -> dict[str, dict[str, Path]]:
+def dicom_ct_folder(folder: Path) -> Optional[Path]:
+    """A sub-folder of ``folder`` named ``ct``, ``image`` or ``volume`` (any case): a case's CT as
+    a DICOM series; None when there is none."""
+    return next((p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.lower() in CT_WORDS), None)
+
+
+def files_by_role(folder: Path, roles: Mapping[str, Sequence[str]], suffix: str = CASE_FILES,
+                  ct_role: Optional[str] = None) -> dict[str, dict[str, Path]]:
     """{prefix: {role: path}} for the files in ``folder`` named ``[prefix_]word<suffix>``, where
-    ``word`` is one of a role's words (case-insensitive; the first file found per role wins)."""
+    ``word`` is one of a role's words (case-insensitive; the first file found per role wins).
+    With ``ct_role``, a DICOM series sub-folder (``dicom_ct_folder``) is that role of the
+    unprefixed case, when the folder holds other files of it."""
     found: dict[str, dict[str, Path]] = {}
     for path in sorted(folder.iterdir()):
         if not path.is_file():
@@ -174,6 +185,9 @@ def files_by_role(folder: Path, roles: Mapping[str, Sequence[str]], suffix: str 
             if m := re.match(rf"^(?:(.+)[_-])?(?:{'|'.join(words)}){suffix}", path.name, re.IGNORECASE):
                 found.setdefault(m.group(1) or "", {}).setdefault(role, path)
                 break
+    series = dicom_ct_folder(folder) if ct_role is not None and "" in found else None
+    if series is not None:
+        found[""].setdefault(ct_role, series)
     return found
 
 
@@ -184,7 +198,7 @@ def find_cases(folder: str | os.PathLike) -> list[QaCase]:
         raise RefineError(f"{folder} is not a folder: give the folder that holds the cases.")
     cases = []
     for f in [root] + sorted(p for p in root.iterdir() if p.is_dir()):
-        for prefix, roles in sorted(files_by_role(f, _ROLES).items()):
+        for prefix, roles in sorted(files_by_role(f, _ROLES, ct_role="ct").items()):
             if {"ct", "coarse", "refined"} <= set(roles):
                 cases.append(QaCase(prefix or f.name, roles["ct"], roles.get("truth"), roles["coarse"], roles["refined"]))
     if not cases:
