@@ -427,3 +427,24 @@ def test_qa_batch_takes_a_dicom_case(ct_and_contours, tmp_path, tiny_weights):
                  "--weights", str(tiny_weights), "--device", "cpu", "--out", str(case / "refined.dcm")]) == 0
     assert main(["qa", "--batch", str(tmp_path / "cases"), "--out", str(tmp_path / "sheets")]) == 0
     assert (tmp_path / "sheets" / "p1.png").stat().st_size > 0
+
+
+def test_two_structure_sets_are_scored_on_the_ct_they_were_drawn_on(ct_and_contours, tmp_path, capsys):
+    """An RT user compares a refined structure set with the reference one: both are filled on the
+    CT given with --image; without it, contours have no grid and that is said."""
+    folder, path, frame = ct_and_contours
+    series = dicom.read_series(folder)
+    half = truth_labels() == 2
+    half[:4] = False
+    pred = rtstruct.write_rtstruct(series.volume.with_array(half.astype(np.uint8)), series, tmp_path / "pred.dcm")
+    assert main(["evaluate", "--truth", str(path), "--pred", str(pred), "--segment", "GTV tumour",
+                 "--pred-segment", "Tumor", "--json"]) == 2
+    assert "both RT structure sets: contours have no voxel grid of their own, so give the CT they were drawn on " \
+           "with --image" in capsys.readouterr().err
+    assert main(["evaluate", "--truth", str(path), "--pred", str(pred), "--segment", "GTV tumour",
+                 "--pred-segment", "Tumor", "--image", str(folder), "--json"]) == 0
+    dice = json.loads(capsys.readouterr().out)["dice"]
+    assert dice == pytest.approx(2 * half.sum() / (half.sum() + (truth_labels() == 2).sum()))
+    other = write_rtstruct(tmp_path / "other.dcm", generate_uid(), {"GTV": tumour_contours()})
+    with pytest.raises(RefineError, match="another frame of reference"):
+        api.evaluate_files(other, pred, image_path=folder)

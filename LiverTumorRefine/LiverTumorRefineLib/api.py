@@ -23,8 +23,8 @@ from LiverTumorRefineLib.evaluate.metrics import compute_metrics
 from LiverTumorRefineLib.pipeline import RefinePipeline, check_report_output
 from LiverTumorRefineLib.progress import Progress
 from LiverTumorRefineLib.refine.boxes import component_labels
-from LiverTumorRefineLib.volume import segments
-from LiverTumorRefineLib.volume.files import check_result_output, load_ct, load_pair, write_result
+from LiverTumorRefineLib.volume import rtstruct, segments
+from LiverTumorRefineLib.volume.files import check_result_output, load_ct, load_pair, masks_on_ct, write_result
 from LiverTumorRefineLib.volume.geometry import Volume
 from LiverTumorRefineLib.volume.labels import LITS_LIVER, LITS_TUMOUR, merge_label, prediction_mask, select_label
 
@@ -160,18 +160,28 @@ def segment_file(image_path: str | os.PathLike, out_path: str | os.PathLike, wei
 
 
 def evaluate_files(truth_path: str | os.PathLike, pred_path: str | os.PathLike, label: int | None = None,
-                   segment: str | int | None = None, pred_segment: str | int | None = None) -> dict[str, float]:
-    """Metrics of a predicted mask file against a truth file (pred resampled onto truth's grid).
-    ``segment`` picks the segment (name or number) of whichever file is a DICOM SEG, .seg.nrrd
-    or RT structure set (filled on the other file's grid); ``pred_segment`` overrides it for the
-    prediction."""
+                   segment: str | int | None = None, pred_segment: str | int | None = None,
+                   image_path: str | os.PathLike | None = None) -> dict[str, float]:
+    """Metrics of a predicted mask file against a truth file (pred resampled onto truth's grid,
+    or, with ``image_path``, both onto that CT's grid). ``segment`` picks the segment (name or
+    number) of whichever file is a DICOM SEG, .seg.nrrd or RT structure set (filled on the other
+    file's grid, or the CT's); ``pred_segment`` overrides it for the prediction. Two RT structure
+    sets need ``image_path``: contours have no grid of their own."""
     truth_has, pred_has = segments.has_segments(truth_path), segments.has_segments(pred_path)
     if segment is not None and not (truth_has or pred_has):
         raise RefineError(f"A segment ({segment}) was given but neither {truth_path} nor {pred_path} is a DICOM SEG "
                           "or .seg.nrrd: choose the tumour value with the label instead.")
     pred_choice = pred_segment if pred_segment is not None else segment if pred_has else None
-    truth, pred = load_pair(truth_path, pred_path, image_is_ct=False, segment=pred_choice,
-                            image_segment=segment if truth_has else None)
+    if image_path is not None:
+        truth, pred = masks_on_ct(image_path, (truth_path, segment if truth_has else None), (pred_path, pred_choice))
+    elif rtstruct.is_rtstruct(truth_path) and rtstruct.is_rtstruct(pred_path):
+        raise RefineError(f"{truth_path} and {pred_path} are both RT structure sets: contours have no voxel grid of "
+                          "their own, so give the CT they were drawn on (image_path) to fill both on.",
+                          cli=f"{truth_path} and {pred_path} are both RT structure sets: contours have no voxel grid "
+                              "of their own, so give the CT they were drawn on with --image.")
+    else:
+        truth, pred = load_pair(truth_path, pred_path, image_is_ct=False, segment=pred_choice,
+                                image_segment=segment if truth_has else None)
     truth_mask, used = select_label(truth.array, label)
     if not truth_mask.any():
         raise RefineError(f"The reference {truth_path} has no tumour voxels: Dice and surface distances are undefined "

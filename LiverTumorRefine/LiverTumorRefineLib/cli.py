@@ -120,7 +120,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from LiverTumorRefineLib import api
     from LiverTumorRefineLib.evaluate.metrics import format_metrics_table
 
-    metrics = api.evaluate_files(args.truth, args.pred, args.label, segment=args.segment, pred_segment=args.pred_segment)
+    metrics = api.evaluate_files(args.truth, args.pred, args.label, segment=args.segment, pred_segment=args.pred_segment,
+                                 image_path=args.image)
     if args.json:
         print(json.dumps({k: _json_number(float(v)) for k, v in metrics.items()}))
     else:
@@ -142,7 +143,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
         path = getattr(args, name)
         if path is None:
             continue
-        mask = files.mask_on_ct(path, ct, args.segment).array
+        mask = files.mask_for_display(path, ct, args.segment).array
         if label is None and name == "truth":
             masks[name], label = api.select_label(mask, None)
         else:
@@ -343,6 +344,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                                                      "DICOM SEG (.dcm), Slicer .seg.nrrd or RT structure set (.dcm, "
                                                      "filled on the other's grid)")
     p.add_argument("--pred-segment", metavar="NAME", help="segment of --pred when its name differs from --segment's")
+    p.add_argument("--image", help="the CT (volume file or DICOM series): both masks are read onto its grid (needed "
+                                   "when both are RT structure sets)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -149,7 +149,7 @@ def load_case(ct_path: str | os.PathLike, coarse_path: str | os.PathLike, refine
     for name, path in (("truth", truth_path), ("coarse", coarse_path), ("refined", refined_path)):
         if path is None:
             continue
-        array = files.mask_on_ct(path, ct, segment).array
+        array = files.mask_for_display(path, ct, segment).array
         if not decided:
             masks[name], chosen = api.select_label(array, None)
             decided = True

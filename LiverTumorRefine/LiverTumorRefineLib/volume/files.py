@@ -62,7 +62,18 @@ def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
     return image, mask_volume
 
 
-def mask_on_ct(path: str | os.PathLike, ct: sitk.Image, segment: str | int | None = None) -> Volume:
+def masks_on_ct(image_path: str | os.PathLike, *masks: tuple[str | os.PathLike, str | int | None]) -> list[Volume]:
+    """Mask files (path, segment) read onto the CT at ``image_path`` (a volume file or DICOM
+    series), reoriented to LPS like ``load_pair``: volume files resampled, segments picked, RT
+    structure sets filled on its slices (checked against a DICOM CT's frame of reference)."""
+    ct = io.read_image(image_path)
+    frame = dicom.frame_of_reference(image_path) if any(rtstruct.is_rtstruct(path) for path, _ in masks) else None
+    read = [segments.read_mask(path, segment, grid=ct, frame_of_reference=frame) for path, segment in masks]
+    ct = io.to_lps(ct)
+    return [io.from_sitk(io.resample_mask_to(io.to_lps(mask), ct)) for mask in read]
+
+
+def mask_for_display(path: str | os.PathLike, ct: sitk.Image, segment: str | int | None = None) -> Volume:
     """A mask file for display on ``ct`` (as ``load_ct`` reads it, before ``from_sitk``), resampled
     onto its grid (nearest neighbour): a volume file, or a DICOM SEG, .seg.nrrd or RT structure set
     (filled on ``ct``'s slices) segment: the file's only segment, else ``segment``, else its one
