@@ -502,12 +502,15 @@ TRIALS = [
      r"contours\.dcm is an RT structure set, not a CT image: give it as the mask"),
     ("RT structure set contours between the CT's slices", lambda f, c: f.refine(c, "--mask", _rtstruct(f, 1.25)),
      r"contours\.dcm: its contours do not lie on the CT's slices .*Give the CT series the structure set was drawn on"),
+    ("two RT structure sets evaluated without a CT",
+     lambda f, c: f.cli(c, "evaluate", "--truth", _rtstruct(f, 0.0), "--pred", _rtstruct(f, 2.5, "other.dcm")),
+     r"are both RT structure sets: contours have no voxel grid of their own, so give the CT .* with --image"),
     ("an RT structure set without contours as the mask", lambda f, c: f.refine(c, "--mask", _rtstruct(f)),
      r"contours.dcm: this RT structure set has no contoured structure \(ROI\), so there is no mask in it"),
 ]
 
 
-def _rtstruct(files, z_mm=None):
+def _rtstruct(files, z_mm=None, name="contours.dcm"):
     """A minimal RT structure set: no structure at all, or (``z_mm`` from the CT's first slice) one
     10 mm square contour in the middle of the CT."""
     from pydicom.uid import generate_uid
@@ -518,7 +521,7 @@ def _rtstruct(files, z_mm=None):
         x, y = (AXIAL.origin[i] + AXIAL.spacing[i] * files.shape[2 - i] / 2 for i in (0, 1))
         structures["GTV"] = [np.array([[x + dx, y + dy, AXIAL.origin[2] + z_mm]
                                        for dx, dy in ((-5, -5), (5, -5), (5, 5), (-5, 5))])]
-    return write_rtstruct(files.folder / "contours.dcm", generate_uid(), structures)
+    return write_rtstruct(files.folder / name, generate_uid(), structures)
 
 
 def _empty(files):
