@@ -298,5 +298,9 @@ def test_a_folder_batch_takes_dicom_cases_beside_volume_files(data, tmp_path):
     assert [(c.name, c.image.name, c.mask.name) for c in cases] == [("p1", "ct", "coarse.dcm"),
                                                                   ("p2", "ct.nii.gz", "coarse.nii.gz")]
     assert refine_batch(data, root, tmp_path / "out") == 0  # p1: the SEG's segment named as a tumour
+    # one --segment for a batch mixing a SEG and plain files: it picks in the SEG, the plain case ignores it
+    assert refine_batch(data, root, tmp_path / "out2", "--segment", "Liver") == 0
+    p1 = io.read_volume(tmp_path / "out2" / "p1_refined.nii.gz").array > 0
+    assert p1.sum() > 2 * (truth_labels() == 2).sum()  # the liver segment was refined, not the tumour
     assert [row["status"] for row in summary(tmp_path / "out")] == ["refined", "refined"]
     assert io.read_volume(tmp_path / "out" / "p1_refined.nii.gz").array.shape == truth_labels().shape

@@ -48,7 +48,8 @@ def refine_case(case: BatchCase, settings: BatchSettings, overwrite: bool) -> Ca
             write_record(case, settings, "started")
             stats = api.refine_files(case.image, case.mask, case.out, label=settings.label, device=settings.device,
                                      weights=settings.weights, batch_size=settings.batch_size,
-                                     min_kept=settings.min_kept, tta=settings.tta, segment=settings.segment,
+                                     min_kept=settings.min_kept, tta=settings.tta,
+                                     segment=segment_for(settings, case.mask),
                                      runtime=settings.runtime, intensity_gate=settings.intensity_gate,
                                      force=overwrite)
             result.patches, result.voxels_changed = int(stats["patches"]), int(stats["voxels_changed"])
@@ -72,13 +73,23 @@ def refine_case(case: BatchCase, settings: BatchSettings, overwrite: bool) -> Ca
     return result
 
 
+def segment_for(settings: BatchSettings, *paths: Path) -> str | None:
+    """The batch's ``--segment`` for a case whose files include a segmentation file (DICOM SEG,
+    .seg.nrrd, RT structure set); None for plain mask files, so that one setting serves a batch
+    that mixes both."""
+    from LiverTumorRefineLib.volume import segments
+
+    return settings.segment if any(segments.has_segments(path) for path in paths) else None
+
+
 def _score(case: BatchCase, settings: BatchSettings, result: CaseResult) -> None:
     """Dice of the coarse and refined masks against the case's truth; a truth that cannot be
     scored (no tumour in it) is noted in ``error`` but does not fail the case."""
     from LiverTumorRefineLib import api
 
     try:
-        coarse = api.evaluate_files(case.truth, case.mask, settings.label, segment=settings.segment)["dice"]
+        coarse = api.evaluate_files(case.truth, case.mask, settings.label,
+                                    segment=segment_for(settings, case.truth, case.mask))["dice"]
         refined = api.evaluate_files(case.truth, case.out, settings.label)["dice"]
         result.dice_coarse, result.dice_refined = round(float(coarse), 4), round(float(refined), 4)
     except RefineError as exc:
