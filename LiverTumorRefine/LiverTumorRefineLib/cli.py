@@ -227,8 +227,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         init = load_model(args.init)
         patch, net = init.patch_config, init.net_config  # type: ignore[attr-defined]
+    if not args.keep_weight > 0:
+        raise RefineError(f"--keep-weight must be above 0 (got {args.keep_weight}); 1 weighs every voxel alike.")
+    if args.keep_weight != 1.0 and not patch.use_mask:
+        raise RefineError("--keep-weight weighs voxels by the coarse mask patch, which --no-mask-patch leaves out.")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, epoch_steps=args.epoch_steps,
-                      patch=patch, net=net)
+                      patch=patch, net=net, keep_weight=args.keep_weight)
     cases = with_coarse(data.cases(), args.variants, args.seed, args.coarse_dir)
     if val is None:  # a folder without --val: every 10th case is held out for validation
         train_cases, val_cases = split_every(cases, 10)
@@ -420,6 +424,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", metavar="MODEL", help="start from these weights (e.g. brnet_default.pt) to fine-tune on "
                                                    "a site's own data; its architecture replaces --width")
     p.add_argument("--no-mask-patch", action="store_true", help="ablation: image channels only, no mask patch")
+    p.add_argument("--keep-weight", type=float, default=1.0,
+                   help="loss weight of voxels the coarse mask already has right: above 1, the network learns to "
+                        "change a voxel only when it is that many times more likely right than wrong")
     p.set_defaults(func=_cmd_train)
 
 

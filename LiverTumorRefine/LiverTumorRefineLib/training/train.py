@@ -51,6 +51,9 @@ class TrainConfig:
     epoch_steps: int = 1000  # validation and checkpoint interval
     seed: int = 0
     extra_centres: float = 2.0  # random band centres per NMS centre, for variety
+    # BCE weight of the voxels whose coarse label is already right: above 1, a change must be more
+    # likely right than wrong by that ratio to pay (weight 3: 75 %), so the network changes less.
+    keep_weight: float = 1.0
     patch: PatchConfig = field(default_factory=PatchConfig)
     net: NetConfig = field(default_factory=NetConfig)
 
@@ -100,10 +103,16 @@ def build_bank(cases: Iterable[RefineCase], cfg: PatchConfig, extra: float, seed
     return torch.cat(inputs), torch.cat(truths), names
 
 
-def patch_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def patch_loss(logits: torch.Tensor, truth: torch.Tensor, coarse: torch.Tensor | None = None,
+               keep_weight: float = 1.0) -> torch.Tensor:
     """BCE + soft Dice. BCE alone under-weights the thin band where coarse and truth disagree;
-    Dice on the whole batch counters the class imbalance of patches mostly inside or outside."""
-    bce = F.binary_cross_entropy_with_logits(logits, truth)
+    Dice on the whole batch counters the class imbalance of patches mostly inside or outside.
+    With ``coarse`` (the mask patches, bool), the BCE of voxels where it equals the truth is
+    weighted ``keep_weight`` (``TrainConfig.keep_weight``)."""
+    weight = None
+    if coarse is not None and keep_weight != 1.0:
+        weight = torch.where(coarse == (truth > 0.5), keep_weight, 1.0).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, truth, weight=weight)
     prob = torch.sigmoid(logits)
     dice = 1 - (2 * (prob * truth).sum() + 1) / (prob.sum() + truth.sum() + 1)
     return bce + dice
@@ -184,7 +193,8 @@ def train(cfg: TrainConfig, train_cases: Iterable[RefineCase], val_cases: Sequen
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step, cfg)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
-            loss = patch_loss(net(sampling.network_input(batch, cfg.patch)).float(), truth)
+            coarse = batch[:, cfg.patch.image_channels] > 0.5 if cfg.keep_weight != 1.0 else None
+            loss = patch_loss(net(sampling.network_input(batch, cfg.patch)).float(), truth, coarse, cfg.keep_weight)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
