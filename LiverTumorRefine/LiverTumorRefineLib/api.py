@@ -56,9 +56,9 @@ def refine_files(image_path: str | os.PathLike, mask_path: str | os.PathLike, ou
     ``image_path`` may be a DICOM series (its folder, or one of its files) and ``mask_path`` a
     DICOM SEG, .seg.nrrd or RT structure set (``segment`` picks the segment or structure); an
     ``out_path`` ending in .dcm writes a DICOM SEG that references the series, or an RT structure
-    set (``dicom_output="rtstruct"``; the default when ``mask_path`` is one). ``report``: also write the lesion-by-lesion review (``review``) as
-    .csv or .json there; its rows are returned under ``stats["review"]``. ``runtime`` and ``intensity_gate``:
-    see ``Refiner``."""
+    set (``dicom_output="rtstruct"``; the default when ``mask_path`` is one). ``report``: also
+    write the lesion-by-lesion review (``review``) as .csv or .json there; its rows are returned
+    under ``stats["review"]``. ``runtime`` and ``intensity_gate``: see ``Refiner``."""
     pipeline = RefinePipeline(weights, device=device, batch_size=batch_size, min_kept=min_kept, tta=tta, runtime=runtime,
                               intensity_gate=intensity_gate)
     return pipeline.run_files(image_path, out_path, mask_path, label=label, segment=segment, report_path=report,

@@ -69,9 +69,15 @@ def _read_headers(folder: Path, pixels: bool) -> list[Any]:
             ds = pydicom.dcmread(str(path), stop_before_pixels=not pixels)
         except Exception:  # noqa: BLE001 - not DICOM (DICOMDIR readers, notes, .DS_Store): skipped
             continue
-        if ("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "PixelSpacing" in ds) or is_multiframe(ds):
+        if is_image(ds):
             datasets.append(ds)
     return datasets
+
+
+def is_image(ds: Any) -> bool:
+    """A CT image this reader places: a slice with its position, orientation and pixel spacing, or
+    an enhanced (multi-frame) image."""
+    return ("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "PixelSpacing" in ds) or is_multiframe(ds)
 
 
 def is_multiframe(ds: Any) -> bool:
@@ -200,8 +206,7 @@ def _series_of_file(path: Path) -> str:
         kind = "a DICOM SEG" if modality == "SEG" else "an RT structure set"
         raise RefineError(f"{path} is {kind}, not a CT image: give it as the mask, and the CT series (its folder or "
                           "one of its files) as the CT.")
-    if "SeriesInstanceUID" not in ds or not (("ImagePositionPatient" in ds and "PixelSpacing" in ds)
-                                             or is_multiframe(ds)):
+    if "SeriesInstanceUID" not in ds or not is_image(ds):
         raise RefineError(f"{path}: a DICOM file that is no image slice ({modality or 'no modality'}); give a CT "
                           "series folder or one of its image files.")
     return str(ds.SeriesInstanceUID)

@@ -66,11 +66,17 @@ def masks_on_ct(image_path: str | os.PathLike, *masks: tuple[str | os.PathLike, 
     """Mask files (path, segment) read onto the CT at ``image_path`` (a volume file or DICOM
     series), reoriented to LPS like ``load_pair``: volume files resampled, segments picked, RT
     structure sets filled on its slices (checked against a DICOM CT's frame of reference)."""
-    ct = io.read_image(image_path)
+    ct = io.to_lps(io.read_image(image_path))
     frame = dicom.frame_of_reference(image_path) if any(rtstruct.is_rtstruct(path) for path, _ in masks) else None
-    read = [segments.read_mask(path, segment, grid=ct, frame_of_reference=frame) for path, segment in masks]
-    ct = io.to_lps(ct)
-    return [io.from_sitk(io.resample_mask_to(io.to_lps(mask), ct)) for mask in read]
+    return [mask_on(ct, path, segment, frame) for path, segment in masks]
+
+
+def mask_on(ct: sitk.Image, path: str | os.PathLike, segment: str | int | None = None,
+            frame_of_reference: str | None = None) -> Volume:
+    """The mask file ``path`` on the LPS image ``ct``'s grid (nearest neighbour; an RT structure
+    set filled on its slices), ``segment`` picked as ``segments.read_mask`` picks it."""
+    mask = segments.read_mask(path, segment, grid=ct, frame_of_reference=frame_of_reference)
+    return io.from_sitk(io.resample_mask_to(io.to_lps(mask), ct))
 
 
 def mask_for_display(path: str | os.PathLike, ct: sitk.Image, segment: str | int | None = None) -> Volume:
@@ -78,10 +84,9 @@ def mask_for_display(path: str | os.PathLike, ct: sitk.Image, segment: str | int
     onto its grid (nearest neighbour): a volume file, or a DICOM SEG, .seg.nrrd or RT structure set
     (filled on ``ct``'s slices) segment: the file's only segment, else ``segment``, else its one
     segment named as a tumour (``dicom.choose_segment``)."""
-    if segments.has_segments(path) and len(segments.segment_names(path)) == 1:
+    if not segments.has_segments(path) or len(segments.segment_names(path)) == 1:
         segment = None  # a --segment meant for another picture's file with several
-    mask = segments.read_mask(path, segment if segments.has_segments(path) else None, grid=ct)
-    return io.from_sitk(io.resample_mask_to(io.to_lps(mask), ct))
+    return mask_on(ct, path, segment)
 
 
 def check_result_output(out_path: str | os.PathLike, image_path: str | os.PathLike,
