@@ -262,17 +262,56 @@ def test_training_cases_take_structure_sets_beside_the_series(tmp_path):
 # RT structure sets out
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 9), st.integers(1, 9), st.floats(0.1, 0.9), st.integers(0, 2 ** 32 - 1))
-def test_outlines_fill_back_to_the_mask_and_are_simple_polygons(rows, cols, density, seed):
+def crossings(outlines: list[np.ndarray]) -> int:
+    """How many pairs of non-adjacent polygon sides, over all outlines, touch or cross."""
+    sides = [(a, b, i, j, len(o)) for i, o in enumerate(outlines) for j, (a, b) in enumerate(zip(o, np.roll(o, -1, 0)))]
+
+    def orient(p, q, r):
+        return np.sign((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+
+    def on(p, q, r):  # r on segment pq, given collinear
+        return min(p[0], q[0]) <= r[0] <= max(p[0], q[0]) and min(p[1], q[1]) <= r[1] <= max(p[1], q[1])
+
+    count = 0
+    for m, (a, b, i, j, n) in enumerate(sides):
+        for c, d, k, l, _ in sides[m + 1:]:
+            if i == k and (abs(j - l) == 1 or abs(j - l) == n - 1):
+                continue  # neighbouring sides share their vertex
+            o1, o2, o3, o4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
+            if (o1 != o2 and o3 != o4) or (o1 == 0 and on(a, b, c)) or (o2 == 0 and on(a, b, d)) \
+                    or (o3 == 0 and on(c, d, a)) or (o4 == 0 and on(c, d, b)):
+                count += 1
+    return count
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 8), st.floats(0.1, 0.9), st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_outlines_fill_back_to_the_mask_and_are_simple_polygons(rows, cols, density, seed, cut):
     mask = np.random.default_rng(seed).random((rows, cols)) < density
-    outlines = polygons.mask_outlines(mask)
+    outlines = polygons.mask_outlines(mask, cut_corners=cut)
     filled = np.zeros_like(mask)
     for outline in outlines:
         filled ^= polygons.fill_polygon(outline, mask.shape)
         assert len({tuple(p) for p in outline.tolist()}) == len(outline) >= 4  # no vertex twice
-        assert np.all(outline % 1 == 0.5)  # along pixel edges
+        if not cut:
+            assert np.all(outline % 1 == 0.5)  # along pixel edges
     assert np.array_equal(filled, mask)
+    if cut:  # outlines that meet at a corner uncut stay apart when cut
+        assert crossings(outlines) == 0
+
+
+def test_cut_corners_make_a_diagonal_edge_straight():
+    """A staircase of pixels is outlined by a straight diagonal side, and a pixel by a diamond
+    through its edges' midpoints, each with its centre inside."""
+    pixel = np.zeros((3, 3), bool)
+    pixel[1, 1] = True
+    (diamond,) = polygons.mask_outlines(pixel, cut_corners=True)
+    assert sorted(map(tuple, diamond.tolist())) == [(0.5, 1.0), (1.0, 0.5), (1.0, 1.5), (1.5, 1.0)]
+    stairs = np.tril(np.ones((6, 6), bool))  # pixels on and below the diagonal
+    (square,) = polygons.mask_outlines(stairs)
+    (cut,) = polygons.mask_outlines(stairs, cut_corners=True)
+    assert len(square) == 2 * 6 + 2 and len(cut) < 8  # 14 staircase corners; a few straight sides
+    assert np.array_equal(polygons.fill_polygon(cut, stairs.shape), stairs)
 
 
 def test_outlines_of_a_ring_and_of_pixels_touching_at_a_corner():

@@ -288,8 +288,8 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                                  "structure set, see --dicom-output) referencing the CT series (--image must be a "
                                  "DICOM series)")
     p.add_argument("--dicom-output", choices=("seg", "rtstruct"),
-                   help="what a .dcm --out is: a DICOM SEG (seg) or an RT structure set of closed contours along the "
-                        "voxel edges (rtstruct) (default: an RT structure set when --mask is one, else a SEG)")
+                   help="what a .dcm --out is: a DICOM SEG (seg) or an RT structure set of closed contours round the "
+                        "voxels (rtstruct) (default: an RT structure set when --mask is one, else a SEG)")
     p.add_argument("--coarse-out", help="also write the coarse mask made from --seeds / --auto-coarse / "
                                         "--totalsegmentator here")
     p.add_argument("--negative-seeds", help="points outside the lesions whose tissue the coarse mask must leave out "

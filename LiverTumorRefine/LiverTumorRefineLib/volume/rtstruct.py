@@ -5,8 +5,8 @@ A structure set holds points in patient millimetres, not voxels, so it is read o
 structure (ROI), picked by name or number like a DICOM SEG segment, has its closed planar contours
 placed on the grid's slices and filled there. A voxel is in the mask when its centre lies inside an
 odd number of the structure's contours on its slice (the even-odd rule), so a contour inside
-another is a hole. Written, a mask's contours run along its voxel edges (``polygons``), so reading
-them back gives the same voxels. Files are read and written with pydicom.
+another is a hole. Written, a mask's contours run through its voxel edges' midpoints, corners cut
+(``polygons``), so reading them back gives the same voxels. Files are read and written with pydicom.
 """
 from __future__ import annotations
 
@@ -176,7 +176,8 @@ def write_rtstruct(labels: Any, series: Any, out: str | os.PathLike, names: dict
                    force: bool = False) -> Path:
     """Write ``labels`` (a ``Volume`` on ``series``' grid, as ``dicom.read_series`` returns it) as an
     RT structure set referencing the series' images: one structure per non-zero value, named by
-    ``names`` (default as ``dicom.write_seg``), each slice's outlines along voxel edges as closed
+    ``names`` (default as ``dicom.write_seg``), each slice's outlines (through the midpoints of the voxel
+    edges, corners cut) as closed
     planar contours (a hole as a contour of its own). Filling the contours gives the voxels back
     exactly: the file is written atomically and read back to check that. Returns the path."""
     import pydicom
@@ -284,7 +285,7 @@ def _slice_contours(labels: Any, mask: np.ndarray, images: list[Any]) -> list[An
     origin = np.array(geometry.origin, dtype=float)
     contours = []
     for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
-        for outline in mask_outlines(mask[k]):
+        for outline in mask_outlines(mask[k], cut_corners=True):
             index = np.column_stack([outline, np.full(len(outline), float(k))])  # x, y, z voxel indices
             points = origin + index @ scaled.T
             contour = Dataset()
