@@ -216,17 +216,49 @@ def two_lesions(gap_mm: float = 4.0):
     return image.astype(np.float32), first, second, a
 
 
-def test_hybrid_first_click_is_the_ray_growers_lesion():
+def test_hybrid_first_click_is_the_ray_growers_lesion_and_the_models_near_the_click(monkeypatch):
+    """Click 1 is the ray grower's lesion ("none"), plus, as shipped ("guarded"), what the click
+    model's one-click lesion adds near the click as a positive correction would."""
     from LiverTumorRefineLib.coarse.seeded import seed_labels
 
+    assert clicks.FIRST_CLICK_MODEL == "guarded"
     case = lesion_case(5)
     truth = case.label.array == 2
     click = tuple(int(v) for v in np.argwhere(truth).mean(axis=0).round())
     segmenter = clicks.shipped_segmenter()
-    lesion, model = clicks.hybrid_lesion(segmenter, case.image.array, SPACING, clicks.LesionClicks((click,)))
-    assert model is None  # one click: the model is not run
     grown = seed_labels(case.image.array, [click], SPACING) > 0
-    assert np.array_equal(lesion.paste(truth.shape), grown)
+    first = {}
+    for setting in ("none", "guarded"):
+        monkeypatch.setattr(clicks, "FIRST_CLICK_MODEL", setting)
+        lesion, model = clicks.hybrid_lesion(segmenter, case.image.array, SPACING, clicks.LesionClicks((click,)))
+        assert model is None  # one click: no corrections to read
+        first[setting] = lesion.paste(truth.shape)
+    assert np.array_equal(first["none"], grown)
+    added = first["guarded"] & ~grown
+    assert not (grown & ~first["guarded"]).any()  # nothing of the grower's lesion is lost
+    assert not (added & ~ball(truth.shape, click, clicks.correction_reach(grown, SPACING))).any()
+
+
+def test_a_positive_click_adds_the_models_lesion_connected_to_it_where_the_image_looks_like_the_lesion():
+    """``guarded_addition``: the model's lesion within reach of the click and connected to it, but
+    not a part of it that reads as liver, nor anything outside the cell."""
+    rng = np.random.default_rng(4)
+    shape = (16, 48, 80)
+    click = (8, 24, 20)
+    lesion = ball(shape, click, 9)
+    far = ball(shape, (8, 24, 62), 9)  # lesion-like too, but not connected to the click's part
+    bulge = ball(shape, (8, 24, 33), 6) & ~lesion  # the model's leak into liver beside the lesion
+    image = (np.where(lesion | far, 40.0, 100.0) + rng.normal(0, 5, shape)).astype(np.float32)
+    model = lesion | far | bulge
+    cell = np.ones(shape, bool)
+    added = clicks.guarded_addition(image, SPACING, model, click, 30.0, cell)
+    assert added[click] and (added & lesion).sum() >= 0.9 * lesion.sum()
+    assert not (added & far).any()  # not connected to the click
+    assert (added & bulge).sum() <= 0.05 * bulge.sum()  # reads as liver
+    assert not (clicks.guarded_addition(image, SPACING, model, click, 4.0, cell) & ~ball(shape, click, 4.0)).any()
+    half = np.zeros(shape, bool)
+    half[:, :, :20] = True
+    assert not (clicks.guarded_addition(image, SPACING, model, click, 30.0, half) & ~half).any()
 
 
 def test_first_click_switch_needs_a_model_lesion_that_is_not_tiny(monkeypatch):

@@ -95,7 +95,8 @@ def click_lesion(image: Volume, positive: Sequence[Point], negative: Sequence[Po
                  other_lesions: Sequence[Point] = (), refiner: Any = None, segmenter: Any = None) -> dict[str, Any]:
     """One lesion from its clicks (RAS mm; the first positive click places its crop, and a positive
     click beyond it adds a crop around itself), by the hybrid
-    (the ray grower's lesion, corrected near each further click with the click model; see
+    (the ray grower's lesion with the click model's near the first click, corrected near each
+    further click with the click model; see
     ``coarse.clicks.hybrid_lesion``) and then the refiner, on that lesion's crop only. A correction is the same call with
     the previous clicks and one more (positive: add a missed part; negative: remove a leak);
     undo is the call without the last click. ``image``: an LPS-oriented CT (``load_ct``);

@@ -297,8 +297,8 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                                             "file's points labelled \"neg...\" count as negative too)")
     p.add_argument("--seed-method", choices=("auto", "hybrid", "rays", "model"), default="auto",
                    help="what grows each lesion from its seed: the ray grower (rays), the learned click model "
-                        "(model), or hybrid (= auto): the ray grower's lesion, corrected near each negative seed by "
-                        "the model (the best in bench/clicks.py)")
+                        "(model), or hybrid (= auto): the ray grower's lesion with the model's near the seed, "
+                        "corrected near each negative seed by the model (the best in bench/clicks.py)")
     p.add_argument("--coarse-weights", help="coarse network file for --auto-coarse (default: the shipped one)")
     p.add_argument("--segment", metavar="NAME", help="segment of a DICOM SEG or .seg.nrrd --mask, or structure of an "
                                                      "RT structure set, by name (case-insensitive) or number "

@@ -4,7 +4,8 @@ The ray grower (``seeded``) stops at the strongest edge, which inside a necrotic
 core. The click network (``clicknet``) learns instead what a lesion looks like around a click.
 
 The hybrid (``hybrid_lesion``, what ``click_lesion`` and the "auto" seed method use) starts from the
-ray grower's lesion and applies each corrective click near itself with the network's view.
+ray grower's lesion, adds the network's near the first click, and applies each corrective click near
+itself with the network's view.
 """
 from __future__ import annotations
 
@@ -206,6 +207,13 @@ FIRST_CLICK_SWITCH = 0.0
 # smaller than the smallest lesion one clicks is the model failing, not the grower leaving. 0: any.
 FIRST_CLICK_MIN_MM = 0.0
 GUARD_NEAR_MM = 5.0  # the correction's lesion intensity is the model's lesion this near its click
+# What the first click takes from the click model besides the grower's lesion (with the model's
+# one-click view, so later clicks do not change it): "none"; "guarded", the click applied as a
+# positive correction is; "union", the model's whole one-click lesion. "guarded" was chosen on
+# tuning phantoms 95030-95059 by a rule fixed beforehand that puts click 1 first, with a veto on the
+# real validation cases (README, clicks section); "union" leaked on twice as many lesions.
+FIRST_CLICK_MODEL = "guarded"
+FIRST_CLICK_MODELS = ("none", "guarded", "union")
 
 
 def ball(box_shape: Sequence[int], centre: Sequence[int], spacing_zyx: Sequence[float], radius_mm: float) -> np.ndarray:
@@ -332,6 +340,27 @@ def model_mask(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequen
                         [v for v in (in_box(p, box) for p in clicks.negative) if v is not None])
 
 
+def guarded_addition(image: np.ndarray, spacing_zyx: Sequence[float], model: np.ndarray, click: Sequence[int],
+                     reach_mm: float, cell: np.ndarray) -> np.ndarray:
+    """What a positive click at ``click`` (local voxel) adds by the model's lesion ``model`` on a crop
+    (``image``): the part connected to it within ``reach_mm``, in ``cell``, and with
+    ``INTENSITY_GUARD`` only where the crop looks like the lesion near the click."""
+    addable = model & lesion_like(image, near_click(model, click, spacing_zyx), model, spacing_zyx) \
+        if INTENSITY_GUARD else model
+    return missed_at(addable, click, spacing_zyx, reach_mm) & cell
+
+
+def first_click_addition(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float],
+                         box: Sequence[slice], lesion: LesionClicks, cell: np.ndarray, grown: np.ndarray) -> np.ndarray:
+    """What the first click adds to the grower's lesion ``grown`` by ``FIRST_CLICK_MODEL``, from the
+    model's view of that click alone (on ``box``)."""
+    alone = model_mask(segmenter, image, spacing_zyx, box, LesionClicks(lesion.positive[:1]), cell)
+    if FIRST_CLICK_MODEL == "union":
+        return alone
+    click = in_box(lesion.positive[0], box)
+    return guarded_addition(image[tuple(box)], spacing_zyx, alone, click, correction_reach(grown, spacing_zyx), cell)
+
+
 def not_tiny(mask: np.ndarray, spacing_zyx: Sequence[float]) -> bool:
     """Whether ``mask`` holds at least a sphere of ``FIRST_CLICK_MIN_MM`` diameter."""
     volume = float(mask.sum()) * float(np.prod(spacing_zyx))
@@ -341,12 +370,13 @@ def not_tiny(mask: np.ndarray, spacing_zyx: Sequence[float]) -> bool:
 def hybrid_lesion(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float], lesion: LesionClicks,
                   other_lesions: Sequence[LesionClicks] = ()) -> tuple[LesionMask, np.ndarray | None]:
     """A lesion's coarse mask by the hybrid: the ray grower's lesion from the first click (the
-    model's instead when the grower's is over ``FIRST_CLICK_SWITCH`` times larger), then each
+    model's instead when the grower's is over ``FIRST_CLICK_SWITCH`` times larger) with what
+    ``first_click_addition`` adds to it (``FIRST_CLICK_MODEL``), then each
     corrective click applied within ``correction_reach`` of itself with the click model's view of
     all the clicks (``missed_at``, ``leak_at``), never past ``growth_budget``, nor on a voxel nearer
     another lesion's first click than to this one's clicks (``nearest_click_cell``). A positive click beyond the
-    first click's crop widens the box (``click_grids``). Also returns the model's mask on the box
-    (None after one click)."""
+    first click's crop widens the box (``click_grids``). Also returns the model's mask from all
+    the clicks on the box (None after one click)."""
     grids = click_grids(lesion.positive, image.shape, spacing_zyx, segmenter.cfg)
     first_box = grids[0].box(image.shape)
     box = union_box([g.box(image.shape) for g in grids])
@@ -358,14 +388,14 @@ def hybrid_lesion(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Seq
         alone = model_mask(segmenter, image, spacing_zyx, box, LesionClicks(lesion.positive[:1]), cell)
         if mask.sum() > FIRST_CLICK_SWITCH * alone.sum() and not_tiny(alone, spacing_zyx):
             mask = alone
+    if FIRST_CLICK_MODEL != "none":
+        mask |= first_click_addition(segmenter, image, spacing_zyx, box, lesion, cell, mask)
     if len(positive) == 1 and not negative:
         return LesionMask(box, mask), None
     budget = growth_budget(mask, spacing_zyx)
     model = model_mask(segmenter, image, spacing_zyx, box, lesion, cell)
     for p in positive[1:]:
-        addable = model & lesion_like(image[box], near_click(model, p, spacing_zyx), model, spacing_zyx) \
-            if INTENSITY_GUARD else model
-        added = missed_at(addable, p, spacing_zyx, correction_reach(mask, spacing_zyx)) & cell
+        added = guarded_addition(image[box], spacing_zyx, model, p, correction_reach(mask, spacing_zyx), cell)
         mask |= within_budget(mask, added, p, spacing_zyx, budget)
     for n in negative:
         mask &= ~leak_at(mask, model, n, positive, spacing_zyx, correction_reach(mask, spacing_zyx))
