@@ -472,3 +472,41 @@ def test_lesion_labels_reuse_unchanged_lesions_on_a_named_ct(monkeypatch):
     assert np.array_equal(plain, once) and np.array_equal(once, again) and np.array_equal(updated, reused)
     # the same as computing every lesion afresh
     assert np.array_equal(updated, clicks.lesion_labels(segmenter, image, SPACING, corrected, method="hybrid"))
+
+
+def test_a_negative_click_far_from_a_lesion_changes_nothing_in_it_and_recomputes_only_the_lesions_near_it(monkeypatch):
+    """Beyond ``negative_reach_mm`` of a lesion's click crops a negative click's maps are exactly 0
+    there, so the lesion is the same without it; the cache then keeps it through that click."""
+    from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
+
+    rng = np.random.default_rng(6)
+    shape = (24, 64, 200)
+    a, b = (12, 32, 30), (12, 32, 170)  # 140 mm apart: A's crops end 110 mm from B
+    first, second = ball(shape, a, 9), ball(shape, b, 9)
+    image = (np.where(first | second, 40.0, 100.0) + rng.normal(0, 8, shape)).astype(np.float32)
+    segmenter = clicks.shipped_segmenter()
+    beside_b = (12, 32, 182)
+    lesion_a = clicks.LesionClicks((a, (12, 32, 36)))  # a correction: the model runs
+    assert clicks.near_negatives(lesion_a.with_click(beside_b, False), shape, SPACING, segmenter.cfg) == lesion_a
+    near_a = (12, 32, 42)
+    assert clicks.near_negatives(lesion_a.with_click(near_a, False), shape, SPACING, segmenter.cfg).negative == (near_a,)
+    box = clicknet.union_box([g.box(shape) for g in clicknet.click_grids(lesion_a.positive, shape, SPACING,
+                                                                         segmenter.cfg)])
+    _, without = segmenter.lesion_probability(image, SPACING, lesion_a.positive, (), box)
+    _, far = segmenter.lesion_probability(image, SPACING, lesion_a.positive, (beside_b,), box)
+    assert np.array_equal(without, far)  # exactly, not nearly
+    kept = clicks.hybrid_lesion(segmenter, image, SPACING, lesion_a.with_click(beside_b, False))[0]
+    assert np.array_equal(kept.mask, clicks.hybrid_lesion(segmenter, image, SPACING, lesion_a)[0].mask)
+    lesions = [lesion_a, clicks.LesionClicks((b,))]
+    computed = []
+    real = clicks.hybrid_lesion
+    monkeypatch.setattr(clicks, "hybrid_lesion", lambda *args: computed.append(args[3]) or real(*args))
+    LESIONS.clear()
+    with LESIONS.for_ct("far apart"):
+        before = clicks.lesion_labels(segmenter, image, SPACING, lesions, method="hybrid")
+        negative = [lesion.with_click(beside_b, False) for lesion in lesions]  # as the module sends it: to every lesion
+        after = clicks.lesion_labels(segmenter, image, SPACING, negative, method="hybrid")
+    LESIONS.clear()
+    assert len(computed) == 3 and computed[-1] == negative[1]  # only lesion B again
+    assert np.array_equal(before == 1, after == 1)
+    assert np.array_equal(after, clicks.lesion_labels(segmenter, image, SPACING, negative, method="hybrid"))

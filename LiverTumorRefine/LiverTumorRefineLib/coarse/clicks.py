@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from LiverTumorRefineLib.coarse.clicknet import (ClickSegmenter, LesionMask, Voxel, click_grids, in_box, keep_clicked,
-                                                 union_box)
+from LiverTumorRefineLib.coarse.clicknet import (ClickConfig, ClickSegmenter, LesionMask, Voxel, click_grids, in_box,
+                                                 keep_clicked, union_box)
 from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
 from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES
 from LiverTumorRefineLib.errors import RefineError
@@ -74,15 +74,41 @@ def segment_lesion(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Se
     return result
 
 
+def negative_reach_mm(cfg: ClickConfig) -> float:
+    """How far (mm) from a lesion's click crops a negative click can change its result: beyond it
+    the click's maps on the crops are exactly 0 (the ramp ends at ``ramp_mm``; the Gaussian
+    underflows to 0 in float32 beyond about 14.4 sigma), and leak removal looks inside the crops only."""
+    return max(float(cfg.ramp_mm), 15.0 * float(cfg.sigma_mm))
+
+
+def near_negatives(lesion: LesionClicks, shape: Sequence[int], spacing_zyx: Sequence[float],
+                   cfg: ClickConfig) -> LesionClicks:
+    """``lesion`` without the negative clicks farther than ``negative_reach_mm`` from every point of
+    its click crops, which cannot change it: so a negative click recomputes only the lesions near it."""
+    reach = negative_reach_mm(cfg)
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    corners = [(np.array([g.z0, g.y[0], g.x[0]]), np.array([g.z1 - 1, g.y[-1], g.x[-1]]))
+               for g in click_grids(lesion.positive, shape, spacing_zyx, cfg)]
+
+    def near(point: Voxel) -> bool:
+        p = np.asarray(point, dtype=float)
+        return any(float(np.linalg.norm(np.maximum(np.maximum(lo - p, p - hi), 0.0) * spacing)) <= reach
+                   for lo, hi in corners)
+
+    return LesionClicks(lesion.positive, tuple(n for n in lesion.negative if near(n)))
+
+
 def lesion_labels(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float],
                   lesions: Sequence[LesionClicks], progress: Progress | None = None, method: str = "model") -> np.ndarray:
     """Label map (int16) of the lesions' coarse masks by ``method`` ("model" or "hybrid"): 0
     nothing, ``i + 1`` lesion ``i``; a voxel goes to the first lesion that claims it. A lesion whose
-    inputs are unchanged since an earlier job on the same CT comes from ``lesion_cache.LESIONS``."""
+    inputs are unchanged since an earlier job on the same CT comes from ``lesion_cache.LESIONS``
+    (negative clicks too far away to change it, ``near_negatives``, are not among its inputs)."""
     out = np.zeros(image.shape, dtype=np.int16)
     for i, lesion in enumerate(lesions):
         report(progress, i / len(lesions), f"Click model: lesion {i + 1} of {len(lesions)}")
         others = [o for j, o in enumerate(lesions) if j != i]
+        lesion = near_negatives(lesion, image.shape, spacing_zyx, segmenter.cfg)
         key = LESIONS.key(image.shape, spacing_zyx, method, segmenter, lesion, [o.positive[0] for o in others])
         part = LESIONS.get(key)
         if part is None:
@@ -98,7 +124,8 @@ def lesion_labels(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Seq
 def group_lesions(positive: Sequence[Sequence[Voxel]], negative: Sequence[Voxel] = ()) -> list[LesionClicks]:
     """Lesions from click lists (voxels): each item of ``positive`` is one lesion's list of its
     positive points (the first places its crop; ``sources.from_seeds`` makes these lists from what
-    the user gave); every negative click goes to every lesion (it only matters near one)."""
+    the user gave); every negative click goes to every lesion (it only matters near one:
+    ``near_negatives`` drops it from the lesions it cannot change)."""
     lesions = []
     for points in positive:
         if not len(points):

@@ -8,8 +8,8 @@ sends the volume node's ID, its image data's modification time and its IJK-to-RA
 a name nothing is looked up or kept, so a CT that changed is never matched by its old results.
 
 A lesion's result depends on the CT, its spacing, the method and click model, all its clicks
-(every negative click is one of them: the click model sees them all) and the other lesions' first
-clicks (their cells); the key holds each of these.
+(among them the negative clicks near enough to change it: ``clicks.near_negatives``) and the other
+lesions' first clicks (their cells); the key holds each of these.
 """
 from __future__ import annotations
 
