@@ -510,3 +510,46 @@ def test_a_negative_click_far_from_a_lesion_changes_nothing_in_it_and_recomputes
     assert len(computed) == 3 and computed[-1] == negative[1]  # only lesion B again
     assert np.array_equal(before == 1, after == 1)
     assert np.array_equal(after, clicks.lesion_labels(segmenter, image, SPACING, negative, method="hybrid"))
+
+
+def test_refining_all_clicked_lesions_at_once_keeps_the_hybrids_guards():
+    """``ClickedLesions.guard``: on a refinement of the whole coarse mask, each hybrid lesion keeps
+    what ``click_lesion`` would keep: its coarse mask, growth within ``REFINE_REACH_MM`` and in its
+    cell, and not the leak at a negative click."""
+    image, first, second, a = two_lesions(gap_mm=10.0)
+    b = tuple(int(v) for v in np.argwhere(second).mean(axis=0).round())
+    segmenter = clicks.shipped_segmenter()
+    beside = (a[0], a[1] - 12, a[2])  # liver 4 mm above lesion A's edge (radius 8 mm)
+    lesions = [clicks.LesionClicks((a, (a[0], a[1], a[2] - 5)), (beside,)), clicks.LesionClicks((b,), (beside,))]
+    made = clicks.lesion_results(segmenter, image, SPACING, lesions, method="hybrid")
+    coarse = made.labels(image.shape) > 0
+    assert np.array_equal(made.guard(coarse, SPACING), coarse)  # an unchanged refinement stays unchanged
+    far = ball(image.shape, (a[0], a[1] + 20, a[2]), 3)  # 9-15 mm beyond A's edge
+    leak = ball(image.shape, beside, 3) | ball(image.shape, (a[0], a[1] - 9, a[2]), 2)  # a leak reaching the click
+    guarded = made.guard(coarse | far | leak, SPACING)
+    assert not (guarded & far).any() and not guarded[beside]
+    assert (guarded & leak & ~coarse).sum() < 0.5 * (leak & ~coarse).sum()
+    assert np.array_equal(guarded & coarse, coarse)
+    distance = ndimage.distance_transform_edt(~coarse, sampling=SPACING)
+    assert (distance[guarded] <= clicks.REFINE_REACH_MM).all()
+    model_only = clicks.lesion_results(segmenter, image, SPACING, lesions, method="model")
+    assert np.array_equal(model_only.guard(coarse | far, SPACING), coarse | far)  # the model alone: no guards
+
+
+def test_a_seeded_job_applies_the_hybrids_guards_to_its_refinement(monkeypatch):
+    """``refine --seeds``, the API and the Slicer worker refine all lesions at once, then guard each as
+    a click does: with no reach allowed, nothing grows past the coarse mask."""
+    from LiverTumorRefineLib.coarse.points import voxel_to_ras
+    from LiverTumorRefineLib.pipeline import RefinePipeline
+
+    case = lesion_case(7)
+    truth = case.label.array == 2
+    click = tuple(int(v) for v in np.argwhere(truth).mean(axis=0).round())
+    pipeline = RefinePipeline(device="cpu", tta=1)
+    seeds = [voxel_to_ras(np.array(click), case.image)]
+    grown = pipeline.run(case.image, source="seeds", seeds=seeds)
+    monkeypatch.setattr(clicks, "REFINE_REACH_MM", 0.0)
+    held = pipeline.run(case.image, source="seeds", seeds=seeds)
+    assert (grown.refined_mask & ~grown.coarse_mask).any()  # the refiner grows this lesion ...
+    assert not (held.refined_mask & ~held.coarse_mask).any()  # ... and the guard holds it
+    assert held.stats["voxels_changed"] == int((held.refined_mask != held.coarse_mask).sum())

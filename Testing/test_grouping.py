@@ -115,9 +115,9 @@ def test_from_seeds_hands_a_lesions_points_to_the_click_methods_together(monkeyp
 
     def fake(image, spacing, positive, negative, method):
         seen.update(positive=positive, method=method)
-        return np.zeros(image.shape, bool)
+        return clicks.ClickedLesions([], [], [], method)
 
-    monkeypatch.setattr(clicks, "coarse_from_clicks", fake)
+    monkeypatch.setattr(clicks, "lesions_from_clicks", fake)
     sources.from_seeds(ct, [[a, b], c], method="hybrid")
     assert [len(lesion) for lesion in seen["positive"]] == [2, 1] and seen["method"] == "hybrid"
     assert np.allclose(seen["positive"][0], [(6, 10, 10), (6, 12, 10)])

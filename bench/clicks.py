@@ -10,8 +10,9 @@ result the user sees (positive on a missed part, negative on a leak), within the
 the whole truth lesion's box together (so a missed part beyond the first click's crop is clicked too).
 Each method and the shipped refiner re-run on that lesion's crop only: "model" is the click
 model alone, "hybrid" the ray grower's lesion corrected near each click with the model
-(``clicks.hybrid_lesion``), "separate" the Slicer module's grouping (each positive click a
-lesion of its own, see ``separate_click_lesion``). Lesion Dice is against that lesion alone (a
+(``clicks.hybrid_lesion``), "separate" an earlier Slicer module's grouping (each positive click a
+lesion of its own, see ``separate_click_lesion``), "unguarded" the hybrid's coarse lesion refined
+without the hybrid's guards on the refined outline (``unguarded_click_lesion``). Lesion Dice is against that lesion alone (a
 neighbour it takes counts against it). The ray grower (``seeded``) alone gets click 1 only. Cases: held-out phantoms
 (seeds 90000+; the hybrid's constants were chosen on seeds 95000+ with --first-seed 95000 and
 the --correction-radius, --growth-limit, --refine-reach, --first-click-switch, --first-click-min-mm,
@@ -81,6 +82,15 @@ def separate_click_lesion(segmenter, refiner, image, spacing, lesion, others):
     return coarse, clickmodel.refine_lesion(refiner, image, spacing, coarse)
 
 
+def unguarded_click_lesion(segmenter, refiner, image, spacing, lesion, others):
+    """``refine --seeds`` and the Slicer module before they applied the hybrid's guards to their
+    refinement ("unguarded"): the hybrid's coarse lesion refined without the guards on the refined
+    outline (``REFINE_REACH_MM``, the lesion's cell, leak removal at negative clicks). (They refine
+    the whole CT at once; here the crop.)"""
+    coarse, _ = clickmodel.hybrid_lesion(segmenter, image, spacing, lesion, others)
+    return coarse, clickmodel.refine_lesion(refiner, image, spacing, coarse)
+
+
 def lesion_box(mask: np.ndarray) -> tuple[slice, ...]:
     """The bounding box of a (non-empty) mask."""
     where = np.argwhere(mask)
@@ -109,6 +119,8 @@ def click_series(segmenter, refiner, image, spacing, truth, labels, lab, lesion,
     for k in range(n_clicks):
         if method == "separate":
             coarse, refined = separate_click_lesion(segmenter, refiner, image, spacing, current, others)
+        elif method == "unguarded":
+            coarse, refined = unguarded_click_lesion(segmenter, refiner, image, spacing, current, others)
         else:
             coarse, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, current, others,
                                                       method=method)
@@ -211,8 +223,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clicks", type=int, default=4)
     parser.add_argument("--weights", help="click model (default: the shipped one)")
     parser.add_argument("--methods", default="model,hybrid",
-                        help="click methods to compare: model, hybrid, and separate (the Slicer module's grouping: "
-                             "each positive click a lesion of its own)")
+                        help="click methods to compare: model, hybrid, separate (an earlier Slicer module's grouping: "
+                             "each positive click a lesion of its own) and unguarded (the hybrid's coarse lesion refined "
+                             "without its guards on the refined outline, as refine --seeds and the module did)")
     parser.add_argument("--correction-radius", type=float, default=clickmodel.CORRECTION_RADIUS_MM,
                         help="hybrid: mm a correction reaches (tuned on phantoms 95000+ only)")
     parser.add_argument("--correction-scale", type=float, default=clickmodel.CORRECTION_SCALE,
@@ -265,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary(out, args.clicks, methods)
     big = [c for c in real if c.image.array.shape[1:] == (512, 512)]
     if big:
-        timing(big[0], args.weights, methods)
+        timing(big[0], args.weights, [m for m in methods if m in ("model", "hybrid")])
 
 
 if __name__ == "__main__":

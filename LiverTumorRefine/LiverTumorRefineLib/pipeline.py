@@ -142,11 +142,12 @@ class RefinePipeline:
         made = kind != "mask"
         coarse_share = COARSE_END if made and coarse_progress is None else 0.0
         t0 = time.perf_counter()
+        guards: list[Callable[[np.ndarray], np.ndarray]] = []  # what the source asks of the refined mask
         if made:
             coarse_axial = make_coarse(kind, axial, seeds=seeds, negative_seeds=negative_seeds, seed_method=seed_method,
                                        device=self.device, seg_weights=self.seg_weights,
                                        ct_path=ct_path, notes=notes,
-                                       progress=coarse_progress or part(progress, 0.0, coarse_share))
+                                       progress=coarse_progress or part(progress, 0.0, coarse_share), guards=guards)
         else:
             check_same_grid(image, coarse, "coarse mask")
             coarse_axial = io.reoriented(coarse, "LPS")
@@ -156,8 +157,11 @@ class RefinePipeline:
         # a click-made mask: see config.SEEDED_PASSES and SEEDED_INTENSITY_GATE
         passes, gate = (SEEDED_PASSES, SEEDED_INTENSITY_GATE) if kind == "seeds" else (1, None)
         refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, passes, gate)
-        del binary  # where select_label made a volume-sized mask: freed before the result's arrays are made (peak memory)
         refined_binary, stats = refinement.mask, refinement.stats
+        for guard in guards:
+            refined_binary = guard(refined_binary)
+            stats["voxels_changed"] = int(np.count_nonzero(refined_binary != binary))
+        del binary  # where select_label made a volume-sized mask: freed before the result's arrays are made (peak memory)
         if made:
             stats["seconds"]["coarse"] = coarse_seconds
             stats["coarse_source"] = kind

@@ -98,27 +98,70 @@ def near_negatives(lesion: LesionClicks, shape: Sequence[int], spacing_zyx: Sequ
     return LesionClicks(lesion.positive, tuple(n for n in lesion.negative if near(n)))
 
 
-def lesion_labels(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float],
-                  lesions: Sequence[LesionClicks], progress: Progress | None = None, method: str = "model") -> np.ndarray:
-    """Label map (int16) of the lesions' coarse masks by ``method`` ("model" or "hybrid"): 0
-    nothing, ``i + 1`` lesion ``i``; a voxel goes to the first lesion that claims it. A lesion whose
-    inputs are unchanged since an earlier job on the same CT comes from ``lesion_cache.LESIONS``
-    (negative clicks too far away to change it, ``near_negatives``, are not among its inputs)."""
-    out = np.zeros(image.shape, dtype=np.int16)
+@dataclass
+class ClickedLesions:
+    """What a job's clicks made: per lesion its clicks, its coarse mask (on its box) and, for a
+    corrected hybrid lesion, the click model's mask from all its clicks (on the same box; else None)."""
+
+    lesions: list[LesionClicks]
+    parts: list[LesionMask]
+    models: list[np.ndarray | None]
+    method: str
+
+    def labels(self, shape: Sequence[int]) -> np.ndarray:
+        """Label map (int16): 0 nothing, ``i + 1`` lesion ``i``; a voxel goes to the first lesion that claims it."""
+        out = np.zeros(tuple(shape), dtype=np.int16)
+        for i, part in enumerate(self.parts):
+            view = out[part.box]
+            view[part.mask & (view == 0)] = i + 1
+        return out
+
+    def guard(self, refined: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+        """A refinement of the whole coarse mask (bool, the CT's shape) with, around each hybrid
+        lesion, the guards ``click_lesion`` puts on its refined outline (``guard_refined``): so a
+        job refining all the lesions at once gives each what a click gives it. Unchanged for the click
+        model alone, which has no such guards."""
+        if self.method != "hybrid":
+            return refined
+        out = np.zeros(refined.shape, dtype=bool)
+        margin = [int(np.ceil(REFINE_REACH_MM / s)) + 1 for s in spacing_zyx]
+        for i, (lesion, part, model) in enumerate(zip(self.lesions, self.parts, self.models)):
+            if not part.mask.any():
+                continue
+            box = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(part.box, margin, refined.shape))
+            others = self.lesions[:i] + self.lesions[i + 1:]
+            out[box] |= guard_refined(LesionMask(box, refined[box]), part, model, lesion, others, spacing_zyx).mask
+        return out
+
+
+def lesion_results(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float],
+                   lesions: Sequence[LesionClicks], progress: Progress | None = None,
+                   method: str = "model") -> ClickedLesions:
+    """The lesions' coarse masks by ``method`` ("model" or "hybrid"), each kept off the others'
+    cells. A lesion whose inputs are unchanged since an earlier job on the same CT comes from
+    ``lesion_cache.LESIONS`` (negative clicks too far away to change it, ``near_negatives``, are
+    not among its inputs)."""
+    parts, models = [], []
     for i, lesion in enumerate(lesions):
         report(progress, i / len(lesions), f"Click model: lesion {i + 1} of {len(lesions)}")
         others = [o for j, o in enumerate(lesions) if j != i]
         lesion = near_negatives(lesion, image.shape, spacing_zyx, segmenter.cfg)
         key = LESIONS.key(image.shape, spacing_zyx, method, segmenter, lesion, [o.positive[0] for o in others])
-        part = LESIONS.get(key)
-        if part is None:
-            part = (hybrid_lesion(segmenter, image, spacing_zyx, lesion, others)[0] if method == "hybrid"
-                    else segment_lesion(segmenter, image, spacing_zyx, lesion, others))
-            LESIONS.put(key, part)
-        view = out[part.box]
-        view[part.mask & (view == 0)] = i + 1
+        found = LESIONS.get(key)
+        if found is None:
+            found = (hybrid_lesion(segmenter, image, spacing_zyx, lesion, others) if method == "hybrid"
+                     else (segment_lesion(segmenter, image, spacing_zyx, lesion, others), None))
+            LESIONS.put(key, found)
+        parts.append(found[0])
+        models.append(found[1])
     report(progress, 1.0, "Click model")
-    return out
+    return ClickedLesions(list(lesions), parts, models, method)
+
+
+def lesion_labels(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float],
+                  lesions: Sequence[LesionClicks], progress: Progress | None = None, method: str = "model") -> np.ndarray:
+    """Label map (int16) of the lesions' coarse masks (``lesion_results``, ``ClickedLesions.labels``)."""
+    return lesion_results(segmenter, image, spacing_zyx, lesions, progress, method).labels(image.shape)
 
 
 def group_lesions(positive: Sequence[Sequence[Voxel]], negative: Sequence[Voxel] = ()) -> list[LesionClicks]:
@@ -135,13 +178,14 @@ def group_lesions(positive: Sequence[Sequence[Voxel]], negative: Sequence[Voxel]
     return lesions
 
 
-def coarse_from_clicks(image: np.ndarray, spacing_zyx: Sequence[float], positive: Sequence[Sequence[Voxel]],
-                       negative: Sequence[Voxel] = (), segmenter: ClickSegmenter | None = None,
-                       progress: Progress | None = None, method: str = "model") -> np.ndarray:
-    """A coarse tumour mask (bool) from clicks (voxels z, y, x; see ``group_lesions``) with the
-    click model (default: the shipped one) alone or in the hybrid (``method``)."""
+def lesions_from_clicks(image: np.ndarray, spacing_zyx: Sequence[float], positive: Sequence[Sequence[Voxel]],
+                        negative: Sequence[Voxel] = (), segmenter: ClickSegmenter | None = None,
+                        progress: Progress | None = None, method: str = "model") -> ClickedLesions:
+    """The lesions clicks make (voxels z, y, x; see ``group_lesions``) with the click model
+    (default: the shipped one) alone or in the hybrid (``method``): their coarse mask is
+    ``.labels(image.shape) > 0``, and ``.guard`` applies the hybrid's guards to its refinement."""
     segmenter = segmenter if segmenter is not None else shipped_segmenter()
-    return lesion_labels(segmenter, image, spacing_zyx, group_lesions(positive, negative), progress, method) > 0
+    return lesion_results(segmenter, image, spacing_zyx, group_lesions(positive, negative), progress, method)
 
 
 # What makes a seeded coarse mask. "rays": the ray grower (``seeded``) alone; "model": this click
@@ -437,6 +481,15 @@ def hybrid_click_lesion(segmenter: ClickSegmenter, refiner: Any, image: np.ndarr
     clicks, and the negative clicks' leaks (``leak_at``) are removed from it too."""
     coarse, model = hybrid_lesion(segmenter, image, spacing_zyx, lesion, other_lesions)
     refined = refine_lesion(refiner, image, spacing_zyx, coarse)
+    return coarse, guard_refined(refined, coarse, model, lesion, other_lesions, spacing_zyx)
+
+
+def guard_refined(refined: LesionMask, coarse: LesionMask, model: np.ndarray | None, lesion: LesionClicks,
+                  other_lesions: Sequence[LesionClicks], spacing_zyx: Sequence[float]) -> LesionMask:
+    """A hybrid lesion's refined outline (``refined``, on a box holding ``coarse``'s) kept within
+    ``REFINE_REACH_MM`` of its coarse mask and in its cell, holding its positive clicks, with the
+    negative clicks' leaks (``leak_at``, by ``model``: the click model's mask from all the clicks, on
+    the coarse box; None without corrections) removed from it too."""
     box = refined.box
     inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(coarse.box, box))
     on_box = np.zeros(refined.mask.shape, dtype=bool)
@@ -452,7 +505,7 @@ def hybrid_click_lesion(segmenter: ClickSegmenter, refiner: Any, image: np.ndarr
         reach = correction_reach(coarse.mask, spacing_zyx)  # the corrected coarse lesion's, for every negative click
         for n in negative:
             mask &= ~leak_at(mask, model_box, n, positive, spacing_zyx, reach)
-    return coarse, LesionMask(box, keep_clicked(mask, positive, negative))
+    return LesionMask(box, keep_clicked(mask, positive, negative))
 
 
 # --------------------------------------------------------------------------- simulated corrective clicks

@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -57,14 +57,17 @@ def make_coarse(source: str, image: Volume, *, seeds: Sequence[Sequence[float]] 
                 negative_seeds: Sequence[Sequence[float]] | None = None, seed_method: str = "auto",
                 device: str = "auto", seg_weights: str | os.PathLike | None = None,
                 ct_path: str | os.PathLike | None = None, notes: list[str] | None = None,
-                progress: Progress | None = None) -> Volume:
+                progress: Progress | None = None, guards: list[Callable[[np.ndarray], np.ndarray]] | None = None
+                ) -> Volume:
     """The coarse mask ``source`` makes for ``image`` (an LPS-oriented CT volume): 0/1 from seeds
     and TotalSegmentator, the 0/1/2 liver + tumour label map from the automatic network.
     ``seeds``: one item per lesion, a RAS point (mm) or a list of them (see ``from_seeds``);
     ``negative_seeds``: RAS points of leaks to keep out, and ``seed_method`` what grows the lesions
     (see ``clicks.SEED_METHODS``). ``ct_path``: the CT file, if there is one, for
     TotalSegmentator (else the volume is written to a temporary file). CUDA out-of-memory falls
-    back to the CPU with a note in ``notes``."""
+    back to the CPU with a note in ``notes``. A source whose refinement needs more than the mask
+    appends to ``guards`` what to apply to the refined mask (bool, on ``image``'s grid): the
+    hybrid's guards on each clicked lesion's refined outline."""
     name = source_named(source).name
     notes = notes if notes is not None else []
     if name != "automatic":  # the automatic network reports its own stages from 0
@@ -72,7 +75,7 @@ def make_coarse(source: str, image: Volume, *, seeds: Sequence[Sequence[float]] 
     if name == "mask":
         raise RefineError("The coarse source 'mask' makes nothing: give the coarse mask itself.")
     if name == "seeds":
-        mask = from_seeds(image, seeds, negative_seeds, seed_method)
+        mask = from_seeds(image, seeds, negative_seeds, seed_method, guards)
     elif name == "automatic":
         mask = with_cpu_fallback(lambda dev: automatic_labels(image, seg_weights, dev, progress), device,
                                  "automatic coarse segmentation", notes)
@@ -89,11 +92,13 @@ def make_coarse(source: str, image: Volume, *, seeds: Sequence[Sequence[float]] 
 
 
 def from_seeds(image: Volume, seeds: Sequence[Any] | None,
-               negative_seeds: Sequence[Sequence[float]] | None = None, method: str = "auto") -> Volume:
+               negative_seeds: Sequence[Sequence[float]] | None = None, method: str = "auto",
+               guards: list[Callable[[np.ndarray], np.ndarray]] | None = None) -> Volume:
     """A 0/1 coarse tumour mask from seeds (RAS mm), by the ray grower (``seeded``), the click model
     or the hybrid of both (``clicks``; these two also take ``negative_seeds``), as ``method``
     says. Each item of ``seeds`` is one lesion: a point, or a list of its points (the first inside
-    it, the others corrective clicks; the ray grower grows each point as a lesion of its own)."""
+    it, the others corrective clicks; the ray grower grows each point as a lesion of its own).
+    With the hybrid, ``guards`` gets ``ClickedLesions.guard`` for the refined mask."""
     from LiverTumorRefineLib.coarse import clicks
     from LiverTumorRefineLib.coarse.points import check_points, ras_to_voxels
     from LiverTumorRefineLib.coarse.seeded import grow_from_seeds
@@ -110,8 +115,10 @@ def from_seeds(image: Volume, seeds: Sequence[Any] | None,
         return image.with_array(grow_from_seeds(image.array, flat, image.spacing_zyx).astype(np.uint8))
     starts = np.cumsum([0] + [len(lesion) for lesion in lesions])
     voxels = [flat[a:b] for a, b in zip(starts[:-1], starts[1:])]
-    return image.with_array(clicks.coarse_from_clicks(image.array, image.spacing_zyx, voxels, negative,
-                                                      method=chosen).astype(np.uint8))
+    made = clicks.lesions_from_clicks(image.array, image.spacing_zyx, voxels, negative, method=chosen)
+    if guards is not None:
+        guards.append(lambda refined: made.guard(refined, image.spacing_zyx))
+    return image.with_array((made.labels(image.array.shape) > 0).astype(np.uint8))
 
 
 def is_point_list(item: Any) -> bool:
