@@ -553,3 +553,19 @@ def test_a_seeded_job_applies_the_hybrids_guards_to_its_refinement(monkeypatch):
     assert (grown.refined_mask & ~grown.coarse_mask).any()  # the refiner grows this lesion ...
     assert not (held.refined_mask & ~held.coarse_mask).any()  # ... and the guard holds it
     assert held.stats["voxels_changed"] == int((held.refined_mask != held.coarse_mask).sum())
+
+
+def test_a_one_click_hybrid_lesion_ignores_negative_clicks_outside_its_crop():
+    """The grower and the model's one-click view see no negative click, and the hybrid applies only
+    those in the lesion's box: one outside it, though within ``negative_reach_mm``, changes nothing."""
+    image, first, _, a = two_lesions(gap_mm=4.0)
+    segmenter = clicks.shipped_segmenter()
+    box = clicknet.union_box([g.box(image.shape) for g in clicknet.click_grids([a], image.shape, SPACING,
+                                                                               segmenter.cfg)])
+    outside = (a[0], a[1], box[2].stop + 2)  # just beyond the crop, well within 75 mm
+    assert clicknet.in_box(outside, box) is None and outside[2] < image.shape[2]
+    lesion = clicks.LesionClicks((a,), (outside,))
+    assert clicks.near_negatives(lesion, image.shape, SPACING, segmenter.cfg, "hybrid").negative == ()
+    assert clicks.near_negatives(lesion, image.shape, SPACING, segmenter.cfg, "model").negative == (outside,)
+    with_it = clicks.hybrid_lesion(segmenter, image, SPACING, lesion)[0]
+    assert np.array_equal(with_it.mask, clicks.hybrid_lesion(segmenter, image, SPACING, clicks.LesionClicks((a,)))[0].mask)

@@ -82,13 +82,19 @@ def negative_reach_mm(cfg: ClickConfig) -> float:
 
 
 def near_negatives(lesion: LesionClicks, shape: Sequence[int], spacing_zyx: Sequence[float],
-                   cfg: ClickConfig) -> LesionClicks:
-    """``lesion`` without the negative clicks farther than ``negative_reach_mm`` from every point of
-    its click crops, which cannot change it: so a negative click recomputes only the lesions near it."""
+                   cfg: ClickConfig, method: str = "model") -> LesionClicks:
+    """``lesion`` without the negative clicks that cannot change it by ``method``: those farther
+    than ``negative_reach_mm`` from every point of its click crops, and, for a hybrid lesion of one
+    positive click, those outside its crops' box (the grower and the model's one-click view do not
+    see negative clicks, and only one in the box is applied). So a negative click recomputes only
+    the lesions near it."""
+    grids = click_grids(lesion.positive, shape, spacing_zyx, cfg)
+    if method == "hybrid" and len(lesion.positive) == 1:
+        box = union_box([g.box(shape) for g in grids])
+        return LesionClicks(lesion.positive, tuple(n for n in lesion.negative if in_box(n, box) is not None))
     reach = negative_reach_mm(cfg)
     spacing = np.asarray(spacing_zyx, dtype=float)
-    corners = [(np.array([g.z0, g.y[0], g.x[0]]), np.array([g.z1 - 1, g.y[-1], g.x[-1]]))
-               for g in click_grids(lesion.positive, shape, spacing_zyx, cfg)]
+    corners = [(np.array([g.z0, g.y[0], g.x[0]]), np.array([g.z1 - 1, g.y[-1], g.x[-1]])) for g in grids]
 
     def near(point: Voxel) -> bool:
         p = np.asarray(point, dtype=float)
@@ -145,7 +151,7 @@ def lesion_results(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Se
     for i, lesion in enumerate(lesions):
         report(progress, i / len(lesions), f"Click model: lesion {i + 1} of {len(lesions)}")
         others = [o for j, o in enumerate(lesions) if j != i]
-        lesion = near_negatives(lesion, image.shape, spacing_zyx, segmenter.cfg)
+        lesion = near_negatives(lesion, image.shape, spacing_zyx, segmenter.cfg, method)
         key = LESIONS.key(image.shape, spacing_zyx, method, segmenter, lesion, [o.positive[0] for o in others])
         found = LESIONS.get(key)
         if found is None:
