@@ -569,3 +569,12 @@ def test_a_one_click_hybrid_lesion_ignores_negative_clicks_outside_its_crop():
     assert clicks.near_negatives(lesion, image.shape, SPACING, segmenter.cfg, "model").negative == (outside,)
     with_it = clicks.hybrid_lesion(segmenter, image, SPACING, lesion)[0]
     assert np.array_equal(with_it.mask, clicks.hybrid_lesion(segmenter, image, SPACING, clicks.LesionClicks((a,)))[0].mask)
+
+
+def test_the_first_click_reaches_as_a_correction_of_the_growers_lesion_or_of_the_larger_lesion(monkeypatch):
+    small, large = ball((40, 80, 80), (20, 40, 40), 8.0), ball((40, 80, 80), (20, 40, 40), 30.0)
+    assert clicks.FIRST_CLICK_REACH == "grown"  # shipped: "model" merged a real lesion (README)
+    assert clicks.first_click_reach(small, large, SPACING) == clicks.correction_reach(small, SPACING)
+    monkeypatch.setattr(clicks, "FIRST_CLICK_REACH", "model")
+    assert abs(clicks.first_click_reach(small, large, SPACING) - 30.0) < 1.0  # the model saw the larger lesion
+    assert abs(clicks.first_click_reach(large, small, SPACING) - 30.0) < 1.0

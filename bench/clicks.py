@@ -243,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="hybrid: the switch needs the model's lesion to be at least this sphere diameter")
     parser.add_argument("--first-click-model", choices=clickmodel.FIRST_CLICK_MODELS, default=clickmodel.FIRST_CLICK_MODEL,
                         help="hybrid: what click 1 takes from the click model besides the grower's lesion")
+    parser.add_argument("--first-click-reach", choices=clickmodel.FIRST_CLICK_REACHES, default=clickmodel.FIRST_CLICK_REACH,
+                        help="hybrid: the first click's addition reaches as far as the grower's lesion is large, or "
+                             "the larger of it and the model's one-click lesion")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -257,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     clickmodel.FIRST_CLICK_SWITCH = args.first_click_switch
     clickmodel.FIRST_CLICK_MIN_MM = args.first_click_min_mm
     clickmodel.FIRST_CLICK_MODEL = args.first_click_model
+    clickmodel.FIRST_CLICK_REACH = args.first_click_reach
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clicknet.ClickSegmenter(args.weights)
