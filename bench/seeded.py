@@ -1,11 +1,15 @@
 """Seeded coarse segmentation, then refinement: one click per lesion over 10 mm.
 
     python bench/seeded.py [--phantoms 10] [--first-seed 90000] [--lits117] [--no-refine] [--passes 2] [--rim-min-hu 16]
+                           [--method rays|auto]
 
 The click is each truth lesion's deepest point (farthest from its surface). Per lesion: Dice of
 the seed's own region (everything it claimed, leaks included) against that lesion, for the
 coarse mask grown from the seeds and after refinement (the refined mask within the seed's cell:
-the voxels nearer to it than to any other seed). Prints means, leaks and timings.
+the voxels nearer to it than to any other seed). Prints means, leaks and timings. ``--method``:
+the ray grower alone (``rays``, the default here), or what ``refine --seeds`` does by default
+(``auto``: the hybrid's lesions, the whole coarse mask refined, then each lesion's refined outline
+guarded as a click's is).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine")
 from LiverTumorRefineLib.evaluate.metrics import overlap_metrics  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
 from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES  # noqa: E402
@@ -60,6 +65,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=SEEDED_PASSES,
                         help=f"refinement passes (default {SEEDED_PASSES}, as refine --seeds does)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--method", choices=("rays", "auto"), default="rays",
+                        help="rays: the ray grower alone; auto: refine --seeds' default (the hybrid, guarded)")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="smallest rim overshoot (HU) that moves a lesion's edge out to its rim; 0: never")
     args = parser.parse_args()
@@ -79,13 +86,19 @@ def main() -> None:
         if not seeds:
             continue
         t = time.perf_counter()
-        grown = seed_labels(case.image.array, seeds, spacing)
+        if args.method == "rays":
+            grown, made = seed_labels(case.image.array, seeds, spacing), None
+        else:  # as sources.from_seeds: one lesion per seed, by the hybrid
+            made = clickmodel.lesions_from_clicks(case.image.array, spacing, [[s] for s in seeds], method="hybrid")
+            grown = made.labels(truth.shape)
         t_grow = time.perf_counter() - t
         refined, t_refine = None, 0.0
         if refiner is not None:
             t = time.perf_counter()
             refined = refiner.refine(case.image.array, grown > 0, spacing, passes=args.passes,
                                      intensity_gate=SEEDED_INTENSITY_GATE).mask
+            if made is not None:
+                refined = made.guard(refined, spacing)  # as the pipeline does after a seeded job's refinement
             t_refine = time.perf_counter() - t
             cells = nearest_seed_labels(truth.shape, seeds, spacing)
         kind = "real" if case.name.startswith("lits") or "117" in case.name else "phantom"
