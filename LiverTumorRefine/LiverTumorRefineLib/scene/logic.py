@@ -451,11 +451,7 @@ class LiverTumorRefineLogic(_LogicBase):
             count += 1
             unique = f"{name} {count}"
         segment = nodes.tumour_segment(unique, COARSE_COLOR, nodes.oriented_image_from_mask(mask, volumeNode, segmentationNode))
-        segmentId = segmentation.GenerateUniqueSegmentID(unique)
-        nodes.check_accepts_voxel_masks(segmentationNode)
-        nodes.add_segment(segmentationNode, segment, segmentId)
-        segmentation.GetSegment(segmentId).SetColor(*COARSE_COLOR)
-        return segmentationNode, segmentId, unique
+        return segmentationNode, nodes.put_segment(segmentationNode, segment, None, COARSE_COLOR), unique
 
     def _copyCoarseSegment(self, inputs: RefineInputs) -> str:
         """The coarse segment's voxels as a new segment of a new segmentation, where the refined
