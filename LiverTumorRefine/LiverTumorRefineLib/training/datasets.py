@@ -190,7 +190,7 @@ def read_dicom_case(name: str, series_folder: str | os.PathLike, seg_paths: Iter
 
     seg_paths = [Path(p) for p in seg_paths]
     series = dicom.read_series(series_folder)
-    image, frame = series.volume, series.datasets[0].get("FrameOfReferenceUID")
+    image, frame = series.volume, dicom.frame_of_reference(series)
     label = np.zeros(image.array.shape, dtype=np.uint8)
     masks: dict[str, np.ndarray] = {}
     for path in seg_paths:
@@ -201,7 +201,7 @@ def read_dicom_case(name: str, series_folder: str | os.PathLike, seg_paths: Iter
             if role is None:
                 continue
             if contours:
-                filled = rtstruct.read_rtstruct_on(path, io.to_sitk(image), number, str(frame) if frame else None)
+                filled = rtstruct.read_rtstruct_on(path, io.to_sitk(image), number, frame)
                 mask = sitk.GetArrayFromImage(filled).astype(bool)
             else:
                 mask = dicom.read_seg_on(path, image, number).array.astype(bool)

@@ -380,14 +380,9 @@ def frame_slices(series: DicomSeries) -> list[int] | None:
     return slices
 
 
-def frame_of_reference(path: str | os.PathLike) -> str | None:
-    """The FrameOfReferenceUID of the CT series at ``path`` (its folder or one of its files); None
-    for a volume file or a series without one (then nothing can be checked against it)."""
-    if not io.is_dicom_series(path):
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dropped slices are reported when the CT itself is read
-        uid = read_series(path, pixels=False).datasets[0].get("FrameOfReferenceUID")
+def frame_of_reference(series: DicomSeries) -> str | None:
+    """The series' FrameOfReferenceUID; None when it has none (then nothing can be checked against it)."""
+    uid = series.datasets[0].get("FrameOfReferenceUID")
     return str(uid) if uid else None
 
 

@@ -46,8 +46,10 @@ def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, *,
         mask = segments.read_mask(mask_path, segment)
         ct = segments.read_mask(image_path, image_segment, grid=rtstruct.grid_covering(image_path, mask))
     else:
-        ct = io.read_image(image_path) if image_is_ct else segments.read_mask(image_path, image_segment)
-        frame = dicom.frame_of_reference(image_path) if image_is_ct and rtstruct.is_rtstruct(mask_path) else None
+        if image_is_ct:
+            ct, frame = read_ct(image_path, with_frame=rtstruct.is_rtstruct(mask_path))
+        else:
+            ct, frame = segments.read_mask(image_path, image_segment), None
         mask = segments.read_mask(mask_path, segment, grid=ct, frame_of_reference=frame)
     if ct.GetDimension() != mask.GetDimension():
         raise RefineError(f"CT is {ct.GetDimension()}D but the mask is {mask.GetDimension()}D: give matching volumes.")
@@ -66,9 +68,18 @@ def masks_on_ct(image_path: str | os.PathLike, *masks: tuple[str | os.PathLike, 
     """Mask files (path, segment) read onto the CT at ``image_path`` (a volume file or DICOM
     series), reoriented to LPS like ``load_pair``: volume files resampled, segments picked, RT
     structure sets filled on its slices (checked against a DICOM CT's frame of reference)."""
-    ct = io.to_lps(io.read_image(image_path))
-    frame = dicom.frame_of_reference(image_path) if any(rtstruct.is_rtstruct(path) for path, _ in masks) else None
+    ct, frame = read_ct(image_path, with_frame=any(rtstruct.is_rtstruct(path) for path, _ in masks))
+    ct = io.to_lps(ct)
     return [mask_on(ct, path, segment, frame) for path, segment in masks]
+
+
+def read_ct(image_path: str | os.PathLike, with_frame: bool) -> tuple[sitk.Image, str | None]:
+    """The CT at ``image_path`` (``io.read_image``) and, ``with_frame``, a DICOM series' frame of
+    reference UID from the same read (None for a volume file or a series without one)."""
+    if with_frame and io.is_dicom_series(image_path):
+        series = dicom.read_series(image_path)
+        return io.to_sitk(series.volume), dicom.frame_of_reference(series)
+    return io.read_image(image_path), None
 
 
 def mask_on(ct: sitk.Image, path: str | os.PathLike, segment: str | int | None = None,
