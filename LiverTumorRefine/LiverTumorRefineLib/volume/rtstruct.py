@@ -152,9 +152,14 @@ def read_rtstruct_on(path: str | os.PathLike, grid: sitk.Image, segment: str | i
     ``segment`` picks the structure by ROI name (case-insensitive) or ROI number; None takes the
     only contoured one. ``frame_of_reference``, the CT's FrameOfReferenceUID when known, refuses
     the contours of another scan."""
+    return structure_on(read_structure_set(path), path, grid, segment, frame_of_reference)
+
+
+def structure_on(ds: Any, path: str | os.PathLike, grid: sitk.Image, segment: str | int | None = None,
+                 frame_of_reference: str | None = None) -> sitk.Image:
+    """``read_rtstruct_on`` for the structure set ``ds`` already read from ``path``."""
     from LiverTumorRefineLib.volume.dicom import choose_segment
 
-    ds = read_structure_set(path)
     check_frame_of_reference(ds, frame_of_reference, path)
     number = choose_segment(structure_names(ds, path), segment, path)
     if grid.GetDimension() != 3:
@@ -306,7 +311,7 @@ def _verify_rtstruct(path: str, labels: Any, numbers: list[int], frame: str) -> 
         expected = labels.array == value
         if not expected.any():
             continue
-        back = sitk.GetArrayFromImage(read_rtstruct_on(path, grid, number, frame)).astype(bool)
+        back = sitk.GetArrayFromImage(structure_on(ds, path, grid, number, frame)).astype(bool)
         if not np.array_equal(back, expected):
             raise RuntimeError(f"{path}: structure {number} does not read back as written")  # a bug
     if len(ds.StructureSetROISequence) != len(numbers):
