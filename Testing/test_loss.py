@@ -31,3 +31,9 @@ def test_keep_weight_is_checked_before_any_work(tmp_path, capsys):
                  "--no-mask-patch"]) == 2
     assert "which --no-mask-patch leaves out" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_time_budget_is_checked_before_any_work(tmp_path, capsys):
+    assert main(["train", "--data", "phantom:1", "--out", str(tmp_path / "run"), "--minutes", "0"]) == 2
+    assert "--minutes must be above 0 (got 0.0)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -72,3 +72,20 @@ def test_fine_tuning_starts_from_the_given_weights(blob_cases, tmp_path):
     conv = next(k for k in base if k.endswith("weight") and base[k].dim() == 4)
     # one tiny step from the given weights stays next to them; a fresh run is elsewhere
     assert torch.allclose(tuned[conv], base[conv], atol=1e-4) and not torch.allclose(fresh[conv], base[conv], atol=1e-3)
+
+
+def test_a_time_budget_fits_the_schedule_and_a_resumed_run_keeps_it(blob_cases, tmp_path):
+    lines: list[str] = []
+    budget = replace(CFG, steps=80, epoch_steps=40, minutes=1e-6)  # far too short: the schedule ends at step 51
+    path = train(budget, blob_cases[:2], [], tmp_path / "timed", device="cpu", log=lines.append)
+    assert load_model(path, "cpu").meta["train_config"]["steps"] == 51
+    assert any("51 steps fit in" in line for line in lines)
+    # A run stopped after its schedule was fitted resumes with that schedule, not with --steps
+    checkpoint = torch.load(tmp_path / "timed" / "checkpoint.pt", weights_only=True)
+    assert (checkpoint["step"], checkpoint["steps_total"]) == (51, 51)
+    checkpoint["step"] = 40
+    torch.save(checkpoint, tmp_path / "timed" / "checkpoint.pt")
+    steps_run: list[float] = []
+    train(replace(CFG, steps=80, epoch_steps=40, minutes=1e-6), blob_cases[:2], [], tmp_path / "timed", device="cpu",
+          resume=True, log=quiet, progress=lambda fraction, message: steps_run.append(round(fraction * 51)))
+    assert steps_run == list(range(41, 52))

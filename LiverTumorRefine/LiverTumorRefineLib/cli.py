@@ -231,8 +231,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise RefineError(f"--keep-weight must be above 0 (got {args.keep_weight}); 1 weighs every voxel alike.")
     if args.keep_weight != 1.0 and not patch.use_mask:
         raise RefineError("--keep-weight weighs voxels by the coarse mask patch, which --no-mask-patch leaves out.")
+    if args.minutes is not None and not args.minutes > 0:
+        raise RefineError(f"--minutes must be above 0 (got {args.minutes}).")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, epoch_steps=args.epoch_steps,
-                      patch=patch, net=net, keep_weight=args.keep_weight)
+                      patch=patch, net=net, keep_weight=args.keep_weight, minutes=args.minutes)
     cases = with_coarse(data.cases(), args.variants, args.seed, args.coarse_dir)
     if val is None:  # a folder without --val: every 10th case is held out for validation
         train_cases, val_cases = split_every(cases, 10)
@@ -411,6 +413,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-cases", type=int, default=6, help=argparse.SUPPRESS)
     p.add_argument("--out", required=True, help="run folder: model.pt, model.pt.sha256, checkpoint.pt")
     p.add_argument("--steps", type=int, default=6000, help="training steps (batches)")
+    p.add_argument("--minutes", type=float, help="wall-time budget of the training steps: after 50 steps the "
+                                                 "schedule is fitted to it (at most --steps)")
     p.add_argument("--epoch-steps", type=int, default=1000, help="steps between validation and checkpoints")
     p.add_argument("--batch-size", type=int, default=32, help="patches per training batch")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")

@@ -43,7 +43,10 @@ HU_SHIFT = {"none": 40.0, "liver": 15.0}
 class TrainConfig:
     """Hyper-parameters of a training run (all stored in the model's metadata)."""
 
-    steps: int = 6000
+    steps: int = 6000  # upper bound when ``minutes`` is set
+    # Wall-time budget of the optimisation steps (None: run all ``steps``). After 50 steps the
+    # schedule is fitted to it from the measured step time, as the click model's training does.
+    minutes: float | None = None
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -86,14 +89,25 @@ def cut_training_patches(case: RefineCase, cfg: PatchConfig, extra: float, rng: 
     return patches.half(), target
 
 
-def build_bank(cases: Iterable[RefineCase], cfg: PatchConfig, extra: float, seed: int,
+@dataclass
+class CutCase:
+    """A training case whose patches are already cut (``cut_training_patches``), e.g. by worker
+    processes: ``inputs`` (N, C, P, P) float16 HU, ``truth`` (N, P, P) bool."""
+
+    name: str
+    inputs: torch.Tensor
+    truth: torch.Tensor
+
+
+def build_bank(cases: Iterable[RefineCase | CutCase], cfg: PatchConfig, extra: float, seed: int,
                log: Log = print) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """All training patches in memory: inputs (N, C, P, P) float16 in HU, truth (N, P, P) bool,
-    and the case names. ``cases`` is consumed once, one case at a time."""
+    and the case names. ``cases`` is consumed once, one case at a time; a ``CutCase`` brings its
+    patches with it."""
     rng = np.random.default_rng(seed)
     inputs, truths, names = [], [], []
     for case in cases:
-        x, y = cut_training_patches(case, cfg, extra, rng)
+        x, y = (case.inputs, case.truth) if isinstance(case, CutCase) else cut_training_patches(case, cfg, extra, rng)
         inputs.append(x)
         truths.append(y)
         names.append(case.name)
@@ -150,7 +164,7 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(cfg: TrainConfig, train_cases: Iterable[RefineCase], val_cases: Sequence[RefineCase], out_dir: str | os.PathLike,
+def train(cfg: TrainConfig, train_cases: Iterable[RefineCase | CutCase], val_cases: Sequence[RefineCase], out_dir: str | os.PathLike,
           device: str = "auto", resume: bool = False, log: Log = print, progress: Callable[[float, str], object] | None = None,
           init: BRNet | None = None) -> Path:
     """Train and write ``out_dir/model.pt`` (+ ``.sha256``); returns its path.
@@ -181,12 +195,15 @@ def train(cfg: TrainConfig, train_cases: Iterable[RefineCase], val_cases: Sequen
     aug_generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + rank + 1)
     generators = {"sampler": generator, "augment": aug_generator}
     run = _run_identity(cfg, train_names)
-    start = _load_checkpoint(out / "checkpoint.pt", model, optimiser, generators, run, log) if resume else 0
+    start = 0
+    if resume:
+        start, cfg.steps = _load_checkpoint(out / "checkpoint.pt", model, optimiser, generators, run, log)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     model.train()
-    t0, running = time.perf_counter(), 0.0
-    for step in range(start, cfg.steps):
+    t0, running, overhead = time.perf_counter(), 0.0, 0.0  # overhead: validation, not part of a step's time
+    step = start
+    while step < cfg.steps:
         index = torch.randint(len(inputs), (cfg.batch_size,), generator=generator)
         batch, truth = augment(inputs[index].to(dev), truths[index].to(dev), cfg.patch.image_channels, aug_generator,
                                hu_shift=HU_SHIFT[cfg.patch.normalise])
@@ -201,20 +218,37 @@ def train(cfg: TrainConfig, train_cases: Iterable[RefineCase], val_cases: Sequen
         scaler.update()
         value = float(loss.detach())
         running = 0.98 * running + 0.02 * value if step > start else value
+        step += 1
+        if cfg.minutes is not None and step - start == 50 and not resume:  # a resumed run keeps its fitted schedule
+            cfg.steps = _fit_steps(cfg, step, (time.perf_counter() - t0 - overhead) / 50, world, log if rank == 0 else _quiet)
         if progress is not None and rank == 0:
-            progress((step + 1) / cfg.steps, f"step {step + 1} loss {running:.3f}")
-        if rank == 0 and ((step + 1) % cfg.epoch_steps == 0 or step + 1 == cfg.steps):
-            _end_of_epoch(model, optimiser, generators, step + 1, cfg, val_cases, dev, out, running,
+            progress(step / cfg.steps, f"step {step} loss {running:.3f}")
+        if rank == 0 and (step % cfg.epoch_steps == 0 or step == cfg.steps):
+            t = time.perf_counter()
+            _end_of_epoch(model, optimiser, generators, step, cfg, val_cases, dev, out, running,
                           time.perf_counter() - t0, run, log)
+            overhead += time.perf_counter() - t
     if world > 1:
         dist.barrier()
     path = out / "model.pt"
     if rank == 0:
-        meta = {"train_config": plain_config(asdict(cfg)), "train_cases": train_names,
+        meta = {"train_config": plain_config(asdict(cfg)), "train_cases": train_names,  # steps: as run
                 "val_cases": [c.name for c in val_cases], "steps": cfg.steps}
         digest = save_model(model.cpu().eval(), path, meta)
         log(f"wrote {path} (sha256 {digest})")
     return path
+
+
+def _fit_steps(cfg: TrainConfig, step: int, per_step: float, world: int, log: Log) -> int:
+    """The number of steps that fit ``cfg.minutes`` at ``per_step`` seconds (at most ``cfg.steps``,
+    at least one more). Under torchrun every rank takes rank 0's figure, so they stop together."""
+    steps = max(min(cfg.steps, int(cfg.minutes * 60 / per_step)), step + 1)  # type: ignore[operator]
+    if world > 1:
+        shared = torch.tensor([steps], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(shared, 0)
+        steps = int(shared.item())
+    log(f"{per_step:.3f} s per step: {steps} steps fit in {cfg.minutes:g} minutes")
+    return steps
 
 
 def _end_of_epoch(model: BRNet, optimiser: torch.optim.Optimizer, generators: dict[str, torch.Generator], step: int, cfg: TrainConfig, val_cases: Sequence[RefineCase],
@@ -226,7 +260,7 @@ def _end_of_epoch(model: BRNet, optimiser: torch.optim.Optimizer, generators: di
         refined = np.mean([r["refined_dice"] for r in rows])
         summary = f" | val Dice coarse {coarse:.4f} refined {refined:.4f} ({refined - coarse:+.4f}, {len(rows)} cases)"
     log(f"step {step}/{cfg.steps} loss {loss:.4f} lr {lr_at(step - 1, cfg):.2e} {seconds:.0f}s{summary}")
-    state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
+    state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step, "steps_total": cfg.steps,
              "generators": {k: g.get_state() for k, g in generators.items()}, "run": run}
     with atomic_path(out / "checkpoint.pt") as tmp:  # a crash mid-save never leaves a broken checkpoint
         torch.save(state, tmp)
@@ -266,7 +300,7 @@ def _load_checkpoint(path: Path, model: BRNet, optimiser: torch.optim.Optimizer,
     for name, generator in generators.items():
         generator.set_state(state["generators"][name])
     log(f"resumed from {path} at step {state['step']}")
-    return int(state["step"])
+    return int(state["step"]), int(state.get("steps_total", run["options"]["steps"]))  # older checkpoints: the options' steps
 
 
 def plain_config(value):
