@@ -28,7 +28,7 @@ SHIPPED_SHA256: dict[str, str] = {
     "brnet_default.pt": "1d5ea6e62fd3b0088b54ebd64519237fbb4385652d4973a7f3a57f87a9a655fd",
     "brnet_nomask.pt": "6e21b72b55b882a5a36434b7005a2c6889b3e104691158960a818e545cb3eea9",
     "segnet_default.pt": "d190a719f9026b5decbf12b52e048979c67500f4a3c1281c68e870cd5f87c73e",  # autoseg
-    "clicknet_default.pt": "fa9da33a9fcd704badbb5a6e7a3a958c95f489f49b29e7df22e8e44918780bc6",  # coarse.clicks
+    "clicknet_default.pt": "e8710f71380b6e458ee8e94dae7c147656fd87d555ff5dd4b78b5232a001d6b3",  # coarse.clicks
 }
 
 
