@@ -241,9 +241,15 @@ def test_refine_and_evaluate_take_a_structure_set(ct_and_contours, tmp_path, tin
         api.load_pair(folder, path, segment=1)
 
 
-def test_training_cases_take_structure_sets_beside_the_series(tmp_path):
-    """dicomseg:<folder> (the fine-tuning path for a site's own data) reads contours as it reads SEGs."""
+def test_training_cases_take_structure_sets_beside_the_series(tmp_path, monkeypatch):
+    """dicomseg:<folder> (the fine-tuning path for a site's own data) reads contours as it reads SEGs,
+    each structure set file once for its names and all its structures."""
     from LiverTumorRefineLib.training import datasets
+    from LiverTumorRefineLib.volume import rtstruct
+
+    reads: list[str] = []
+    read_structure_set = rtstruct.read_structure_set
+    monkeypatch.setattr(rtstruct, "read_structure_set", lambda path: reads.append(str(path)) or read_structure_set(path))
 
     root = tmp_path / "cases"
     slices = write_series(root / "case1")
@@ -256,6 +262,7 @@ def test_training_cases_take_structure_sets_beside_the_series(tmp_path):
     label = cases[0].label.array
     assert np.array_equal(label == 2, truth_labels() == 2)
     assert (label == 1).sum() > 0 and not label[:, 2, 2].any()  # the liver, and nothing of the unrelated structure
+    assert reads == [str(root / "case1_contours.dcm")]
 
 
 # ------------------------------------------------------------------------------------------

@@ -194,14 +194,15 @@ def read_dicom_case(name: str, series_folder: str | os.PathLike, seg_paths: Iter
     label = np.zeros(image.array.shape, dtype=np.uint8)
     masks: dict[str, np.ndarray] = {}
     for path in seg_paths:
-        contours = rtstruct.is_rtstruct(path)
-        names = segments.segment_names(path)
+        structure_set = rtstruct.read_structure_set(path) if rtstruct.is_rtstruct(path) else None  # read once
+        names = (rtstruct.structure_names(structure_set, path) if structure_set is not None
+                 else segments.segment_names(path))
         for number, segment in names.items():
             role = _segment_role(segment, Path(path).name, len(names) == 1)
             if role is None:
                 continue
-            if contours:
-                filled = rtstruct.read_rtstruct_on(path, io.to_sitk(image), number, frame)
+            if structure_set is not None:
+                filled = rtstruct.structure_on(structure_set, path, io.to_sitk(image), number, frame)
                 mask = sitk.GetArrayFromImage(filled).astype(bool)
             else:
                 mask = dicom.read_seg_on(path, image, number).array.astype(bool)
