@@ -21,7 +21,7 @@ from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
 from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
-from LiverTumorRefineLib.refine.boxes import crop_margin
+from LiverTumorRefineLib.refine.boxes import crop_margin, grown_box
 
 
 # ------------------------------------------------------------------------------ lesions and corrections
@@ -134,7 +134,7 @@ class ClickedLesions:
         for i, (lesion, part, model) in enumerate(zip(self.lesions, self.parts, self.models)):
             if not part.mask.any():
                 continue
-            box = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(part.box, margin, refined.shape))
+            box = grown_box(part.box, margin, refined.shape)
             others = self.lesions[:i] + self.lesions[i + 1:]
             out[box] |= guard_refined(LesionMask(box, refined[box]), part, model, lesion, others, spacing_zyx).mask
         return out
@@ -232,7 +232,7 @@ def refine_lesion(refiner: Any, image: np.ndarray, spacing_zyx: Sequence[float],
     if not lesion.mask.any():
         return lesion
     margin = crop_margin(spacing_zyx, refiner.cfg)
-    box = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(lesion.box, margin, image.shape))
+    box = grown_box(lesion.box, margin, image.shape)
     coarse = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
     coarse[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(lesion.box, box))] = lesion.mask
     refined = refiner.refine(image[box], coarse, spacing_zyx, passes=SEEDED_PASSES, intensity_gate=SEEDED_INTENSITY_GATE)

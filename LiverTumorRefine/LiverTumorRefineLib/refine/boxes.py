@@ -54,6 +54,11 @@ def lesion_box(mask: np.ndarray, margin: Sequence[int]) -> Box:
     return tuple(box)  # type: ignore[return-value]
 
 
+def grown_box(box: Sequence[slice], margin: Sequence[int], shape: Sequence[int]) -> Box:
+    """``box`` grown by ``margin`` voxels per axis, clipped to an array of ``shape``."""
+    return tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, shape))  # type: ignore[return-value]
+
+
 def lesion_boxes(mask: np.ndarray, margin: Sequence[int]) -> list[Box]:
     """Disjoint boxes that together hold every foreground voxel of ``mask`` with ``margin``:
     one per cluster of lesions whose grown boxes touch. Refining each box alone gives the same
