@@ -160,6 +160,7 @@ class RefinePipeline:
         refined_binary, stats = refinement.mask, refinement.stats
         for guard in guards:
             refined_binary = guard(refined_binary)
+        if guards:  # the guards changed the refinement: count its changes again
             stats["voxels_changed"] = int(np.count_nonzero(refined_binary != binary))
         del binary  # where select_label made a volume-sized mask: freed before the result's arrays are made (peak memory)
         if made:
