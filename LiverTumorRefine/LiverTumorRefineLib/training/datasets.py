@@ -186,7 +186,7 @@ def read_dicom_case(name: str, series_folder: str | os.PathLike, seg_paths: Iter
     tumour segments (found by segment or structure name, or by file name for single-segment
     files): label 1 liver, 2 tumour (the tumour overrides the liver), on the CT grid, both
     reoriented to the closest LPS order without resampling, like ``read_oriented``."""
-    from LiverTumorRefineLib.volume import dicom, rtstruct, segments
+    from LiverTumorRefineLib.volume import dicom, rtstruct
 
     seg_paths = [Path(p) for p in seg_paths]
     series = dicom.read_series(series_folder)
@@ -196,7 +196,7 @@ def read_dicom_case(name: str, series_folder: str | os.PathLike, seg_paths: Iter
     for path in seg_paths:
         structure_set = rtstruct.read_structure_set(path) if rtstruct.is_rtstruct(path) else None  # read once
         names = (rtstruct.structure_names(structure_set, path) if structure_set is not None
-                 else segments.segment_names(path))
+                 else dicom.segment_names(dicom.read_seg_header(path)))
         for number, segment in names.items():
             role = _segment_role(segment, Path(path).name, len(names) == 1)
             if role is None:
