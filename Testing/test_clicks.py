@@ -447,6 +447,30 @@ def test_the_lesion_cache_keys_results_by_the_named_ct_and_drops_the_oldest():
     assert cache.ct is None
 
 
+def test_the_click_model_is_named_by_a_number_never_given_to_another_object():
+    """The lesion cache names the click model by ``identity``: an ``id`` is given again once its
+    object is freed, so a new model could have matched the old one's results."""
+    import gc
+
+    from LiverTumorRefineLib.coarse.lesion_cache import LesionCache, identity
+
+    class Model:
+        pass
+
+    first = Model()
+    number = identity(first)
+    assert identity(first) == number and identity(None) == 0
+    del first
+    gc.collect()
+    assert identity(Model()) != number
+    cache, lesion = LesionCache(), clicks.LesionClicks(((1.0, 2.0, 3.0),))
+    with cache.for_ct("ct"):
+        a, b = Model(), Model()
+        assert cache.key((4, 5, 6), SPACING, "hybrid", a, lesion, []) != cache.key((4, 5, 6), SPACING, "hybrid", b,
+                                                                                  lesion, [])
+        assert identity(clicks.shipped_segmenter()) > 0  # the shipped model can be named
+
+
 def test_lesion_labels_reuse_unchanged_lesions_on_a_named_ct(monkeypatch):
     from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
 
