@@ -234,3 +234,17 @@ def test_a_jobs_ct_keeps_a_ct_type_and_is_refined_the_same(tmp_path, dtype, stor
                              refiner={"min_kept": 0.0, "tta": 1})
     worker.run_job(again)
     assert np.array_equal(np.load(folder / worker.REFINED_FILE), np.load(as_float / worker.REFINED_FILE))
+
+
+def test_the_served_worker_keeps_refined_boxes_and_a_one_off_job_does_not(model_file, tmp_path):
+    """A kept worker's Refiner keeps its boxes (``refine.box_cache``): the same job again refines
+    nothing anew and writes the same result; a one-off job keeps nothing."""
+    pipelines: dict = {}
+    first = worker.run_job(make_job(tmp_path, "a", model_file), pipelines=pipelines)
+    again = worker.run_job(make_job(tmp_path, "b", model_file), pipelines=pipelines)
+    assert first["stats"]["boxes_reused"] == 0 and first["stats"]["patches"] > 0
+    assert again["stats"]["boxes_reused"] == len(again["stats"]["crop_shapes"]) > 0 and again["stats"]["patches"] == 0
+    assert np.array_equal(np.load(tmp_path / "a" / worker.REFINED_FILE), np.load(tmp_path / "b" / worker.REFINED_FILE))
+    assert np.array_equal(np.load(tmp_path / "a" / worker.UNCERTAIN_FILE), np.load(tmp_path / "b" / worker.UNCERTAIN_FILE))
+    worker.run_job(make_job(tmp_path, "c", model_file))
+    assert worker.run_job(make_job(tmp_path, "d", model_file))["stats"]["boxes_reused"] == 0

@@ -70,7 +70,9 @@ def run_job(logic, sc, positive, negative, replace: str | None) -> tuple[float, 
     result = job.finish()
     seconds = result.stats.get("seconds", {})
     PARTS.append({"prepare": prepared - t0, "worker": ended - prepared, "apply": time.perf_counter() - ended,
-                  "coarse": seconds.get("coarse", float("nan")), "refine": seconds.get("total", float("nan"))})
+                  "coarse": seconds.get("coarse", float("nan")), "refine": seconds.get("total", float("nan")),
+                  "boxes reused": result.stats.get("boxes_reused", 0),  # of the boxes the refiner's passes ran
+                  "boxes": len(result.stats.get("crop_shapes", [])) * result.stats.get("passes", 1)})
     return time.perf_counter() - t0, result
 
 

@@ -14,6 +14,7 @@ import torch
 
 from LiverTumorRefineLib.refine import sampling
 from LiverTumorRefineLib.refine import tta as tta_module
+from LiverTumorRefineLib.refine.box_cache import DEFAULT_BYTES, BoxCache
 from LiverTumorRefineLib.refine.boxes import Box, crop_margin, lesion_boxes
 from LiverTumorRefineLib.volume.checks import check_not_whole_volume
 from LiverTumorRefineLib.device import resolve_device
@@ -94,6 +95,14 @@ class Refiner:
         self.cfg = model.patch_config  # type: ignore[attr-defined]
         self.runtime = select_runtime(runtime, self.model, self.device, path)
         self.batch_size = batch_size
+        self.boxes: BoxCache | None = None  # see keep_boxes
+
+    def keep_boxes(self, max_bytes: int = DEFAULT_BYTES) -> None:
+        """From now on keep each box's result, and give it back when a later call refines a box with
+        the same inputs (``box_cache``): a kept worker's click refines only the boxes it changed.
+        Results are identical either way. A second call keeps what is already kept."""
+        if self.boxes is None:
+            self.boxes = BoxCache(max_bytes)
 
     def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None,
                passes: int = 1, intensity_gate: bool | None = None) -> RefineResult:
@@ -101,7 +110,7 @@ class Refiner:
 
         ``passes`` > 1 refines the result again (the seeded sources' default, ``config.SEEDED_PASSES``:
         a click-made coarse mask is far from the boundary, and a second pass moves it further);
-        ``stats`` then add up the passes' patches and seconds, count the voxels changed from
+        ``stats`` then add up the passes' patches, seconds and reused boxes, count the voxels changed from
         ``mask``, and keep the first pass's per-lesion decisions (against ``mask``).
         ``intensity_gate``: this call's setting of the intensity gate (None: the Refiner's; the seeded
         sources refine without it, ``config.SEEDED_INTENSITY_GATE``)."""
@@ -115,7 +124,8 @@ class Refiner:
         result = self._refine_once(image, mask, spacing_zyx, pass_progress(0), gate)
         for k in range(1, passes):
             again = self._refine_once(image, result.mask, spacing_zyx, pass_progress(k), gate)
-            stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"])
+            stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"],
+                         boxes_reused=result.stats["boxes_reused"] + again.stats["boxes_reused"])
             stats["seconds"] = {key: value + again.stats["seconds"][key] for key, value in result.stats["seconds"].items()}
             # either pass's disagreement, written only where there is some: the map's untouched pages
             # stay unallocated (an OR of the two would write a whole mask-sized array)
@@ -143,32 +153,49 @@ class Refiner:
         # np.zeros, not zeros_like: the kernel's zero pages stay unallocated outside the lesion boxes
         uncertain = np.zeros(mask.shape, dtype=bool)
         seconds = {"crop": 0.0, "sample": 0.0, "extract": 0.0, "infer": 0.0, "reassemble": 0.0}
-        patches = changed = 0
+        patches = changed = reused = 0
         lesions: list[dict[str, Any]] = []
         intensity: list[IntensityDecision] = []
         liver_hu = self._parenchyma(image, mask, boxes, spacing, gate)
         for i, box in enumerate(boxes):
-            piece = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)), gate)
+            key = self._box_key(image, mask, box, spacing, liver_hu, gate)
+            piece = self.boxes.get(key) if key is not None else None  # type: ignore[union-attr]
+            if piece is None:
+                piece = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)),
+                                         gate)
+                patches += piece.patches
+                for stage, value in piece.seconds.items():
+                    seconds[stage] += value
+                if key is not None:
+                    self.boxes.put(key, piece, piece.mask.nbytes + piece.uncertain.nbytes)  # type: ignore[union-attr]
+            else:
+                reused += 1
             # counted on the crop: nothing outside it changes, and a full-volume comparison would
             # cost one more mask-sized temporary (1 GB at 1024x1024x1000)
             changed += int(np.count_nonzero(piece.mask != mask[box]))
             refined[box] = piece.mask
             uncertain[box] |= piece.uncertain
-            patches += piece.patches
             for decision in piece.lesions:
                 lesions.append({**decision.to_dict(), "lesion": len(lesions) + 1})
             intensity += piece.intensity
-            for stage, value in piece.seconds.items():
-                seconds[stage] += value
         seconds["total"] = time.perf_counter() - t0
         report(progress, 1.0, "Done")
         stats = {"patches": patches, "seconds": seconds, "voxels_changed": changed, "device": str(self.device),
                  "runtime": self.runtime.name,
                  "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
-                 "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions}
+                 "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions, "boxes_reused": reused}
         if gate:
             stats["intensity_gate"] = gate_summary(intensity)
         return RefineResult(refined, stats, uncertain)
+
+    def _box_key(self, image: np.ndarray, mask: np.ndarray, box: Box, spacing: tuple[float, ...],
+                 liver_hu: float | None, gate: bool) -> tuple | None:
+        """``box``'s key in the kept boxes (with the options a caller may change on a built Refiner,
+        the runtime among them), or None when none are kept."""
+        if self.boxes is None:
+            return None
+        options = (self.runtime.name, self.tta, self.agreement, self.removal_agreement, self.min_kept, self.shrink)
+        return self.boxes.key(image, mask, box, spacing, liver_hu, gate) + options
 
     def _parenchyma(self, image: np.ndarray, mask: np.ndarray, boxes: list[Box], spacing: tuple[float, ...],
                     gate: bool) -> float | None:
