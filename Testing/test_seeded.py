@@ -167,3 +167,36 @@ def test_cli_coarse_source_errors(tmp_path):
         proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def _star_mask_everywhere(shape, seed, spacing_zyx, directions, radii_mm) -> np.ndarray:
+    """``star_mask`` as it was: the three nearest rays of every voxel of the grid."""
+    import torch
+
+    axes = [(np.arange(n, dtype=np.float32) - c) * s for n, c, s in zip(shape, seed, spacing_zyx)]
+    offsets = torch.from_numpy(np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3))
+    distance = offsets.norm(dim=1)
+    unit = offsets / distance.clamp_min(1e-6)[:, None]
+    nearest = (unit @ torch.from_numpy(directions.T.astype(np.float32))).topk(3, dim=1)
+    weights = torch.softmax(nearest.values * 50.0, dim=1)
+    radius = (torch.from_numpy(radii_mm.astype(np.float32))[nearest.indices] * weights).sum(dim=1)
+    return (distance <= radius).reshape(tuple(shape)).numpy()
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_the_star_mask_looks_up_rays_only_between_the_smallest_and_largest_radius_and_is_unchanged(case):
+    """Only voxels between the spheres of the smallest and largest ray radius need their nearest
+    rays; the mask is voxel for voxel the one every voxel's lookup gives (a zero radius included)."""
+    from LiverTumorRefineLib.coarse.seeded import ray_directions, star_mask
+
+    rng = np.random.default_rng(case)
+    spacing = (float(rng.choice([1.0, 2.5, 5.0])), float(rng.uniform(0.6, 1.0)), float(rng.uniform(0.6, 1.0)))
+    shape = tuple(int(2 * np.ceil(22 / s) + 1) for s in spacing)
+    seed = [n // 2 + int(rng.integers(-2, 3)) for n in shape]
+    directions = ray_directions()
+    radii = rng.uniform(rng.uniform(0, 6), rng.uniform(8, 22), len(directions))
+    if case % 3 == 0:
+        radii[int(rng.integers(len(directions)))] = 0.0
+    expected = _star_mask_everywhere(shape, seed, spacing, directions, radii)
+    got = star_mask(shape, seed, spacing, directions, radii)
+    assert 0 < got.sum() < got.size and np.array_equal(got, expected)

@@ -1,0 +1,68 @@
+"""The ray grower's star mask as it was (every voxel's nearest rays) and as it is (only the voxels
+between the smallest and largest ray radius), side by side in one process.
+
+    python bench/star_mask_speed.py [--threads 1]
+
+On the real validation cases (``bench/realct.py``): the hybrid's click 1 and a corrective click
+(``clicks.corrective_click``) on each case's first lesion, models loaded, interleaved, best of 3,
+and whether both give the same refined lesion.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine"), str(ROOT / "Testing")]
+
+from clicks import deepest_clicks  # noqa: E402
+from realct import load_cases  # noqa: E402
+from test_seeded import _star_mask_everywhere  # noqa: E402 - the previous implementation, the test's reference
+from LiverTumorRefineLib.coarse import clicknet, seeded  # noqa: E402
+from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
+from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
+
+ROUNDS = 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ways = {"every voxel": _star_mask_everywhere, "shell": seeded.star_mask}
+    segmenter, refiner = clicknet.ClickSegmenter(), Refiner(device="cpu")
+    for case in load_cases():
+        image, spacing = case.image.array, case.image.spacing_zyx
+        labels, seeds, _, ids = deepest_clicks(case.label.array == 2, spacing)
+        first = clickmodel.LesionClicks((tuple(float(v) for v in seeds[0]),))
+        _, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, first)
+        found = clickmodel.corrective_click((labels == ids[0])[refined.box], refined.mask, spacing)
+        second = first if found is None else first.with_click(
+            tuple(v + b.start for v, b in zip(found[0], refined.box)), found[1])
+        best: dict[tuple[str, str], float] = {}
+        masks: dict[tuple[str, str], np.ndarray] = {}
+        try:
+            for _ in range(ROUNDS):
+                for name, star_mask in ways.items():
+                    seeded.star_mask = star_mask
+                    for step, lesion in (("click 1", first), ("correction", second)):
+                        t = time.perf_counter()
+                        _, result = clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion)
+                        best[(name, step)] = min(best.get((name, step), np.inf), time.perf_counter() - t)
+                        masks[(name, step)] = result.mask
+        finally:
+            seeded.star_mask = ways["shell"]
+        same = all(np.array_equal(masks[("every voxel", s)], masks[("shell", s)]) for s in ("click 1", "correction"))
+        print(f"{case.name} {image.shape}, {torch.get_num_threads()} threads, best of {ROUNDS}: "
+              + ", ".join(f"{name} {step} {seconds:.2f} s" for (name, step), seconds in best.items())
+              + f"; identical: {same}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
