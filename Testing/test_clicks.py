@@ -602,3 +602,68 @@ def test_the_first_click_reaches_as_a_correction_of_the_growers_lesion_or_of_the
     monkeypatch.setattr(clicks, "FIRST_CLICK_REACH", "model")
     assert abs(clicks.first_click_reach(small, large, SPACING) - 30.0) < 1.0  # the model saw the larger lesion
     assert abs(clicks.first_click_reach(large, small, SPACING) - 30.0) < 1.0
+
+
+class CountingModel:
+    """A network that counts its calls."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def test_the_click_model_runs_once_per_distinct_input_and_a_correction_reuses_the_first_clicks_view():
+    """``ClickSegmenter.seen``: the same network input gives the kept output (a copy); a corrective
+    click's one-click view is the first click's; a CT voxel changed in the crop runs it again."""
+    image, first, second, a = two_lesions(gap_mm=20.0)
+    segmenter = clicknet.ClickSegmenter()
+    counting = segmenter.model = CountingModel(segmenter.model)
+    _, once = segmenter.lesion_probability(image, SPACING, [a])
+    calls = counting.calls
+    _, again = segmenter.lesion_probability(image, SPACING, [a])
+    assert counting.calls == calls and np.array_equal(once, again)
+    again[:] = 0.0  # the caller's copy: the kept output is not changed
+    assert np.array_equal(segmenter.lesion_probability(image, SPACING, [a])[1], once)
+    lesion = clicks.LesionClicks((a,)).with_click((a[0], a[1], a[2] - 5), True)
+    fresh = clicknet.ClickSegmenter()
+    clicks.hybrid_lesion(segmenter, image, SPACING, clicks.LesionClicks((a,)))
+    before = counting.calls
+    corrected = clicks.hybrid_lesion(segmenter, image, SPACING, lesion)
+    assert counting.calls == before + 1  # only the view of both clicks; the one-click view was kept
+    expected = clicks.hybrid_lesion(fresh, image, SPACING, lesion)
+    assert np.array_equal(corrected[0].mask, expected[0].mask) and np.array_equal(corrected[1], expected[1])
+    changed = image.copy()
+    changed[a] += 50.0
+    segmenter.lesion_probability(changed, SPACING, [a])
+    assert counting.calls == before + 2
+
+
+def test_a_correction_grows_the_first_click_once_and_other_settings_grow_it_again(monkeypatch):
+    """``clicks.grown_lesion``: the ray grower's lesion is kept by its crop, click, spacing and
+    settings, so a corrective click does not grow the first click again; the lesion is the same."""
+    import dataclasses
+
+    from LiverTumorRefineLib.coarse import seeded
+
+    image, first, _, a = two_lesions(gap_mm=20.0)
+    segmenter = clicks.shipped_segmenter()
+    grown = []
+    real = seeded.seed_labels
+    monkeypatch.setattr(seeded, "seed_labels", lambda *args, **kw: grown.append(args[1]) or real(*args, **kw))
+    clicks.GROWN.clear()
+    one = clicks.LesionClicks((a,))
+    plain = clicks.hybrid_lesion(segmenter, image, SPACING, one)[0]
+    corrected = clicks.hybrid_lesion(segmenter, image, SPACING, one.with_click((a[0], a[1], a[2] - 5), True))[0]
+    assert len(grown) == 1 and corrected.mask.sum() >= plain.mask.sum()
+    clicks.GROWN.clear()
+    assert np.array_equal(clicks.hybrid_lesion(segmenter, image, SPACING, one)[0].mask, plain.mask)  # the same afresh
+    assert len(grown) == 2
+    monkeypatch.setattr(seeded, "DEFAULT", dataclasses.replace(seeded.DEFAULT, rim_min_hu=0.0))
+    clicks.hybrid_lesion(segmenter, image, SPACING, one)
+    assert len(grown) == 3  # other settings: grown again
+    kept = clicks.grown_lesion(image[:, :, :40], (12, 32, 24), SPACING)
+    assert not kept.flags.writeable
+    clicks.GROWN.clear()

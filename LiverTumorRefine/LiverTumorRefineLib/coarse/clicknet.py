@@ -28,6 +28,7 @@ from LiverTumorRefineLib.config import LIVER_REFERENCE_HU, NetConfig, known_fiel
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
 from LiverTumorRefineLib.refine import sampling, weights
+from LiverTumorRefineLib.refine.box_cache import BoxCache, digest
 from LiverTumorRefineLib.refine.network import BRNet
 
 FORMAT = "livertumorrefine-clicknet/1"
@@ -36,6 +37,7 @@ MAP_CHANNELS = 4  # positive Gaussian, positive ramp, negative Gaussian, negativ
 # Soft tissue closer than this to a positive click is left out of the parenchyma estimate: it is
 # most likely the lesion itself.
 PARENCHYMA_EXCLUDE_MM = 15.0
+SEEN_BYTES = 32 * 2 ** 20  # model outputs kept per ClickSegmenter (ClickSegmenter.seen): a few hundred crops
 
 Voxel = tuple[float, float, float]
 
@@ -279,6 +281,9 @@ class ClickSegmenter:
         self.device = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.cfg: ClickConfig = model.click_config  # type: ignore[attr-defined]
+        # the model's outputs by a digest of their inputs: a corrective click asks again for the
+        # first click's view (the hybrid's first-click addition), which then costs no network run
+        self.seen = BoxCache(SEEN_BYTES)
 
     def probabilities(self, image: np.ndarray, spacing_zyx: Sequence[float], positive_zyx: Sequence[Voxel],
                       negative_zyx: Sequence[Voxel] = (), grid: CropGrid | None = None) -> tuple[CropGrid, torch.Tensor]:
@@ -291,9 +296,13 @@ class ClickSegmenter:
                     for points in (positive_zyx, negative_zyx))
         hu = normalise_crop(crop_image(image, spacing_zyx, grid, cfg), z_mm, y_mm, x_mm, pos, cfg)
         x = network_input(hu, click_maps(z_mm, y_mm, x_mm, pos, neg, cfg), cfg)
-        with torch.inference_mode():
-            prob = torch.sigmoid(self.model(x.to(self.device))).float().cpu()
-        return grid, prob
+        key = digest(x.detach().cpu().numpy())  # the whole network input: the same one gives the same output
+        prob = self.seen.get(key)
+        if prob is None:
+            with torch.inference_mode():
+                prob = torch.sigmoid(self.model(x.to(self.device))).float().cpu()
+            self.seen.put(key, prob, prob.numel() * prob.element_size())
+        return grid, prob.clone()
 
     def lesion_probability(self, image: np.ndarray, spacing_zyx: Sequence[float], positive_zyx: Sequence[Voxel],
                            negative_zyx: Sequence[Voxel] = (), box: Sequence[slice] | None = None

@@ -21,6 +21,7 @@ from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
 from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
+from LiverTumorRefineLib.refine.box_cache import BoxCache, digest
 from LiverTumorRefineLib.refine.boxes import crop_margin, grown_box
 
 
@@ -377,15 +378,32 @@ def growth_budget(first: np.ndarray, spacing_zyx: Sequence[float]) -> int:
     return budget
 
 
+# The ray grower's lesions by a digest of their crop, the click and the grower's settings: each
+# corrective click grows the lesion's first click again (a few tenths of a second), on the same crop.
+GROWN = BoxCache(16 * 2 ** 20)
+
+
+def grown_lesion(crop: np.ndarray, click: Sequence[int], spacing_zyx: Sequence[float]) -> np.ndarray:
+    """The ray grower's lesion (bool, read-only) from ``click`` (local voxel) on ``crop`` (HU):
+    ``seeded.seed_labels`` with its current settings, or the same result kept from an earlier call."""
+    from LiverTumorRefineLib.coarse import seeded
+
+    key = (digest(crop), tuple(int(v) for v in click), tuple(float(s) for s in spacing_zyx), seeded.DEFAULT)
+    grown = GROWN.get(key)
+    if grown is None:
+        grown = seeded.seed_labels(crop, [click], spacing_zyx) > 0
+        grown.flags.writeable = False  # shared by every later call with this key
+        GROWN.put(key, grown, grown.nbytes)
+    return grown
+
+
 def first_click_lesion(image: np.ndarray, spacing_zyx: Sequence[float], box: Sequence[slice],
                        first_box: Sequence[slice], seed: Voxel, cell: np.ndarray) -> np.ndarray:
     """The ray grower's lesion from the first click (``seed``, CT voxels) on ``box``, kept in
     ``cell`` (on ``box``). The grower sees only the first click's crop ``first_box``, so a
     correction that widens ``box`` does not change it."""
-    from LiverTumorRefineLib.coarse.seeded import seed_labels
-
     local = in_box(seed, first_box)
-    grown = seed_labels(image[tuple(first_box)], [local], spacing_zyx) > 0
+    grown = grown_lesion(image[tuple(first_box)], local, spacing_zyx)  # type: ignore[arg-type]
     first = np.zeros(cell.shape, dtype=bool)
     first[tuple(slice(f.start - b.start, f.stop - b.start) for f, b in zip(first_box, box))] = grown
     return keep_clicked(first & cell, [in_box(seed, box)], [])  # type: ignore[list-item]

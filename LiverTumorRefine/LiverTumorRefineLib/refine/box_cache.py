@@ -67,6 +67,11 @@ class BoxCache:
         while self._bytes > self.max_bytes:
             self._bytes -= self._items.popitem(last=False)[1][1]
 
+    def clear(self) -> None:
+        """Keep nothing."""
+        self._items.clear()
+        self._bytes = 0
+
     def __len__(self) -> int:
         return len(self._items)
 
