@@ -273,7 +273,8 @@ def keep_clicked(mask: np.ndarray, positive: Sequence[tuple[int, int, int]],
 class ClickSegmenter:
     """The click model, loaded once; ``segment`` gives one lesion's mask from its clicks.
 
-    ``weights_path``: None (the shipped model), a model file, or a network from ``build_click_model``;
+    ``weights_path``: None (the shipped model), a model file, or a network from ``build_click_model``
+    (whose weights must not change while this segmenter is used: its outputs are kept, ``seen``);
     ``device``: "cpu", "cuda" or "auto"."""
 
     def __init__(self, weights_path: str | os.PathLike | BRNet | None = None, device: str = "cpu") -> None:
