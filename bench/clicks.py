@@ -183,20 +183,33 @@ def describe(v: np.ndarray, n: int, methods: Sequence[str]) -> str:
     return text
 
 
+def first_lesion(case) -> tuple[clickmodel.LesionClicks, np.ndarray]:
+    """The case's first lesion of 10 mm or more (``deepest_clicks`` order): one click at its deepest
+    point, and its truth mask."""
+    labels, seeds, _, ids = deepest_clicks(case.label.array == 2, case.image.spacing_zyx)
+    return clickmodel.LesionClicks((tuple(float(v) for v in seeds[0]),)), labels == ids[0]
+
+
+def with_correction(lesion: clickmodel.LesionClicks, refined: clicknet.LesionMask, truth: np.ndarray,
+                    spacing: Sequence[float]) -> clickmodel.LesionClicks:
+    """``lesion``'s clicks and the correction of ``refined`` on its box (``clicks.corrective_click``);
+    ``lesion`` itself when nothing is left to correct."""
+    found = clickmodel.corrective_click(truth[refined.box], refined.mask, spacing)
+    return lesion if found is None else lesion.with_click(
+        tuple(v + b.start for v, b in zip(found[0], refined.box)), found[1])
+
+
 def timing(case, weights: str | None, methods: Sequence[str]) -> None:
     """Seconds of click 1 and of a corrective click 2 (each on the lesion's crop, models loaded), and
     of the first click including loading both models, per method."""
     image, spacing = case.image.array, case.image.spacing_zyx
-    labels, seeds, _, ids = deepest_clicks(case.label.array == 2, spacing)
-    lesion = clickmodel.LesionClicks((tuple(float(v) for v in seeds[0]),))
+    lesion, truth = first_lesion(case)
     for method in methods:
         t = time.perf_counter()
         segmenter, refiner = clicknet.ClickSegmenter(weights), Refiner(device="cpu")
         _, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion, method=method)
         cold = time.perf_counter() - t
-        found = clickmodel.corrective_click((labels == ids[0])[refined.box], refined.mask, spacing)
-        second = lesion if found is None else lesion.with_click(
-            tuple(v + b.start for v, b in zip(found[0], refined.box)), found[1])
+        second = with_correction(lesion, refined, truth, spacing)
         first_s, second_s = [], []
         for _ in range(3):
             for clicks_so_far, times in ((lesion, first_s), (second, second_s)):

@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine")]
 
-from clicks import deepest_clicks  # noqa: E402
+from clicks import first_lesion, with_correction  # noqa: E402
 from realct import load_cases  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
@@ -39,12 +39,9 @@ def main() -> None:
     segmenter, refiner = clicknet.ClickSegmenter(), Refiner(device="cpu")
     for case in load_cases():
         image, spacing = case.image.array, case.image.spacing_zyx
-        labels, seeds, _, ids = deepest_clicks(case.label.array == 2, spacing)
-        first = clickmodel.LesionClicks((tuple(float(v) for v in seeds[0]),))
-        _, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, first)
-        found = clickmodel.corrective_click((labels == ids[0])[refined.box], refined.mask, spacing)
-        second = first if found is None else first.with_click(
-            tuple(v + b.start for v, b in zip(found[0], refined.box)), found[1])
+        first, truth = first_lesion(case)
+        second = with_correction(first, clickmodel.click_lesion(segmenter, refiner, image, spacing, first)[1], truth,
+                                 spacing)
         best = {"forgotten": np.inf, "kept": np.inf}
         masks: dict[str, np.ndarray] = {}
         for _ in range(ROUNDS):
