@@ -1,4 +1,4 @@
-"""Kept refined boxes (``refine.box_cache``, ``Refiner.keep_boxes``): a later call refines only the
+"""Kept refined boxes (``Refiner.keep_boxes``, ``refine.result_cache``): a later call refines only the
 boxes whose inputs changed, and its result is the one a Refiner without kept boxes gives."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from conftest import blob_case
-from LiverTumorRefineLib.refine.box_cache import BoxCache, digest
+from LiverTumorRefineLib.refine.result_cache import ResultCache, digest
 from LiverTumorRefineLib.refine.refiner import Refiner
 
 
@@ -62,7 +62,7 @@ def test_a_changed_option_or_ct_reuses_nothing(trained_model):
 
 
 def test_the_cache_keeps_its_byte_bound_and_drops_the_least_recently_used():
-    cache = BoxCache(max_bytes=100)
+    cache = ResultCache(max_bytes=100)
     cache.put("a", "A", 40)
     cache.put("b", "B", 40)
     assert cache.get("a") == "A"  # now the most recently used

@@ -237,7 +237,7 @@ def test_a_jobs_ct_keeps_a_ct_type_and_is_refined_the_same(tmp_path, dtype, stor
 
 
 def test_the_served_worker_keeps_refined_boxes_and_a_one_off_job_does_not(model_file, tmp_path):
-    """A kept worker's Refiner keeps its boxes (``refine.box_cache``): the same job again refines
+    """A kept worker's Refiner keeps its boxes (``refine.result_cache``): the same job again refines
     nothing anew and writes the same result; a one-off job keeps nothing."""
     pipelines: dict = {}
     first = worker.run_job(make_job(tmp_path, "a", model_file), pipelines=pipelines)

@@ -32,7 +32,7 @@ memory, 1 a bug (traceback on stderr). ``run_job`` is the same work in-process.
 ``--serve`` keeps the process, its imports and its loaded models between jobs, so that a
 corrective click costs the work, not a new Python with torch and three models; its Refiner also
 keeps each refined box, so a job refines again only the lesions whose crop or mask changed
-(``refine.box_cache``; the results are identical). It reads one
+(``refine.result_cache``; the results are identical). It reads one
 ``{"job": "/path/job.json"}`` line per job on stdin and answers as above, each record with that
 ``"job"`` added (first ``{"job": ..., "started": true}``). It ends at the end of stdin, after
 ``--idle-exit`` seconds without a job (first printing ``{"exit": "idle"}``; a job already on its
@@ -148,7 +148,7 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     ct = Volume(np.load(folder / job["ct"]), Geometry(tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"])))
     report(progress, 0.0, "Loading the refinement model")
     pipeline = job_pipeline(job, weights, pipelines if pipelines is not None else {})
-    if pipelines is not None:  # a kept worker: a click's job refines only the boxes it changed (refine.box_cache)
+    if pipelines is not None:  # a kept worker: a click's job refines only the boxes it changed (refine.result_cache)
         pipeline.refiner.keep_boxes()
     made = source != "mask"
     coarse = None if made else ct.with_array(np.load(folder / job["coarse"]["mask"]))

@@ -28,7 +28,7 @@ from LiverTumorRefineLib.config import LIVER_REFERENCE_HU, NetConfig, known_fiel
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
 from LiverTumorRefineLib.refine import sampling, weights
-from LiverTumorRefineLib.refine.box_cache import BoxCache, digest
+from LiverTumorRefineLib.refine.result_cache import ResultCache, digest
 from LiverTumorRefineLib.refine.network import BRNet
 
 FORMAT = "livertumorrefine-clicknet/1"
@@ -284,7 +284,7 @@ class ClickSegmenter:
         self.cfg: ClickConfig = model.click_config  # type: ignore[attr-defined]
         # the model's outputs by a digest of their inputs: a corrective click asks again for the
         # first click's view (the hybrid's first-click addition), which then costs no network run
-        self.seen = BoxCache(SEEN_BYTES)
+        self.seen = ResultCache(SEEN_BYTES)
 
     def probabilities(self, image: np.ndarray, spacing_zyx: Sequence[float], positive_zyx: Sequence[Voxel],
                       negative_zyx: Sequence[Voxel] = (), grid: CropGrid | None = None) -> tuple[CropGrid, torch.Tensor]:

@@ -21,7 +21,7 @@ from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
 from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
-from LiverTumorRefineLib.refine.box_cache import BoxCache, digest
+from LiverTumorRefineLib.refine.result_cache import ResultCache, digest
 from LiverTumorRefineLib.refine.boxes import crop_margin, grown_box
 
 
@@ -380,7 +380,7 @@ def growth_budget(first: np.ndarray, spacing_zyx: Sequence[float]) -> int:
 
 # The ray grower's lesions by a digest of their crop, the click and the grower's settings: each
 # corrective click grows the lesion's first click again (a few tenths of a second), on the same crop.
-GROWN = BoxCache(16 * 2 ** 20)
+GROWN = ResultCache(16 * 2 ** 20)
 
 
 def grown_lesion(crop: np.ndarray, click: Sequence[int], spacing_zyx: Sequence[float]) -> np.ndarray:

@@ -14,7 +14,7 @@ import torch
 
 from LiverTumorRefineLib.refine import sampling
 from LiverTumorRefineLib.refine import tta as tta_module
-from LiverTumorRefineLib.refine.box_cache import DEFAULT_BYTES, BoxCache
+from LiverTumorRefineLib.refine.result_cache import DEFAULT_BYTES, ResultCache, digest
 from LiverTumorRefineLib.refine.boxes import Box, crop_margin, lesion_boxes
 from LiverTumorRefineLib.volume.checks import check_not_whole_volume
 from LiverTumorRefineLib.device import resolve_device
@@ -95,14 +95,14 @@ class Refiner:
         self.cfg = model.patch_config  # type: ignore[attr-defined]
         self.runtime = select_runtime(runtime, self.model, self.device, path)
         self.batch_size = batch_size
-        self.boxes: BoxCache | None = None  # see keep_boxes
+        self.boxes: ResultCache | None = None  # see keep_boxes
 
     def keep_boxes(self, max_bytes: int = DEFAULT_BYTES) -> None:
         """From now on keep each box's result, and give it back when a later call refines a box with
-        the same inputs (``box_cache``): a kept worker's click refines only the boxes it changed.
+        the same inputs (``result_cache``): a kept worker's click refines only the boxes it changed.
         Results are identical either way. A second call keeps what is already kept."""
         if self.boxes is None:
-            self.boxes = BoxCache(max_bytes)
+            self.boxes = ResultCache(max_bytes)
 
     def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None,
                passes: int = 1, intensity_gate: bool | None = None) -> RefineResult:
@@ -190,12 +190,14 @@ class Refiner:
 
     def _box_key(self, image: np.ndarray, mask: np.ndarray, box: Box, spacing: tuple[float, ...],
                  liver_hu: float | None, gate: bool) -> tuple | None:
-        """``box``'s key in the kept boxes (with the options a caller may change on a built Refiner,
-        the runtime among them), or None when none are kept."""
+        """``box``'s key in the kept boxes, or None when none are kept: what its refinement depends
+        on, the CT and mask crops by their digest, and the options a caller may change on a built
+        Refiner (the runtime among them)."""
         if self.boxes is None:
             return None
         options = (self.runtime.name, self.tta, self.agreement, self.removal_agreement, self.min_kept, self.shrink)
-        return self.boxes.key(image, mask, box, spacing, liver_hu, gate) + options
+        return (tuple((int(b.start), int(b.stop)) for b in box), digest(image[box], mask[box]), spacing,
+                None if liver_hu is None else float(liver_hu), bool(gate)) + options
 
     def _parenchyma(self, image: np.ndarray, mask: np.ndarray, boxes: list[Box], spacing: tuple[float, ...],
                     gate: bool) -> float | None:

@@ -1,23 +1,23 @@
-"""Refined boxes kept between a kept worker's jobs, found again by the content of their inputs.
+"""Results kept by the content of their inputs, within a byte bound.
 
-The Slicer module re-runs the seeded job on each click, and the job refines the whole coarse mask.
-A click changes one lesion, so the Refiner's other boxes (``boxes.lesion_boxes``: one per group of
-nearby lesions) see the same CT crop, the same mask crop and the same parenchyma HU as in the last
-job: their refinement is the same computation. ``BoxCache`` keys a box's result by a digest of
-those inputs (BLAKE2b of the crops' bytes, with the box, the spacing, the parenchyma HU and the
-intensity gate's setting), so a match gives the identical result, and nothing has to name the CT.
-A Refiner keeps one only when asked (``Refiner.keep_boxes``; the kept worker asks). A cache belongs
-to one Refiner, whose model and options are part of what its results depend on.
+A result is kept under a key that holds a digest of its inputs' arrays (``digest``: BLAKE2b of
+their dtype, shape and bytes) and everything else it depends on, so a match is the same computation
+and gives the identical result, and nothing has to name the CT. Three users:
+
+- the kept worker's Refiner keeps its refined boxes (``Refiner.keep_boxes``): a click changes one
+  lesion, and the other boxes see the same crops and parenchyma HU as in the last job;
+- the click model keeps its outputs (``ClickSegmenter.seen``), and the ray grower its first-click
+  lesions (``clicks.GROWN``): a correction asks again for what click 1 computed.
 """
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable
 
 import numpy as np
 
-DEFAULT_BYTES = 256 * 2 ** 20  # the kept results' arrays: the boxes of a few CTs' lesions
+DEFAULT_BYTES = 256 * 2 ** 20  # a Refiner's kept boxes (keep_boxes): those of a few CTs' lesions
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -30,8 +30,8 @@ def digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-class BoxCache:
-    """Box results by everything they depend on; the least recently used are dropped beyond
+class ResultCache:
+    """Results by everything they depend on; the least recently used are dropped beyond
     ``max_bytes`` of kept arrays. ``hits`` counts the results given back."""
 
     def __init__(self, max_bytes: int = DEFAULT_BYTES) -> None:
@@ -39,13 +39,6 @@ class BoxCache:
         self.hits = 0
         self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
-
-    @staticmethod
-    def key(image: np.ndarray, mask: np.ndarray, box: Sequence[slice], spacing_zyx: Sequence[float],
-            liver_hu: float | None, gate: bool) -> tuple:
-        """The key of the refinement of ``box`` of ``mask`` on ``image`` with this parenchyma HU and gate."""
-        return (tuple((int(b.start), int(b.stop)) for b in box), digest(image[tuple(box)], mask[tuple(box)]),
-                tuple(float(s) for s in spacing_zyx), None if liver_hu is None else float(liver_hu), bool(gate))
 
     def get(self, key: Hashable) -> Any:
         """The result kept under ``key``, or None."""
