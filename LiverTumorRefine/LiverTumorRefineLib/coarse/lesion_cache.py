@@ -28,7 +28,7 @@ _COUNTER = itertools.count(1)
 
 
 def identity(model: Any) -> int:
-    """A number naming ``model`` (a click segmenter, a refiner) for as long as the process runs:
+    """A number naming ``model`` (a click segmenter) for as long as the process runs:
     never given to another object, even after ``model`` is freed (None: 0)."""
     if model is None:
         return 0
