@@ -22,8 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine")]
 
-from clicks import first_lesion, with_correction  # noqa: E402
-from realct import load_cases  # noqa: E402
+from clicks import real_corrections  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
@@ -37,11 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     segmenter, refiner = clicknet.ClickSegmenter(), Refiner(device="cpu")
-    for case in load_cases():
+    for case, first, second in real_corrections(segmenter, refiner):
         image, spacing = case.image.array, case.image.spacing_zyx
-        first, truth = first_lesion(case)
-        second = with_correction(first, clickmodel.click_lesion(segmenter, refiner, image, spacing, first)[1], truth,
-                                 spacing)
         best = {"forgotten": np.inf, "kept": np.inf}
         masks: dict[str, np.ndarray] = {}
         for _ in range(ROUNDS):

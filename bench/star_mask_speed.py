@@ -20,8 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine"), str(ROOT / "Testing")]
 
-from clicks import first_lesion, with_correction  # noqa: E402
-from realct import load_cases  # noqa: E402
+from clicks import real_corrections  # noqa: E402
 from test_seeded import _star_mask_everywhere  # noqa: E402 - the previous implementation, the test's reference
 from LiverTumorRefineLib.coarse import clicknet, seeded  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
@@ -37,17 +36,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ways = {"every voxel": _star_mask_everywhere, "shell": seeded.star_mask}
     segmenter, refiner = clicknet.ClickSegmenter(), Refiner(device="cpu")
-    for case in load_cases():
+    for case, first, second in real_corrections(segmenter, refiner):
         image, spacing = case.image.array, case.image.spacing_zyx
-        first, truth = first_lesion(case)
-        second = with_correction(first, clickmodel.click_lesion(segmenter, refiner, image, spacing, first)[1], truth,
-                                 spacing)
         best: dict[tuple[str, str], float] = {}
         masks: dict[tuple[str, str], np.ndarray] = {}
         try:
             for _ in range(ROUNDS):
                 for name, star_mask in ways.items():
                     seeded.star_mask = star_mask
+                    clickmodel.GROWN.clear()  # else click 1 takes its lesion from the last way's run
+                    segmenter.seen.clear()
                     for step, lesion in (("click 1", first), ("correction", second)):
                         t = time.perf_counter()
                         _, result = clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion)
