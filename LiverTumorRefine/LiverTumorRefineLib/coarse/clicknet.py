@@ -171,7 +171,8 @@ def resample_slices(image: np.ndarray, z: np.ndarray, grid: CropGrid) -> torch.T
     """Slices ``z`` of ``image`` (HU) bilinearly resampled onto the crop's pixels, edges
     replicated: (len(z), P, P) float32."""
     box = grid.box(image.shape)
-    block = torch.from_numpy(np.ascontiguousarray(image[z][:, box[1], box[2]], dtype=np.float32))
+    # cropped before the slices are picked: picking first copies whole 512x512 slices
+    block = torch.from_numpy(np.ascontiguousarray(image[:, box[1], box[2]][z], dtype=np.float32))
     gy = torch.from_numpy((2 * (grid.y - box[1].start) + 1) / block.shape[1] - 1).float()
     gx = torch.from_numpy((2 * (grid.x - box[2].start) + 1) / block.shape[2] - 1).float()
     g = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # (P, P, 2): x then y, rows are y
