@@ -620,7 +620,7 @@ def test_the_click_model_runs_once_per_distinct_input_and_a_correction_reuses_th
     click's one-click view is the first click's; a CT voxel changed in the crop runs it again."""
     image, first, second, a = two_lesions(gap_mm=20.0)
     segmenter = clicknet.ClickSegmenter()
-    counting = segmenter.model = CountingModel(segmenter.model)
+    counting = segmenter.runtime = CountingModel(segmenter.runtime)
     _, once = segmenter.lesion_probability(image, SPACING, [a])
     calls = counting.calls
     _, again = segmenter.lesion_probability(image, SPACING, [a])
@@ -667,3 +667,25 @@ def test_a_correction_grows_the_first_click_once_and_other_settings_grow_it_agai
     kept = clicks.grown_lesion(image[:, :, :40], (12, 32, 24), SPACING)
     assert not kept.flags.writeable
     clicks.GROWN.clear()
+
+
+def test_the_shipped_click_model_runs_from_its_pinned_export_with_the_models_probabilities(tmp_path):
+    """``clicknet_default.onnx`` is pinned, made from the shipped .pt (the CLI rebuilds it byte for
+    byte), and the default segmenter runs it; a model given in memory runs in PyTorch, and both
+    give the same lesion probability."""
+    from LiverTumorRefineLib.refine import runtime as rt
+
+    shipped_pt = weights.default_weights_path(clicknet.DEFAULT_MODEL)
+    export = rt.onnx_path_for(shipped_pt)
+    assert export.name in rt.SHIPPED_ONNX_SHA256 and rt.export_matches(export, shipped_pt)
+    rt.main([str(shipped_pt), "--click", "--out", str(tmp_path / "again.onnx")])
+    assert weights.sha256_of(tmp_path / "again.onnx") == rt.SHIPPED_ONNX_SHA256[export.name]
+    shipped = clicknet.ClickSegmenter()
+    assert isinstance(shipped.runtime, rt.OnnxRuntime) and shipped.runtime.path == export
+    in_memory = clicknet.ClickSegmenter(clicknet.load_click_model())
+    assert isinstance(in_memory.runtime, rt.TorchRuntime)
+    image, first, _, a = two_lesions(gap_mm=20.0)
+    box, onnx = shipped.lesion_probability(image, SPACING, [a])
+    same_box, torch_prob = in_memory.lesion_probability(image, SPACING, [a])
+    assert box == same_box and onnx.max() > 0.5  # it sees the lesion
+    assert np.abs(onnx - torch_prob).max() < 1e-4

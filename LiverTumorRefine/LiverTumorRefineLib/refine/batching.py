@@ -34,18 +34,28 @@ def last_level_cache_bytes(root: Path = CPU_CACHES) -> int | None:
     return max(sizes) if sizes else None
 
 
+def input_px(model: torch.nn.Module) -> int | None:
+    """The side, in pixels, of one square network input of ``model``: a boundary refiner's patch
+    (its ``patch_config``) or a click model's crop (its ``click_config``); None for other models."""
+    for config, field in (("patch_config", "patch_px"), ("click_config", "crop_px")):
+        cfg = getattr(model, config, None)
+        if cfg is not None:
+            return int(getattr(cfg, field))
+    return None
+
+
 def largest_layer_elements(model: torch.nn.Module) -> int | None:
     """Elements of the largest convolution's input plus output for one network input of ``model``
-    (a patch model with a ``patch_config``), from one forward pass; None for other models."""
-    cfg = getattr(model, "patch_config", None)
+    (a model whose input size ``input_px`` knows), from one forward pass; None for other models."""
+    side = input_px(model)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    if cfg is None or not convs:
+    if side is None or not convs:
         return None
     sizes: list[int] = []
     hooks = [conv.register_forward_hook(lambda module, inputs, output: sizes.append(inputs[0].numel() + output.numel()))
              for conv in convs]
     try:
-        probe = torch.zeros(1, convs[0].in_channels, cfg.patch_px, cfg.patch_px, device=next(model.parameters()).device)
+        probe = torch.zeros(1, convs[0].in_channels, side, side, device=next(model.parameters()).device)
         with torch.inference_mode():
             model(probe)
     finally:

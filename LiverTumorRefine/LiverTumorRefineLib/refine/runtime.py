@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.refine.batching import cache_batch, is_int8_export, largest_layer_elements
+from LiverTumorRefineLib.refine.batching import cache_batch, input_px, is_int8_export, largest_layer_elements
 from LiverTumorRefineLib.refine.network import BRNet
 from LiverTumorRefineLib.refine.weights import MODELS_DIR, sha256_of
 
@@ -36,9 +36,10 @@ RUNTIMES = ("auto", "torch", "onnx")
 # Exports shipped in Resources/Models, by file name, made from the .pt of the same stem by
 # ``python -m LiverTumorRefineLib.refine.runtime --int8`` (the .pt's own hash is stored in the
 # export's metadata and checked at load). brnet_default.onnx: int8 (7-bit weights, see ``_quantise``),
-# calibrated on phantoms 1000-1001.
+# calibrated on phantoms 1000-1001; clicknet_default.onnx: fp32 (``--click``).
 SHIPPED_ONNX_SHA256: dict[str, str] = {
     "brnet_default.onnx": "d21da1bf2f0f81034ff33a4984da244eb6c4a32131e0914b08e842588e5e56d3",
+    "clicknet_default.onnx": "1f019083159720a73b01725fbd0590415dcd4a76026a3e547308e7b4f354f6ae",
 }
 # Mean absolute probability difference of the shipped int8 export from its .pt on real network
 # inputs that Testing/test_runtime.py allows: measured 0.0014 on an AVX2-only CPU, where the
@@ -244,23 +245,27 @@ def select_runtime(name: str, model: BRNet, device: torch.device, weights: Path 
         raise RefineError("--runtime onnx needs ONNX Runtime: pip install onnxruntime (or livertumorrefine[onnx]), "
                           "or use --runtime torch.")
     raise RefineError(f"No ONNX export matching the model {weights} was found at {export}: make one with "
-                      "`python -m LiverTumorRefineLib.refine.runtime MODEL.pt`, or use --runtime torch.")
+                      "`python -m LiverTumorRefineLib.refine.runtime MODEL.pt` (with --click for a click model), or use "
+                      "--runtime torch.")
 
 
 # --------------------------------------------------------------------------------------- export
 def export_onnx(model: BRNet, weights: str | os.PathLike, out: str | os.PathLike | None = None,
                 calibration: Iterable[torch.Tensor] | None = None) -> Path:
-    """Export ``model`` (loaded from the model file ``weights``) to ONNX beside it (or at
-    ``out``), with the file's SHA-256 in the metadata and a ``.sha256`` sidecar; returns the
-    path. With ``calibration`` (batches of real network inputs) the export is quantised to int8
-    (static, per-channel weights), calibrated on those batches."""
+    """Export ``model`` (a boundary refiner or a click model, loaded from the model file
+    ``weights``) to ONNX beside it (or at ``out``), with the file's SHA-256 in the metadata and a
+    ``.sha256`` sidecar; returns the path. With ``calibration`` (batches of real network inputs)
+    the export is quantised to int8 (static, per-channel weights), calibrated on those batches."""
     onnx = importlib.import_module("onnx")
     from LiverTumorRefineLib.volume.atomic import atomic_path, write_text
 
     weights = Path(weights)
     out = Path(out) if out is not None else onnx_path_for(weights)
-    cfg = model.patch_config  # type: ignore[attr-defined]
-    example = torch.zeros((2, cfg.in_channels, cfg.patch_px, cfg.patch_px))
+    side = input_px(model)
+    if side is None:
+        raise ValueError("only a boundary refiner or a click model can be exported (its input size is unknown)")
+    channels = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    example = torch.zeros((2, channels, side, side))
     model = model.cpu().eval()
     with atomic_path(out) as tmp:
         torch.onnx.export(model, (example,), str(tmp), input_names=["patches"], output_names=["logits"],
@@ -339,20 +344,30 @@ def calibration_inputs(weights: Path, seeds: Iterable[int] = CALIBRATION_SEEDS, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m LiverTumorRefineLib.refine.runtime [MODEL.pt] [--int8] [--out FILE]``: export
-    a model file (default: the shipped one) to ONNX beside it and print the export's SHA-256."""
+    """``python -m LiverTumorRefineLib.refine.runtime [MODEL.pt] [--int8 | --click] [--out FILE]``:
+    export a model file (default: the shipped refiner, or with ``--click`` the shipped click
+    model) to ONNX beside it and print the export's SHA-256."""
     import argparse
 
     from LiverTumorRefineLib.refine.weights import default_weights_path, load_model
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("model", nargs="?", default=str(default_weights_path()))
-    parser.add_argument("--int8", action="store_true", help="quantise to int8, calibrated on training-range phantoms")
+    parser.add_argument("model", nargs="?", help="model file (default: the shipped one)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--int8", action="store_true", help="quantise to int8, calibrated on training-range phantoms")
+    kind.add_argument("--click", action="store_true", help="the model is a click model (exported in fp32)")
     parser.add_argument("--out", help="where to write (default: beside the model, .onnx)")
     args = parser.parse_args(argv)
-    weights = Path(args.model)
-    calibration = calibration_inputs(weights).split(64) if args.int8 else None
-    out = export_onnx(load_model(weights), weights, args.out, calibration)
+    if args.click:
+        from LiverTumorRefineLib.coarse import clicknet  # the click model's package builds on this one
+
+        weights = Path(args.model or default_weights_path(clicknet.DEFAULT_MODEL))
+        model, calibration = clicknet.load_click_model(weights), None
+    else:
+        weights = Path(args.model or default_weights_path())
+        model = load_model(weights)
+        calibration = calibration_inputs(weights).split(64) if args.int8 else None
+    out = export_onnx(model, weights, args.out, calibration)
     print(f"{sha256_of(out)}  {out}")
 
 
