@@ -277,8 +277,9 @@ class ClickSegmenter:
 
     ``weights_path``: None (the shipped model), a model file, or a network from ``build_click_model``
     (whose weights must not change while this segmenter is used: its outputs are kept, ``seen``);
-    ``device``: "cpu", "cuda" or "auto"; ``runtime``: what runs the network, as the Refiner's (``runtime.select_runtime``; "auto": ONNX
-    Runtime on the CPU where an export of the model file is present, else PyTorch)."""
+    ``device``: "cpu", "cuda" or "auto"; ``runtime``: what runs the network, as for the Refiner
+    (``runtime.select_runtime``; "auto": ONNX Runtime on the CPU where an export of the model file
+    is present, else PyTorch)."""
 
     def __init__(self, weights_path: str | os.PathLike | BRNet | None = None, device: str = "cpu",
                  runtime: str = "auto") -> None:
@@ -290,7 +291,8 @@ class ClickSegmenter:
         self.device = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cfg: ClickConfig = model.click_config  # type: ignore[attr-defined]
         # ONNX Runtime where its export of this model file is present (Resources/Models ships one),
-        # else PyTorch: on 2 shared CPU cores ONNX Runtime ran a click's crop in about 60% of the time
+        # else PyTorch: on 2 shared CPU cores a click's crop took 60-70% of the bare module's time
+        # (bench/click_runtime.py)
         self.runtime = runtimes.select_runtime(runtime, model.eval(), self.device, path)
         # the model's outputs by a digest of their inputs: a corrective click asks again for the
         # first click's view (the hybrid's first-click addition), which then costs no network run
