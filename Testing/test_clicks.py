@@ -689,3 +689,28 @@ def test_the_shipped_click_model_runs_from_its_pinned_export_with_the_models_pro
     same_box, torch_prob = in_memory.lesion_probability(image, SPACING, [a])
     assert box == same_box and onnx.max() > 0.5  # it sees the lesion
     assert np.abs(onnx - torch_prob).max() < 1e-4
+
+
+def test_api_clicks_share_one_refiner_that_keeps_its_boxes(monkeypatch):
+    """``api.click_lesion`` loads the shipped refiner once per process and keeps its refined boxes
+    (``clicks.shipped_refiner``): an undo back to click 1 refines nothing and gives click 1's lesion."""
+    from LiverTumorRefineLib import api
+    from LiverTumorRefineLib.coarse.points import voxel_to_ras
+    from LiverTumorRefineLib.refine.refiner import Refiner
+
+    image, _, _, a = two_lesions(gap_mm=20.0)
+    ct = Volume(image, Geometry(spacing=SPACING[::-1]))
+    seed, beside = voxel_to_ras(a, ct), voxel_to_ras((a[0], a[1], a[2] + 12), ct)
+    refiner = clicks.shipped_refiner()
+    assert clicks.shipped_refiner() is refiner and refiner.boxes is not None
+    refined_boxes = []
+    real = Refiner._refine_box
+    monkeypatch.setattr(Refiner, "_refine_box", lambda self, *args: refined_boxes.append(1) or real(self, *args))
+    first = api.click_lesion(ct, positive=[seed])
+    assert refined_boxes  # click 1 was refined
+    api.click_lesion(ct, positive=[seed], negative=[beside])
+    before = len(refined_boxes)
+    undone = api.click_lesion(ct, positive=[seed])
+    assert len(refined_boxes) == before  # the undo found click 1's boxes kept
+    assert undone["box"] == first["box"] and np.array_equal(undone["refined"], first["refined"])
+    assert np.array_equal(undone["coarse"], first["coarse"])

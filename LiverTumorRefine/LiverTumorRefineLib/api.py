@@ -101,12 +101,12 @@ def click_lesion(image: Volume, positive: Sequence[Point], negative: Sequence[Po
     the previous clicks and one more (positive: add a missed part; negative: remove a leak);
     undo is the call without the last click. ``image``: an LPS-oriented CT (``load_ct``);
     ``other_lesions``: the first clicks of the other lesions, whose voxels this one never takes.
-    ``refiner``/``segmenter``: a loaded ``Refiner`` and ``clicknet.ClickSegmenter`` to reuse
-    (default: the shipped models). Returns {"box": the CT voxels (z, y, x slices), "coarse" and
+    ``refiner``/``segmenter``: a loaded ``Refiner`` and ``clicknet.ClickSegmenter`` to use
+    (default: the shipped models, loaded once per process, the refiner keeping its refined boxes:
+    ``clicks.shipped_refiner``). Returns {"box": the CT voxels (z, y, x slices), "coarse" and
     "refined": bool arrays on that box, "seconds"}."""
     from LiverTumorRefineLib.coarse import clicks
     from LiverTumorRefineLib.coarse.points import check_points, ras_to_voxels
-    from LiverTumorRefineLib.refine.refiner import Refiner
 
     if len(positive) == 0:
         raise RefineError("A lesion needs at least one positive click inside it.")
@@ -115,7 +115,7 @@ def click_lesion(image: Volume, positive: Sequence[Point], negative: Sequence[Po
               for points in (positive, negative, other_lesions)]
     lesion = clicks.LesionClicks(tuple(voxels[0]), tuple(voxels[1]))
     others = [clicks.LesionClicks((v,)) for v in voxels[2]]
-    coarse, refined = clicks.click_lesion(segmenter or clicks.shipped_segmenter(), refiner or Refiner(device="cpu"),
+    coarse, refined = clicks.click_lesion(segmenter or clicks.shipped_segmenter(), refiner or clicks.shipped_refiner(),
                                           image.array, image.spacing_zyx, lesion, others)
     on_refined = np.zeros(tuple(b.stop - b.start for b in refined.box), dtype=bool)
     on_refined[tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(coarse.box, refined.box))] = coarse.mask

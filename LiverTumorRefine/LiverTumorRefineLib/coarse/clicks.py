@@ -23,6 +23,7 @@ from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
 from LiverTumorRefineLib.refine.result_cache import ResultCache, digest
 from LiverTumorRefineLib.refine.boxes import crop_margin, grown_box
+from LiverTumorRefineLib.refine.refiner import Refiner
 
 
 # ------------------------------------------------------------------------------ lesions and corrections
@@ -216,14 +217,24 @@ def seed_method(method: str, negative: Sequence[Any]) -> str:
     return method
 
 
-_SHIPPED: dict[str, ClickSegmenter] = {}
+_SHIPPED: dict[str, Any] = {}
 
 
 def shipped_segmenter() -> ClickSegmenter:
     """The shipped click model, loaded once per process (later clicks then cost no loading)."""
-    if "cpu" not in _SHIPPED:
-        _SHIPPED["cpu"] = ClickSegmenter()
-    return _SHIPPED["cpu"]
+    if "segmenter" not in _SHIPPED:
+        _SHIPPED["segmenter"] = ClickSegmenter()
+    return _SHIPPED["segmenter"]
+
+
+def shipped_refiner() -> Refiner:
+    """The shipped boundary refiner on the CPU, loaded once per process and keeping its refined
+    boxes (``Refiner.keep_boxes``), as the Slicer module's kept worker does: later clicks cost no
+    loading, and a correction that leaves a lesion's coarse mask as it was is not refined again."""
+    if "refiner" not in _SHIPPED:
+        _SHIPPED["refiner"] = Refiner(device="cpu")
+        _SHIPPED["refiner"].keep_boxes()
+    return _SHIPPED["refiner"]
 
 
 def refine_lesion(refiner: Any, image: np.ndarray, spacing_zyx: Sequence[float], lesion: LesionMask) -> LesionMask:
