@@ -18,7 +18,7 @@ neighbour it takes counts against it). The ray grower (``seeded``) alone gets cl
 the --correction-radius, --growth-limit, --refine-reach, --first-click-switch, --first-click-min-mm,
 --correction-scale, --growth-floor, --rim-min-hu and --no-intensity-guard options) and
 the real validation cases (``realct_1720``, ``realct_mip10`` from bench/realct.py's cache, LiTS
-117). Timing: click 1 and a corrective click on a 512x512 CT with the models loaded, and the
+117). Timing: click 1 and a corrective click on each 512x512 CT with the models loaded, and the
 first click including both models' loading. Merges: a lesion's result covering more than 10% of
 another lesion; leaks: result voxels outside every lesion outnumbering the lesion's own voxels.
 """
@@ -311,9 +311,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for case in real:
             run_case(case, segmenter, refiner, args.clicks, methods, out)
     summary(out, args.clicks, methods)
-    big = [c for c in real if c.image.array.shape[1:] == (512, 512)]
-    if big:
-        timing(big[0], args.weights, [m for m in methods if m in ("model", "hybrid")])
+    for case in real:
+        if case.image.array.shape[1:] == (512, 512):
+            timing(case, args.weights, [m for m in methods if m in ("model", "hybrid")])
 
 
 if __name__ == "__main__":
