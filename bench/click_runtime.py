@@ -12,7 +12,6 @@ probabilities and refined lesions of ONNX Runtime and the previous release diffe
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine")]
 
-from clicks import real_corrections  # noqa: E402
+from clicks import real_corrections, speed_threads  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
@@ -37,10 +36,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (ONNX Runtime takes as many)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    speed_threads(__doc__, 2, "torch threads (ONNX Runtime takes as many)")
     refiner = Refiner(device="cpu")
     segmenters = {name: clicknet.ClickSegmenter(runtime=runtime)
                   for name, runtime in (("plain", "torch"), ("torch", "torch"), ("onnx", "onnx"))}

@@ -199,6 +199,14 @@ def with_correction(lesion: clickmodel.LesionClicks, refined: clicknet.LesionMas
         tuple(v + b.start for v, b in zip(found[0], refined.box)), found[1])
 
 
+def speed_threads(description: str, default: int, note: str = "torch threads") -> None:
+    """The speed scripts' one option: ``--threads`` (default ``default``), parsed from the command
+    line (``description`` is the script's help) and given to torch."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=default, help=note)
+    torch.set_num_threads(parser.parse_args().threads)
+
+
 def real_corrections(segmenter: clicknet.ClickSegmenter, refiner: Refiner):
     """Per real validation case (``bench/realct.py``'s cache): the case, its first lesion's click 1
     (``first_lesion``) and click 1 with the correction of its result (``with_correction``), for the

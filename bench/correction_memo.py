@@ -11,7 +11,6 @@ whether both give the same refined lesion.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine")]
 
-from clicks import real_corrections  # noqa: E402
+from clicks import real_corrections, speed_threads  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
@@ -31,10 +30,7 @@ ROUNDS = 3
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    speed_threads(__doc__, 1)
     segmenter, refiner = clicknet.ClickSegmenter(), Refiner(device="cpu")
     for case, first, second in real_corrections(segmenter, refiner):
         image, spacing = case.image.array, case.image.spacing_zyx

@@ -9,7 +9,6 @@ and whether both give the same refined lesion.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine"), str(ROOT / "Testing")]
 
-from clicks import real_corrections  # noqa: E402
+from clicks import real_corrections, speed_threads  # noqa: E402
 from test_seeded import _star_mask_everywhere  # noqa: E402 - the previous implementation, the test's reference
 from LiverTumorRefineLib.coarse import clicknet, seeded  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
@@ -30,10 +29,7 @@ ROUNDS = 3
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    speed_threads(__doc__, 1)
     ways = {"every voxel": _star_mask_everywhere, "shell": seeded.star_mask}
     segmenter, refiner = clicknet.ClickSegmenter(), Refiner(device="cpu")
     for case, first, second in real_corrections(segmenter, refiner):
