@@ -1,6 +1,6 @@
 """The refiner given the reference itself: how far it moves a mask that is already right.
 
-    python bench/refine_truth.py [--phantoms 2] [--first-seed 50000] [--no-real] [--identity]
+    python bench/refine_truth.py [--phantoms 2] [--first-seed 50000] [--no-real] [--identity] [--downsample]
 
 Per lesion of 10 mm or more (``bench/seeded.py``'s lesions): its reference mask, alone on its crop,
 refined as a click's lesion is (``clicks.refine_lesion``: two passes, no intensity gate); printed
@@ -9,6 +9,8 @@ A refiner without bias leaves a right mask nearly as it is. Cases: validation ph
 50000+) and the real validation cases (``bench/realct.py``'s cache, LiTS 117).
 ``--identity`` is the control: a network that returns its own mask channel, so that only the
 cutting, resampling and pasting act (a right mask must come back voxel for voxel).
+``--downsample`` adds each phantom a second time, 2x mean-downsampled in all three axes as LiTS
+117's crop is (``downsampled``), to see whether that blur makes the refiner grow a right mask.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse.clicknet import LesionMask  # noqa: E402
 from LiverTumorRefineLib.refine.boxes import lesion_box  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
-from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
+from LiverTumorRefineLib.training.phantom import Case, TUMOUR, make_phantom  # noqa: E402
+from LiverTumorRefineLib.volume.geometry import Geometry, Volume  # noqa: E402
 
 
 class MaskEcho:
@@ -37,6 +40,21 @@ class MaskEcho:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return 20.0 * (x[:, -1] - 0.5)
+
+
+def downsampled(case: Case) -> Case:
+    """``case`` 2x mean-downsampled in all three axes (odd edges dropped), as LiTS 117's crop is:
+    the CT averaged over each 2x2x2 block, a block tumour where at least half of it is."""
+    z, y, x = (n - n % 2 for n in case.image.array.shape)
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        return a[:z, :y, :x].astype(np.float32).reshape(z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(1, 3, 5))
+
+    label = np.where(blocks(case.label.array == TUMOUR) >= 0.5, TUMOUR, np.minimum(case.label.array[:z:2, :y:2, :x:2], 1))
+    old = case.image.geometry
+    geometry = Geometry(tuple(2.0 * s for s in old.spacing), old.origin, old.direction)
+    return Case(f"{case.name}_down2", Volume(blocks(case.image.array), geometry),
+                Volume(label.astype(np.uint8), geometry))
 
 
 def refine_truth(case, refiner: Refiner) -> list[tuple[float, float, float]]:
@@ -60,11 +78,15 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=50000)
     parser.add_argument("--no-real", action="store_true")
     parser.add_argument("--identity", action="store_true", help="the control: a network that echoes its mask channel")
+    parser.add_argument("--downsample", action="store_true",
+                        help="also each phantom 2x mean-downsampled in all three axes, as LiTS 117's crop is")
     args = parser.parse_args()
     refiner = Refiner(device="cpu")
     if args.identity:
         refiner.runtime = MaskEcho()
     cases = [lambda s=s: make_phantom(s) for s in range(args.first_seed, args.first_seed + args.phantoms)]
+    if args.downsample:
+        cases += [lambda s=s: downsampled(make_phantom(s)) for s in range(args.first_seed, args.first_seed + args.phantoms)]
     if not args.no_real:
         cases += [lambda c=c: c for c in real_cases(lits=True)]
     for make in cases:
