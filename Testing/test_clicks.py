@@ -261,6 +261,29 @@ def test_a_positive_click_adds_the_models_lesion_connected_to_it_where_the_image
     assert not (clicks.guarded_addition(image, SPACING, model, click, 30.0, half) & ~half).any()
 
 
+def test_a_positive_correction_on_a_margin_that_reads_as_liver_adds_the_models_lesion_near_the_click(monkeypatch):
+    """``corrective_addition``: where the clicked voxel itself reads as liver (a missed margin), the
+    intensity guard refuses the whole correction; the model's lesion within ``CLICK_TRUST_MM`` of
+    the click still joins, and no further: the guard holds beyond it."""
+    rng = np.random.default_rng(5)
+    shape = (16, 48, 80)
+    core = ball(shape, (8, 24, 30), 8)
+    margin = ball(shape, (8, 24, 30), 16) & ~core  # the model's lesion, but reading as liver
+    image = (np.where(core, 40.0, 100.0) + rng.normal(0, 5, shape)).astype(np.float32)
+    model = core | margin
+    click = (8, 24, 44)  # in the margin, 14 mm from the centre
+    cell = np.ones(shape, bool)
+    monkeypatch.setattr(clicks, "CLICK_TRUST_MM", 0.0)
+    guarded = clicks.corrective_addition(image, SPACING, model, click, 30.0, cell)
+    assert (guarded & margin).sum() <= 1  # only the clicked voxel: the click does nothing visible
+    monkeypatch.setattr(clicks, "CLICK_TRUST_MM", 5.0)
+    added = clicks.corrective_addition(image, SPACING, model, click, 30.0, cell)
+    near = ball(shape, click, 5.0) & margin
+    assert (added & near).sum() == near.sum()
+    assert not (added & margin & ~ball(shape, click, 5.0)).any()
+    assert (added & core).sum() == (guarded & core).sum()  # the guarded part is as before
+
+
 def test_first_click_switch_needs_a_model_lesion_that_is_not_tiny(monkeypatch):
     monkeypatch.setattr(clicks, "FIRST_CLICK_MIN_MM", 10.0)  # a 10 mm sphere: 524 mm3
     assert not clicks.not_tiny(ball((10, 20, 20), (5, 10, 10), 4.5), SPACING)  # about 380 mm3

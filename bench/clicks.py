@@ -16,7 +16,7 @@ without the hybrid's guards on the refined outline (``unguarded_click_lesion``).
 neighbour it takes counts against it). The ray grower (``seeded``) alone gets click 1 only. Cases: held-out phantoms
 (seeds 90000+; the hybrid's constants were chosen on seeds 95000+ with --first-seed 95000 and
 the --correction-radius, --growth-limit, --refine-reach, --first-click-switch, --first-click-min-mm,
---correction-scale, --growth-floor, --rim-min-hu and --no-intensity-guard options) and
+--correction-scale, --growth-floor, --rim-min-hu, --no-intensity-guard and --click-trust-mm options) and
 the real validation cases (``realct_1720``, ``realct_mip10`` from bench/realct.py's cache, LiTS
 117). Timing: click 1 and a corrective click on each 512x512 CT with the models loaded, and the
 first click including both models' loading. Merges: a lesion's result covering more than 10% of
@@ -276,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--refine-reach", type=float, default=clickmodel.REFINE_REACH_MM,
                         help="hybrid: mm the refiner may move the outline out of the coarse mask")
     parser.add_argument("--no-intensity-guard", action="store_true", help="hybrid: corrections add any model voxel")
+    parser.add_argument("--click-trust-mm", type=float, default=clickmodel.CLICK_TRUST_MM,
+                        help="hybrid: a positive correction adds the model's lesion this near its click without "
+                             "the intensity guard (0: off)")
     parser.add_argument("--first-click-switch", type=float, default=clickmodel.FIRST_CLICK_SWITCH,
                         help="hybrid: click 1 takes the model's lesion when the grower's is this many times larger")
     parser.add_argument("--first-click-min-mm", type=float, default=clickmodel.FIRST_CLICK_MIN_MM,
@@ -296,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     clickmodel.GROWTH_FLOOR = bool(args.growth_floor)
     clickmodel.REFINE_REACH_MM = args.refine_reach
     clickmodel.INTENSITY_GUARD = not args.no_intensity_guard
+    clickmodel.CLICK_TRUST_MM = args.click_trust_mm
     clickmodel.FIRST_CLICK_SWITCH = args.first_click_switch
     clickmodel.FIRST_CLICK_MIN_MM = args.first_click_min_mm
     clickmodel.FIRST_CLICK_MODEL = args.first_click_model

@@ -296,6 +296,11 @@ FIRST_CLICK_SWITCH = 0.0
 # smaller than the smallest lesion one clicks is the model failing, not the grower leaving. 0: any.
 FIRST_CLICK_MIN_MM = 0.0
 GUARD_NEAR_MM = 5.0  # the correction's lesion intensity is the model's lesion this near its click
+# Within this many mm of a positive corrective click the model's lesion is added without the intensity
+# guard: the user's click is the evidence there. A missed margin often reads nearer the liver than the
+# lesion's core, and then the guard refused the clicked voxel itself, so the click added nothing.
+# 0: off (the guard everywhere).
+CLICK_TRUST_MM = 5.0
 # What the first click takes from the click model besides the grower's lesion (with the model's
 # one-click view, so later clicks do not change it): "none"; "guarded", the click applied as a
 # positive correction is; "union", the model's whole one-click lesion. "guarded" was chosen on
@@ -461,6 +466,16 @@ def guarded_addition(image: np.ndarray, spacing_zyx: Sequence[float], model: np.
     return missed_at(addable, click, spacing_zyx, reach_mm) & cell
 
 
+def corrective_addition(image: np.ndarray, spacing_zyx: Sequence[float], model: np.ndarray, click: Sequence[int],
+                        reach_mm: float, cell: np.ndarray) -> np.ndarray:
+    """What a positive corrective click at ``click`` (local voxel) adds: ``guarded_addition``, and the
+    model's lesion connected to it within ``CLICK_TRUST_MM`` without the intensity guard."""
+    added = guarded_addition(image, spacing_zyx, model, click, reach_mm, cell)
+    if CLICK_TRUST_MM > 0:
+        added |= missed_at(model, click, spacing_zyx, CLICK_TRUST_MM) & cell
+    return added
+
+
 def first_click_addition(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Sequence[float],
                          box: Sequence[slice], lesion: LesionClicks, cell: np.ndarray, grown: np.ndarray) -> np.ndarray:
     """What the first click adds to the grower's lesion ``grown`` by ``FIRST_CLICK_MODEL``, from the
@@ -514,7 +529,7 @@ def hybrid_lesion(segmenter: ClickSegmenter, image: np.ndarray, spacing_zyx: Seq
     budget = growth_budget(mask, spacing_zyx)
     model = model_mask(segmenter, image, spacing_zyx, box, lesion, cell)
     for p in positive[1:]:
-        added = guarded_addition(image[box], spacing_zyx, model, p, correction_reach(mask, spacing_zyx), cell)
+        added = corrective_addition(image[box], spacing_zyx, model, p, correction_reach(mask, spacing_zyx), cell)
         mask |= within_budget(mask, added, p, spacing_zyx, budget)
     for n in negative:
         mask &= ~leak_at(mask, model, n, positive, spacing_zyx, correction_reach(mask, spacing_zyx))
