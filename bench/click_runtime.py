@@ -26,13 +26,9 @@ from clicks import real_corrections, speed_threads  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.training.clicktrain import dice  # noqa: E402
 
 ROUNDS = 3
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum() + b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
 
 
 def main() -> None:

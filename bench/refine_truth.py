@@ -29,6 +29,7 @@ from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse.clicknet import LesionMask  # noqa: E402
 from LiverTumorRefineLib.refine.boxes import lesion_box  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
+from LiverTumorRefineLib.training.clicktrain import dice  # noqa: E402
 from LiverTumorRefineLib.training.phantom import Case, TUMOUR, make_phantom  # noqa: E402
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume  # noqa: E402
 
@@ -66,9 +67,7 @@ def refine_truth(case, refiner: Refiner) -> list[tuple[float, float, float]]:
         truth = labels == lab
         box = lesion_box(truth, [0, 0, 0])
         refined = clickmodel.refine_lesion(refiner, image, spacing, LesionMask(box, truth[box])).paste(truth.shape)
-        both = int(np.count_nonzero(refined & truth))
-        rows.append((diameter, np.count_nonzero(refined) / np.count_nonzero(truth),
-                     2.0 * both / (np.count_nonzero(refined) + np.count_nonzero(truth))))
+        rows.append((diameter, np.count_nonzero(refined) / np.count_nonzero(truth), dice(refined, truth)))
     return rows
 
 
