@@ -8,7 +8,7 @@ import pytest
 from medpy.metric import binary as mb
 
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.evaluate.metrics import METRIC_KEYS, compute_metrics, format_metrics_table
+from LiverTumorRefineLib.evaluate.metrics import METRIC_KEYS, compute_metrics, dice, format_metrics_table
 
 SPACINGS = [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7), (5.0, 0.8, 1.1), (0.6, 3.0, 1.7)]
 SHAPES = [(12, 20, 20), (7, 31, 18), (25, 9, 16)]
@@ -156,3 +156,16 @@ def test_format_metrics_table() -> None:
     assert lines[2].split()[0] == "refined" and "inf" in lines[2]
     # Right-aligned columns: every row ends its cells at the same character positions.
     assert len({len(line) for line in lines}) == 1
+
+
+def test_plain_dice_matches_the_full_metrics() -> None:
+    rng = np.random.default_rng(5)
+    truth = _blobs(rng, (12, 24, 24), 3)
+    pred = truth | _blobs(rng, (12, 24, 24), 3)
+    pred[:6] = False
+    assert 0.0 < dice(truth, pred) < 1.0
+    assert dice(truth, pred) == compute_metrics(truth, pred, (2.0, 1.0, 1.0))["dice"]
+    empty = np.zeros_like(truth)
+    assert dice(empty, empty) == 1.0 and dice(truth, empty) == 0.0
+    with pytest.raises(RefineError, match="different shapes"):
+        dice(truth, truth[1:])

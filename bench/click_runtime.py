@@ -26,7 +26,7 @@ from clicks import real_corrections, speed_threads  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
-from LiverTumorRefineLib.training.clicktrain import dice  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import dice  # noqa: E402
 
 ROUNDS = 3
 

@@ -42,6 +42,7 @@ from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
 from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import dice  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
 
@@ -154,9 +155,9 @@ def run_case(case, segmenter: clicknet.ClickSegmenter, refiner: Refiner, n_click
     case_rows = []
     for i, (lab, diameter) in enumerate(zip(ids, diameters)):
         truth = labels == lab
-        ray = 2.0 * float((truth & (grown == i + 1)).sum()) / float(truth.sum() + (grown == i + 1).sum())
+        ray = dice(truth, grown == i + 1)
         ray_ref_mask = grown_refined & (cells == i + 1)
-        ray_ref = 2.0 * float((truth & ray_ref_mask).sum()) / float(truth.sum() + ray_ref_mask.sum())
+        ray_ref = dice(truth, ray_ref_mask)
         line, row = f"{case.name:>14} lesion {lab:2d} {diameter:5.1f} mm | ray {ray:.3f} -> {ray_ref:.3f}", [ray, ray_ref]
         for method in methods:
             coarse_d, refined_d, flags = click_series(segmenter, refiner, image, spacing, truth, labels, lab,

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
-from LiverTumorRefineLib.evaluate.metrics import compute_metrics  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import compute_metrics, dice  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,7 +46,7 @@ def lesion_dice(truth: np.ndarray, pred: np.ndarray, spacing_zyx, reach_mm: floa
         box = tuple(slice(max(lo - p, 0), hi + p + 1) for lo, hi, p in zip(idx.min(0), idx.max(0), pad))
         region = (distance[box] < reach_mm) & ((labels[box] == 0) | lesion[box])
         t, p = lesion[box] & region, pred[box] & region
-        scores.append(2 * (t & p).sum() / max(t.sum() + p.sum(), 1))
+        scores.append(dice(t, p))
     return scores
 
 

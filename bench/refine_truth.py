@@ -29,7 +29,7 @@ from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse.clicknet import LesionMask  # noqa: E402
 from LiverTumorRefineLib.refine.boxes import lesion_box  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
-from LiverTumorRefineLib.training.clicktrain import dice  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import dice  # noqa: E402
 from LiverTumorRefineLib.training.phantom import Case, TUMOUR, make_phantom  # noqa: E402
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume  # noqa: E402
 

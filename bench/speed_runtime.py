@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from LiverTumorRefineLib.evaluate.metrics import dice  # noqa: E402
 from LiverTumorRefineLib.refine import runtime as rt  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.refine.sampling import boundary_band  # noqa: E402
@@ -151,10 +152,6 @@ def recorded_inputs(refiner: Refiner, cases: list[tuple[np.ndarray, np.ndarray, 
         return torch.cat(refiner.runtime.inputs)
     finally:
         refiner.runtime = inner
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
 
 
 def main() -> None:

@@ -53,6 +53,12 @@ def compute_metrics(
     return result
 
 
+def dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Dice of two masks of one shape (non-zero is foreground), 1 when both are empty: the overlap
+    alone, for the benchmarks and training loops that score many masks."""
+    return _overlap_metrics(*_as_masks(truth, pred))["dice"]
+
+
 def overlap_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """Dice, Jaccard, VOE and RVD only (as ``compute_metrics``), without the surface distances
     that cost most of its time: for evaluations that report overlap alone."""

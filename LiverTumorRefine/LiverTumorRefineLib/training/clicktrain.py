@@ -30,6 +30,7 @@ from LiverTumorRefineLib.coarse import clicknet
 from LiverTumorRefineLib.coarse.clicknet import ClickConfig
 from LiverTumorRefineLib.config import NetConfig
 from LiverTumorRefineLib.device import DEVICES, resolve_device
+from LiverTumorRefineLib.evaluate.metrics import dice
 from LiverTumorRefineLib.refine.boxes import component_labels
 from LiverTumorRefineLib.training.augment import augment
 from LiverTumorRefineLib.training.phantom import Case, make_phantom
@@ -225,11 +226,6 @@ def refresh_scenarios(model: torch.nn.Module, crops: Sequence[LesionCrop], cfg: 
                 break
             scenario.append((*crop.to_mm(found[0], cfg), found[1]))
         crop.own = [scenario]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = float(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
 def evaluate(model: torch.nn.Module, crops: Sequence[LesionCrop], cfg: ClickConfig, n_clicks: int = 3) -> np.ndarray:
