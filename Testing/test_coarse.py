@@ -271,3 +271,34 @@ def test_load_coarse_folder_reorients_and_resamples_onto_the_reference(tmp_path)
     shifted = Volume(reference.array, Geometry(got.geometry.spacing, tuple(np.add(got.geometry.origin, (0.8, 0, 0)))))
     moved = coarse.load_coarse_folder(tmp_path, "case", reference=shifted)
     np.testing.assert_array_equal(moved.array[:, :, :-1], got.array[:, :, 1:])
+
+
+def test_an_exact_share_gives_some_lesions_their_true_mask(no_false_positives):
+    spacing = (1.0, 1.0, 1.0)
+    shape = (40, 40, 96)
+    first, _ = _ellipsoid(shape, spacing, (20.0, 20.0, 22.0), (9.0, 9.0, 9.0))
+    second, _ = _ellipsoid(shape, spacing, (20.0, 20.0, 70.0), (10.0, 8.0, 9.0))
+    truth = first | second
+    exact = changed = 0
+    for seed in range(30):
+        plain = coarse.simulate_coarse(truth, spacing, np.random.default_rng(seed))
+        # at 0 no extra draw is made: the masks are those of the simulator without the option
+        np.testing.assert_array_equal(plain, coarse.simulate_coarse(truth, spacing, np.random.default_rng(seed),
+                                                                    exact_share=0.0))
+        mask = coarse.simulate_coarse(truth, spacing, np.random.default_rng(seed), exact_share=0.5)
+        for lesion in (first, second):
+            near = _distance_to_surface(lesion, spacing) <= coarse.MAX_CHANGE_MM
+            region = lesion | (near & ~(truth & ~lesion))
+            if np.array_equal(mask[region], lesion[region]):
+                exact += 1
+            else:
+                changed += 1
+    assert 15 <= exact <= 45 and changed >= 15  # about half of 60 lesions, blocky cases not counted exact
+    # every found lesion exact: the truth itself, or its blocky copy where the case draws blocky
+    # edges (a small lesion may still be missed)
+    everything = [coarse.simulate_coarse(truth, spacing, np.random.default_rng(s), exact_share=1.0) for s in range(8)]
+    outside = _distance_to_surface(truth, spacing) * ~truth
+    assert any(np.array_equal(m, truth) for m in everything)
+    assert all(outside[m].max(initial=0.0) <= coarse.MAX_BLOCK_MM for m in everything)
+    with pytest.raises(RefineError, match="from 0 to 1"):
+        coarse.simulate_coarse(truth, spacing, np.random.default_rng(0), exact_share=1.5)

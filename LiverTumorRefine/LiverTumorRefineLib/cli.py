@@ -233,9 +233,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise RefineError("--keep-weight weighs voxels by the coarse mask patch, which --no-mask-patch leaves out.")
     if args.minutes is not None and not args.minutes > 0:
         raise RefineError(f"--minutes must be above 0 (got {args.minutes}).")
+    if not 0.0 <= args.exact_share <= 1.0:
+        raise RefineError(f"--exact-share must be from 0 to 1 (got {args.exact_share}).")
+    if args.exact_share and args.coarse_dir:
+        raise RefineError("--exact-share shapes simulated coarse masks; --coarse-dir gives real ones. Use one of them.")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, epoch_steps=args.epoch_steps,
-                      patch=patch, net=net, keep_weight=args.keep_weight, minutes=args.minutes)
-    cases = with_coarse(data.cases(), args.variants, args.seed, args.coarse_dir)
+                      patch=patch, net=net, keep_weight=args.keep_weight, minutes=args.minutes, exact_share=args.exact_share)
+    cases = with_coarse(data.cases(), args.variants, args.seed, args.coarse_dir, args.exact_share)
     if val is None:  # a folder without --val: every 10th case is held out for validation
         train_cases, val_cases = split_every(cases, 10)
     else:
@@ -431,6 +435,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="loss weight of voxels the coarse mask already has right: above 1, the network learns to "
                         "change a voxel only when it is that many times more likely right than wrong")
+    p.add_argument("--exact-share", type=float, default=0.0,
+                   help="share of simulated lesions given their true mask as the coarse one (0 to 1), so that the "
+                        "network also learns to leave a right edge alone (default: 0)")
     p.set_defaults(func=_cmd_train)
 
 

@@ -13,7 +13,9 @@ millimetres, as often too big as too small. ``simulate_coarse`` reproduces that 
   the strong inner edge), an included lesion-like halo around the lesion, and thin leaks along an
   adjacent vessel or lesion-like structure;
 - small lesions sometimes missed, a few small false positives next to the lesions in liver-like
-  tissue.
+  tissue;
+- optionally (``exact_share``) a share of the found lesions segmented right: their true mask, through
+  the case's blocky edges if it has them, so that the network also sees edges it should leave alone.
 
 Bound: every changed voxel of a found lesion lies within ``MAX_CHANGE_MM`` of its true surface
 (the refinement network sees boundary errors, not a different problem), except vessel leaks,
@@ -330,7 +332,7 @@ def _blob(rng: np.random.Generator, centre: np.ndarray, spacing: np.ndarray,
 
 
 def simulate_coarse(truth: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator,
-                    image: np.ndarray | None = None) -> np.ndarray:
+                    image: np.ndarray | None = None, exact_share: float = 0.0) -> np.ndarray:
     """A plausible coarse segmentation of the lesions in ``truth`` ((z, y, x) bool).
 
     Per lesion: boundary drift of up to ``MAX_DRIFT_MM`` (bias and smooth wander, random
@@ -339,9 +341,13 @@ def simulate_coarse(truth: np.ndarray, spacing_zyx: Sequence[float], rng: np.ran
     same shape) also missed liver-like rims, included lesion-like halos and thin vessel leaks.
     Per case: sometimes blocky low-resolution edges, and a few small false positives near the
     lesions (in liver-like HU when ``image`` is given). Changes of a found lesion stay within
-    ``MAX_CHANGE_MM`` of its surface, leaks within ``MAX_LEAK_MM``. Deterministic for a given
+    ``MAX_CHANGE_MM`` of its surface, leaks within ``MAX_LEAK_MM``. ``exact_share``: the chance that a
+    found lesion is segmented right instead (its true mask, blocky where the case is); at 0 no draw is
+    made for it, so the masks are those of a simulator without the option. Deterministic for a given
     ``rng`` state.
     """
+    if not 0.0 <= exact_share <= 1.0:
+        raise RefineError(f"The share of exact lesions must be from 0 to 1 (got {exact_share}).")
     truth = np.asarray(truth, bool)
     spacing = np.asarray(spacing_zyx, float)
     style = _draw_style(rng, spacing_zyx)
@@ -357,8 +363,11 @@ def simulate_coarse(truth: np.ndarray, spacing_zyx: Sequence[float], rng: np.ran
         if count < largest and _missed(rng, 2 * radius):  # the main lesion is always found
             continue
         crop = _grown(box, truth.shape, margin, style.block)
-        out[crop] |= _lesion_coarse(rng, labels[crop] == k, spacing_zyx, style, radius,
-                                     None if image is None else image[crop])
+        lesion = labels[crop] == k
+        if exact_share and rng.random() < exact_share:
+            out[crop] |= _blocky(lesion, style.block, style.threshold) if style.block != (1, 1, 1) else lesion
+            continue
+        out[crop] |= _lesion_coarse(rng, lesion, spacing_zyx, style, radius, None if image is None else image[crop])
     return out | _false_positives(rng, truth, spacing_zyx, centres, image)
 
 

@@ -57,6 +57,9 @@ class TrainConfig:
     # BCE weight of the voxels whose coarse label is already right: above 1, a change must be more
     # likely right than wrong by that ratio to pay (weight 3: 75 %), so the network changes less.
     keep_weight: float = 1.0
+    # the coarse simulator's share of lesions given their true mask (``trainset.with_coarse``): kept
+    # here so that the model's metadata records the training data's recipe
+    exact_share: float = 0.0
     patch: PatchConfig = field(default_factory=PatchConfig)
     net: NetConfig = field(default_factory=NetConfig)
 

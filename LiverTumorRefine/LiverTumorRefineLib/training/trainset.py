@@ -64,9 +64,11 @@ def parse_spec(spec: str) -> DataSpec:
     return DataSpec(folder=folder)
 
 
-def with_coarse(cases: Iterator[Case], variants: int, seed: int, coarse_dir: str | Path | None = None) -> Iterator[RefineCase]:
-    """Refinement cases with ``variants`` simulated coarse masks per case, or the real coarse
-    prediction from ``coarse_dir`` when one is given."""
+def with_coarse(cases: Iterator[Case], variants: int, seed: int, coarse_dir: str | Path | None = None,
+                exact_share: float = 0.0) -> Iterator[RefineCase]:
+    """Refinement cases with ``variants`` simulated coarse masks per case (``exact_share``: the
+    simulator's share of lesions segmented right), or the real coarse prediction from ``coarse_dir``
+    when one is given."""
     rng = np.random.default_rng(seed)
     for case in cases:
         truth = case.label.array == 2
@@ -77,7 +79,7 @@ def with_coarse(cases: Iterator[Case], variants: int, seed: int, coarse_dir: str
             yield RefineCase(case.name, image, truth, coarse.array.astype(bool), spacing)
             continue
         for v in range(variants):
-            coarse = simulate_coarse(truth, spacing, rng, image=image)
+            coarse = simulate_coarse(truth, spacing, rng, image=image, exact_share=exact_share)
             yield RefineCase(f"{case.name}#{v}", image, truth, coarse, spacing)
 
 
