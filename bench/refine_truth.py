@@ -1,6 +1,7 @@
 """The refiner given the reference itself: how far it moves a mask that is already right.
 
     python bench/refine_truth.py [--phantoms 2] [--first-seed 50000] [--no-real] [--identity] [--downsample]
+                                 [--weights brnet.pt] [--runtime torch]
 
 Per lesion of 10 mm or more (``bench/seeded.py``'s lesions): its reference mask, alone on its crop,
 refined as a click's lesion is (``clicks.refine_lesion``: two passes, no intensity gate); printed
@@ -11,6 +12,8 @@ A refiner without bias leaves a right mask nearly as it is. Cases: validation ph
 cutting, resampling and pasting act (a right mask must come back voxel for voxel).
 ``--downsample`` adds each phantom a second time, 2x mean-downsampled in all three axes as LiTS
 117's crop is (``downsampled``), to see whether that blur makes the refiner grow a right mask.
+``--weights`` and ``--runtime`` run another network (a candidate has no int8 export: compare it with
+the shipped one both in ``--runtime torch``).
 """
 from __future__ import annotations
 
@@ -79,8 +82,10 @@ def main() -> None:
     parser.add_argument("--identity", action="store_true", help="the control: a network that echoes its mask channel")
     parser.add_argument("--downsample", action="store_true",
                         help="also each phantom 2x mean-downsampled in all three axes, as LiTS 117's crop is")
+    parser.add_argument("--weights", help="refiner weights (default: the shipped ones)")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"])
     args = parser.parse_args()
-    refiner = Refiner(device="cpu")
+    refiner = Refiner(args.weights, device="cpu", runtime=args.runtime)
     if args.identity:
         refiner.runtime = MaskEcho()
     cases = [lambda s=s: make_phantom(s) for s in range(args.first_seed, args.first_seed + args.phantoms)]
