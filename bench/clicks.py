@@ -3,6 +3,7 @@ lesion and up to three corrective clicks.
 
     python bench/clicks.py [--phantoms 6] [--first-seed 90000] [--no-real] [--no-lits] [--clicks 4]
                            [--weights clicknet.pt] [--methods model,hybrid]
+                           [--refiner brnet.pt --refiner-runtime torch]
 
 Per lesion of 10 mm or more (equivalent sphere): click 1 at its deepest point (farthest from its
 surface); each further click at the deepest point of the largest error region of the refined
@@ -292,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--refiner", help="boundary refiner weights (default: the shipped ones)")
+    parser.add_argument("--refiner-runtime", default="auto", choices=["auto", "torch", "onnx"],
+                        help="the refiner's runtime (a candidate has no int8 export: compare in torch)")
     args = parser.parse_args(argv)
     seeded.DEFAULT = dataclasses.replace(seeded.DEFAULT, rim_min_hu=args.rim_min_hu)
     clickmodel.CORRECTION_RADIUS_MM = args.correction_radius
@@ -308,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clicknet.ClickSegmenter(args.weights)
-    refiner = Refiner(device="cpu")  # every click-made mask is refined as refine --seeds does (SEEDED_*)
+    # every click-made mask is refined as refine --seeds does (SEEDED_*)
+    refiner = Refiner(args.refiner, device="cpu", runtime=args.refiner_runtime)
     methods = [m for m in args.methods.split(",") if m]
     out: dict = {"phantom": [], "real": []}
     for i in range(args.phantoms):
