@@ -111,6 +111,11 @@ def _blocky(mask: np.ndarray, block: tuple[int, int, int], threshold: float) -> 
     return full[tuple(slice(0, n) for n in mask.shape)]
 
 
+def _case_edges(mask: np.ndarray, style: _CaseStyle) -> np.ndarray:
+    """``mask`` with the case's blocky low-resolution edges where it has them, else as it is."""
+    return _blocky(mask, style.block, style.threshold) if style.block != (1, 1, 1) else mask
+
+
 def _lesion_boxes(truth: np.ndarray) -> tuple[np.ndarray, list[tuple[int, tuple[slice, ...], int]]]:
     """Connected lesions: the label array and, per lesion, (label, bounding box, voxel count)."""
     labels = sitk.ConnectedComponent(sitk.GetImageFromArray(truth.astype(np.uint8)), True)
@@ -267,8 +272,7 @@ def _lesion_coarse(rng: np.random.Generator, lesion: np.ndarray, spacing_zyx: Se
     first = coarse
     if thick:
         coarse = _jitter_slices(rng, coarse)
-    if style.block != (1, 1, 1):
-        coarse = _blocky(coarse, style.block, style.threshold)
+    coarse = _case_edges(coarse, style)
     cache: list[np.ndarray] = []
 
     def smooth() -> np.ndarray:  # only computed when an intensity behaviour needs it
@@ -365,7 +369,7 @@ def simulate_coarse(truth: np.ndarray, spacing_zyx: Sequence[float], rng: np.ran
         crop = _grown(box, truth.shape, margin, style.block)
         lesion = labels[crop] == k
         if exact_share and rng.random() < exact_share:
-            out[crop] |= _blocky(lesion, style.block, style.threshold) if style.block != (1, 1, 1) else lesion
+            out[crop] |= _case_edges(lesion, style)
             continue
         out[crop] |= _lesion_coarse(rng, lesion, spacing_zyx, style, radius, None if image is None else image[crop])
     return out | _false_positives(rng, truth, spacing_zyx, centres, image)
