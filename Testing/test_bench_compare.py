@@ -14,6 +14,7 @@ from conftest import blob_case
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import compare  # noqa: E402
+from LiverTumorRefineLib.evaluate.metrics import dice  # noqa: E402
 from LiverTumorRefineLib.volume import io  # noqa: E402
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume  # noqa: E402
 
@@ -49,10 +50,6 @@ def test_image_driven_methods_move_towards_the_truth(case, name):
     """The coarse blob is the truth grown or shrunk by 1.5-3 mm on a clean step edge: both
     image-driven methods must end nearer the truth than they started."""
     out = _method(name)(case.image, case.coarse, case.spacing_zyx)
-
-    def dice(a, b):
-        return 2 * (a & b).sum() / (a.sum() + b.sum())
-
     assert dice(out, case.truth) > dice(case.coarse, case.truth) + 0.05
 
 

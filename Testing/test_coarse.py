@@ -9,6 +9,7 @@ from LiverTumorRefineLib.training import coarse_simulator as coarse
 
 from LiverTumorRefineLib.training import phantom
 from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.evaluate.metrics import dice
 from LiverTumorRefineLib.training.phantom import TUMOUR
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 
@@ -17,10 +18,6 @@ from LiverTumorRefineLib.volume.geometry import Geometry, Volume
 def cases() -> list[phantom.Case]:
     """Small-grid phantoms: real lesion shapes at a fraction of the cost."""
     return [phantom.make_phantom(seed, size_xy=160, n_slices=32, spacing=(1.2, 1.2, 3.0)) for seed in range(8)]
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * (a & b).sum() / (a.sum() + b.sum())
 
 
 def _components(mask: np.ndarray) -> np.ndarray:
@@ -69,7 +66,7 @@ def test_same_rng_state_gives_the_same_mask(cases):
 
 
 def test_dice_spreads_like_a_coarse_network(cases):
-    scores = [_dice(*_simulate(case, seed)) for case in cases for seed in (0, 1)]
+    scores = [dice(*_simulate(case, seed)) for case in cases for seed in (0, 1)]
     assert max(scores) < 0.97  # never the truth itself
     assert 0.55 <= np.median(scores) <= 0.92
     assert max(scores) - min(scores) >= 0.1  # quality varies from case to case

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from LiverTumorRefineLib.volume import io
 from LiverTumorRefineLib.errors import RefineError
+from LiverTumorRefineLib.evaluate.metrics import dice
 from LiverTumorRefineLib.coarse.points import parse_seeds, ras_to_voxels, read_markups
 from LiverTumorRefineLib.coarse.seeded import SeedConfig, nearest_seed_labels, seed_labels
 from LiverTumorRefineLib.volume.geometry import Geometry, Volume
@@ -34,10 +35,6 @@ def liver_with_lesions(centres_mm, radii_mm, delta_hu, shape=(40, 128, 128), noi
 
 def voxel(centre_mm):
     return tuple(int(round(c / s)) for c, s in zip(centre_mm, SPACING))
-
-
-def dice(a, b):
-    return 2 * (a & b).sum() / (a.sum() + b.sum())
 
 
 @pytest.mark.parametrize("delta", [-40.0, 35.0])  # hypodense and hyperdense

@@ -24,7 +24,7 @@ from LiverTumorRefineLib.scene import nodes as scene_nodes
 from LiverTumorRefineLib.scene.clicks import defined_indices
 from LiverTumorRefineLib.volume.atomic import atomic_path
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
-from LiverTumorRefineLib.evaluate.metrics import compute_metrics
+from LiverTumorRefineLib.evaluate.metrics import compute_metrics, dice
 from LiverTumorRefineLib.training.case import RefineCase
 
 # An axial CT as Slicer loads it from DICOM: IJK axes along -R, -A, +S (i.e. LPS-aligned).
@@ -591,8 +591,9 @@ def check_geometry_differs(scene, logic, case: RefineCase) -> None:
 
 
 def check_refined_beats_coarse(result, margin: float = 0.0) -> None:
-    dice = {row: result.metrics[row]["dice"] for row in ("coarse", "refined")}
-    assert dice["refined"] > dice["coarse"] + margin, f"refined Dice {dice['refined']:.4f} does not beat coarse {dice['coarse']:.4f}"
+    scores = {row: result.metrics[row]["dice"] for row in ("coarse", "refined")}
+    assert scores["refined"] > scores["coarse"] + margin, \
+        f"refined Dice {scores['refined']:.4f} does not beat coarse {scores['coarse']:.4f}"
 
 
 def deepest_voxel(mask: np.ndarray) -> tuple[int, int, int]:
@@ -644,8 +645,8 @@ def check_seeded_coarse(scene, logic, sc: SceneCase):
     assert tuple(segment.GetColor()) == ltr.COARSE_COLOR
     assert node.GetSegmentation().GetSegment(result.refinedSegmentId).GetName() == "Tumour (seeded coarse) refined"
     coarse = scene_nodes.export_segment_mask(node, coarseId, sc.volumeNode)
-    dice = 2 * (coarse & case.truth).sum() / (coarse.sum() + case.truth.sum())
-    assert dice > 0.8, f"seeded coarse Dice {dice:.3f}"
+    coarse_dice = dice(coarse, case.truth)
+    assert coarse_dice > 0.8, f"seeded coarse Dice {coarse_dice:.3f}"
     for sid, voxels in before.items():
         assert np.array_equal(segment_voxels(sc.segmentationNode, sid)[0], voxels), f"segment {sid} changed"
     assert result.metrics["refined"]["dice"] > 0.8, f"refined Dice {result.metrics['refined']['dice']:.3f}"
@@ -1039,10 +1040,6 @@ def _lesion_numbers(rows, rc: ReviewCase) -> dict:
     return numbers
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
-
-
 def check_lesion_table(scene, logic, rc: ReviewCase):
     """The review's rows and table text against the known ellipsoids: diameters within one
     voxel, slice ranges, volumes, Dice, status and flags."""
@@ -1069,8 +1066,8 @@ def check_lesion_table(scene, logic, rc: ReviewCase):
         assert (row["first_slice"], row["last_slice"]) == (slices[0], slices[-1]), f"{name} slices"
         assert abs(row["coarse_ml"] - np.count_nonzero(rc.coarse & region) * ml) < 1e-3
         assert abs(row["refined_ml"] - np.count_nonzero(rc.refined & region) * ml) < 1e-3
-        assert abs(row["refined_dice"] - _dice(rc.refined & region, rc.truth & region)) < 1e-3, f"{name} Dice"
-        assert abs(row["coarse_dice"] - _dice(rc.coarse & region, rc.truth & region)) < 1e-3, f"{name} Dice"
+        assert abs(row["refined_dice"] - dice(rc.refined & region, rc.truth & region)) < 1e-3, f"{name} Dice"
+        assert abs(row["coarse_dice"] - dice(rc.coarse & region, rc.truth & region)) < 1e-3, f"{name} Dice"
         assert row["decision"] is None
     a, b, c = (rows[numbers[n] - 1] for n in "ABC")
     assert a["flags"] == [review.FLAG_DIAMETER] and a["status"] == review.REFINED, a
