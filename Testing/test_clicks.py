@@ -307,6 +307,25 @@ def test_hybrid_positive_correction_adds_only_near_its_click():
     assert not (changed & ~ball(image.shape, click, reach)).any()  # local to the click
 
 
+@pytest.mark.parametrize("limit", [0.5, 3.0, 10.0])
+def test_distance_near_is_the_whole_crop_transform_within_its_limit(limit):
+    rng = np.random.default_rng(7)
+    spacing = (2.5, 0.8, 0.7)
+    for shape, box in (((30, 60, 70), (slice(10, 14), slice(20, 31), slice(30, 40))),
+                       ((12, 40, 40), (slice(0, 3), slice(35, 40), slice(0, 6)))):  # the second at the crop's edge
+        mask = np.zeros(shape, dtype=bool)
+        mask[box] = rng.random(mask[box].shape) < 0.3
+        whole = ndimage.distance_transform_edt(~mask, sampling=spacing)
+        near = clicks.distance_near(mask, spacing, limit)
+        within = whole <= limit
+        assert np.array_equal(near[within], whole[within])  # the same arithmetic on the smaller box
+        assert (near[~within] > limit).all()  # beyond the limit: exact or inf, never within it
+        assert np.isinf(near).any() and (near <= limit).sum() == within.sum()
+    empty = np.zeros((4, 5, 6), dtype=bool)
+    assert np.array_equal(clicks.distance_near(empty, spacing, limit),
+                          ndimage.distance_transform_edt(~empty, sampling=spacing))
+
+
 def test_a_correction_reaches_as_far_as_the_lesion_is_large(monkeypatch):
     monkeypatch.setattr(clicks, "CORRECTION_SCALE", 1.0)
     small, large = ball((40, 80, 80), (20, 40, 40), 8.0), ball((40, 80, 80), (20, 40, 40), 30.0)
