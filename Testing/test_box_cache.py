@@ -46,6 +46,20 @@ def test_a_second_call_refines_only_the_lesion_that_changed_and_gives_the_same_r
     assert same(changed, fresh) and changed.stats["voxels_changed"] == fresh.stats["voxels_changed"]
 
 
+def test_later_passes_in_fewer_orientations_keep_their_own_boxes(trained_model):
+    image, coarse, spacing = two_lesions()
+    kept = Refiner(trained_model, device="cpu", tta=2)
+    kept.keep_boxes()
+    first = kept.refine(image, coarse, spacing, passes=2, later_tta=1)
+    again = kept.refine(image, coarse, spacing, passes=2, later_tta=1)
+    assert again.stats["boxes_reused"] == 4 and same(again, first)
+    fresh = Refiner(trained_model, device="cpu", tta=2).refine(image, coarse, spacing, passes=2, later_tta=1)
+    assert same(first, fresh)
+    usual = kept.refine(image, coarse, spacing, passes=2)  # the first pass's boxes are shared, the second's are not
+    assert usual.stats["boxes_reused"] == 2 and same(usual, Refiner(trained_model, device="cpu", tta=2).refine(
+        image, coarse, spacing, passes=2))
+
+
 def test_a_changed_option_or_ct_reuses_nothing(trained_model):
     image, coarse, spacing = two_lesions()
     refiner = Refiner(trained_model, device="cpu", tta=2)

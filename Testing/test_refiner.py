@@ -69,6 +69,42 @@ def test_two_passes_refine_the_first_passs_result_again(trained_model):
             refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=bad)
 
 
+class CountingRuntime:
+    """A runtime that counts the network inputs it runs (and otherwise is the one it wraps)."""
+
+    def __init__(self, runtime) -> None:
+        self.runtime, self.inputs = runtime, 0
+
+    def __call__(self, inputs):
+        self.inputs += len(inputs)
+        return self.runtime(inputs)
+
+    def __getattr__(self, name):
+        return getattr(self.runtime, name)
+
+
+def test_later_passes_may_predict_in_fewer_orientations(trained_model):
+    case = blob_case(4)
+    refiner = Refiner(trained_model, device="cpu")
+    refiner.runtime = CountingRuntime(refiner.runtime)
+    once = refiner.refine(case.image, case.coarse, case.spacing_zyx)
+    again = Refiner(trained_model, device="cpu", tta=1).refine(case.image, once.mask, case.spacing_zyx)
+    refiner.runtime.inputs = 0
+    quicker = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=2, later_tta=1)
+    # the network saw each first-pass patch in 4 orientations and each second-pass patch in one
+    assert refiner.runtime.inputs == 4 * once.stats["patches"] + again.stats["patches"]
+    assert np.array_equal(quicker.mask, again.mask) and np.array_equal(quicker.uncertain, once.uncertain | again.uncertain)
+    assert quicker.stats["patches"] == once.stats["patches"] + again.stats["patches"]
+    assert quicker.stats["tta"] == refiner.tta == 4 and quicker.stats["later_tta"] == 1  # the Refiner is not changed
+    usual = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=2)
+    assert usual.stats["later_tta"] == 4
+    assert np.array_equal(refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=2, later_tta=4).mask, usual.mask)
+    assert refiner.with_tta(4) is refiner and refiner.with_tta(2).model is refiner.model
+    for bad in (0, 9, 1.5, True):
+        with pytest.raises(RefineError, match="test-time augmentations must be a whole number"):
+            refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=2, later_tta=bad)
+
+
 def test_cpu_refinement_is_deterministic_and_batch_size_independent(trained_model):
     case = blob_case(5)
     a = Refiner(trained_model, device="cpu", batch_size=128).refine(case.image, case.coarse, case.spacing_zyx).mask

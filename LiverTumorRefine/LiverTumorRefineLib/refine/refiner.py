@@ -1,6 +1,7 @@
 """The refinement pipeline on arrays: crop, sample boundary patches, infer, reassemble."""
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
@@ -105,7 +106,7 @@ class Refiner:
             self.boxes = ResultCache(max_bytes)
 
     def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None,
-               passes: int = 1, intensity_gate: bool | None = None) -> RefineResult:
+               passes: int = 1, intensity_gate: bool | None = None, later_tta: int | None = None) -> RefineResult:
         """Refine ``mask`` (bool, z-y-x) on ``image`` (HU). Inputs are not modified.
 
         ``passes`` > 1 refines the result again (the seeded sources' default, ``config.SEEDED_PASSES``:
@@ -113,9 +114,13 @@ class Refiner:
         ``stats`` then add up the passes' patches, seconds and reused boxes, count the voxels changed from
         ``mask``, and keep the first pass's per-lesion decisions (against ``mask``).
         ``intensity_gate``: this call's setting of the intensity gate (None: the Refiner's; the seeded
-        sources refine without it, ``config.SEEDED_INTENSITY_GATE``)."""
+        sources refine without it, ``config.SEEDED_INTENSITY_GATE``).
+        ``later_tta``: the orientations each patch is predicted in on the passes after the first (None:
+        the Refiner's ``tta``; the click path's, ``config.CLICK_LATER_TTA``); ``stats["later_tta"]`` says
+        which when ``passes`` > 1."""
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
             raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
+        later = self if later_tta is None else self.with_tta(later_tta)
 
         def pass_progress(k: int) -> Progress | None:
             return progress if passes == 1 else part(progress, k / passes, (k + 1) / passes, f"Pass {k + 1} of {passes}: ")
@@ -123,7 +128,7 @@ class Refiner:
         gate = self.intensity_gate if intensity_gate is None else check_gate(intensity_gate)
         result = self._refine_once(image, mask, spacing_zyx, pass_progress(0), gate)
         for k in range(1, passes):
-            again = self._refine_once(image, result.mask, spacing_zyx, pass_progress(k), gate)
+            again = later._refine_once(image, result.mask, spacing_zyx, pass_progress(k), gate)
             stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"],
                          boxes_reused=result.stats["boxes_reused"] + again.stats["boxes_reused"])
             stats["seconds"] = {key: value + again.stats["seconds"][key] for key, value in result.stats["seconds"].items()}
@@ -134,7 +139,21 @@ class Refiner:
         if passes > 1:
             result.stats["voxels_changed"] = changed_voxels(mask, result.mask)
             result.stats["passes"] = passes
+            result.stats["later_tta"] = later.tta
         return result
+
+    def with_tta(self, tta: int) -> "Refiner":
+        """This Refiner predicting each patch in ``tta`` orientations: the same network, runtime, settings
+        and kept boxes (a box's key holds the orientations, so the two never share a result)."""
+        try:
+            tta = tta_module.check_count(tta)
+        except ValueError as exc:
+            raise RefineError(f"{exc}.") from None
+        if tta == self.tta:
+            return self
+        other = copy.copy(self)
+        other.tta = tta
+        return other
 
     def _refine_once(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float],
                      progress: Progress | None, gate: bool) -> RefineResult:
