@@ -17,7 +17,7 @@ without the hybrid's guards on the refined outline (``unguarded_click_lesion``).
 neighbour it takes counts against it). The ray grower (``seeded``) alone gets click 1 only. Cases: held-out phantoms
 (seeds 90000+; the hybrid's constants were chosen on seeds 95000+ with --first-seed 95000 and
 the --correction-radius, --growth-limit, --refine-reach, --first-click-switch, --first-click-min-mm,
---correction-scale, --growth-floor, --rim-min-hu, --no-intensity-guard and --click-trust-mm options) and
+--correction-scale, --growth-floor, --rim-min-hu, --no-intensity-guard, --click-trust-mm and --later-tta options) and
 the real validation cases (``realct_1720``, ``realct_mip10`` from bench/realct.py's cache, LiTS
 117). Timing: click 1 and a corrective click on each 512x512 CT with the models loaded, and the
 first click including both models' loading. Merges: a lesion's result covering more than 10% of
@@ -292,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "the larger of it and the model's one-click lesion")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
+    parser.add_argument("--later-tta", type=int, default=clickmodel.CLICK_LATER_TTA,
+                        help="orientations of a click's second refinement pass (config.CLICK_LATER_TTA)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--refiner", help="boundary refiner weights (default: the shipped ones)")
     parser.add_argument("--refiner-runtime", default="auto", choices=["auto", "torch", "onnx"],
@@ -309,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     clickmodel.FIRST_CLICK_MIN_MM = args.first_click_min_mm
     clickmodel.FIRST_CLICK_MODEL = args.first_click_model
     clickmodel.FIRST_CLICK_REACH = args.first_click_reach
+    clickmodel.CLICK_LATER_TTA = args.later_tta
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clicknet.ClickSegmenter(args.weights)
