@@ -48,9 +48,9 @@ def main() -> None:
                     t = time.perf_counter()
                     clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion)
                     best[(later, step)] = min(best.get((later, step), np.inf), time.perf_counter() - t)
-        print(f"{case.name} {image.shape}, {torch.get_num_threads()} threads, best of {args.rounds}: "
-              + ", ".join(f"second pass in {later}: {step} {seconds:.2f} s" for (later, step), seconds in best.items()),
-              flush=True)
+        print(f"{case.name} {image.shape}, {torch.get_num_threads()} threads, best of {args.rounds}, second pass in "
+              + "; ".join(f"{later} orientations: click 1 {best[(later, 'click 1')]:.2f} s, correction "
+                          f"{best[(later, 'correction')]:.2f} s" for later in args.later_tta), flush=True)
 
 
 if __name__ == "__main__":
