@@ -22,7 +22,7 @@ from LiverTumorRefineLib.config import CLICK_LATER_TTA, SEEDED_INTENSITY_GATE, S
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
 from LiverTumorRefineLib.refine.result_cache import ResultCache, digest
-from LiverTumorRefineLib.refine.boxes import crop_margin, grown_box
+from LiverTumorRefineLib.refine.boxes import crop_margin, grown_box, lesion_box
 from LiverTumorRefineLib.refine.refiner import Refiner
 
 
@@ -329,12 +329,9 @@ def distance_near(mask: np.ndarray, spacing_zyx: Sequence[float], limit_mm: floa
     that grown box. The transform runs on the grown box only: no voxel outside it lies within
     ``limit_mm`` of the mask, and on a refiner's crop the box is a fraction of the crop (a click's
     two transforms took 70 ms on the whole crop). An empty ``mask`` gets the whole-crop transform."""
-    where = np.argwhere(mask)
-    if not len(where):
+    if not mask.any():
         return ndimage.distance_transform_edt(~mask, sampling=spacing_zyx)
-    margin = [int(np.ceil(limit_mm / s)) + 1 for s in spacing_zyx]
-    near = tuple(slice(max(int(lo) - m, 0), min(int(hi) + m + 1, n))
-                 for lo, hi, m, n in zip(where.min(axis=0), where.max(axis=0), margin, mask.shape))
+    near = lesion_box(mask, [int(np.ceil(limit_mm / s)) + 1 for s in spacing_zyx])
     distance = np.full(mask.shape, np.inf)
     distance[near] = ndimage.distance_transform_edt(~mask[near], sampling=spacing_zyx)
     return distance
