@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine")]
 
-from clicks import real_corrections  # noqa: E402
+from clicks import real_corrections, user_round  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
@@ -42,12 +41,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for later in args.later_tta:
                 clickmodel.CLICK_LATER_TTA = later
-                clickmodel.GROWN.clear()
-                segmenter.seen.clear()
-                for step, lesion in (("click 1", first), ("correction", second)):
-                    t = time.perf_counter()
-                    clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion)
-                    best[(later, step)] = min(best.get((later, step), np.inf), time.perf_counter() - t)
+                for step, (seconds, _) in user_round(segmenter, refiner, image, spacing, first, second).items():
+                    best[(later, step)] = min(best.get((later, step), np.inf), seconds)
         print(f"{case.name} {image.shape}, {torch.get_num_threads()} threads, best of {args.rounds}, second pass in "
               + "; ".join(f"{later} orientations: click 1 {best[(later, 'click 1')]:.2f} s, correction "
                           f"{best[(later, 'correction')]:.2f} s" for later in args.later_tta), flush=True)

@@ -22,9 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine")]
 
-from clicks import real_corrections, speed_threads  # noqa: E402
+from clicks import real_corrections, speed_threads, user_round  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
-from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.evaluate.metrics import dice  # noqa: E402
 
@@ -43,12 +42,8 @@ def main() -> None:
         masks: dict[tuple[str, str], np.ndarray] = {}
         for _ in range(ROUNDS):
             for name, segmenter in segmenters.items():
-                clickmodel.GROWN.clear()
-                segmenter.seen.clear()
-                for step, lesion in (("click 1", first), ("correction", second)):
-                    t = time.perf_counter()
-                    _, result = clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion)
-                    best[(name, step)] = min(best.get((name, step), np.inf), time.perf_counter() - t)
+                for step, (seconds, result) in user_round(segmenter, refiner, image, spacing, first, second).items():
+                    best[(name, step)] = min(best.get((name, step), np.inf), seconds)
                     masks[(name, step)] = result.paste(image.shape)
                 segmenter.seen.clear()
                 t = time.perf_counter()

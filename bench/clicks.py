@@ -209,6 +209,22 @@ def speed_threads(description: str, default: int, note: str = "torch threads") -
     torch.set_num_threads(parser.parse_args().threads)
 
 
+def user_round(segmenter: clicknet.ClickSegmenter, refiner: Refiner, image: np.ndarray, spacing: Sequence[float],
+               first: clickmodel.LesionClicks, second: clickmodel.LesionClicks, method: str = "hybrid"
+               ) -> dict[str, tuple[float, clicknet.LesionMask]]:
+    """Click 1 (``first``) and its correction (``second``) as a user meets them: click 1 computes
+    afresh (``clicks.GROWN`` and the segmenter's ``seen`` cleared), the correction reuses what click 1
+    kept. Per step ("click 1", "correction"): its seconds and refined lesion."""
+    clickmodel.GROWN.clear()
+    segmenter.seen.clear()
+    out = {}
+    for step, lesion in (("click 1", first), ("correction", second)):
+        t = time.perf_counter()
+        refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion, method=method)[1]
+        out[step] = (time.perf_counter() - t, refined)
+    return out
+
+
 def real_corrections(segmenter: clicknet.ClickSegmenter, refiner: Refiner):
     """Per real validation case (``bench/realct.py``'s cache): the case, its first lesion's click 1
     (``first_lesion``) and click 1 with the correction of its result (``with_correction``), for the
@@ -234,18 +250,10 @@ def timing(case, weights: str | None, methods: Sequence[str]) -> None:
         _, refined = clickmodel.click_lesion(segmenter, refiner, image, spacing, lesion, method=method)
         cold = time.perf_counter() - t
         second = with_correction(lesion, refined, truth, spacing)
-        first_s, second_s = [], []
-        for _ in range(3):
-            # each round as a user meets it: click 1 computes afresh, its correction reuses what
-            # click 1 kept (clicks.GROWN, ClickSegmenter.seen)
-            clickmodel.GROWN.clear()
-            segmenter.seen.clear()
-            for clicks_so_far, times in ((lesion, first_s), (second, second_s)):
-                t = time.perf_counter()
-                clickmodel.click_lesion(segmenter, refiner, image, spacing, clicks_so_far, method=method)
-                times.append(time.perf_counter() - t)
+        rounds = [user_round(segmenter, refiner, image, spacing, lesion, second, method) for _ in range(3)]
+        best = {step: min(r[step][0] for r in rounds) for step in ("click 1", "correction")}
         print(f"timing {method} on {case.name} {image.shape}: first click with model loading {cold:.2f} s; models "
-              f"loaded: click 1 {min(first_s):.2f} s, corrective click 2 {min(second_s):.2f} s (best of 3, "
+              f"loaded: click 1 {best['click 1']:.2f} s, corrective click 2 {best['correction']:.2f} s (best of 3, "
               f"{torch.get_num_threads()} threads)", flush=True)
 
 
