@@ -159,17 +159,17 @@ def test_working_on_the_lesions_box_changes_nothing(seed):
 def test_a_clicked_lesion_is_refined_without_the_gate(trained_model):
     """``clicks.refine_lesion`` (the hybrid's and the Slicer click jobs' refinement) refines as the
     seeded sources do: two passes, no intensity gate (config.SEEDED_INTENSITY_GATE); its second pass
-    in config.CLICK_LATER_TTA orientations."""
+    in config.SEEDED_LATER_TTA orientations."""
     from LiverTumorRefineLib.coarse.clicknet import LesionMask
     from LiverTumorRefineLib.coarse.clicks import refine_lesion
-    from LiverTumorRefineLib.config import CLICK_LATER_TTA, SEEDED_INTENSITY_GATE, SEEDED_PASSES
+    from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_LATER_TTA, SEEDED_PASSES
 
     case = blob_case(3, coarse_shift_mm=3.0)
     refiner = Refiner(trained_model, device="cpu", min_kept=0.0)
     whole = tuple(slice(0, n) for n in case.image.shape)
     got = refine_lesion(refiner, case.image, case.spacing_zyx, LesionMask(whole, case.coarse))
     expected = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=SEEDED_PASSES, intensity_gate=False,
-                              later_tta=CLICK_LATER_TTA)
-    gated = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=SEEDED_PASSES, later_tta=CLICK_LATER_TTA)
-    assert SEEDED_INTENSITY_GATE is False and CLICK_LATER_TTA < refiner.tta
+                              later_tta=SEEDED_LATER_TTA)
+    gated = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=SEEDED_PASSES, later_tta=SEEDED_LATER_TTA)
+    assert SEEDED_INTENSITY_GATE is False and SEEDED_LATER_TTA < refiner.tta
     assert np.array_equal(got.mask, expected.mask) and not np.array_equal(got.mask, gated.mask)

@@ -1,4 +1,4 @@
-"""A click's second refinement pass in N orientations (``config.CLICK_LATER_TTA``), side by side:
+"""A click's second refinement pass in N orientations (``config.SEEDED_LATER_TTA``), side by side:
 the hybrid's click 1 and a corrective click on each real 512x512 validation case, models loaded, the
 settings alternating round by round (best of each), as a user meets them (click 1 computes afresh,
 the correction reuses what click 1 kept).
@@ -27,7 +27,7 @@ from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--later-tta", type=int, nargs="+", default=[4, clickmodel.CLICK_LATER_TTA])
+    parser.add_argument("--later-tta", type=int, nargs="+", default=[4, clickmodel.SEEDED_LATER_TTA])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (ONNX Runtime takes as many)")
     args = parser.parse_args()
@@ -40,7 +40,7 @@ def main() -> None:
         best: dict[tuple[int, str], float] = {}
         for _ in range(args.rounds):
             for later in args.later_tta:
-                clickmodel.CLICK_LATER_TTA = later
+                clickmodel.SEEDED_LATER_TTA = later
                 for step, (seconds, _) in user_round(segmenter, refiner, image, spacing, first, second).items():
                     best[(later, step)] = min(best.get((later, step), np.inf), seconds)
         print(f"{case.name} {image.shape}, {torch.get_num_threads()} threads, best of {args.rounds}, second pass in "

@@ -151,7 +151,7 @@ def run_case(case, segmenter: clicknet.ClickSegmenter, refiner: Refiner, n_click
     lesions = [clickmodel.LesionClicks((tuple(float(v) for v in s),)) for s in seeds]
     grown = seed_labels(image, seeds, spacing)
     grown_refined = refiner.refine(image, grown > 0, spacing, passes=SEEDED_PASSES,  # as refine --seeds does
-                                   intensity_gate=SEEDED_INTENSITY_GATE).mask
+                                   intensity_gate=SEEDED_INTENSITY_GATE, later_tta=clickmodel.SEEDED_LATER_TTA).mask
     cells = nearest_seed_labels(truth_all.shape, seeds, spacing)
     case_rows = []
     for i, (lab, diameter) in enumerate(zip(ids, diameters)):
@@ -300,8 +300,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "the larger of it and the model's one-click lesion")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
-    parser.add_argument("--later-tta", type=int, default=clickmodel.CLICK_LATER_TTA,
-                        help="orientations of a click's second refinement pass (config.CLICK_LATER_TTA)")
+    parser.add_argument("--later-tta", type=int, default=clickmodel.SEEDED_LATER_TTA,
+                        help="orientations of a click's second refinement pass (config.SEEDED_LATER_TTA)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--refiner", help="boundary refiner weights (default: the shipped ones)")
     parser.add_argument("--refiner-runtime", default="auto", choices=["auto", "torch", "onnx"],
@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     clickmodel.FIRST_CLICK_MIN_MM = args.first_click_min_mm
     clickmodel.FIRST_CLICK_MODEL = args.first_click_model
     clickmodel.FIRST_CLICK_REACH = args.first_click_reach
-    clickmodel.CLICK_LATER_TTA = args.later_tta
+    clickmodel.SEEDED_LATER_TTA = args.later_tta
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clicknet.ClickSegmenter(args.weights)

@@ -116,7 +116,7 @@ class Refiner:
         ``intensity_gate``: this call's setting of the intensity gate (None: the Refiner's; the seeded
         sources refine without it, ``config.SEEDED_INTENSITY_GATE``).
         ``later_tta``: the orientations each patch is predicted in on the passes after the first (None:
-        the Refiner's ``tta``; the click path's, ``config.CLICK_LATER_TTA``); ``stats["later_tta"]`` says
+        the Refiner's ``tta``; the seeded sources', ``config.SEEDED_LATER_TTA``); ``stats["later_tta"]`` says
         which when ``passes`` > 1."""
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
             raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
