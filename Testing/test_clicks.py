@@ -197,9 +197,7 @@ def test_cli_negative_seed_errors(tmp_path, capsys):
                            (["--seeds", inside, "--negative-seeds", "900,900,900"], "outside the CT"),
                            (["--auto-coarse", "--negative-seeds", inside], "go with --seeds"),
                            (["--seeds", inside, "--negative-seeds", inside, "--seed-method", "rays"],
-                            "cannot use --negative-seeds"),
-                           (["--seeds", inside, "--intensity-gate"], "always refined without the intensity gate"),
-                           (["--seeds", inside, "--no-intensity-gate"], "Leave the option out")):
+                            "cannot use --negative-seeds")):
         code = cli.main(base + extra)
         assert code == 2 and message in capsys.readouterr().err, extra
     assert not (tmp_path / "o.nii.gz").exists()

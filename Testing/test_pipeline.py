@@ -83,8 +83,11 @@ def test_seed_source_goes_through_the_registry(trained_model):
     from_mask = RefinePipeline(trained_model, device="cpu").run(image, Volume(result.coarse_mask.astype(np.uint8),
                                                                                image.geometry))
     assert "passes" not in from_mask.stats  # an existing mask once
-    # the intensity gate on an existing mask, not on a click-made one (config.SEEDED_INTENSITY_GATE)
-    assert "intensity_gate" in from_mask.stats and "intensity_gate" not in result.stats
+    # the intensity gate on an existing mask and on a click-made one, unless switched off
+    assert "intensity_gate" in from_mask.stats and "intensity_gate" in result.stats
+    ungated = RefinePipeline(trained_model, device="cpu", intensity_gate=False).run(image, source="seeds",
+                                                                                   seeds=[seed_ras])
+    assert "intensity_gate" not in ungated.stats
     with pytest.raises(RefineError, match="No seed points"):
         RefinePipeline(trained_model, device="cpu").run(image, source="seeds", seeds=[])
 

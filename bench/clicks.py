@@ -42,7 +42,7 @@ from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
-from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_PASSES  # noqa: E402
+from LiverTumorRefineLib.config import INTENSITY_GATE, SEEDED_PASSES  # noqa: E402
 from LiverTumorRefineLib.evaluate.metrics import dice  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
@@ -151,7 +151,7 @@ def run_case(case, segmenter: clicknet.ClickSegmenter, refiner: Refiner, n_click
     lesions = [clickmodel.LesionClicks((tuple(float(v) for v in s),)) for s in seeds]
     grown = seed_labels(image, seeds, spacing)
     grown_refined = refiner.refine(image, grown > 0, spacing, passes=SEEDED_PASSES,  # as refine --seeds does
-                                   intensity_gate=SEEDED_INTENSITY_GATE, later_tta=clickmodel.SEEDED_LATER_TTA).mask
+                                   later_tta=clickmodel.SEEDED_LATER_TTA).mask
     cells = nearest_seed_labels(truth_all.shape, seeds, spacing)
     case_rows = []
     for i, (lab, diameter) in enumerate(zip(ids, diameters)):
@@ -302,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
     parser.add_argument("--later-tta", type=int, default=clickmodel.SEEDED_LATER_TTA,
                         help="orientations of a click's second refinement pass (config.SEEDED_LATER_TTA)")
+    parser.add_argument("--intensity-gate", type=int, choices=(0, 1), default=int(INTENSITY_GATE),
+                        help="0: the refiner without its intensity gate (config.INTENSITY_GATE), as click-made masks "
+                             "were refined until this release")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--refiner", help="boundary refiner weights (default: the shipped ones)")
     parser.add_argument("--refiner-runtime", default="auto", choices=["auto", "torch", "onnx"],
@@ -324,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     segmenter = clicknet.ClickSegmenter(args.weights)
     # every click-made mask is refined as refine --seeds does (SEEDED_*)
-    refiner = Refiner(args.refiner, device="cpu", runtime=args.refiner_runtime)
+    refiner = Refiner(args.refiner, device="cpu", runtime=args.refiner_runtime, intensity_gate=bool(args.intensity_gate))
     methods = [m for m in args.methods.split(",") if m]
     out: dict = {"phantom": [], "real": []}
     for i in range(args.phantoms):

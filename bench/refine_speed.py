@@ -31,8 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
 from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
-from LiverTumorRefineLib.config import (INTENSITY_GATE, SEEDED_INTENSITY_GATE, SEEDED_LATER_TTA, SEEDED_PASSES,  # noqa: E402
-                                        PatchConfig)
+from LiverTumorRefineLib.config import INTENSITY_GATE, SEEDED_LATER_TTA, SEEDED_PASSES, PatchConfig  # noqa: E402
 from LiverTumorRefineLib.refine.network import build_model  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import grow_from_seeds  # noqa: E402
@@ -102,7 +101,6 @@ def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: i
         mask = grow_from_seeds(image, seeds, spacing) if seeded else coarse
         grown = time.perf_counter() - t
         stats = refiner.refine(image, mask, spacing, passes=SEEDED_PASSES if seeded else 1,
-                               intensity_gate=SEEDED_INTENSITY_GATE if seeded else None,
                                later_tta=SEEDED_LATER_TTA if seeded else None).stats
         stats["wall"] = time.perf_counter() - t
         if seeded:

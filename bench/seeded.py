@@ -32,7 +32,7 @@ from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
-from LiverTumorRefineLib.config import SEEDED_INTENSITY_GATE, SEEDED_LATER_TTA, SEEDED_PASSES  # noqa: E402
+from LiverTumorRefineLib.config import SEEDED_LATER_TTA, SEEDED_PASSES  # noqa: E402
 
 MIN_DIAMETER_MM = 10.0
 
@@ -104,8 +104,7 @@ def main() -> None:
             order = args.later_tta if n % 2 == 0 else args.later_tta[::-1]  # alternate who goes first
             for later in order:
                 t = time.perf_counter()
-                mask = refiner.refine(case.image.array, grown > 0, spacing, passes=args.passes,
-                                      intensity_gate=SEEDED_INTENSITY_GATE, later_tta=later).mask
+                mask = refiner.refine(case.image.array, grown > 0, spacing, passes=args.passes, later_tta=later).mask
                 if made is not None:
                     mask = made.guard(mask, spacing)  # as the pipeline does after a seeded job's refinement
                 t_refine[later] = time.perf_counter() - t

@@ -43,7 +43,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
                           "(or --batch MANIFEST_OR_FOLDER --out-dir DIR for a dataset).")
     common = dict(device=args.device, weights=args.weights, batch_size=args.batch_size, min_kept=args.min_kept,
                   tta=args.tta, force=args.force, progress=ProgressBar("refine"), report=args.report, runtime=args.runtime,
-                  intensity_gate=intensity_gate(args), dicom_output=args.dicom_output)
+                  intensity_gate=args.intensity_gate, dicom_output=args.dicom_output)
     if args.mask is not None:
         if args.coarse_out is not None:
             raise RefineError("--coarse-out is for coarse masks this command makes (--seeds, --auto-coarse, "
@@ -55,10 +55,6 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         if args.segment is not None:
             raise RefineError("--segment selects a segment of --mask (a DICOM SEG, .seg.nrrd or RT structure set); "
                               "the coarse sources make their own mask.")
-        if args.seeds is not None and args.intensity_gate is not None:
-            raise RefineError("--intensity-gate and --no-intensity-gate are for an existing coarse mask and the automatic "
-                              "sources: a mask made from --seeds is always refined without the intensity gate. Leave "
-                              "the option out.")
         if args.seeds is None and (args.negative_seeds is not None or args.seed_method != "auto"):
             raise RefineError("--negative-seeds and --seed-method go with --seeds (a positive point inside each lesion).")
         source = "seeds" if args.seeds is not None else "auto" if args.auto_coarse else "totalsegmentator"
@@ -83,12 +79,6 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
-def intensity_gate(args: argparse.Namespace) -> bool:
-    """The intensity gate ``refine`` runs with: ``--intensity-gate``/``--no-intensity-gate``, else the
-    default (the option's own default is None, so that ``--seeds`` can refuse a given one)."""
-    return INTENSITY_GATE if args.intensity_gate is None else args.intensity_gate
-
-
 def _cmd_refine_batch(args: argparse.Namespace) -> int:
     from LiverTumorRefineLib import batch
 
@@ -105,7 +95,7 @@ def _cmd_refine_batch(args: argparse.Namespace) -> int:
         raise RefineError("--batch needs --out-dir DIR: the folder for the refined masks and the batch summary.")
     settings = batch.BatchSettings(weights=args.weights, device=args.device, batch_size=args.batch_size,
                                    min_kept=args.min_kept, tta=args.tta, label=args.label, segment=args.segment,
-                                   runtime=args.runtime, intensity_gate=intensity_gate(args))
+                                   runtime=args.runtime, intensity_gate=args.intensity_gate)
     shard = batch.parse_shard(args.shard) if args.shard is not None else (0, 1)
     report = batch.run_batch(args.batch, args.out_dir, settings, shard, 1 if args.workers is None else args.workers,
                              args.force, log=lambda line: print(line, flush=True))
@@ -321,11 +311,11 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                    help="a lesion keeps at least this fraction of its coarse voxels when the refinement is fully "
                         "sure, and more when it is less sure; otherwise it keeps its coarse outline "
                         f"(default {MIN_KEPT}; 0 lets refinement delete lesions)")
-    p.add_argument("--intensity-gate", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--intensity-gate", action=argparse.BooleanOptionalAction, default=INTENSITY_GATE,
                    help="refuse the changes the CT's intensity contradicts: an added voxel that reads as liver, a "
                         "removed one that reads as lesion, where lesion and liver differ by 15 HU or more; on the real "
-                        "validation CTs it nearly halved the lesions made worse (default: on; a mask made from --seeds "
-                        "is always refined without it)")
+                        "validation CTs it nearly halved the lesions made worse, and it keeps click-made masks off the "
+                        f"liver (default: {'on' if INTENSITY_GATE else 'off'})")
     p.add_argument("--tta", type=int, default=TTA, metavar="N",
                    help=f"orientations each patch is predicted in, 1-8 (default {TTA}); a voxel changes only where "
                         "the predictions covering it agree; 1 is fastest")

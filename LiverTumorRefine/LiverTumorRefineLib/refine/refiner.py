@@ -113,8 +113,7 @@ class Refiner:
         a click-made coarse mask is far from the boundary, and a second pass moves it further);
         ``stats`` then add up the passes' patches, seconds and reused boxes, count the voxels changed from
         ``mask``, and keep the first pass's per-lesion decisions (against ``mask``).
-        ``intensity_gate``: this call's setting of the intensity gate (None: the Refiner's; the seeded
-        sources refine without it, ``config.SEEDED_INTENSITY_GATE``).
+        ``intensity_gate``: this call's setting of the intensity gate (None: the Refiner's).
         ``later_tta``: the orientations each patch is predicted in on the passes after the first (None:
         the Refiner's ``tta``; the seeded sources', ``config.SEEDED_LATER_TTA``); ``stats["later_tta"]`` says
         which when ``passes`` > 1."""

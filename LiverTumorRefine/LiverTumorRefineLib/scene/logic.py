@@ -148,7 +148,7 @@ class LiverTumorRefineLogic(_LogicBase):
 
     def setIntensityGate(self, on: bool) -> None:
         """Whether the next refinements use the refiner's intensity gate (the module's checkbox;
-        ``refine.intensity``). A coarse segment made from seed points is refined without it."""
+        ``refine.intensity``), a coarse segment made from seed points or clicks included."""
         self.refinerOptions["intensity_gate"] = bool(on)
 
     # ---------------------------------------------------------------- one call
