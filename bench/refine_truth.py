@@ -4,7 +4,7 @@
                                  [--weights brnet.pt] [--runtime torch]
 
 Per lesion of 10 mm or more (``bench/seeded.py``'s lesions): its reference mask, alone on its crop,
-refined as a click's lesion is (``clicks.refine_lesion``: two passes, no intensity gate); printed
+refined as a click's lesion is (``clicks.refine_lesion``: two passes, the intensity gate on); printed
 are the refined volume over the reference's and the Dice against it, per lesion and per case.
 A refiner without bias leaves a right mask nearly as it is. Cases: validation phantoms (seeds
 50000+) and the real validation cases (``bench/realct.py``'s cache, LiTS 117).
