@@ -78,10 +78,7 @@ class Refiner:
         for name, value in (("agreement", agreement), ("removal_agreement", removal_agreement)):
             if not 0 <= value <= 1:
                 raise RefineError(f"{name} must be between 0 and 1 (got {value}).")
-        try:
-            self.tta = tta_module.check_count(tta)
-        except ValueError as exc:
-            raise RefineError(f"{exc}.") from None
+        self.tta = check_tta(tta)
         if shrink not in SHRINK_MODES:
             raise RefineError(f"shrink must be one of {', '.join(SHRINK_MODES)} (got {shrink!r}).")
         self.min_kept, self.agreement, self.shrink = min_kept, agreement, shrink
@@ -144,10 +141,7 @@ class Refiner:
     def with_tta(self, tta: int) -> "Refiner":
         """This Refiner predicting each patch in ``tta`` orientations: the same network, runtime, settings
         and kept boxes (a box's key holds the orientations, so the two never share a result)."""
-        try:
-            tta = tta_module.check_count(tta)
-        except ValueError as exc:
-            raise RefineError(f"{exc}.") from None
+        tta = check_tta(tta)
         if tta == self.tta:
             return self
         other = copy.copy(self)
@@ -384,6 +378,14 @@ class _BoxResult:
     lesions: list
     uncertain: np.ndarray
     intensity: list[IntensityDecision]  # one per lesion the intensity gate looked at (none when it is off)
+
+
+def check_tta(value: Any) -> int:
+    """``value`` as a count of orientations (``tta.check_count``), or a RefineError saying why not."""
+    try:
+        return tta_module.check_count(value)
+    except ValueError as exc:
+        raise RefineError(f"{exc}.") from None
 
 
 def check_gate(value: Any) -> bool:
