@@ -88,12 +88,6 @@ def test_refiner_reports_the_gate_and_it_only_takes_changes_back(trained_model):
     assert int((changed_plain & ~changed_gated).sum()) == entry["additions_refused"] + entry["removals_refused"] > 0
     with pytest.raises(RefineError, match="intensity_gate must be True or False"):
         Refiner(trained_model, device="cpu", intensity_gate="yes")
-    # one call's own setting: the seeded sources refine without the gate
-    off = Refiner(trained_model, device="cpu", min_kept=0.0).refine(case.image, case.coarse, case.spacing_zyx,
-                                                                    intensity_gate=False)
-    assert np.array_equal(off.mask, plain.mask) and "intensity_gate" not in off.stats
-    with pytest.raises(RefineError, match="intensity_gate must be True or False"):
-        Refiner(trained_model, device="cpu").refine(case.image, case.coarse, case.spacing_zyx, intensity_gate=1)
 
 
 def test_cli_api_and_batch_take_the_gate(trained_model, tmp_path):

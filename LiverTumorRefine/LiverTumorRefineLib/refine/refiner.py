@@ -103,14 +103,13 @@ class Refiner:
             self.boxes = ResultCache(max_bytes)
 
     def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None,
-               passes: int = 1, intensity_gate: bool | None = None, later_tta: int | None = None) -> RefineResult:
+               passes: int = 1, later_tta: int | None = None) -> RefineResult:
         """Refine ``mask`` (bool, z-y-x) on ``image`` (HU). Inputs are not modified.
 
         ``passes`` > 1 refines the result again (the seeded sources' default, ``config.SEEDED_PASSES``:
         a click-made coarse mask is far from the boundary, and a second pass moves it further);
         ``stats`` then add up the passes' patches, seconds and reused boxes, count the voxels changed from
         ``mask``, and keep the first pass's per-lesion decisions (against ``mask``).
-        ``intensity_gate``: this call's setting of the intensity gate (None: the Refiner's).
         ``later_tta``: the orientations each patch is predicted in on the passes after the first (None:
         the Refiner's ``tta``; the seeded sources', ``config.SEEDED_LATER_TTA``); ``stats["later_tta"]`` says
         which when ``passes`` > 1."""
@@ -121,10 +120,9 @@ class Refiner:
         def pass_progress(k: int) -> Progress | None:
             return progress if passes == 1 else part(progress, k / passes, (k + 1) / passes, f"Pass {k + 1} of {passes}: ")
 
-        gate = self.intensity_gate if intensity_gate is None else check_gate(intensity_gate)
-        result = self._refine_once(image, mask, spacing_zyx, pass_progress(0), gate)
+        result = self._refine_once(image, mask, spacing_zyx, pass_progress(0))
         for k in range(1, passes):
-            again = later._refine_once(image, result.mask, spacing_zyx, pass_progress(k), gate)
+            again = later._refine_once(image, result.mask, spacing_zyx, pass_progress(k))
             stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"],
                          boxes_reused=result.stats["boxes_reused"] + again.stats["boxes_reused"])
             stats["seconds"] = {key: value + again.stats["seconds"][key] for key, value in result.stats["seconds"].items()}
@@ -149,7 +147,7 @@ class Refiner:
         return other
 
     def _refine_once(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float],
-                     progress: Progress | None, gate: bool) -> RefineResult:
+                     progress: Progress | None) -> RefineResult:
         """One refinement pass of ``mask`` (see ``refine``)."""
         t0 = time.perf_counter()
         _check_inputs(image, mask, spacing_zyx)
@@ -168,13 +166,12 @@ class Refiner:
         patches = changed = reused = 0
         lesions: list[dict[str, Any]] = []
         intensity: list[IntensityDecision] = []
-        liver_hu = self._parenchyma(image, mask, boxes, spacing, gate)
+        liver_hu = self._parenchyma(image, mask, boxes, spacing)
         for i, box in enumerate(boxes):
-            key = self._box_key(image, mask, box, spacing, liver_hu, gate)
+            key = self._box_key(image, mask, box, spacing, liver_hu)
             piece = self.boxes.get(key) if key is not None else None  # type: ignore[union-attr]
             if piece is None:
-                piece = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)),
-                                         gate)
+                piece = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)))
                 patches += piece.patches
                 for stage, value in piece.seconds.items():
                     seconds[stage] += value
@@ -196,12 +193,12 @@ class Refiner:
                  "runtime": self.runtime.name,
                  "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
                  "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions, "boxes_reused": reused}
-        if gate:
+        if self.intensity_gate:
             stats["intensity_gate"] = gate_summary(intensity)
         return RefineResult(refined, stats, uncertain)
 
     def _box_key(self, image: np.ndarray, mask: np.ndarray, box: Box, spacing: tuple[float, ...],
-                 liver_hu: float | None, gate: bool) -> tuple | None:
+                 liver_hu: float | None) -> tuple | None:
         """``box``'s key in the kept boxes, or None when none are kept: what its refinement depends
         on, the CT and mask crops by their digest, and the options a caller may change on a built
         Refiner (the runtime among them)."""
@@ -209,14 +206,14 @@ class Refiner:
             return None
         options = (self.runtime.name, self.tta, self.agreement, self.removal_agreement, self.min_kept, self.shrink)
         return (tuple((int(b.start), int(b.stop)) for b in box), digest(image[box], mask[box]), spacing,
-                None if liver_hu is None else float(liver_hu), bool(gate)) + options
+                None if liver_hu is None else float(liver_hu), self.intensity_gate) + options
 
-    def _parenchyma(self, image: np.ndarray, mask: np.ndarray, boxes: list[Box], spacing: tuple[float, ...],
-                    gate: bool) -> float | None:
+    def _parenchyma(self, image: np.ndarray, mask: np.ndarray, boxes: list[Box], spacing: tuple[float, ...]
+                    ) -> float | None:
         """The liver parenchyma's HU around all the lesions (pooled over their boxes, so how the
         lesions are grouped into boxes does not change it), or None when neither the model's
         normalisation nor the intensity gate needs it."""
-        if self.cfg.normalise != "liver" and not gate:
+        if self.cfg.normalise != "liver" and not self.intensity_gate:
             return None
         with torch.inference_mode():
             values = [sampling.shell_values(self._crop_image(image, box), tensor_of(mask[box], self.device),
@@ -228,7 +225,7 @@ class Refiner:
         return sampling.clean_hu(crop, self.cfg.hu_window)
 
     def _refine_box(self, image: np.ndarray, mask: np.ndarray, box: Box, spacing: tuple[float, ...],
-                    liver_hu: float | None, progress: Progress | None, gate: bool) -> "_BoxResult":
+                    liver_hu: float | None, progress: Progress | None) -> "_BoxResult":
         """The refined mask inside ``box`` with what it cost and the gate's decisions."""
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
@@ -250,7 +247,7 @@ class Refiner:
             gated = torch.where(wanted & (sure < needed), crop_mask, proposed)
             coarse_crop = mask[box]
             gated_np, intensity = gated.cpu().numpy(), []
-            if gate:
+            if self.intensity_gate:
                 gated_np, intensity = intensity_gate(image[box], coarse_crop, gated_np, liver_hu, spacing)
             probability = canvas.mean().cpu().numpy() if self.shrink == "cap" else None
             refined_crop, decisions = lesion_gate(coarse_crop, gated_np, wanted.cpu().numpy(),
