@@ -55,5 +55,6 @@ def main() -> None:
                           f"{best[(later, gate, 'click 1')]:.2f} s, correction {best[(later, gate, 'correction')]:.2f} s"
                           for later, gate in settings), flush=True)
 
+
 if __name__ == "__main__":
     main()

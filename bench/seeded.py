@@ -133,11 +133,12 @@ def main() -> None:
         for j, later in enumerate(args.later_tta):
             after = v[:, 3 + j]
             print(f"{kind}, later passes in {later} orientations: {len(v)} lesions, mean lesion Dice coarse "
-                  f"{coarse.mean():.3f} refined {np.nanmean(after):.4f} (+{np.nanmean(after - coarse):.3f}); median coarse "
+                  f"{coarse.mean():.3f} refined {np.nanmean(after):.4f} ({np.nanmean(after - coarse):+.3f}); median coarse "
                   f"{np.median(coarse):.3f}; refined below coarse by > 0.05: {int((after < coarse - 0.05).sum())}; "
                   f"leaks (outside > lesion size) {int((v[:, 1] > 1).sum())}")
     if seconds:
         print("refine seconds, all cases: " + "; ".join(f"{later} orientations {s:.1f} s" for later, s in seconds.items()))
+
 
 if __name__ == "__main__":
     main()
