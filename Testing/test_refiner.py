@@ -105,6 +105,24 @@ def test_later_passes_may_predict_in_fewer_orientations(trained_model):
             refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=2, later_tta=bad)
 
 
+def test_the_first_pass_may_predict_in_fewer_orientations(trained_model):
+    case = blob_case(4)
+    refiner = Refiner(trained_model, device="cpu")
+    refiner.runtime = CountingRuntime(refiner.runtime)
+    first = Refiner(trained_model, device="cpu", tta=2).refine(case.image, case.coarse, case.spacing_zyx)
+    second = Refiner(trained_model, device="cpu", tta=1).refine(case.image, first.mask, case.spacing_zyx)
+    refiner.runtime.inputs = 0
+    both = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=2, first_tta=2, later_tta=1)
+    # the network saw each first-pass patch in 2 orientations and each second-pass patch in one
+    assert refiner.runtime.inputs == 2 * first.stats["patches"] + second.stats["patches"]
+    assert np.array_equal(both.mask, second.mask)
+    assert both.stats["tta"] == 2 and both.stats["later_tta"] == 1 and refiner.tta == 4  # the Refiner is not changed
+    once = refiner.refine(case.image, case.coarse, case.spacing_zyx, first_tta=2)  # one pass: the first alone
+    assert np.array_equal(once.mask, first.mask) and once.stats["tta"] == 2
+    with pytest.raises(RefineError, match="test-time augmentations must be a whole number"):
+        refiner.refine(case.image, case.coarse, case.spacing_zyx, first_tta=0)
+
+
 def test_cpu_refinement_is_deterministic_and_batch_size_independent(trained_model):
     case = blob_case(5)
     a = Refiner(trained_model, device="cpu", batch_size=128).refine(case.image, case.coarse, case.spacing_zyx).mask

@@ -103,7 +103,7 @@ class Refiner:
             self.boxes = ResultCache(max_bytes)
 
     def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None,
-               passes: int = 1, later_tta: int | None = None) -> RefineResult:
+               passes: int = 1, later_tta: int | None = None, first_tta: int | None = None) -> RefineResult:
         """Refine ``mask`` (bool, z-y-x) on ``image`` (HU). Inputs are not modified.
 
         ``passes`` > 1 refines the result again (the seeded sources' default, ``config.SEEDED_PASSES``:
@@ -112,15 +112,17 @@ class Refiner:
         ``mask``, and keep the first pass's per-lesion decisions (against ``mask``).
         ``later_tta``: the orientations each patch is predicted in on the passes after the first (None:
         the Refiner's ``tta``; the seeded sources', ``config.SEEDED_LATER_TTA``); ``stats["later_tta"]`` says
-        which when ``passes`` > 1."""
+        which when ``passes`` > 1. ``first_tta``: the same for the first pass (None: the Refiner's ``tta``;
+        the seeded sources', ``config.SEEDED_FIRST_TTA``); ``stats["tta"]`` says which."""
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
             raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
+        first = self if first_tta is None else self.with_tta(first_tta)
         later = self if later_tta is None else self.with_tta(later_tta)
 
         def pass_progress(k: int) -> Progress | None:
             return progress if passes == 1 else part(progress, k / passes, (k + 1) / passes, f"Pass {k + 1} of {passes}: ")
 
-        result = self._refine_once(image, mask, spacing_zyx, pass_progress(0))
+        result = first._refine_once(image, mask, spacing_zyx, pass_progress(0))
         for k in range(1, passes):
             again = later._refine_once(image, result.mask, spacing_zyx, pass_progress(k))
             stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"],
