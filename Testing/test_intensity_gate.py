@@ -151,12 +151,13 @@ def test_working_on_the_lesions_box_changes_nothing(seed):
 
 
 def test_a_clicked_lesion_is_refined_with_the_refiners_gate(trained_model):
-    """``clicks.refine_lesion`` (the hybrid's and the Slicer click jobs' refinement) refines as the
-    seeded sources do: two passes, the second in config.SEEDED_LATER_TTA orientations, with the
-    intensity gate as the Refiner has it (on by default; off where the user switched it off)."""
+    """``clicks.refine_lesion`` (the hybrid's and the Slicer click jobs' refinement) refines in the
+    seeded sources' two passes, the first in config.SEEDED_FIRST_TTA orientations and the second in
+    config.SEEDED_LATER_TTA, with the intensity gate as the Refiner has it (on by default; off where
+    the user switched it off)."""
     from LiverTumorRefineLib.coarse.clicknet import LesionMask
     from LiverTumorRefineLib.coarse.clicks import refine_lesion
-    from LiverTumorRefineLib.config import SEEDED_LATER_TTA, SEEDED_PASSES
+    from LiverTumorRefineLib.config import SEEDED_FIRST_TTA, SEEDED_LATER_TTA, SEEDED_PASSES
 
     case = blob_case(3, coarse_shift_mm=3.0)
     whole = tuple(slice(0, n) for n in case.image.shape)
@@ -165,8 +166,9 @@ def test_a_clicked_lesion_is_refined_with_the_refiners_gate(trained_model):
         refiner = Refiner(trained_model, device="cpu", min_kept=0.0, intensity_gate=gate)
         got = refine_lesion(refiner, case.image, case.spacing_zyx, LesionMask(whole, case.coarse))
         expected = refiner.refine(case.image, case.coarse, case.spacing_zyx, passes=SEEDED_PASSES,
-                                  later_tta=SEEDED_LATER_TTA)
-        assert SEEDED_LATER_TTA < refiner.tta and np.array_equal(got.mask, expected.mask)
+                                  first_tta=SEEDED_FIRST_TTA, later_tta=SEEDED_LATER_TTA)
+        assert SEEDED_FIRST_TTA < refiner.tta and SEEDED_LATER_TTA < refiner.tta
+        assert np.array_equal(got.mask, expected.mask)
         results[gate] = got.mask
     assert Refiner(trained_model).intensity_gate is True  # on by default
     assert not np.array_equal(results[True], results[False])  # the gate acts on this case

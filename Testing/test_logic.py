@@ -126,12 +126,12 @@ class _OomRefiner:
     def __init__(self, cpu_refiner, mode):
         self.device, self.cpu, self.mode = "cuda", cpu_refiner, mode
 
-    def refine(self, image, mask, spacing, progress=None, passes=1, later_tta=None):
+    def refine(self, image, mask, spacing, progress=None, passes=1, later_tta=None, first_tta=None):
         import torch
 
         if self.mode == "raise":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        result = self.cpu.refine(image, mask, spacing, progress, passes=passes, later_tta=later_tta)
+        result = self.cpu.refine(image, mask, spacing, progress, passes=passes, later_tta=later_tta, first_tta=first_tta)
         result.stats["device"] = "cpu"
         return result
 

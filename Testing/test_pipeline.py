@@ -8,7 +8,7 @@ import pytest
 from conftest import blob_case
 from LiverTumorRefineLib import api, device, pipeline
 from LiverTumorRefineLib.coarse import sources
-from LiverTumorRefineLib.config import SEEDED_LATER_TTA, SEEDED_PASSES, TTA
+from LiverTumorRefineLib.config import SEEDED_FIRST_TTA, SEEDED_LATER_TTA, SEEDED_PASSES, TTA
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.pipeline import RefinePipeline
 from LiverTumorRefineLib.progress import part, report
@@ -78,11 +78,12 @@ def test_seed_source_goes_through_the_registry(trained_model):
     assert result.coarse_mask.any() and result.stats["coarse_source"] == "seeds"
     assert "coarse" in result.stats["seconds"]
     assert result.stats["passes"] == SEEDED_PASSES == 2  # a click-made mask is refined twice
-    # ... its second pass in fewer orientations than the first, as a click's (config.SEEDED_LATER_TTA)
-    assert result.stats["later_tta"] == SEEDED_LATER_TTA == 2 < TTA
+    # ... both passes in fewer orientations than an existing mask's, as a click's (config.SEEDED_FIRST_TTA,
+    # SEEDED_LATER_TTA)
+    assert result.stats["tta"] == SEEDED_FIRST_TTA == 2 < TTA and result.stats["later_tta"] == SEEDED_LATER_TTA == 2
     from_mask = RefinePipeline(trained_model, device="cpu").run(image, Volume(result.coarse_mask.astype(np.uint8),
                                                                                image.geometry))
-    assert "passes" not in from_mask.stats  # an existing mask once
+    assert "passes" not in from_mask.stats and from_mask.stats["tta"] == TTA  # an existing mask once, in TTA orientations
     # the intensity gate on an existing mask and on a click-made one, unless switched off
     assert "intensity_gate" in from_mask.stats and "intensity_gate" in result.stats
     ungated = RefinePipeline(trained_model, device="cpu", intensity_gate=False).run(image, source="seeds",

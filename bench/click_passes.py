@@ -1,13 +1,15 @@
-"""A click's refinement settings side by side: its second pass in N orientations
-(``config.SEEDED_LATER_TTA``) and the refiner's intensity gate on or off (``config.INTENSITY_GATE``).
+"""A click's refinement settings side by side: its first pass in N orientations (``config.SEEDED_FIRST_TTA``),
+its second pass in N orientations (``config.SEEDED_LATER_TTA``) and the refiner's intensity gate on or off
+(``config.INTENSITY_GATE``).
 The hybrid's click 1 and a corrective click on each real 512x512 validation case, models loaded, the
 settings alternating round by round (best of each), as a user meets them (click 1 computes afresh,
 the correction reuses what click 1 kept).
 
-    python bench/click_passes.py [--later-tta 4 2] [--gate 1] [--rounds 5] [--threads 2]
+    python bench/click_passes.py [--first-tta 2] [--later-tta 4 2] [--gate 1] [--rounds 5] [--threads 2]
+    python bench/click_passes.py --first-tta 4 2 --later-tta 2   # what a first pass in 2 orientations saves
     python bench/click_passes.py --later-tta 2 --gate 1 0     # what the intensity gate costs a click
 
-The quality of each setting: ``bench/clicks.py --later-tta N --intensity-gate G``.
+The quality of each setting: ``bench/clicks.py --first-tta N --later-tta N --intensity-gate G``.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--first-tta", type=int, nargs="+", default=[clickmodel.SEEDED_FIRST_TTA])
     parser.add_argument("--later-tta", type=int, nargs="+", default=[4, clickmodel.SEEDED_LATER_TTA])
     parser.add_argument("--gate", type=int, nargs="+", choices=(0, 1), default=[int(INTENSITY_GATE)],
                         help="the refiner's intensity gate: 1 on, 0 off; several: each")
@@ -39,21 +42,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     refiners = {gate: Refiner(device="cpu", intensity_gate=bool(gate)) for gate in args.gate}
     segmenter = clicknet.ClickSegmenter()
-    settings = [(later, gate) for later in args.later_tta for gate in args.gate]
+    settings = [(first, later, gate) for first in args.first_tta for later in args.later_tta for gate in args.gate]
     for case, first, second in real_corrections(segmenter, refiners[args.gate[0]]):
         if case.image.array.shape[1:] != (512, 512):
             continue
         image, spacing = case.image.array, case.image.spacing_zyx
-        best: dict[tuple[int, int, str], float] = {}
+        best: dict[tuple[int, int, int, str], float] = {}
         for _ in range(args.rounds):
-            for later, gate in settings:
-                clickmodel.SEEDED_LATER_TTA = later
-                for step, (seconds, _) in user_round(segmenter, refiners[gate], image, spacing, first, second).items():
-                    best[(later, gate, step)] = min(best.get((later, gate, step), np.inf), seconds)
+            for setting in settings:
+                clickmodel.SEEDED_FIRST_TTA, clickmodel.SEEDED_LATER_TTA = setting[0], setting[1]
+                for step, (seconds, _) in user_round(segmenter, refiners[setting[2]], image, spacing, first,
+                                                     second).items():
+                    best[setting + (step,)] = min(best.get(setting + (step,), np.inf), seconds)
         print(f"{case.name} {image.shape}, {torch.get_num_threads()} threads, best of {args.rounds}: "
-              + "; ".join(f"second pass in {later} orientations, gate {'on' if gate else 'off'}: click 1 "
-                          f"{best[(later, gate, 'click 1')]:.2f} s, correction {best[(later, gate, 'correction')]:.2f} s"
-                          for later, gate in settings), flush=True)
+              + "; ".join(f"passes in {s[0]} and {s[1]} orientations, gate {'on' if s[2] else 'off'}: click 1 "
+                          f"{best[s + ('click 1',)]:.2f} s, correction {best[s + ('correction',)]:.2f} s"
+                          for s in settings), flush=True)
 
 
 if __name__ == "__main__":

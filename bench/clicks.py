@@ -17,7 +17,7 @@ without the hybrid's guards on the refined outline (``unguarded_click_lesion``).
 neighbour it takes counts against it). The ray grower (``seeded``) alone gets click 1 only. Cases: held-out phantoms
 (seeds 90000+; the hybrid's constants were chosen on seeds 95000+ with --first-seed 95000 and
 the --correction-radius, --growth-limit, --refine-reach, --first-click-switch, --first-click-min-mm,
---correction-scale, --growth-floor, --rim-min-hu, --no-intensity-guard, --click-trust-mm and --later-tta options) and
+--correction-scale, --growth-floor, --rim-min-hu, --no-intensity-guard, --click-trust-mm, --first-tta and --later-tta options) and
 the real validation cases (``realct_1720``, ``realct_mip10`` from bench/realct.py's cache, LiTS
 117). Timing: click 1 and a corrective click on each 512x512 CT with the models loaded, and the
 first click including both models' loading. Merges: a lesion's result covering more than 10% of
@@ -300,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "the larger of it and the model's one-click lesion")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
+    parser.add_argument("--first-tta", type=int, default=clickmodel.SEEDED_FIRST_TTA,
+                        help="orientations of a click's first refinement pass (config.SEEDED_FIRST_TTA; 4 until stop 29)")
     parser.add_argument("--later-tta", type=int, default=clickmodel.SEEDED_LATER_TTA,
                         help="orientations of a click's second refinement pass (config.SEEDED_LATER_TTA)")
     parser.add_argument("--intensity-gate", type=int, choices=(0, 1), default=int(INTENSITY_GATE),
@@ -323,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     clickmodel.FIRST_CLICK_MODEL = args.first_click_model
     clickmodel.FIRST_CLICK_REACH = args.first_click_reach
     clickmodel.SEEDED_LATER_TTA = args.later_tta
+    clickmodel.SEEDED_FIRST_TTA = args.first_tta
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clicknet.ClickSegmenter(args.weights)

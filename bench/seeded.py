@@ -1,14 +1,14 @@
 """Seeded coarse segmentation, then refinement: one click per lesion over 10 mm.
 
     python bench/seeded.py [--phantoms 10] [--first-seed 90000] [--lits117] [--no-refine] [--passes 2] [--rim-min-hu 16]
-                           [--method rays|auto] [--later-tta 4 [2 ...]]
+                           [--method rays|auto] [--first-tta 4 [2 ...]] [--later-tta 4 [2 ...]]
 
 The click is each truth lesion's deepest point (farthest from its surface). Per lesion: Dice of
 the seed's own region (everything it claimed, leaks included) against that lesion, for the
 coarse mask grown from the seeds and after refinement (the refined mask within the seed's cell:
-the voxels nearer to it than to any other seed). Prints means, leaks and timings. ``--later-tta``
-with several values refines the same coarse mask once per value (the orientations of the passes after
-the first), side by side, and prints each. ``--method``:
+the voxels nearer to it than to any other seed). Prints means, leaks and timings. ``--first-tta`` and
+``--later-tta`` with several values refine the same coarse mask once per pair (the orientations of the
+first pass and of the passes after it), side by side, and print each. ``--method``:
 the ray grower alone (``rays``, the default here), or what ``refine --seeds`` does by default
 (``auto``: the hybrid's lesions, the whole coarse mask refined, then each lesion's refined outline
 guarded as a click's is).
@@ -32,7 +32,7 @@ from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
-from LiverTumorRefineLib.config import SEEDED_LATER_TTA, SEEDED_PASSES  # noqa: E402
+from LiverTumorRefineLib.config import SEEDED_FIRST_TTA, SEEDED_LATER_TTA, SEEDED_PASSES  # noqa: E402
 
 MIN_DIAMETER_MM = 10.0
 
@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--method", choices=("rays", "auto"), default="rays",
                         help="rays: the ray grower alone; auto: refine --seeds' default (the hybrid, guarded)")
+    parser.add_argument("--first-tta", type=int, nargs="+", default=[SEEDED_FIRST_TTA],
+                        help=f"orientations of the first pass (default {SEEDED_FIRST_TTA}, as refine --seeds does); "
+                             "several values: each, side by side with every --later-tta")
     parser.add_argument("--later-tta", type=int, nargs="+", default=[SEEDED_LATER_TTA],
                         help=f"orientations of the passes after the first (default {SEEDED_LATER_TTA}, as refine --seeds "
                              "does); several values: each, side by side")
@@ -83,7 +86,8 @@ def main() -> None:
 
         cases.append(load_lits117)
     rows = {"phantom": [], "real": []}
-    seconds: dict[int, float] = {}
+    seconds: dict[tuple[int, int], float] = {}
+    settings = [(first, later) for first in args.first_tta for later in args.later_tta]
     for n, make in enumerate(cases):
         case = make()
         spacing = case.image.spacing_zyx
@@ -98,46 +102,48 @@ def main() -> None:
             made = clickmodel.lesions_from_clicks(case.image.array, spacing, [[s] for s in seeds], method="hybrid")
             grown = made.labels(truth.shape)
         t_grow = time.perf_counter() - t
-        refined: dict[int, np.ndarray] = {}
-        t_refine: dict[int, float] = {}
+        refined: dict[tuple[int, int], np.ndarray] = {}
+        t_refine: dict[tuple[int, int], float] = {}
         if refiner is not None:
-            order = args.later_tta if n % 2 == 0 else args.later_tta[::-1]  # alternate who goes first
-            for later in order:
+            order = settings if n % 2 == 0 else settings[::-1]  # alternate who goes first
+            for first, later in order:
                 t = time.perf_counter()
-                mask = refiner.refine(case.image.array, grown > 0, spacing, passes=args.passes, later_tta=later).mask
+                mask = refiner.refine(case.image.array, grown > 0, spacing, passes=args.passes, first_tta=first,
+                                      later_tta=later).mask
                 if made is not None:
                     mask = made.guard(mask, spacing)  # as the pipeline does after a seeded job's refinement
-                t_refine[later] = time.perf_counter() - t
-                refined[later] = mask
+                t_refine[(first, later)] = time.perf_counter() - t
+                refined[(first, later)] = mask
             cells = nearest_seed_labels(truth.shape, seeds, spacing)
         kind = "real" if case.name.startswith("lits") or "117" in case.name else "phantom"
         for i, (lab, diameter) in enumerate(zip(ids, diameters)):
             lesion = labels == lab
             before = overlap_metrics(lesion, grown == i + 1)["dice"]
-            after = [overlap_metrics(lesion, refined[later] & (cells == i + 1))["dice"] if refined else float("nan")
-                     for later in args.later_tta]
+            after = [overlap_metrics(lesion, refined[setting] & (cells == i + 1))["dice"] if refined else float("nan")
+                     for setting in settings]
             outside = float(((grown == i + 1) & ~truth).sum()) / max(float(lesion.sum()), 1.0)
             rows[kind].append((before, outside, diameter, *after))
             print(f"{case.name:>14} lesion {lab:2d} {diameter:5.1f} mm: coarse {before:.3f} refined "
                   + " / ".join(f"{a:.3f}" for a in after) + f" outside {outside:5.2f}", flush=True)
-        print(f"{case.name:>14}: grow {t_grow:.2f} s, refine " + " / ".join(f"{t_refine.get(later, 0.0):.2f}"
-                                                                         for later in args.later_tta)
+        print(f"{case.name:>14}: grow {t_grow:.2f} s, refine " + " / ".join(f"{t_refine.get(setting, 0.0):.2f}"
+                                                                         for setting in settings)
               + f" s, {len(seeds)} seeds", flush=True)
-        for later in t_refine:
-            seconds[later] = seconds.get(later, 0.0) + t_refine[later]
+        for setting in t_refine:
+            seconds[setting] = seconds.get(setting, 0.0) + t_refine[setting]
     for kind, values in rows.items():
         if not values:
             continue
         v = np.array(values)
         coarse = v[:, 0]
-        for j, later in enumerate(args.later_tta):
+        for j, (first, later) in enumerate(settings):
             after = v[:, 3 + j]
-            print(f"{kind}, later passes in {later} orientations: {len(v)} lesions, mean lesion Dice coarse "
+            print(f"{kind}, passes in {first} and {later} orientations: {len(v)} lesions, mean lesion Dice coarse "
                   f"{coarse.mean():.3f} refined {np.nanmean(after):.4f} ({np.nanmean(after - coarse):+.3f}); median coarse "
                   f"{np.median(coarse):.3f}; refined below coarse by > 0.05: {int((after < coarse - 0.05).sum())}; "
                   f"leaks (outside > lesion size) {int((v[:, 1] > 1).sum())}")
     if seconds:
-        print("refine seconds, all cases: " + "; ".join(f"{later} orientations {s:.1f} s" for later, s in seconds.items()))
+        print("refine seconds, all cases: " + "; ".join(f"{first} and {later} orientations {s:.1f} s"
+                                                         for (first, later), s in seconds.items()))
 
 
 if __name__ == "__main__":

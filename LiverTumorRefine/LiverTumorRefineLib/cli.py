@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from LiverTumorRefineLib.config import INTENSITY_GATE, MIN_KEPT, TTA
+from LiverTumorRefineLib.config import (INTENSITY_GATE, MIN_KEPT, SEEDED_FIRST_TTA, SEEDED_LATER_TTA, SEEDED_PASSES,
+                                        TTA)
 from LiverTumorRefineLib.errors import RefineError
 
 PROG = "livertumorrefine"
@@ -318,7 +319,8 @@ def _add_refine(sub: argparse._SubParsersAction) -> None:
                         f"liver (default: {'on' if INTENSITY_GATE else 'off'})")
     p.add_argument("--tta", type=int, default=TTA, metavar="N",
                    help=f"orientations each patch is predicted in, 1-8 (default {TTA}); a voxel changes only where "
-                        "the predictions covering it agree; 1 is fastest")
+                        "the predictions covering it agree; 1 is fastest. A mask made from --seeds is refined in "
+                        f"{SEEDED_PASSES} passes of {SEEDED_FIRST_TTA} and {SEEDED_LATER_TTA} orientations whatever this says")
     p.add_argument("--report", metavar="FILE", help="also write a lesion-by-lesion review (volumes, RECIST diameters, "
                                                     "confidence, decision, flags) as FILE.csv or FILE.json")
     p.add_argument("--force", action="store_true", help="overwrite OUT (and the report) if it exists")

@@ -65,6 +65,18 @@ SEEDED_PASSES = 2
 #   117 at most 0.005 lower, faster side by side. 0.6672 -> 0.6676, 6 = 6 such lesions, LiTS 117
 #   0.7402 -> 0.7408, refinement 42.6 -> 31.6 s over the 20 phantoms (README, *Coarse sources*).
 SEEDED_LATER_TTA = 2
+# ... and the orientations of their first pass (``Refiner.refine(first_tta=...)``; ``TTA`` until stop 29, when
+# both were measured with 2 under rules fixed beforehand (README, *Clicks with corrections* and *Coarse sources*):
+# - clicks, on the real validation cases and fresh tuning phantoms 95480-95509 (bench/clicks.py): mean refined
+#   lesion Dice at click 1 and over clicks 1-4 each at most 0.003 lower, no merge or leak added, faster side
+#   by side. Real cases 0.732 = 0.732 at click 1, 0.7625 -> 0.7643 over clicks 1-4; tuning phantoms 0.722 ->
+#   0.723, 0.7650 -> 0.7658; merges and leaks unchanged; realct_mip10 click 1 0.93 -> 0.71 s, a correction
+#   0.91 -> 0.65 s (bench/click_passes.py);
+# - the seeded job, on fresh tuning phantoms 95510-95529 (bench/seeded.py --method auto --lits117): mean
+#   refined lesion Dice at most 0.003 lower, at most one more lesion refined below its coarse mask by 0.05,
+#   LiTS 117 at most 0.005 lower, faster side by side. 0.7165 -> 0.7176, 0 = 0 such lesions, LiTS 117
+#   0.7709 -> 0.7719 (3 -> 2 such lesions), refinement 129.6 -> 84.2 s over the 21 cases.
+SEEDED_FIRST_TTA = 2
 # A lesion that would shrink more than the gate allows: "revert" to its coarse outline, or "cap"
 # the shrink at the limit (see ``gate.lesion_gate``).
 SHRINK_MODES = ("revert", "cap")

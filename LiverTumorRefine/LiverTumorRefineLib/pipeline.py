@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from LiverTumorRefineLib.coarse.sources import make_coarse, source_named
-from LiverTumorRefineLib.config import MIN_KEPT, SEEDED_LATER_TTA, SEEDED_PASSES, TTA
+from LiverTumorRefineLib.config import MIN_KEPT, SEEDED_FIRST_TTA, SEEDED_LATER_TTA, SEEDED_PASSES, TTA
 from LiverTumorRefineLib.device import check_device, with_cpu_fallback
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
@@ -154,9 +154,9 @@ class RefinePipeline:
         coarse_seconds = time.perf_counter() - t0
         binary, used = select_label(coarse_axial.array, label, copy=False)  # read only: the Refiner never writes it
         end = REFINE_END if truth is not None else 1.0
-        # a click-made mask: see config.SEEDED_PASSES and SEEDED_LATER_TTA
-        passes, later = (SEEDED_PASSES, SEEDED_LATER_TTA) if kind == "seeds" else (1, None)
-        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, passes, later)
+        # a click-made mask: see config.SEEDED_PASSES, SEEDED_FIRST_TTA and SEEDED_LATER_TTA
+        passes, first, later = (SEEDED_PASSES, SEEDED_FIRST_TTA, SEEDED_LATER_TTA) if kind == "seeds" else (1, None, None)
+        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, passes, later, first)
         refined_binary, stats = refinement.mask, refinement.stats
         for guard in guards:
             refined_binary = guard(refined_binary)
@@ -178,13 +178,14 @@ class RefinePipeline:
         return result
 
     def refine_mask(self, image: Volume, mask: np.ndarray, progress: Progress | None,
-                    notes: list[str], passes: int = 1, later_tta: int | None = None):
+                    notes: list[str], passes: int = 1, later_tta: int | None = None, first_tta: int | None = None):
         """The Refiner's result (``RefineResult``: mask, stats, uncertain) on an LPS volume after
-        ``passes`` passes (with ``later_tta``: see ``Refiner.refine``), falling back to the CPU if the
-        GPU runs out of memory."""
+        ``passes`` passes (with ``later_tta`` and ``first_tta``: see ``Refiner.refine``), falling back to the
+        CPU if the GPU runs out of memory."""
         def on(device: str):
             refiner = self.refiner if device == self.device else make_refiner(self.weights, device, self.options)
-            return refiner.refine(image.array, mask, image.spacing_zyx, progress, passes=passes, later_tta=later_tta)
+            return refiner.refine(image.array, mask, image.spacing_zyx, progress, passes=passes, later_tta=later_tta,
+                                  first_tta=first_tta)
 
         result = with_cpu_fallback(on, self.device, "refinement", notes)
         if str(self.refiner.device).startswith("cuda") and result.stats.get("device") == "cpu" and not notes:
