@@ -128,7 +128,9 @@ class LiverTumorRefineLogic(_LogicBase):
 
     ``weights``: None for the model shipped in ``Resources/Models``, a model file, or a BRNet
     (``torch.nn.Module``); ``batchSize``: patches per inference batch; ``refinerOptions``: more
-    ``Refiner`` options (``tta``, ``agreement``, ``removal_agreement``, ``min_kept``, ``intensity_gate``); ``segWeights``: the automatic
+    ``Refiner`` options (``tta``, ``agreement``, ``removal_agreement``, ``min_kept``, ``intensity_gate``; ``tta`` sets
+    the orientations of refining an existing segment: a seeded job's two passes use
+    ``config.SEEDED_FIRST_TTA`` and ``SEEDED_LATER_TTA``); ``segWeights``: the automatic
     coarse network's model file (None: the shipped one).
     """
 
