@@ -151,7 +151,7 @@ def run_case(case, segmenter: clicknet.ClickSegmenter, refiner: Refiner, n_click
     lesions = [clickmodel.LesionClicks((tuple(float(v) for v in s),)) for s in seeds]
     grown = seed_labels(image, seeds, spacing)
     grown_refined = refiner.refine(image, grown > 0, spacing, passes=SEEDED_PASSES,  # as refine --seeds does
-                                   later_tta=clickmodel.SEEDED_LATER_TTA).mask
+                                   first_tta=clickmodel.SEEDED_FIRST_TTA, later_tta=clickmodel.SEEDED_LATER_TTA).mask
     cells = nearest_seed_labels(truth_all.shape, seeds, spacing)
     case_rows = []
     for i, (lab, diameter) in enumerate(zip(ids, diameters)):

@@ -156,7 +156,8 @@ class RefinePipeline:
         end = REFINE_END if truth is not None else 1.0
         # a click-made mask: see config.SEEDED_PASSES, SEEDED_FIRST_TTA and SEEDED_LATER_TTA
         passes, first, later = (SEEDED_PASSES, SEEDED_FIRST_TTA, SEEDED_LATER_TTA) if kind == "seeds" else (1, None, None)
-        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, passes, later, first)
+        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, passes,
+                                      later_tta=later, first_tta=first)
         refined_binary, stats = refinement.mask, refinement.stats
         for guard in guards:
             refined_binary = guard(refined_binary)
