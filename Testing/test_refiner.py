@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import blob_case
+from LiverTumorRefineLib.config import SEEDED_REFINEMENT, Passes
 from LiverTumorRefineLib.errors import RefineCancelled, RefineError
 from LiverTumorRefineLib.evaluate.metrics import compute_metrics
 from LiverTumorRefineLib.refine.refiner import Refiner
@@ -121,6 +122,27 @@ def test_the_first_pass_may_predict_in_fewer_orientations(trained_model):
     assert np.array_equal(once.mask, first.mask) and once.stats["tta"] == 2
     with pytest.raises(RefineError, match="test-time augmentations must be a whole number"):
         refiner.refine(case.image, case.coarse, case.spacing_zyx, first_tta=0)
+
+
+def test_a_seeded_refinement_runs_the_refiners_own_passes(trained_model):
+    """``refine_seeded`` refines as the Refiner's ``seeded`` says (default ``config.SEEDED_REFINEMENT``),
+    so the click path and the benchmarks that compare settings share one setting."""
+    case = blob_case(4)
+    shipped = Refiner(trained_model, device="cpu")
+    assert shipped.seeded == SEEDED_REFINEMENT
+    default = shipped.refine_seeded(case.image, case.coarse, case.spacing_zyx)
+    spelled = shipped.refine(case.image, case.coarse, case.spacing_zyx, passes=SEEDED_REFINEMENT.count,
+                             first_tta=SEEDED_REFINEMENT.first_tta, later_tta=SEEDED_REFINEMENT.later_tta)
+    assert np.array_equal(default.mask, spelled.mask) and default.stats["tta"] == SEEDED_REFINEMENT.first_tta
+    one = Refiner(trained_model, device="cpu", seeded=Passes(1, 1, None)).refine_seeded(case.image, case.coarse,
+                                                                                          case.spacing_zyx)
+    assert one.stats["tta"] == 1 and "passes" not in one.stats
+    assert np.array_equal(one.mask, Refiner(trained_model, device="cpu", tta=1).refine(case.image, case.coarse,
+                                                                                       case.spacing_zyx).mask)
+    for bad, message in ((Passes(0), "passes must be a whole number"), (Passes(2, 9), "test-time augmentations"),
+                         (Passes(2, 2, 0), "test-time augmentations"), ((2, 2, 2), "seeded must be a config.Passes")):
+        with pytest.raises(RefineError, match=message):
+            Refiner(trained_model, device="cpu", seeded=bad)
 
 
 def test_cpu_refinement_is_deterministic_and_batch_size_independent(trained_model):

@@ -25,15 +25,14 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "LiverTumorRefine")]
 
 from clicks import real_corrections, user_round  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
-from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
-from LiverTumorRefineLib.config import INTENSITY_GATE  # noqa: E402
+from LiverTumorRefineLib.config import INTENSITY_GATE, SEEDED_REFINEMENT, Passes  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--first-tta", type=int, nargs="+", default=[clickmodel.SEEDED_FIRST_TTA])
-    parser.add_argument("--later-tta", type=int, nargs="+", default=[4, clickmodel.SEEDED_LATER_TTA])
+    parser.add_argument("--first-tta", type=int, nargs="+", default=[SEEDED_REFINEMENT.first_tta])
+    parser.add_argument("--later-tta", type=int, nargs="+", default=[4, SEEDED_REFINEMENT.later_tta])
     parser.add_argument("--gate", type=int, nargs="+", choices=(0, 1), default=[int(INTENSITY_GATE)],
                         help="the refiner's intensity gate: 1 on, 0 off; several: each")
     parser.add_argument("--rounds", type=int, default=5)
@@ -50,7 +49,7 @@ def main() -> None:
         best: dict[tuple[int, int, int, str], float] = {}
         for _ in range(args.rounds):
             for setting in settings:
-                clickmodel.SEEDED_FIRST_TTA, clickmodel.SEEDED_LATER_TTA = setting[0], setting[1]
+                refiners[setting[2]].seeded = Passes(SEEDED_REFINEMENT.count, setting[0], setting[1])
                 for step, (seconds, _) in user_round(segmenter, refiners[setting[2]], image, spacing, first,
                                                      second).items():
                     best[setting + (step,)] = min(best.get(setting + (step,), np.inf), seconds)

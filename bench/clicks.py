@@ -42,7 +42,7 @@ from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse import clicknet  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
-from LiverTumorRefineLib.config import INTENSITY_GATE, SEEDED_PASSES  # noqa: E402
+from LiverTumorRefineLib.config import INTENSITY_GATE, SEEDED_REFINEMENT, Passes  # noqa: E402
 from LiverTumorRefineLib.evaluate.metrics import dice  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.training.phantom import make_phantom  # noqa: E402
@@ -150,8 +150,7 @@ def run_case(case, segmenter: clicknet.ClickSegmenter, refiner: Refiner, n_click
     kind = "phantom" if case.name.startswith("phantom") else "real"
     lesions = [clickmodel.LesionClicks((tuple(float(v) for v in s),)) for s in seeds]
     grown = seed_labels(image, seeds, spacing)
-    grown_refined = refiner.refine(image, grown > 0, spacing, passes=SEEDED_PASSES,  # as refine --seeds does
-                                   first_tta=clickmodel.SEEDED_FIRST_TTA, later_tta=clickmodel.SEEDED_LATER_TTA).mask
+    grown_refined = refiner.refine_seeded(image, grown > 0, spacing).mask  # as refine --seeds does
     cells = nearest_seed_labels(truth_all.shape, seeds, spacing)
     case_rows = []
     for i, (lab, diameter) in enumerate(zip(ids, diameters)):
@@ -300,9 +299,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "the larger of it and the model's one-click lesion")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="ray grower: smallest rim overshoot (HU) that moves the edge out to the rim; 0: never")
-    parser.add_argument("--first-tta", type=int, default=clickmodel.SEEDED_FIRST_TTA,
+    parser.add_argument("--first-tta", type=int, default=SEEDED_REFINEMENT.first_tta,
                         help="orientations of a click's first refinement pass (config.SEEDED_FIRST_TTA; 4 until stop 29)")
-    parser.add_argument("--later-tta", type=int, default=clickmodel.SEEDED_LATER_TTA,
+    parser.add_argument("--later-tta", type=int, default=SEEDED_REFINEMENT.later_tta,
                         help="orientations of a click's second refinement pass (config.SEEDED_LATER_TTA)")
     parser.add_argument("--intensity-gate", type=int, choices=(0, 1), default=int(INTENSITY_GATE),
                         help="0: the refiner without its intensity gate (config.INTENSITY_GATE), as click-made masks "
@@ -324,13 +323,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     clickmodel.FIRST_CLICK_MIN_MM = args.first_click_min_mm
     clickmodel.FIRST_CLICK_MODEL = args.first_click_model
     clickmodel.FIRST_CLICK_REACH = args.first_click_reach
-    clickmodel.SEEDED_LATER_TTA = args.later_tta
-    clickmodel.SEEDED_FIRST_TTA = args.first_tta
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = clicknet.ClickSegmenter(args.weights)
     # every click-made mask is refined as refine --seeds does (SEEDED_*)
-    refiner = Refiner(args.refiner, device="cpu", runtime=args.refiner_runtime, intensity_gate=bool(args.intensity_gate))
+    seeded_passes = Passes(SEEDED_REFINEMENT.count, args.first_tta, args.later_tta)
+    refiner = Refiner(args.refiner, device="cpu", runtime=args.refiner_runtime, intensity_gate=bool(args.intensity_gate),
+                      seeded=seeded_passes)
     methods = [m for m in args.methods.split(",") if m]
     out: dict = {"phantom": [], "real": []}
     for i in range(args.phantoms):

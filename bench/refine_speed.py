@@ -31,8 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LiverTumorRefine"))
 
 from LiverTumorRefineLib.refine.boxes import component_labels  # noqa: E402
-from LiverTumorRefineLib.config import (INTENSITY_GATE, SEEDED_FIRST_TTA, SEEDED_LATER_TTA, SEEDED_PASSES,  # noqa: E402
-                                        PatchConfig)
+from LiverTumorRefineLib.config import INTENSITY_GATE, PatchConfig  # noqa: E402
 from LiverTumorRefineLib.refine.network import build_model  # noqa: E402
 from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import grow_from_seeds  # noqa: E402
@@ -87,8 +86,7 @@ def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: i
             seeded: bool = False, intensity_gate: bool = INTENSITY_GATE) -> dict:
     """Best-of-``repeats`` refinement stats (after one warm-up) and this process's peak RSS. With
     ``seeded`` each run first grows the coarse mask from one seed per tumour (``seconds["seed"]``)
-    and refines it in ``SEEDED_PASSES`` passes (the first in ``SEEDED_FIRST_TTA`` orientations, the later
-    ones in ``SEEDED_LATER_TTA``), as ``refine --seeds`` does."""
+    and refines it as ``refine --seeds`` does (``Refiner.refine_seeded``)."""
     weights = default_weights_path()
     model = weights if weights.is_file() else build_model(PatchConfig())
     refiner = Refiner(model, device=device, batch_size=batch_size, intensity_gate=intensity_gate)
@@ -101,9 +99,7 @@ def measure(size: tuple[int, int, int], tumours: int, device: str, batch_size: i
         t = time.perf_counter()
         mask = grow_from_seeds(image, seeds, spacing) if seeded else coarse
         grown = time.perf_counter() - t
-        stats = refiner.refine(image, mask, spacing, passes=SEEDED_PASSES if seeded else 1,
-                               first_tta=SEEDED_FIRST_TTA if seeded else None,
-                               later_tta=SEEDED_LATER_TTA if seeded else None).stats
+        stats = (refiner.refine_seeded if seeded else refiner.refine)(image, mask, spacing).stats
         stats["wall"] = time.perf_counter() - t
         if seeded:
             stats["seconds"] = {"seed": grown, **stats["seconds"]}

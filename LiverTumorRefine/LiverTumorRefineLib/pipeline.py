@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from LiverTumorRefineLib.coarse.sources import make_coarse, source_named
-from LiverTumorRefineLib.config import MIN_KEPT, SEEDED_FIRST_TTA, SEEDED_LATER_TTA, SEEDED_PASSES, TTA
+from LiverTumorRefineLib.config import MIN_KEPT, TTA
 from LiverTumorRefineLib.device import check_device, with_cpu_fallback
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
@@ -154,10 +154,8 @@ class RefinePipeline:
         coarse_seconds = time.perf_counter() - t0
         binary, used = select_label(coarse_axial.array, label, copy=False)  # read only: the Refiner never writes it
         end = REFINE_END if truth is not None else 1.0
-        # a click-made mask: see config.SEEDED_PASSES, SEEDED_FIRST_TTA and SEEDED_LATER_TTA
-        passes, first, later = (SEEDED_PASSES, SEEDED_FIRST_TTA, SEEDED_LATER_TTA) if kind == "seeds" else (1, None, None)
-        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, passes,
-                                      later_tta=later, first_tta=first)
+        # a click-made mask is refined as a click's is (config.SEEDED_REFINEMENT)
+        refinement = self.refine_mask(axial, binary, part(progress, coarse_share, end), notes, seeded=kind == "seeds")
         refined_binary, stats = refinement.mask, refinement.stats
         for guard in guards:
             refined_binary = guard(refined_binary)
@@ -179,14 +177,14 @@ class RefinePipeline:
         return result
 
     def refine_mask(self, image: Volume, mask: np.ndarray, progress: Progress | None,
-                    notes: list[str], passes: int = 1, later_tta: int | None = None, first_tta: int | None = None):
-        """The Refiner's result (``RefineResult``: mask, stats, uncertain) on an LPS volume after
-        ``passes`` passes (with ``later_tta`` and ``first_tta``: see ``Refiner.refine``), falling back to the
+                    notes: list[str], seeded: bool = False):
+        """The Refiner's result (``RefineResult``: mask, stats, uncertain) on an LPS volume, as a
+        click-made mask is refined when ``seeded`` (``Refiner.refine_seeded``), falling back to the
         CPU if the GPU runs out of memory."""
         def on(device: str):
             refiner = self.refiner if device == self.device else make_refiner(self.weights, device, self.options)
-            return refiner.refine(image.array, mask, image.spacing_zyx, progress, passes=passes, later_tta=later_tta,
-                                  first_tta=first_tta)
+            refine = refiner.refine_seeded if seeded else refiner.refine
+            return refine(image.array, mask, image.spacing_zyx, progress)
 
         result = with_cpu_fallback(on, self.device, "refinement", notes)
         if str(self.refiner.device).startswith("cuda") and result.stats.get("device") == "cpu" and not notes:

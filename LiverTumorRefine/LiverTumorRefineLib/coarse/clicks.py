@@ -18,7 +18,6 @@ from scipy import ndimage
 from LiverTumorRefineLib.coarse.clicknet import (ClickConfig, ClickSegmenter, LesionMask, Voxel, click_grids, in_box,
                                                  keep_clicked, union_box)
 from LiverTumorRefineLib.coarse.lesion_cache import LESIONS
-from LiverTumorRefineLib.config import SEEDED_FIRST_TTA, SEEDED_LATER_TTA, SEEDED_PASSES
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, report
 from LiverTumorRefineLib.refine.result_cache import ResultCache, digest
@@ -239,17 +238,15 @@ def shipped_refiner() -> Refiner:
 
 def refine_lesion(refiner: Any, image: np.ndarray, spacing_zyx: Sequence[float], lesion: LesionMask) -> LesionMask:
     """``lesion`` after the boundary refiner (a ``refiner.Refiner``), run on its crop only (grown
-    by the refiner's own margin) as the seeded sources refine it (``config.SEEDED_PASSES``, the first
-    pass in ``SEEDED_FIRST_TTA`` orientations and the second in ``SEEDED_LATER_TTA``, with the refiner's
-    own intensity gate setting); an empty lesion stays empty."""
+    by the refiner's own margin) as the seeded sources refine it (``Refiner.refine_seeded``, with the
+    refiner's own intensity gate setting); an empty lesion stays empty."""
     if not lesion.mask.any():
         return lesion
     margin = crop_margin(spacing_zyx, refiner.cfg)
     box = grown_box(lesion.box, margin, image.shape)
     coarse = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
     coarse[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(lesion.box, box))] = lesion.mask
-    refined = refiner.refine(image[box], coarse, spacing_zyx, passes=SEEDED_PASSES, first_tta=SEEDED_FIRST_TTA,
-                             later_tta=SEEDED_LATER_TTA)
+    refined = refiner.refine_seeded(image[box], coarse, spacing_zyx)
     return LesionMask(box, refined.mask)  # type: ignore[arg-type]
 
 

@@ -19,8 +19,8 @@ from LiverTumorRefineLib.refine.result_cache import DEFAULT_BYTES, ResultCache, 
 from LiverTumorRefineLib.refine.boxes import Box, crop_margin, lesion_boxes
 from LiverTumorRefineLib.volume.checks import check_not_whole_volume
 from LiverTumorRefineLib.device import resolve_device
-from LiverTumorRefineLib.config import (AGREEMENT, INTENSITY_GATE, MIN_KEPT, REMOVAL_AGREEMENT, SHRINK, SHRINK_MODES,
-                                        TTA)
+from LiverTumorRefineLib.config import (AGREEMENT, INTENSITY_GATE, MIN_KEPT, REMOVAL_AGREEMENT, SEEDED_REFINEMENT,
+                                        SHRINK, SHRINK_MODES, TTA, Passes)
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
 from LiverTumorRefineLib.refine.gate import box_origin, lesion_gate
@@ -66,13 +66,14 @@ class Refiner:
     ``intensity_gate``: also refuse the changes the CT's intensities contradict (see ``intensity``).
     ``runtime``: what runs the network ("auto", "torch" or "onnx", see ``runtime.select_runtime``);
     ``batch_size``: network inputs cut and accumulated together (the runtime feeds them to the
-    network in chunks of the size it runs fastest at).
+    network in chunks of the size it runs fastest at). ``seeded``: how ``refine_seeded`` refines a
+    click-made mask (default ``config.SEEDED_REFINEMENT``).
     """
 
     def __init__(self, weights: str | os.PathLike | BRNet | None = None, device: str = "auto", batch_size: int = 128,
                  min_kept: float = MIN_KEPT, tta: int = TTA, agreement: float = AGREEMENT,
                  shrink: str = SHRINK, runtime: str = "auto", removal_agreement: float = REMOVAL_AGREEMENT,
-                 intensity_gate: bool = INTENSITY_GATE) -> None:
+                 intensity_gate: bool = INTENSITY_GATE, seeded: Passes = SEEDED_REFINEMENT) -> None:
         if not 0 <= min_kept <= 1:
             raise RefineError(f"min_kept must be between 0 and 1 (got {min_kept}).")
         for name, value in (("agreement", agreement), ("removal_agreement", removal_agreement)):
@@ -84,6 +85,7 @@ class Refiner:
         self.min_kept, self.agreement, self.shrink = min_kept, agreement, shrink
         self.removal_agreement = removal_agreement
         self.intensity_gate = check_gate(intensity_gate)
+        self.seeded = check_passes(seeded)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise RefineError(f"The batch size must be a whole number of at least 1 (got {batch_size!r}).")
         self.device = resolve_device(device)
@@ -114,8 +116,7 @@ class Refiner:
         the Refiner's ``tta``; the seeded sources', ``config.SEEDED_LATER_TTA``); ``stats["later_tta"]`` says
         which when ``passes`` > 1. ``first_tta``: the same for the first pass (None: the Refiner's ``tta``;
         the seeded sources', ``config.SEEDED_FIRST_TTA``); ``stats["tta"]`` says which."""
-        if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
-            raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
+        check_count(passes)
         first = self if first_tta is None else self.with_tta(first_tta)
         later = self if later_tta is None else self.with_tta(later_tta)
 
@@ -137,6 +138,12 @@ class Refiner:
             result.stats["passes"] = passes
             result.stats["later_tta"] = later.tta
         return result
+
+    def refine_seeded(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float],
+                      progress: Progress | None = None) -> RefineResult:
+        """``refine`` as a click-made (seeded) mask is refined: in ``self.seeded``'s passes and orientations."""
+        return self.refine(image, mask, spacing_zyx, progress, passes=self.seeded.count,
+                           first_tta=self.seeded.first_tta, later_tta=self.seeded.later_tta)
 
     def with_tta(self, tta: int) -> "Refiner":
         """This Refiner predicting each patch in ``tta`` orientations: the same network, runtime, settings
@@ -385,6 +392,24 @@ def check_tta(value: Any) -> int:
         return tta_module.check_count(value)
     except ValueError as exc:
         raise RefineError(f"{exc}.") from None
+
+
+def check_count(passes: Any) -> int:
+    """``passes`` as a count of refinement passes (1 to ``MAX_PASSES``), or a RefineError saying why not."""
+    if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
+        raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
+    return int(passes)
+
+
+def check_passes(value: Any) -> Passes:
+    """``value`` as a ``Passes`` whose count and orientations are in range, or a RefineError saying why not."""
+    if not isinstance(value, Passes):
+        raise RefineError(f"seeded must be a config.Passes (got {value!r}).")
+    check_count(value.count)
+    for tta in (value.first_tta, value.later_tta):
+        if tta is not None:
+            check_tta(tta)
+    return value
 
 
 def check_gate(value: Any) -> bool:
