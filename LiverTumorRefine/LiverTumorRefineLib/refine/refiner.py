@@ -116,7 +116,7 @@ class Refiner:
         the Refiner's ``tta``; the seeded sources', ``config.SEEDED_LATER_TTA``); ``stats["later_tta"]`` says
         which when ``passes`` > 1. ``first_tta``: the same for the first pass (None: the Refiner's ``tta``;
         the seeded sources', ``config.SEEDED_FIRST_TTA``); ``stats["tta"]`` says which."""
-        check_count(passes)
+        check_pass_count(passes)
         first = self if first_tta is None else self.with_tta(first_tta)
         later = self if later_tta is None else self.with_tta(later_tta)
 
@@ -394,7 +394,7 @@ def check_tta(value: Any) -> int:
         raise RefineError(f"{exc}.") from None
 
 
-def check_count(passes: Any) -> int:
+def check_pass_count(passes: Any) -> int:
     """``passes`` as a count of refinement passes (1 to ``MAX_PASSES``), or a RefineError saying why not."""
     if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or not 1 <= passes <= MAX_PASSES:
         raise RefineError(f"passes must be a whole number from 1 to {MAX_PASSES} (got {passes!r}).")
@@ -405,7 +405,7 @@ def check_passes(value: Any) -> Passes:
     """``value`` as a ``Passes`` whose count and orientations are in range, or a RefineError saying why not."""
     if not isinstance(value, Passes):
         raise RefineError(f"seeded must be a config.Passes (got {value!r}).")
-    check_count(value.count)
+    check_pass_count(value.count)
     for tta in (value.first_tta, value.later_tta):
         if tta is not None:
             check_tta(tta)
