@@ -32,7 +32,7 @@ from LiverTumorRefineLib.refine.refiner import Refiner  # noqa: E402
 from LiverTumorRefineLib.coarse import clicks as clickmodel  # noqa: E402
 from LiverTumorRefineLib.coarse import seeded  # noqa: E402
 from LiverTumorRefineLib.coarse.seeded import nearest_seed_labels, seed_labels  # noqa: E402
-from LiverTumorRefineLib.config import SEEDED_FIRST_TTA, SEEDED_LATER_TTA, SEEDED_PASSES  # noqa: E402
+from LiverTumorRefineLib.config import SEEDED_REFINEMENT, Passes  # noqa: E402
 
 MIN_DIAMETER_MM = 10.0
 
@@ -64,16 +64,18 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=90000)
     parser.add_argument("--lits117", action="store_true")
     parser.add_argument("--no-refine", action="store_true")
-    parser.add_argument("--passes", type=int, default=SEEDED_PASSES,
-                        help=f"refinement passes (default {SEEDED_PASSES}, as refine --seeds does)")
+    parser.add_argument("--passes", type=int, default=SEEDED_REFINEMENT.count,
+                        help=f"refinement passes (default {SEEDED_REFINEMENT.count}, as refine --seeds does)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--method", choices=("rays", "auto"), default="rays",
                         help="rays: the ray grower alone; auto: refine --seeds' default (the hybrid, guarded)")
-    parser.add_argument("--first-tta", type=int, nargs="+", default=[SEEDED_FIRST_TTA],
-                        help=f"orientations of the first pass (default {SEEDED_FIRST_TTA}, as refine --seeds does); "
+    parser.add_argument("--first-tta", type=int, nargs="+", default=[SEEDED_REFINEMENT.first_tta],
+                        help=f"orientations of the first pass (default {SEEDED_REFINEMENT.first_tta}, as refine --seeds "
+                             "does); "
                              "several values: each, side by side with every --later-tta")
-    parser.add_argument("--later-tta", type=int, nargs="+", default=[SEEDED_LATER_TTA],
-                        help=f"orientations of the passes after the first (default {SEEDED_LATER_TTA}, as refine --seeds "
+    parser.add_argument("--later-tta", type=int, nargs="+", default=[SEEDED_REFINEMENT.later_tta],
+                        help=f"orientations of the passes after the first (default {SEEDED_REFINEMENT.later_tta}, as "
+                             "refine --seeds "
                              "does); several values: each, side by side")
     parser.add_argument("--rim-min-hu", type=float, default=seeded.DEFAULT.rim_min_hu,
                         help="smallest rim overshoot (HU) that moves a lesion's edge out to its rim; 0: never")
@@ -108,8 +110,8 @@ def main() -> None:
             order = settings if n % 2 == 0 else settings[::-1]  # alternate who goes first
             for first, later in order:
                 t = time.perf_counter()
-                mask = refiner.refine(case.image.array, grown > 0, spacing, passes=args.passes, first_tta=first,
-                                      later_tta=later).mask
+                refiner.seeded = Passes(args.passes, first, later)  # this side's setting, as refine --seeds runs one
+                mask = refiner.refine_seeded(case.image.array, grown > 0, spacing).mask
                 if made is not None:
                     mask = made.guard(mask, spacing)  # as the pipeline does after a seeded job's refinement
                 t_refine[(first, later)] = time.perf_counter() - t
