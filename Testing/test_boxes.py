@@ -65,5 +65,23 @@ def test_label_boxes_bound_each_label_inclusively():
     labels[1:3, 2:5, 3:4] = 1
     labels[4, 7, 0:9] = 2
     boxes = label_boxes(labels, 3)
-    assert boxes[1] == (1, 2, 2, 4, 3, 3) and boxes[2] == (4, 4, 7, 7, 0, 8)
-    assert boxes[3][0] > boxes[3][1]  # absent: empty
+    assert len(boxes) == 4 and boxes[1] == (1, 2, 2, 4, 3, 3) and boxes[2] == (4, 4, 7, 7, 0, 8)
+    assert boxes[3][0] > boxes[3][1] and boxes[0][0] > boxes[0][1]  # absent, and the background: empty
+
+
+def test_component_labels_of_a_crop_are_those_of_the_whole_array():
+    """Only the mask's bounding box is labelled; the numbering must still be the whole array's
+    raster order, as SimpleITK gives it, and the result must own its memory."""
+    import SimpleITK as sitk
+
+    from LiverTumorRefineLib.refine.boxes import component_labels
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((20, 40, 50), bool)
+    mask[6:14, 10:30, 12:40] = rng.random((8, 20, 28)) < 0.15  # many small components, some touching
+    whole = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    labels = component_labels(mask)
+    assert whole.max() > 20 and labels.dtype == np.uint32 and np.array_equal(labels, whole)
+    assert labels.flags.owndata or labels.base is None or labels.base.flags.owndata
+    empty = component_labels(np.zeros((3, 4, 5), bool))
+    assert empty.shape == (3, 4, 5) and not empty.any()

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from LiverTumorRefineLib.config import PatchConfig
 
@@ -17,23 +18,29 @@ BLOCK = 8
 
 
 def component_labels(mask: np.ndarray) -> np.ndarray:
-    """26-connected components of ``mask`` (Z, Y, X) labelled 1..N (0 = background), as an array of
-    its own: a view of SimpleITK's temporary output would point at freed memory."""
-    return sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    """26-connected components of ``mask`` (Z, Y, X) labelled 1..N (0 = background) in raster
+    order, as a uint32 array of its own. Only the mask's bounding box is labelled: lesions fill a small part of a CT, and
+    labelling is in raster order, so the labels are those of the whole array."""
+    out = np.zeros(mask.shape, np.uint32)
+    if not mask.any():
+        return out
+    box = lesion_box(mask, (0, 0, 0))
+    labelled = sitk.ConnectedComponent(sitk.GetImageFromArray(mask[box].astype(np.uint8)), True)
+    out[box] = sitk.GetArrayViewFromImage(labelled)  # copied while ``labelled`` is alive
+    return out
 
 
 def label_boxes(labels: np.ndarray, n: int) -> list[tuple[int, int, int, int, int, int]]:
-    """Inclusive (z0, z1, y0, y1, x0, x1) voxel box of each label 0..n of ``labels`` (a label
-    that is absent gets an empty box, first > last). One pass per axis, whatever ``n`` is."""
-    first = np.zeros((3, n + 1), dtype=np.int64)
-    last = np.full((3, n + 1), -1, dtype=np.int64)
-    for axis in range(3):
-        first[axis] = labels.shape[axis]
-        for i in range(labels.shape[axis]):
-            present = np.unique(labels.take(i, axis=axis))
-            first[axis, present] = np.minimum(first[axis, present], i)
-            last[axis, present] = i
-    return [tuple(int(v) for axis in range(3) for v in (first[axis, k], last[axis, k])) for k in range(n + 1)]  # type: ignore[misc]
+    """Inclusive (z0, z1, y0, y1, x0, x1) voxel box of each label 1..n of ``labels``, at its index
+    (index 0, the background, and a label that is absent get an empty box, first > last). One pass
+    over the array (``ndimage.find_objects``), whatever ``n`` is."""
+    empty = (0, -1) * 3
+    boxes = [_inclusive(box) if box is not None else empty for box in ndimage.find_objects(labels, max_label=n)]
+    return [empty] + boxes + [empty] * (n - len(boxes))  # find_objects stops at the largest label present
+
+
+def _inclusive(box: Sequence[slice]) -> tuple[int, int, int, int, int, int]:
+    return tuple(int(v) for s in box for v in (s.start, s.stop - 1))  # type: ignore[return-value]
 
 
 def crop_margin(spacing_zyx: Sequence[float], cfg: PatchConfig) -> tuple[int, int, int]:
