@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorRefineLib.volume.atomic import write_text
-from LiverTumorRefineLib.refine.boxes import component_labels, label_boxes
+from LiverTumorRefineLib.refine.boxes import component_labels, lesion_box
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.volume.geometry import Geometry
 
@@ -195,26 +195,48 @@ def review_lesions(coarse: np.ndarray, refined: np.ndarray, spacing_zyx: Sequenc
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return []
+    # Every voxel that counts lies in the box of the lesions and the reference (whose components
+    # touching a lesion count whole): the rest of a CT is work for nothing.
+    region = lesion_box(labels > 0 if reference is None else (labels > 0) | reference, (0, 0, 0))
+    crop = lambda a: None if a is None else a[region]  # noqa: E731
+    origin = tuple(r.start for r in region)
     spacing = tuple(float(s) for s in spacing_zyx)
+    rows, boxes, coarse_counts = _lesion_rows(crop(coarse), crop(refined), crop(labels), crop(reference), n, spacing,
+                                              origin, geometry)
+    if refiner_lesions:
+        _attach_refiner_rows(rows, boxes, coarse_counts, labels.shape, refiner_lesions)
+    return rows
+
+
+def _lesion_rows(coarse: np.ndarray, refined: np.ndarray, labels: np.ndarray, reference: Optional[np.ndarray],
+                 n: int, spacing: tuple[float, float, float], origin: Sequence[int], geometry: Optional[Geometry]
+                 ) -> tuple[list[LesionReview], dict[int, tuple[int, ...]], dict[int, int]]:
+    """The rows of lesions 1..n of crops whose first voxel is ``origin`` of the whole grid (every
+    index in the rows and boxes is the whole grid's, placed by ``geometry``), with each lesion's
+    inclusive box and coarse voxel count."""
+    oz, oy, ox = origin
     ml = float(np.prod(spacing)) / 1000.0
     shape_stats = sitk.LabelShapeStatisticsImageFilter()
     shape_stats.Execute(sitk.GetImageFromArray(np.asarray(labels, dtype=np.uint32)))
     truth_size = _truth_sizes(labels, reference, n) if reference is not None else None
-    rows = []
+    rows, boxes, coarse_counts = [], {}, {}
     for k in range(1, n + 1):
         x0, y0, z0, nx, ny, nz = shape_stats.GetBoundingBox(k)
         box = (slice(z0, z0 + nz), slice(y0, y0 + ny), slice(x0, x0 + nx))
+        boxes[k] = (oz + z0, oz + z0 + nz - 1, oy + y0, oy + y0 + ny - 1, ox + x0, ox + x0 + nx - 1)
         inside = labels[box] == k
         c, r = coarse[box] & inside, refined[box] & inside
         n_c, n_r = int(np.count_nonzero(c)), int(np.count_nonzero(r))
+        coarse_counts[k] = n_c
         dc, dr = axial_diameters(c, spacing), axial_diameters(r, spacing)
-        centre = np.argwhere(inside).mean(axis=0) + (z0, y0, x0)
+        centre = np.argwhere(inside).mean(axis=0) + (oz + z0, oy + y0, ox + x0)
+        first = oz + z0
         row = LesionReview(
-            lesion=k, first_slice=z0, last_slice=z0 + nz - 1, status=REFINED if n_c != n_r or np.any(c != r) else UNCHANGED,
+            lesion=k, first_slice=first, last_slice=first + nz - 1, status=REFINED if n_c != n_r or np.any(c != r) else UNCHANGED,
             confidence=None, coarse_ml=round(n_c * ml, 4), refined_ml=round(n_r * ml, 4),
             coarse_diameter_mm=round(dc.longest_mm, 2), refined_diameter_mm=round(dr.longest_mm, 2),
             coarse_perpendicular_mm=round(dc.perpendicular_mm, 2), refined_perpendicular_mm=round(dr.perpendicular_mm, 2),
-            diameter_slice=(dr.slice + z0) if dr.slice is not None else (dc.slice + z0) if dc.slice is not None else None,
+            diameter_slice=(dr.slice + first) if dr.slice is not None else (dc.slice + first) if dc.slice is not None else None,
             centre_zyx=tuple(round(float(v), 2) for v in centre),  # type: ignore[arg-type]
         )
         if geometry is not None:
@@ -225,9 +247,7 @@ def review_lesions(coarse: np.ndarray, refined: np.ndarray, spacing_zyx: Sequenc
             row.refined_dice = _dice(int(np.count_nonzero(r & t)), n_r, int(truth_size[k]))
         row.flags = lesion_flags(row.coarse_diameter_mm, row.refined_diameter_mm)
         rows.append(row)
-    if refiner_lesions:
-        _attach_refiner_rows(rows, coarse, labels, refiner_lesions)
-    return rows
+    return rows, boxes, coarse_counts
 
 
 def lesion_flags(coarse_diameter_mm: float, refined_diameter_mm: float) -> list[str]:
@@ -345,26 +365,25 @@ def _to_lps(centre_zyx: np.ndarray, geometry: Geometry) -> tuple[float, float, f
     return tuple(round(float(v), 2) for v in point)  # type: ignore[return-value]
 
 
-def _attach_refiner_rows(rows: list[LesionReview], coarse: np.ndarray, labels: np.ndarray,
-                         refiner_lesions: Sequence[Mapping[str, Any]]) -> None:
+def _attach_refiner_rows(rows: list[LesionReview], boxes: Mapping[int, tuple[int, ...]], coarse_counts: Mapping[int, int],
+                         shape: Sequence[int], refiner_lesions: Sequence[Mapping[str, Any]]) -> None:
     """Give each row the confidence, decision and reason of the best-matching Refiner row.
 
-    The Refiner's rows carry bounding boxes and voxel counts, not voxels, so the match scores
-    the overlap of the boxes (intersection over union of their volumes; rows without a box use
-    the slice range) and the agreement of coarse voxel counts; a Refiner lesion that merged
-    several of ours (through voxels it proposed and then dropped) matches each of them."""
-    n = len(rows)
-    coarse_counts = np.bincount(labels[coarse].ravel(), minlength=n + 1)
-    boxes = label_boxes(labels, n)
+    ``boxes`` and ``coarse_counts``: per lesion number, its inclusive (z0, z1, y0, y1, x0, x1) box
+    and its coarse voxel count; ``shape``: the grid's. The Refiner's rows carry bounding boxes and
+    voxel counts, not voxels, so the match scores the overlap of the boxes (intersection over union
+    of their volumes; rows without a box use the slice range) and the agreement of coarse voxel
+    counts; a Refiner lesion that merged several of ours (through voxels it proposed and then
+    dropped) matches each of them."""
     for row in rows:
         best, best_score = None, -math.inf
         for candidate in refiner_lesions:
-            theirs_box = candidate.get("box") or (*candidate["slices"], 0, labels.shape[1] - 1, 0, labels.shape[2] - 1)
+            theirs_box = candidate.get("box") or (*candidate["slices"], 0, shape[1] - 1, 0, shape[2] - 1)
             ours_box = boxes[row.lesion] if candidate.get("box") else (row.first_slice, row.last_slice, *theirs_box[2:])
             overlap = _box_iou(ours_box, theirs_box)
             if overlap <= 0:
                 continue
-            ours, theirs = int(coarse_counts[row.lesion]), int(candidate.get("coarse_voxels", 0))
+            ours, theirs = coarse_counts[row.lesion], int(candidate.get("coarse_voxels", 0))
             agreement = 1.0 - abs(ours - theirs) / max(ours, theirs, 1)
             score = overlap + agreement
             if score > best_score:

@@ -72,15 +72,15 @@ def review_rows(coarse: np.ndarray, refined: np.ndarray, geometry: dict[str, lis
     grid = Geometry(tuple(geometry["spacing"]), tuple(geometry["origin"]), tuple(geometry["direction"]))
     code = io.orientation(grid.direction)
 
-    def lps(mask: np.ndarray) -> Volume:
-        return io.reoriented(Volume(np.asarray(mask, dtype=np.uint8), grid), "LPS")
+    def lps(mask: np.ndarray) -> Volume:  # bool stays bool: no CT-sized copy on an LPS grid
+        return io.reoriented(Volume(np.asarray(mask, dtype=bool), grid), "LPS")
 
     coarseLps, refinedLps = lps(coarse), lps(refined)
     labels = review.lesion_labels(coarseLps.array, refinedLps.array)
     rows = review.review_lesions(coarseLps.array, refinedLps.array, coarseLps.spacing_zyx,
                                  reference=None if truth is None else lps(truth).array,
                                  refiner_lesions=refinerLesions, geometry=coarseLps.geometry, labels=labels)
-    back = io.reoriented(Volume(labels.astype(np.uint32), coarseLps.geometry), code).array
+    back = io.reoriented(Volume(np.asarray(labels, dtype=np.uint32), coarseLps.geometry), code).array
     return rows, np.asarray(back)
 
 
