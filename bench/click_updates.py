@@ -1,8 +1,8 @@
 """Corrective clicks in the Slicer module's path: a worker process per job against the kept worker.
 
-    .venv/bin/python bench/click_updates.py [--seed 90000] [--size 512] [--rounds 2] [--other-lesions]
+    .venv/bin/python bench/click_updates.py [--seed 90000] [--size 512] [--slices N] [--rounds 2] [--other-lesions]
 
-A phantom CT (``make_phantom(seed, size_xy=size)``) in a headless scene (slicer-core), one seed
+A phantom CT (``make_phantom(seed, size_xy=size, n_slices=slices)``) in a headless scene (slicer-core), one seed
 point at its largest lesion's deepest voxel. Each round runs the sequence a user clicks through with
 "Update on each click": Apply from the seed, a positive click (a second point in the lesion), a
 negative click (a point just outside the lesion) and its undo (the negative point deleted), each
@@ -109,11 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=90000)
     parser.add_argument("--size", type=int, default=512, help="in-plane voxels of the phantom")
+    parser.add_argument("--slices", type=int, default=None,
+                        help="slices of the phantom (default: the phantom's own stack over the liver)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each mode, alternating")
     parser.add_argument("--other-lesions", action="store_true",
                         help="also a seed in every other lesion of 10 mm or more (updates re-run them all)")
     args = parser.parse_args()
-    phantom = make_phantom(args.seed, size_xy=args.size)
+    phantom = make_phantom(args.seed, size_xy=args.size, n_slices=args.slices)
     truth = phantom.label.array == 2
     case = RefineCase(f"phantom{args.seed}", phantom.image.array, truth, truth, phantom.image.spacing_zyx,
                       liver=phantom.label.array > 0)
