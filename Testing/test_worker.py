@@ -201,3 +201,20 @@ def test_nodes_by_class_releases_the_collection(app):
 
     assert [n.GetName() for n in scene_nodes.nodes_by_class(Recording(), "vtkMRMLTableNode")] == ["t"]
     assert seen[0].GetReferenceCount() == 1, "the collection keeps an extra reference (leak)"
+
+
+def test_result_masks_travel_as_their_bounding_box(tmp_path):
+    """The worker writes a mask as its bounding-box crop: the whole grid comes back, voxel for
+    voxel, empty masks too, and the file holds the crop, not the CT-sized array."""
+    mask = np.zeros((120, 256, 256), bool)
+    mask[40:52, 100:130, 7:9] = True
+    mask[60, 200, 250] = True
+    worker.save_mask(tmp_path / "m.npz", mask)
+    back = worker.load_mask(tmp_path / "m.npz")
+    assert back.dtype == bool and np.array_equal(back, mask)
+    with np.load(tmp_path / "m.npz") as data:
+        assert data["crop"].shape == (21, 101, 244) and list(data["start"]) == [40, 100, 7]
+    worker.save_mask(tmp_path / "e.npz", np.zeros((3, 4, 5), bool))
+    empty = worker.load_mask(tmp_path / "e.npz")
+    assert empty.shape == (3, 4, 5) and not empty.any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz", "m.npz"]  # no temporary left behind

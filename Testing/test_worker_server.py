@@ -70,7 +70,7 @@ def test_jobs_run_one_after_another_in_one_process(server, model_file, tmp_path)
         result, refined, _ = worker.read_result(job.folder)
         in_process = worker.run_job(make_job(tmp_path, f"again{seed}", model_file, seed=seed))
         assert result["stats"]["patches"] == in_process["stats"]["patches"] > 0
-        assert np.array_equal(refined, np.load(tmp_path / f"again{seed}" / worker.REFINED_FILE).astype(bool))
+        assert np.array_equal(refined, worker.load_mask(tmp_path / f"again{seed}" / worker.REFINED_FILE))
     assert first.state()[0] == second.state()[0] == 1.0
 
 
@@ -233,7 +233,7 @@ def test_a_jobs_ct_keeps_a_ct_type_and_is_refined_the_same(tmp_path, dtype, stor
                              device="cpu", weights=model_file, seg_weights=None, batch_size=64,
                              refiner={"min_kept": 0.0, "tta": 1})
     worker.run_job(again)
-    assert np.array_equal(np.load(folder / worker.REFINED_FILE), np.load(as_float / worker.REFINED_FILE))
+    assert np.array_equal(worker.load_mask(folder / worker.REFINED_FILE), worker.load_mask(as_float / worker.REFINED_FILE))
 
 
 def test_the_served_worker_keeps_refined_boxes_and_a_one_off_job_does_not(model_file, tmp_path):
@@ -244,7 +244,7 @@ def test_the_served_worker_keeps_refined_boxes_and_a_one_off_job_does_not(model_
     again = worker.run_job(make_job(tmp_path, "b", model_file), pipelines=pipelines)
     assert first["stats"]["boxes_reused"] == 0 and first["stats"]["patches"] > 0
     assert again["stats"]["boxes_reused"] == len(again["stats"]["crop_shapes"]) > 0 and again["stats"]["patches"] == 0
-    assert np.array_equal(np.load(tmp_path / "a" / worker.REFINED_FILE), np.load(tmp_path / "b" / worker.REFINED_FILE))
-    assert np.array_equal(np.load(tmp_path / "a" / worker.UNCERTAIN_FILE), np.load(tmp_path / "b" / worker.UNCERTAIN_FILE))
+    assert np.array_equal(worker.load_mask(tmp_path / "a" / worker.REFINED_FILE), worker.load_mask(tmp_path / "b" / worker.REFINED_FILE))
+    assert np.array_equal(worker.load_mask(tmp_path / "a" / worker.UNCERTAIN_FILE), worker.load_mask(tmp_path / "b" / worker.UNCERTAIN_FILE))
     worker.run_job(make_job(tmp_path, "c", model_file))
     assert worker.run_job(make_job(tmp_path, "d", model_file))["stats"]["boxes_reused"] == 0

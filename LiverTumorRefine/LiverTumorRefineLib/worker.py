@@ -18,8 +18,10 @@ conventions: LPS, spacing/origin in x, y, z, direction row-major) and the option
      "truth": "truth.npy" or null, "device": "auto", "weights": null, "seg_weights": null,
      "batch_size": 128, "refiner": {"tta": 8, "agreement": 0.5, "min_kept": 0.3}}
 
-It writes ``refined.npy`` (uint8 0/1), ``coarse_out.npy`` for a coarse mask it made,
-``uncertain.npy`` (where the augmented predictions disagree), and last
+It writes ``refined.npz``, ``coarse_out.npz`` for a coarse mask it made, ``uncertain.npz``
+(where the augmented predictions disagree), each the mask's bounding-box crop and where it lies
+(``save_mask``, ``load_mask``: lesions fill a small part of a CT, and writing and reading whole
+CT-sized masks cost a click more than its refinement on a long CT), and last
 ``result.json`` (stats, metrics, notes, seconds), each atomically. With ``seed_lesions`` (each
 seed's lesion number, or null) the seeds are grouped into lesions, null ones by the piece of the
 ``previous`` result (a mask file) they touch (``coarse.grouping``), and ``result.json`` gives every
@@ -59,11 +61,11 @@ from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
 
 
-JOB_VERSION = 1
+JOB_VERSION = 2  # 2: masks out as bounding-box crops (save_mask)
 RESULT_FILE = "result.json"
-REFINED_FILE = "refined.npy"
-COARSE_OUT_FILE = "coarse_out.npy"
-UNCERTAIN_FILE = "uncertain.npy"  # where the augmented predictions disagree (the module's "unsure" overlay)
+REFINED_FILE = "refined.npz"
+COARSE_OUT_FILE = "coarse_out.npz"
+UNCERTAIN_FILE = "uncertain.npz"  # where the augmented predictions disagree (the module's "unsure" overlay)
 EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_MEMORY = 0, 1, 2, 3
 CT_DTYPES = tuple(np.dtype(t) for t in ("int16", "uint16", "int32", "float32"))  # a job's CT keeps these types
 IDLE_EXIT_S = 600.0  # a served worker gives its memory back after 10 minutes without a job
@@ -102,9 +104,31 @@ def read_result(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, np.ndar
     """``result.json``, the refined mask and the coarse mask the worker made (or None) of a done job."""
     folder = Path(folder)
     result = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
-    coarse = folder / COARSE_OUT_FILE
-    return (result, np.load(folder / REFINED_FILE).astype(bool),
-            np.load(coarse).astype(bool) if result.get("coarse_made") else None)
+    return (result, load_mask(folder / REFINED_FILE),
+            load_mask(folder / COARSE_OUT_FILE) if result.get("coarse_made") else None)
+
+
+def save_mask(path: Path, mask: np.ndarray) -> None:
+    """Write a (z, y, x) mask atomically as its bounding-box crop (``crop``, uint8 0/1), the crop's
+    first voxel (``start``) and the whole grid's ``shape``."""
+    mask = np.asarray(mask, dtype=bool)
+    hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if hits[0].size:
+        start, stop = [int(h[0]) for h in hits], [int(h[-1]) + 1 for h in hits]
+    else:
+        start, stop = [0, 0, 0], [0, 0, 0]
+    crop = mask[tuple(slice(a, b) for a, b in zip(start, stop))]
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, crop=crop.astype(np.uint8), start=np.array(start), shape=np.array(mask.shape))
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """The bool mask ``save_mask`` wrote, on its whole grid."""
+    with np.load(path) as data:
+        crop, start, shape = data["crop"].astype(bool), data["start"], data["shape"]
+    out = np.zeros(tuple(int(n) for n in shape), dtype=bool)
+    out[tuple(slice(int(a), int(a) + n) for a, n in zip(start, crop.shape))] = crop
+    return out
 
 
 def group_seeds(ct: Any, seeds: list[Any], coarse: dict[str, Any], folder: Path) -> tuple[list[Any], list[int]]:
@@ -164,11 +188,11 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     warning = hu_plausibility(ct.array)
     notes = ([warning] if warning else []) + result.notes
     report(progress, _RUN_END, "Writing the result")
-    _save(folder / REFINED_FILE, result.refined_mask.astype(np.uint8))
+    save_mask(folder / REFINED_FILE, result.refined_mask)
     if made:
-        _save(folder / COARSE_OUT_FILE, result.coarse_mask.astype(np.uint8))
+        save_mask(folder / COARSE_OUT_FILE, result.coarse_mask)
     if result.uncertain is not None:
-        _save(folder / UNCERTAIN_FILE, result.uncertain.astype(np.uint8))
+        save_mask(folder / UNCERTAIN_FILE, result.uncertain)
     stats = result.stats
     summary = {"stats": stats, "metrics": result.metrics, "notes": notes, "coarse_made": made, "coarse_source": source,
                "seconds": time.perf_counter() - t0, "device": str(stats.get("device", pipeline.device))}
@@ -226,11 +250,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, array)
 
 
 class LineProgress:

@@ -388,7 +388,7 @@ class LiverTumorRefineLogic(_LogicBase):
         uncertain = inputs.folder / worker.UNCERTAIN_FILE
         return RefineOutcome(mask, stats, result.get("metrics"), list(result.get("notes") or []),
                              float(result.get("seconds", 0.0)), coarse,
-                             np.load(uncertain).astype(bool) if uncertain.is_file() else None,
+                             worker.load_mask(uncertain) if uncertain.is_file() else None,
                              result.get("seed_lesions"))
 
     # ---------------------------------------------------------------- phase 3: main thread, writes
