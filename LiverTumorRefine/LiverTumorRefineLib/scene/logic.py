@@ -242,9 +242,11 @@ class LiverTumorRefineLogic(_LogicBase):
             negative = self.seedPoints(negativeSeedsNode, volumeNode, required=False) if negativeSeedsNode else []
             lesions = point_lesions(seedsNode)
         replaceId = self.replaceableCoarseSegmentId(segmentationNode, replaceCoarseSegmentId) if made else None
-        # A click update groups its new points with the lesions of the result it replaces.
+        # A click update groups its new (unnumbered) points with the lesions of the result it
+        # replaces; when every point has its number (a negative click, an undo) that result is not
+        # read, so it is not exported (a CT-sized labelmap: 0.3 s on a 200-slice CT).
         previous = (nodes.export_segment_mask(segmentationNode, replaceId, volumeNode)
-                    if seeds is not None and replaceId is not None else None)
+                    if seeds is not None and replaceId is not None and None in lesions else None)
 
         image = nodes.ct_array(volumeNode)
         coarse = None

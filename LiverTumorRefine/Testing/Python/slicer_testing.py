@@ -674,7 +674,8 @@ def check_negative_clicks(scene, logic, sc: SceneCase) -> dict:
     a point being placed and one whose position is unset are skipped), and a corrective run with
     one more (negative) click replaces the seeded coarse and refined segments in place: same IDs,
     same segment list, no new node; the negative click's voxel leaves the coarse mask, which
-    shrinks. Returns the two coarse masks."""
+    shrinks. Its points all carry their lesion numbers, so the result it replaces is not exported
+    into the job. Returns the two coarse masks."""
     import json
 
     case = sc.case
@@ -703,7 +704,8 @@ def check_negative_clicks(scene, logic, sc: SceneCase) -> dict:
     try:
         job = json.loads(inputs.jobPath.read_text())
         assert np.allclose(job["coarse"]["negative_seeds_ras"], [_ras(sc, shrink)], atol=1e-3), job["coarse"]
-        assert len(job["coarse"]["seeds_ras"]) == 1
+        assert len(job["coarse"]["seeds_ras"]) == 1 and job["coarse"]["seed_lesions"] == [1]
+        assert "previous" not in job["coarse"]  # every point numbered: the replaced result is not exported
         assert inputs.replaceCoarseId == coarseId
     finally:
         logic.cleanup(inputs)
