@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,10 +131,11 @@ def test_worker_killed_by_the_system_is_reported_as_out_of_memory(app, trained_m
 def test_worker_crash_becomes_a_message_naming_the_failure(app, logic, case):
     sc = st.build_scene_case(app.scene, case)
     inputs = logic.prepare(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")
-    (inputs.folder / "ct.npy").unlink()  # the worker fails on its first read: a bug, not a user error
+    ct = Path(json.loads(inputs.jobPath.read_text())["ct"])
+    ct.unlink()  # the worker fails on its first read: a bug, not a user error
     job = ltr.RefineJob(logic, inputs, logic.startWorker(inputs))
     assert job.wait(120)
-    message = st.expect_error(job.finish, "refinement process failed", "ct.npy", "python console")
+    message = st.expect_error(job.finish, "refinement process failed", ct.name, "python console")
     assert "Traceback" not in message
 
 
@@ -218,3 +220,35 @@ def test_result_masks_travel_as_their_bounding_box(tmp_path):
     empty = worker.load_mask(tmp_path / "e.npz")
     assert empty.shape == (3, 4, 5) and not empty.any()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz", "m.npz"]  # no temporary left behind
+
+
+def test_jobs_share_one_file_per_version_of_the_ct(app, trained_model, case):
+    """A CT is written once for the jobs that use it (a click must not copy and write a whole CT
+    first); a change of its voxels writes a new file with the new voxels, the version before is kept
+    for a job that may still read it, older ones go, and closing the module removes them all."""
+    import slicer
+
+    logic = ltr.LiverTumorRefineLogic(weights=trained_model)
+    sc = st.build_scene_case(app.scene, case)
+
+    def job_ct(inputs) -> Path:
+        try:
+            return Path(json.loads(inputs.jobPath.read_text())["ct"])
+        finally:
+            logic.cleanup(inputs)
+
+    first = job_ct(logic.prepare(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu"))
+    written = first.stat().st_mtime_ns
+    again = job_ct(logic.prepare(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu"))
+    assert again == first and first.stat().st_mtime_ns == written and first.is_absolute()
+    assert np.array_equal(np.load(first), scene_nodes.ct_array(sc.volumeNode))
+    paths = [first]
+    for step in range(3):  # the user edits the CT's voxels three times
+        voxels = slicer.util.arrayFromVolume(sc.volumeNode)
+        voxels[0, 0, step] += 100
+        slicer.util.arrayFromVolumeModified(sc.volumeNode)
+        paths.append(job_ct(logic.prepare(sc.volumeNode, sc.segmentationNode, sc.coarseId, device="cpu")))
+        assert np.array_equal(np.load(paths[-1]), scene_nodes.ct_array(sc.volumeNode))
+    assert len(set(paths)) == 4 and [p.is_file() for p in paths] == [False, False, True, True]
+    logic.stopWorker()
+    assert not paths[-1].exists() and not paths[-1].parent.exists()

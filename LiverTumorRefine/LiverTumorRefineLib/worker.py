@@ -9,7 +9,7 @@ advance only while the GUI runs Python. The job folder holds the CT and masks as
 on the CT's voxel grid (array order k, j, i) and ``job.json`` with their geometry (SimpleITK
 conventions: LPS, spacing/origin in x, y, z, direction row-major) and the options:
 
-    {"ct": "ct.npy", "geometry": {"spacing": [...], "origin": [...], "direction": [...]},
+    {"ct": "ct.npy" (or an absolute path), "geometry": {"spacing": [...], "origin": [...], "direction": [...]},
      "coarse": {"source": "mask", "mask": "coarse.npy"}      # or "seeds" (+ "seeds_ras",
                                                             # optional "negative_seeds_ras",
                                                             # "seed_lesions", "previous",
@@ -72,13 +72,17 @@ IDLE_EXIT_S = 600.0  # a served worker gives its memory back after 10 minutes wi
 _RUN_END = 0.97  # the rest of the progress bar is writing the result
 
 
-def write_job(folder: str | Path, ct: np.ndarray, geometry: dict[str, Any], coarse: dict[str, Any],
+def write_job(folder: str | Path, ct: np.ndarray | Path, geometry: dict[str, Any], coarse: dict[str, Any],
               coarse_mask: np.ndarray | None = None, truth: np.ndarray | None = None,
               previous: np.ndarray | None = None, **options: Any) -> Path:
     """Write a job folder (arrays as .npy, options as job.json); returns the job.json path.
-    ``previous``: the seeded result a click update replaces (groups its new points)."""
+    ``ct``: the CT, or the path of a CT file already written for several jobs (``np.save`` of a
+    ``job_ct_dtype`` array; the Slicer module's ``scene.ctfiles``). ``previous``: the seeded result a
+    click update replaces (groups its new points)."""
     folder = Path(folder)
-    np.save(folder / "ct.npy", np.ascontiguousarray(ct, dtype=job_ct_dtype(ct.dtype)))
+    if isinstance(ct, np.ndarray):
+        np.save(folder / "ct.npy", np.ascontiguousarray(ct, dtype=job_ct_dtype(ct.dtype)))
+        ct = Path("ct.npy")
     coarse = dict(coarse)
     if previous is not None:
         np.save(folder / "previous.npy", np.ascontiguousarray(previous, dtype=np.uint8))
@@ -88,7 +92,7 @@ def write_job(folder: str | Path, ct: np.ndarray, geometry: dict[str, Any], coar
         coarse["mask"] = "coarse.npy"
     if truth is not None:
         np.save(folder / "truth.npy", np.ascontiguousarray(truth, dtype=np.uint8))
-    job = {"version": JOB_VERSION, "ct": "ct.npy", "geometry": geometry, "coarse": coarse,
+    job = {"version": JOB_VERSION, "ct": str(ct), "geometry": geometry, "coarse": coarse,
            "truth": "truth.npy" if truth is not None else None, **options}
     path = folder / "job.json"
     write_text(path, json.dumps(jsonable(job)))

@@ -35,6 +35,7 @@ from LiverTumorRefineLib.device import check_device
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.progress import Progress, part, report
 from LiverTumorRefineLib.scene.clicks import defined_indices, defined_points, label_point_lesions, point_lesions
+from LiverTumorRefineLib.scene.ctfiles import CtFiles
 from LiverTumorRefineLib.scene import nodes
 from LiverTumorRefineLib.scene.workerprocess import WorkerJob, WorkerServer
 
@@ -144,6 +145,7 @@ class LiverTumorRefineLogic(_LogicBase):
         self.segWeights = segWeights
         self.pythonExecutable: Optional[str] = None  # None: PythonSlicer in Slicer, this Python headless
         self._weightsFolder: Optional[tempfile.TemporaryDirectory] = None
+        self._ctFiles = CtFiles()  # the CT is written once per version, not once per job
         from LiverTumorRefineLib.scene.lesions import LesionReviewLogic  # lesions imports this module
 
         self.review = LesionReviewLogic()
@@ -200,9 +202,10 @@ class LiverTumorRefineLogic(_LogicBase):
             raise
 
     def stopWorker(self) -> None:
-        """End the worker process now (module closed; it also ends by itself when idle, and a
-        next job starts a new one)."""
+        """End the worker process now and remove the CT files of the jobs (module closed; the
+        worker also ends by itself when idle, and a next job starts a new one)."""
         WorkerServer.shared(self.pythonExecutable).stop()
+        self._ctFiles.clear()
 
     # ---------------------------------------------------------------- phase 1: main thread, read only
     def prepare(self, volumeNode, segmentationNode, coarseSegmentId, truthSegmentationNode=None, truthSegmentId=None,
@@ -248,7 +251,6 @@ class LiverTumorRefineLogic(_LogicBase):
         previous = (nodes.export_segment_mask(segmentationNode, replaceId, volumeNode)
                     if seeds is not None and replaceId is not None and None in lesions else None)
 
-        image = nodes.ct_array(volumeNode)
         coarse = None
         if not made:
             coarse = nodes.export_segment_mask(segmentationNode, coarseSegmentId, volumeNode)
@@ -274,7 +276,8 @@ class LiverTumorRefineLogic(_LogicBase):
             if seeds is not None:
                 source.update(seeds_ras=seeds, negative_seeds_ras=negative, seed_lesions=lesions,
                               ct_identity=nodes.ct_identity(volumeNode, geometry))
-            inputs.jobPath = worker.write_job(inputs.folder, image, geometry, source, coarse, truth,
+            inputs.jobPath = worker.write_job(inputs.folder, self._ctFiles.path(volumeNode, geometry), geometry, source,
+                                              coarse, truth,
                                               previous=previous,
                                               device=device, weights=self._weightsFile(), seg_weights=self.segWeights,
                                               batch_size=self.batchSize, refiner=self.refinerOptions)
