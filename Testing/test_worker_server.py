@@ -248,3 +248,25 @@ def test_the_served_worker_keeps_refined_boxes_and_a_one_off_job_does_not(model_
     assert np.array_equal(worker.load_mask(tmp_path / "a" / worker.UNCERTAIN_FILE), worker.load_mask(tmp_path / "b" / worker.UNCERTAIN_FILE))
     worker.run_job(make_job(tmp_path, "c", model_file))
     assert worker.run_job(make_job(tmp_path, "d", model_file))["stats"]["boxes_reused"] == 0
+
+
+def test_a_jobs_memory_is_given_back_only_once_the_worker_waits_in_vain(monkeypatch):
+    """After a job the worker keeps its freed heap while the next click comes within
+    ``RELEASE_AFTER_S`` (giving it back then would compete with the main process preparing that
+    click), gives it back once it has waited that long, and still leaves at the idle timeout."""
+    import queue
+
+    released = []
+    monkeypatch.setattr(worker, "release_memory", lambda: released.append(time.monotonic()))
+    monkeypatch.setattr(worker, "RELEASE_AFTER_S", 0.2)
+    waiting = queue.Queue()
+    waiting.put('{"job": "next"}')
+    assert worker.next_request(waiting, 5.0, held=True) == '{"job": "next"}' and not released
+    start = time.monotonic()
+    with pytest.raises(queue.Empty):
+        worker.next_request(waiting, 0.5, held=True)
+    assert len(released) == 1 and 0.15 < released[0] - start < 0.45
+    assert 0.45 < time.monotonic() - start < 1.5  # the idle timeout counts from the job's end
+    with pytest.raises(queue.Empty):
+        worker.next_request(waiting, 0.1, held=False)
+    assert len(released) == 1

@@ -69,6 +69,7 @@ UNCERTAIN_FILE = "uncertain.npz"  # where the augmented predictions disagree (th
 EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_MEMORY = 0, 1, 2, 3
 CT_DTYPES = tuple(np.dtype(t) for t in ("int16", "uint16", "int32", "float32"))  # a job's CT keeps these types
 IDLE_EXIT_S = 600.0  # a served worker gives its memory back after 10 minutes without a job
+RELEASE_AFTER_S = 3.0  # ... and a finished job's freed heap after this long without the next one
 _RUN_END = 0.97  # the rest of the progress bar is writing the result
 
 
@@ -306,12 +307,14 @@ def serve(requests: Iterable[str], stream: TextIO, idle_exit_s: float = IDLE_EXI
 
     threading.Thread(target=read, name="LiverTumorRefine-requests", daemon=True).start()
     pipelines: dict[str, Any] = {}
+    held = False  # a finished job's freed memory not yet given back
     while True:
         try:
-            line = waiting.get(timeout=idle_exit_s)
+            line = next_request(waiting, idle_exit_s, held)
         except queue.Empty:
             LineProgress(stream).send({"exit": "idle"})
             return EXIT_OK
+        held = False
         if line is None:
             return EXIT_OK
         if not line.strip():
@@ -325,7 +328,22 @@ def serve(requests: Iterable[str], stream: TextIO, idle_exit_s: float = IDLE_EXI
         lines.send({"started": True})
         if run_one(job_path, lines, pipelines) == EXIT_MEMORY:
             return EXIT_MEMORY  # the heap may be in pieces: a new worker starts clean
-        release_memory()
+        held = True
+
+
+def next_request(waiting: "queue.Queue[str | None]", idle_exit_s: float, held: bool) -> str | None:
+    """The next request line (None at the end of the requests); ``queue.Empty`` after
+    ``idle_exit_s`` without one. With memory ``held`` from a job, it is given back once the worker
+    has waited ``RELEASE_AFTER_S`` in vain: not at once, where it would compete for the CPU with
+    the main process preparing the next click (a corrective click follows its result within a
+    second or two)."""
+    if held:
+        try:
+            return waiting.get(timeout=min(RELEASE_AFTER_S, idle_exit_s))
+        except queue.Empty:
+            release_memory()
+        idle_exit_s = max(idle_exit_s - RELEASE_AFTER_S, 0.0)
+    return waiting.get(timeout=idle_exit_s)
 
 
 def release_memory() -> None:
