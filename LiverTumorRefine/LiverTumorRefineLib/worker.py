@@ -116,15 +116,12 @@ def read_result(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, np.ndar
 def save_mask(path: Path, mask: np.ndarray) -> None:
     """Write a (z, y, x) mask atomically as its bounding-box crop (``crop``, uint8 0/1), the crop's
     first voxel (``start``) and the whole grid's ``shape``."""
+    from LiverTumorRefineLib.refine.boxes import lesion_box
+
     mask = np.asarray(mask, dtype=bool)
-    hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    if hits[0].size:
-        start, stop = [int(h[0]) for h in hits], [int(h[-1]) + 1 for h in hits]
-    else:
-        start, stop = [0, 0, 0], [0, 0, 0]
-    crop = mask[tuple(slice(a, b) for a, b in zip(start, stop))]
+    box = lesion_box(mask, (0, 0, 0)) if mask.any() else (slice(0, 0),) * 3
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, crop=crop.astype(np.uint8), start=np.array(start), shape=np.array(mask.shape))
+        np.savez(tmp, crop=mask[box].astype(np.uint8), start=np.array([b.start for b in box]), shape=np.array(mask.shape))
 
 
 def load_mask(path: Path) -> np.ndarray:

@@ -198,10 +198,10 @@ def review_lesions(coarse: np.ndarray, refined: np.ndarray, spacing_zyx: Sequenc
     # Every voxel that counts lies in the box of the lesions and the reference (whose components
     # touching a lesion count whole): the rest of a CT is work for nothing.
     region = lesion_box(labels > 0 if reference is None else (labels > 0) | reference, (0, 0, 0))
-    crop = lambda a: None if a is None else a[region]  # noqa: E731
     origin = tuple(r.start for r in region)
     spacing = tuple(float(s) for s in spacing_zyx)
-    rows, boxes, coarse_counts = _lesion_rows(crop(coarse), crop(refined), crop(labels), crop(reference), n, spacing,
+    rows, boxes, coarse_counts = _lesion_rows(coarse[region], refined[region], labels[region],
+                                              None if reference is None else reference[region], n, spacing,
                                               origin, geometry)
     if refiner_lesions:
         _attach_refiner_rows(rows, boxes, coarse_counts, labels.shape, refiner_lesions)
