@@ -169,3 +169,19 @@ def test_plain_dice_matches_the_full_metrics() -> None:
     assert dice(empty, empty) == 1.0 and dice(truth, empty) == 0.0
     with pytest.raises(RefineError, match="different shapes"):
         dice(truth, truth[1:])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_lesion_in_a_large_volume_scores_as_on_its_own_box(seed: int) -> None:
+    """The metrics are computed on the box of the two masks: the same masks placed anywhere in a
+    much larger volume (touching its border or not) give exactly the same figures."""
+    rng = np.random.default_rng(seed)
+    truth = rng.random((9, 14, 12)) < 0.4
+    pred = rng.random((9, 14, 12)) < 0.4
+    spacing = (2.5, 0.8, 0.7)
+    tight = compute_metrics(truth, pred, spacing)
+    for offset in ((0, 0, 0), (5, 30, 17), (31, 86, 88)):
+        big_truth, big_pred = np.zeros((40, 100, 100), bool), np.zeros((40, 100, 100), bool)
+        box = tuple(slice(o, o + n) for o, n in zip(offset, truth.shape))
+        big_truth[box], big_pred[box] = truth, pred
+        assert compute_metrics(big_truth, big_pred, spacing) == tight

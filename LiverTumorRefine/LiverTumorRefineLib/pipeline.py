@@ -299,6 +299,6 @@ def metrics_against(truth: Volume | np.ndarray, result: PipelineResult, image: V
     array = truth.array if isinstance(truth, Volume) else np.asarray(truth)
     if array.shape != image.array.shape:
         raise RefineError(f"The reference {array.shape} is not on the CT's grid {image.array.shape}.")
-    reference = array.astype(bool)
+    reference = array.astype(bool, copy=False)  # read only
     return {"coarse": compute_metrics(reference, result.coarse_mask, image.spacing_zyx),
             "refined": compute_metrics(reference, result.refined_mask, image.spacing_zyx)}

@@ -48,6 +48,9 @@ def compute_metrics(
     """
     truth_b, pred_b = _as_masks(truth, pred)
     spacing = _check_spacing(spacing_zyx, truth_b.ndim)
+    box = _union_box(truth_b, pred_b)  # every voxel that counts: a lesion is a small part of a CT
+    if box is not None:
+        truth_b, pred_b = truth_b[box], pred_b[box]
     result = _overlap_metrics(truth_b, pred_b)
     result.update(_surface_metrics(truth_b, pred_b, spacing))
     return result
@@ -104,7 +107,7 @@ def _as_masks(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarr
         )
     if truth_a.ndim != 3:
         raise RefineError(f"Masks must be 3-D (z, y, x) arrays, got shape {truth_a.shape}.")
-    return truth_a.astype(bool), pred_a.astype(bool)
+    return truth_a.astype(bool, copy=False), pred_a.astype(bool, copy=False)  # read only: no copy of bool masks
 
 
 def _check_spacing(spacing_zyx: Sequence[float], ndim: int) -> np.ndarray:
@@ -152,6 +155,19 @@ def _surface_metrics(truth: np.ndarray, pred: np.ndarray, spacing: np.ndarray) -
     }
 
 
+def _union_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of ``a | b`` (None when both are empty), found axis by axis without a
+    union-sized temporary."""
+    box = []
+    for axis in range(a.ndim):
+        other_axes = tuple(i for i in range(a.ndim) if i != axis)
+        hits = np.flatnonzero(a.any(axis=other_axes) | b.any(axis=other_axes))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
 def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cut to the bounding box of their union, padded by one background voxel.
 
@@ -159,13 +175,7 @@ def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     it the background medpy's erosion assumes (scipy ``border_value=0``), so erosion and distances
     in the crop equal those in the whole volume.
     """
-    union = a | b
-    box = []
-    for axis in range(union.ndim):
-        other_axes = tuple(i for i in range(union.ndim) if i != axis)
-        hits = np.flatnonzero(union.any(axis=other_axes))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    crop = tuple(box)
+    crop = _union_box(a, b)
     return np.pad(a[crop], 1), np.pad(b[crop], 1)
 
 
