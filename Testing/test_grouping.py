@@ -93,8 +93,8 @@ def test_the_worker_groups_a_click_update_and_reports_the_numbers(tmp_path):
     ct = Volume(np.zeros(shape, np.int16), Geometry((1.0, 1.0, 2.5), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())))
     previous = ball(shape, (6, 30, 30), 8.0)
     seeds = [voxel_to_ras(v, ct) for v in [(6, 30, 30), (6, 30, 41), (6, 80, 80)]]
-    np.save(tmp_path / "previous.npy", previous.astype(np.uint8))
-    coarse = {"seed_lesions": [1, None, None], "previous": "previous.npy"}
+    worker.save_mask(tmp_path / "previous.npz", previous)
+    coarse = {"seed_lesions": [1, None, None], "previous": "previous.npz"}
     lesions, numbers = worker.group_seeds(ct, seeds, coarse, tmp_path)
     assert numbers == [1, 1, 2]
     assert lesions == [[tuple(seeds[0]), tuple(seeds[1])], [tuple(seeds[2])]]

@@ -5,17 +5,18 @@
 
 The Slicer module starts it with Slicer's own Python (``PythonSlicer``) so that the slow work runs
 in its own process: Slicer's main thread holds the GIL while it idles, so a worker *thread* would
-advance only while the GUI runs Python. The job folder holds the CT and masks as ``.npy`` arrays
-on the CT's voxel grid (array order k, j, i) and ``job.json`` with their geometry (SimpleITK
-conventions: LPS, spacing/origin in x, y, z, direction row-major) and the options:
+advance only while the GUI runs Python. The job folder holds the CT as a ``.npy`` array and the
+masks as ``save_mask`` crops, on the CT's voxel grid (array order k, j, i), and ``job.json`` with
+their geometry (SimpleITK conventions: LPS, spacing/origin in x, y, z, direction row-major) and
+the options:
 
     {"ct": "ct.npy" (or an absolute path), "geometry": {"spacing": [...], "origin": [...], "direction": [...]},
-     "coarse": {"source": "mask", "mask": "coarse.npy"}      # or "seeds" (+ "seeds_ras",
+     "coarse": {"source": "mask", "mask": "coarse.npz"}      # or "seeds" (+ "seeds_ras",
                                                             # optional "negative_seeds_ras",
                                                             # "seed_lesions", "previous",
                                                             # "ct_identity"),
                                                             # "automatic", "totalsegmentator"
-     "truth": "truth.npy" or null, "device": "auto", "weights": null, "seg_weights": null,
+     "truth": "truth.npz" or null, "device": "auto", "weights": null, "seg_weights": null,
      "batch_size": 128, "refiner": {"tta": 8, "agreement": 0.5, "min_kept": 0.3}}
 
 It writes ``refined.npz``, ``coarse_out.npz`` for a coarse mask it made, ``uncertain.npz``
@@ -76,7 +77,8 @@ _RUN_END = 0.97  # the rest of the progress bar is writing the result
 def write_job(folder: str | Path, ct: np.ndarray | Path, geometry: dict[str, Any], coarse: dict[str, Any],
               coarse_mask: np.ndarray | None = None, truth: np.ndarray | None = None,
               previous: np.ndarray | None = None, **options: Any) -> Path:
-    """Write a job folder (arrays as .npy, options as job.json); returns the job.json path.
+    """Write a job folder (the CT as .npy, masks as ``save_mask`` crops, options as job.json);
+    returns the job.json path.
     ``ct``: the CT, or the path of a CT file already written for several jobs (``np.save`` of a
     ``job_ct_dtype`` array; the Slicer module's ``scene.ctfiles``). ``previous``: the seeded result a
     click update replaces (groups its new points)."""
@@ -86,15 +88,15 @@ def write_job(folder: str | Path, ct: np.ndarray | Path, geometry: dict[str, Any
         ct = Path("ct.npy")
     coarse = dict(coarse)
     if previous is not None:
-        np.save(folder / "previous.npy", np.ascontiguousarray(previous, dtype=np.uint8))
-        coarse["previous"] = "previous.npy"
+        save_mask(folder / "previous.npz", previous)
+        coarse["previous"] = "previous.npz"
     if coarse_mask is not None:
-        np.save(folder / "coarse.npy", np.ascontiguousarray(coarse_mask, dtype=np.uint8))
-        coarse["mask"] = "coarse.npy"
+        save_mask(folder / "coarse.npz", coarse_mask)
+        coarse["mask"] = "coarse.npz"
     if truth is not None:
-        np.save(folder / "truth.npy", np.ascontiguousarray(truth, dtype=np.uint8))
+        save_mask(folder / "truth.npz", truth)
     job = {"version": JOB_VERSION, "ct": str(ct), "geometry": geometry, "coarse": coarse,
-           "truth": "truth.npy" if truth is not None else None, **options}
+           "truth": "truth.npz" if truth is not None else None, **options}
     path = folder / "job.json"
     write_text(path, json.dumps(jsonable(job)))
     return path
@@ -144,7 +146,7 @@ def group_seeds(ct: Any, seeds: list[Any], coarse: dict[str, Any], folder: Path)
     given = list(coarse["seed_lesions"])
     if len(given) != len(seeds) or any(n is not None and (not isinstance(n, int) or n < 1) for n in given):
         raise RefineError("The job's seed lesion numbers do not match its seeds: restart 3D Slicer and try again.")
-    previous = np.load(folder / coarse["previous"]).astype(bool) if coarse.get("previous") else None
+    previous = load_mask(folder / coarse["previous"]) if coarse.get("previous") else None
     if previous is not None and previous.shape != ct.array.shape:
         previous = None  # a result on another grid says nothing about these points
     voxels = ras_to_voxels(check_points(seeds), ct)
@@ -177,8 +179,8 @@ def run_job(job_path: str | Path, progress: Progress | None = None, weights: Any
     if pipelines is not None:  # a kept worker: a click's job refines only the boxes it changed (refine.result_cache)
         pipeline.refiner.keep_boxes()
     made = source != "mask"
-    coarse = None if made else ct.with_array(np.load(folder / job["coarse"]["mask"]))
-    truth = np.load(folder / job["truth"]).astype(bool) if job.get("truth") else None
+    coarse = None if made else ct.with_array(load_mask(folder / job["coarse"]["mask"]).view(np.uint8))  # 0/1 labels
+    truth = load_mask(folder / job["truth"]) if job.get("truth") else None
     seeds = job["coarse"].get("seeds_ras") if source == "seeds" else None
     negative = job["coarse"].get("negative_seeds_ras") if source == "seeds" else None
     lesions = None

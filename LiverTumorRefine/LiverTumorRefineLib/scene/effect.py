@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from LiverTumorRefineLib import worker
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic, RefineInputs, RefineJob
 from LiverTumorRefineLib.scene.nodes import export_segment_mask
@@ -99,7 +100,7 @@ def segment_refinement(inputs: RefineInputs, mask: np.ndarray, referenceImage, s
 def _job_coarse_mask(inputs: RefineInputs) -> np.ndarray:
     """The segment as ``prepare`` exported it (the job's coarse mask)."""
     job = json.loads(inputs.jobPath.read_text(encoding="utf-8"))
-    return np.load(inputs.folder / job["coarse"]["mask"]).astype(bool)
+    return worker.load_mask(inputs.folder / job["coarse"]["mask"])
 
 
 def refined_labelmap(mask: np.ndarray, volumeNode, segmentationNode, referenceImage):

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from LiverTumorRefineLib import worker
 from LiverTumorRefineLib.scene import lesions
 from LiverTumorRefineLib.scene import logic as ltr
 from LiverTumorRefineLib.scene import nodes as scene_nodes
@@ -760,7 +761,7 @@ def check_positive_click_groups(scene, logic, sc: SceneCase) -> dict:
         job = json.loads(inputs.jobPath.read_text())
         assert job["coarse"]["seed_lesions"] == [1, None, None], job["coarse"]
         assert job["coarse"]["ct_identity"] == scene_nodes.ct_identity(sc.volumeNode, job["geometry"])
-        assert np.array_equal(np.load(inputs.folder / job["coarse"]["previous"]).astype(bool), coarse)
+        assert np.array_equal(worker.load_mask(inputs.folder / job["coarse"]["previous"]), coarse)
     finally:
         logic.cleanup(inputs)
     logic.refine(sc.volumeNode, node, coarseId, device="cpu", coarseSource="seeds", seedsNode=positive,
