@@ -18,13 +18,11 @@ runs headless on ``slicer-core``:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from LiverTumorRefineLib import worker
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.scene.logic import LiverTumorRefineLogic, RefineInputs, RefineJob
 from LiverTumorRefineLib.scene.nodes import export_segment_mask
@@ -87,7 +85,7 @@ def segment_refinement(inputs: RefineInputs, mask: np.ndarray, referenceImage, s
         raise RefineError(f"The segment '{inputs.coarseName}' was deleted while refining: nothing was changed.")
     if referenceImage is None:
         referenceImage = segmentation_reference_geometry(segmentationNode)
-    coarse = _job_coarse_mask(inputs)
+    coarse = inputs.coarse  # the segment as ``prepare`` exported it and the job refined it
     now = export_segment_mask(segmentationNode, segmentId, volumeNode)
     voxelMl = float(np.prod(volumeNode.GetSpacing())) / 1000.0
     return SegmentRefinement(labelmap=refined_labelmap(mask, volumeNode, segmentationNode, referenceImage), mask=mask,
@@ -95,12 +93,6 @@ def segment_refinement(inputs: RefineInputs, mask: np.ndarray, referenceImage, s
                              coarseMl=float(coarse.sum()) * voxelMl, refinedMl=float(mask.sum()) * voxelMl,
                              editedMeanwhile=not np.array_equal(now, coarse), seconds=seconds,
                              device=str(stats.get("device", "")), notes=list(notes), stats=dict(stats))
-
-
-def _job_coarse_mask(inputs: RefineInputs) -> np.ndarray:
-    """The segment as ``prepare`` exported it (the job's coarse mask)."""
-    job = json.loads(inputs.jobPath.read_text(encoding="utf-8"))
-    return worker.load_mask(inputs.folder / job["coarse"]["mask"])
 
 
 def refined_labelmap(mask: np.ndarray, volumeNode, segmentationNode, referenceImage):
