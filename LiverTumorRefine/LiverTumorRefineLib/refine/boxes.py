@@ -19,8 +19,8 @@ BLOCK = 8
 
 def component_labels(mask: np.ndarray) -> np.ndarray:
     """26-connected components of ``mask`` (Z, Y, X) labelled 1..N (0 = background) in raster
-    order, as a uint32 array of its own. Only the mask's bounding box is labelled: lesions fill a small part of a CT, and
-    labelling is in raster order, so the labels are those of the whole array."""
+    order, as a uint32 array of its own. Only the mask's bounding box is labelled: lesions fill a
+    small part of a CT, and labelling is in raster order, so the labels are those of the whole array."""
     out = np.zeros(mask.shape, np.uint32)
     if not mask.any():
         return out
