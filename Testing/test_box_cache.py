@@ -1,14 +1,17 @@
 """Kept refined boxes (``Refiner.keep_boxes``, ``refine.result_cache``): a later call refines only the
-boxes whose inputs changed, and its result is the one a Refiner without kept boxes gives."""
+boxes whose inputs changed, predicts only the patches whose inputs changed (int8 ONNX export), and its
+result is the one a Refiner without kept boxes gives."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from conftest import blob_case
 from LiverTumorRefineLib.refine.result_cache import ResultCache, digest
 from LiverTumorRefineLib.refine.refiner import Refiner
+from LiverTumorRefineLib.refine.weights import default_weights_path
 
 
 def two_lesions():
@@ -95,3 +98,41 @@ def test_the_digest_tells_dtype_shape_and_values_apart(other):
     base = np.zeros((2, 3), np.float32)
     assert digest(base) == digest(base.copy()) == digest(np.asfortranarray(base))
     assert digest(base) != digest(other)
+
+
+def shipped_int8_refiner(**options) -> Refiner:
+    """The shipped model in its int8 ONNX export (what the CPU runs when ONNX Runtime is installed)."""
+    pytest.importorskip("onnxruntime")
+    return Refiner(default_weights_path(), device="cpu", runtime="onnx", **options)
+
+
+def test_the_int8_export_predicts_an_input_alike_in_any_batch():
+    # what lets a kept Refiner keep a patch's prediction apart from the batch it was made in
+    runtime = shipped_int8_refiner().runtime
+    assert runtime.batch_invariant
+    case = blob_case(3)
+    x = torch.rand(70, 4, 48, 48) * 2 - 1
+    x[:, -1] = torch.from_numpy(case.coarse[12, :48, :48]).float()  # a real mask channel, the same for all
+    whole = runtime(x)
+    for start, stop in ((0, 1), (5, 38), (64, 70)):
+        assert torch.equal(runtime(x[start:stop].contiguous()), whole[start:stop])
+
+
+def test_kept_patch_predictions_leave_the_result_as_a_fresh_refiners(trained_model):
+    base = blob_case(4)
+    image = np.round(base.image)
+    edited = base.coarse.copy()
+    edited[:, :, :40] = ndimage.binary_erosion(base.coarse, iterations=2)[:, :, :40]  # one side of the lesion moved in
+    kept = shipped_int8_refiner(tta=2)
+    kept.keep_boxes()
+    first = kept.refine(image, base.coarse, base.spacing_zyx, passes=2)
+    assert first.stats["patches_reused"] == 0
+    changed = kept.refine(image, edited, base.spacing_zyx, passes=2)
+    fresh = shipped_int8_refiner(tta=2).refine(image, edited, base.spacing_zyx, passes=2)
+    assert changed.stats["boxes_reused"] == 0  # the box's mask changed ...
+    assert 0 < changed.stats["patches_reused"] < changed.stats["patches"]  # ... but not along its other side
+    assert fresh.stats["patches_reused"] == 0 and changed.stats["patches"] == fresh.stats["patches"]
+    assert same(changed, fresh)
+    torch_kept = Refiner(trained_model, device="cpu", runtime="torch")
+    torch_kept.keep_boxes()
+    assert torch_kept.boxes is not None and torch_kept.patches is None  # its logits depend on the batch

@@ -72,7 +72,9 @@ def run_job(logic, sc, positive, negative, replace: str | None) -> tuple[float, 
     PARTS.append({"prepare": prepared - t0, "worker": ended - prepared, "apply": time.perf_counter() - ended,
                   "coarse": seconds.get("coarse", float("nan")), "refine": seconds.get("total", float("nan")),
                   "boxes reused": result.stats.get("boxes_reused", 0),  # of the boxes the refiner's passes ran
-                  "boxes": len(result.stats.get("crop_shapes", [])) * result.stats.get("passes", 1)})
+                  "boxes": len(result.stats.get("crop_shapes", [])) * result.stats.get("passes", 1),
+                  # of the patches in the boxes refined again, those whose prediction was kept (int8 export)
+                  "patches reused": result.stats.get("patches_reused", 0), "patches": result.stats.get("patches", 0)})
     return time.perf_counter() - t0, result
 
 

@@ -15,7 +15,7 @@ import torch
 
 from LiverTumorRefineLib.refine import sampling
 from LiverTumorRefineLib.refine import tta as tta_module
-from LiverTumorRefineLib.refine.result_cache import DEFAULT_BYTES, ResultCache, digest
+from LiverTumorRefineLib.refine.result_cache import DEFAULT_BYTES, PATCH_BYTES, ResultCache, digest
 from LiverTumorRefineLib.refine.boxes import Box, crop_margin, lesion_boxes
 from LiverTumorRefineLib.volume.checks import check_not_whole_volume
 from LiverTumorRefineLib.device import resolve_device
@@ -96,13 +96,19 @@ class Refiner:
         self.runtime = select_runtime(runtime, self.model, self.device, path)
         self.batch_size = batch_size
         self.boxes: ResultCache | None = None  # see keep_boxes
+        self.patches: ResultCache | None = None  # ... and the patches' predictions
 
-    def keep_boxes(self, max_bytes: int = DEFAULT_BYTES) -> None:
+    def keep_boxes(self, max_bytes: int = DEFAULT_BYTES, patch_bytes: int = PATCH_BYTES) -> None:
         """From now on keep each box's result, and give it back when a later call refines a box with
         the same inputs (``result_cache``): a kept worker's click refines only the boxes it changed.
-        Results are identical either way. A second call keeps what is already kept."""
+        Where the runtime's predictions do not depend on the batch a patch is in
+        (``batch_invariant``: the int8 ONNX export), also keep each patch's prediction by its network
+        input: in a box that a click changed, the patches along the lesions it did not change are
+        not predicted again. Results are identical either way. A second call keeps what is already kept."""
         if self.boxes is None:
             self.boxes = ResultCache(max_bytes)
+        if self.patches is None and getattr(self.runtime, "batch_invariant", False):
+            self.patches = ResultCache(patch_bytes)
 
     def refine(self, image: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], progress: Progress | None = None,
                passes: int = 1, later_tta: int | None = None, first_tta: int | None = None) -> RefineResult:
@@ -110,8 +116,8 @@ class Refiner:
 
         ``passes`` > 1 refines the result again (the seeded sources' default, ``config.SEEDED_PASSES``:
         a click-made coarse mask is far from the boundary, and a second pass moves it further);
-        ``stats`` then add up the passes' patches, seconds and reused boxes, count the voxels changed from
-        ``mask``, and keep the first pass's per-lesion decisions (against ``mask``).
+        ``stats`` then add up the passes' patches, seconds, reused boxes and reused patches, count the
+        voxels changed from ``mask``, and keep the first pass's per-lesion decisions (against ``mask``).
         ``later_tta``: the orientations each patch is predicted in on the passes after the first (None:
         the Refiner's ``tta``; the seeded sources', ``config.SEEDED_LATER_TTA``); ``stats["later_tta"]`` says
         which when ``passes`` > 1. ``first_tta``: the same for the first pass (None: the Refiner's ``tta``;
@@ -126,8 +132,8 @@ class Refiner:
         result = first._refine_once(image, mask, spacing_zyx, pass_progress(0))
         for k in range(1, passes):
             again = later._refine_once(image, result.mask, spacing_zyx, pass_progress(k))
-            stats = dict(result.stats, patches=result.stats["patches"] + again.stats["patches"],
-                         boxes_reused=result.stats["boxes_reused"] + again.stats["boxes_reused"])
+            stats = dict(result.stats, **{key: result.stats[key] + again.stats[key]
+                                          for key in ("patches", "boxes_reused", "patches_reused")})
             stats["seconds"] = {key: value + again.stats["seconds"][key] for key, value in result.stats["seconds"].items()}
             # either pass's disagreement, written only where there is some: the map's untouched pages
             # stay unallocated (an OR of the two would write a whole mask-sized array)
@@ -172,7 +178,7 @@ class Refiner:
         # np.zeros, not zeros_like: the kernel's zero pages stay unallocated outside the lesion boxes
         uncertain = np.zeros(mask.shape, dtype=bool)
         seconds = {"crop": 0.0, "sample": 0.0, "extract": 0.0, "infer": 0.0, "reassemble": 0.0}
-        patches = changed = reused = 0
+        patches = changed = reused = patches_reused = 0
         lesions: list[dict[str, Any]] = []
         intensity: list[IntensityDecision] = []
         liver_hu = self._parenchyma(image, mask, boxes, spacing)
@@ -182,6 +188,7 @@ class Refiner:
             if piece is None:
                 piece = self._refine_box(image, mask, box, spacing, liver_hu, box_progress(progress, i, len(boxes)))
                 patches += piece.patches
+                patches_reused += piece.patches_reused
                 for stage, value in piece.seconds.items():
                     seconds[stage] += value
                 if key is not None:
@@ -201,7 +208,8 @@ class Refiner:
         stats = {"patches": patches, "seconds": seconds, "voxels_changed": changed, "device": str(self.device),
                  "runtime": self.runtime.name,
                  "crop_shapes": [tuple(int(s.stop - s.start) for s in box) for box in boxes],
-                 "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions, "boxes_reused": reused}
+                 "tta": self.tta, "parenchyma_hu": liver_hu, "lesions": lesions, "boxes_reused": reused,
+                 "patches_reused": patches_reused}
         if self.intensity_gate:
             stats["intensity_gate"] = gate_summary(intensity)
         return RefineResult(refined, stats, uncertain)
@@ -245,7 +253,7 @@ class Refiner:
             t = time.perf_counter()
             centres = sampling.place_centres(crop_mask, spacing, self.cfg)
             seconds["sample"] = time.perf_counter() - t
-            canvas, seconds_run = self._run_batches(crop_image, crop_mask, centres, spacing, progress)
+            canvas, seconds_run, patches_reused = self._run_batches(crop_image, crop_mask, centres, spacing, progress)
             seconds.update(seconds_run)
             t = time.perf_counter()
             editable = sampling.editable_band(crop_mask, spacing, self.cfg.band_mm)
@@ -262,11 +270,12 @@ class Refiner:
             refined_crop, decisions = lesion_gate(coarse_crop, gated_np, wanted.cpu().numpy(),
                                                   self.min_kept, box_origin(box), probability)
         seconds["reassemble"] += time.perf_counter() - t
-        return _BoxResult(refined_crop, seconds, int(len(centres)), decisions, uncertain, intensity)
+        return _BoxResult(refined_crop, seconds, int(len(centres)), decisions, uncertain, intensity, patches_reused)
 
     def _run_batches(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
-                     progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
-        """Extract, infer and accumulate patches batch by batch. The cutting and pasting overlap
+                     progress: Progress | None) -> tuple[Canvas, dict[str, float], int]:
+        """Extract, infer and accumulate patches batch by batch; also returns how many patches'
+        predictions came from the kept ones (``keep_boxes``). The cutting and pasting overlap
         the network only where it runs in its own thread pool (ONNX Runtime): beside PyTorch's
         CPU inference, two OpenMP teams fight over the cores (40% slower, measured)."""
         if self.runtime.name == "onnx":
@@ -277,20 +286,21 @@ class Refiner:
         return max(1, self.batch_size // self.tta)  # batch_size counts network inputs: a patch is one per orientation
 
     def _run_overlapped(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
-                        progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
+                        progress: Progress | None) -> tuple[Canvas, dict[str, float], int]:
         """A helper thread cuts the next batch and accumulates the last one while the network
         runs on this one (ONNX Runtime releases the GIL), so the cutting and pasting hide behind
         inference. ``seconds`` holds each stage's own time."""
         seconds = {"extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         canvas = Canvas(mask.shape, self.device)
         if not len(centres):
-            return canvas, seconds
+            return canvas, seconds, 0
         batches = centres.split(self._patches_per_batch())
+        reused = 0
 
         def cut(chunk: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():  # inference mode is per thread
                 t = time.perf_counter()
-                inputs = self._network_inputs(image, mask, chunk, spacing)
+                inputs = self._patches(image, mask, chunk, spacing)
                 seconds["extract"] += time.perf_counter() - t
                 return inputs
 
@@ -308,8 +318,9 @@ class Refiner:
                 if i + 1 < len(batches):
                     upcoming = helper.submit(cut, batches[i + 1])
                 t = time.perf_counter()
-                logits = self.runtime(inputs)
+                logits, hits = self._infer(inputs)
                 seconds["infer"] += time.perf_counter() - t
+                reused += hits
                 if pasted is not None:
                     pasted.result()  # raises here if the last paste failed
                 pasted = helper.submit(paste, logits, chunk)
@@ -318,22 +329,22 @@ class Refiner:
             pasted.result()
         finally:
             helper.shutdown(wait=True, cancel_futures=True)  # a cancel or error leaves no thread behind
-        return canvas, seconds
+        return canvas, seconds, reused
 
     def _run_serial(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...],
-                    progress: Progress | None) -> tuple[Canvas, dict[str, float]]:
+                    progress: Progress | None) -> tuple[Canvas, dict[str, float], int]:
         """One stage after another; on CUDA it halves the batch on out-of-memory and finally falls
         back to the CPU."""
         seconds = {"extract": 0.0, "infer": 0.0, "reassemble": 0.0}
         canvas = Canvas(mask.shape, self.device)
-        start, batch = 0, self._patches_per_batch()
+        start, batch, reused = 0, self._patches_per_batch(), 0
         while start < len(centres):
             part = centres[start:start + batch]
             try:
                 t = time.perf_counter()
-                inputs = self._network_inputs(image, mask, part, spacing)
+                inputs = self._patches(image, mask, part, spacing)
                 t1 = time.perf_counter()
-                logits = self.runtime(inputs)
+                logits, hits = self._infer(inputs)
                 _sync(self.device)
                 t2 = time.perf_counter()
                 self._add_votes(canvas, logits, part, spacing)
@@ -345,17 +356,35 @@ class Refiner:
             seconds["infer"] += t2 - t1
             seconds["reassemble"] += time.perf_counter() - t2
             start += len(part)
+            reused += hits
             report(progress, 0.05 + 0.9 * start / len(centres), f"Refined {start}/{len(centres)} patches")
-        return canvas, seconds
+        return canvas, seconds, reused
 
-    def _network_inputs(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor,
-                        spacing: tuple[float, ...]) -> torch.Tensor:
-        """The patches at ``centres`` as the network takes them, in every orientation: (tta * N, C, P, P)."""
-        patches = sampling.network_input(sampling.extract_patches(image, mask, centres, spacing, self.cfg), self.cfg)
-        return tta_module.augmented(patches, self.tta)
+    def _patches(self, image: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor,
+                 spacing: tuple[float, ...]) -> torch.Tensor:
+        """The patches at ``centres`` as the network takes them, in their own orientation: (N, C, P, P)."""
+        return sampling.network_input(sampling.extract_patches(image, mask, centres, spacing, self.cfg), self.cfg)
+
+    def _infer(self, patches: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The network's logits for ``patches`` (N, C, P, P) in every orientation, laid out as
+        ``tta.augmented`` lays out its inputs ((tta * N, ...)), and how many patches' came from the
+        kept predictions (``keep_boxes``); only the others go through the network."""
+        if self.patches is None:
+            return self.runtime(tta_module.augmented(patches, self.tta)), 0
+        keys = [(digest(p.numpy()), self.tta, self.runtime.name) for p in patches]
+        found = [self.patches.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            logits = self.runtime(tta_module.augmented(patches[missing], self.tta))
+            per_patch = logits.view(self.tta, len(missing), *logits.shape[1:])
+            for j, i in enumerate(missing):
+                found[i] = per_patch[:, j].clone()
+                self.patches.put(keys[i], found[i], found[i].numel() * found[i].element_size())
+        logits = torch.stack(found, dim=1)  # type: ignore[arg-type]
+        return logits.reshape(-1, *logits.shape[2:]), len(patches) - len(missing)
 
     def _add_votes(self, canvas: Canvas, logits: torch.Tensor, centres: torch.Tensor, spacing: tuple[float, ...]) -> None:
-        """The network's ``logits`` for ``_network_inputs(centres)`` onto ``canvas``: each orientation's
+        """The network's ``logits`` for ``_infer(centres' patches)`` onto ``canvas``: each orientation's
         prediction is a vote at every voxel, added in one call so that it is all-or-nothing."""
         probs = tta_module.restored(logits, self.tta)
         canvas.add(probs.flatten(0, 1), centres.repeat(len(probs), 1), spacing, self.cfg)
@@ -384,6 +413,7 @@ class _BoxResult:
     lesions: list
     uncertain: np.ndarray
     intensity: list[IntensityDecision]  # one per lesion the intensity gate looked at (none when it is off)
+    patches_reused: int = 0  # patches whose prediction was kept from an earlier call (``keep_boxes``)
 
 
 def check_tta(value: Any) -> int:

@@ -5,7 +5,8 @@ their dtype, shape and bytes) and everything else it depends on, so a match is t
 and gives the identical result, and nothing has to name the CT. Three users:
 
 - the kept worker's Refiner keeps its refined boxes (``Refiner.keep_boxes``): a click changes one
-  lesion, and the other boxes see the same crops and parenchyma HU as in the last job;
+  lesion, and the other boxes see the same crops and parenchyma HU as in the last job; with a
+  batch-invariant runtime it keeps each patch's prediction too, for the box the click changed;
 - the click model keeps its outputs (``ClickSegmenter.seen``), and the ray grower its first-click
   lesions (``clicks.GROWN``): a correction asks again for what click 1 computed.
 """
@@ -18,6 +19,7 @@ from typing import Any, Hashable
 import numpy as np
 
 DEFAULT_BYTES = 256 * 2 ** 20  # a Refiner's kept boxes (keep_boxes): those of a few CTs' lesions
+PATCH_BYTES = 64 * 2 ** 20  # ... and its kept patch predictions: about 3500 patches in 2 orientations
 
 
 def digest(*arrays: np.ndarray) -> str:

@@ -71,6 +71,9 @@ class TorchRuntime:
     runs the convolutions in NHWC layout, oneDNN's fast path on the CPU (same arithmetic)."""
 
     name = "torch"
+    # oneDNN may choose other kernels for another batch size: a patch's logits then differ in their
+    # last bits (4e-6 measured), so its prediction is not kept apart from its batch (``Refiner.keep_boxes``).
+    batch_invariant = False
 
     def __init__(self, model: torch.nn.Module, device: torch.device, bf16: bool = False,
                  channels_last: bool | None = None) -> None:
@@ -130,6 +133,9 @@ class OnnxRuntime:
         self.sessions = [self._session(ort, threads // streams + (i < threads % streams)) for i in range(streams)]
         self.input = self.sessions[0].get_inputs()[0].name
         value_bytes = 1 if is_int8_export(self.path) else 4
+        # An int8 export's convolutions sum integers, so an input's logits do not depend on the other
+        # inputs of its call (tested): ``Refiner.keep_boxes`` may keep each patch's prediction.
+        self.batch_invariant = value_bytes == 1
         self.batch_size = cache_batch(layer_elements * value_bytes * streams if layer_elements else None, ONNX_BATCH)
         self._helpers = ThreadPoolExecutor(streams - 1, thread_name_prefix="onnx-stream") if streams > 1 else None
         if self._helpers is not None:  # its idle thread ends with the runtime, not with the process
