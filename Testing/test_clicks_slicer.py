@@ -69,6 +69,62 @@ def test_the_ct_identity_changes_with_the_voxels_and_the_grid(app):
     assert scene_nodes.ct_identity(sc.volumeNode, scene_nodes.volume_geometry(sc.volumeNode)) != edited
 
 
+def test_a_click_update_reads_back_the_coarse_segment_it_wrote_until_someone_edits_it(app, logic, monkeypatch):
+    import json
+
+    import numpy as np
+    import slicer
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    from LiverTumorRefineLib import worker
+
+    sc = st.build_scene_case(app.scene, st.synthetic_case(2))
+
+    def ras(kji) -> list[float]:
+        return [float(v) for v in (sc.matrix @ [kji[2], kji[1], kji[0], 1.0])[:3]]
+
+    positive = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion clicks")
+    positive.AddControlPoint(ras(st.deepest_voxel(sc.case.truth)))
+    first = logic.refine(sc.volumeNode, sc.segmentationNode, "", device="cpu", coarseSource="seeds", seedsNode=positive)
+    node, coarseId = first.segmentationNode, first.coarseSegmentId
+    export = scene_nodes.export_segment_mask
+    written = export(node, coarseId, sc.volumeNode)
+    exports = []
+    monkeypatch.setattr(scene_nodes, "export_segment_mask", lambda *a: exports.append(a[1]) or export(*a))
+    positive.AddControlPoint(ras((1, 1, 1)))  # a new point without a lesion number: the job needs the result
+
+    def previous_sent() -> np.ndarray:
+        inputs = logic.prepare(sc.volumeNode, node, coarseId, device="cpu", coarseSource="seeds", seedsNode=positive,
+                               replaceCoarseSegmentId=coarseId)
+        try:
+            job = json.loads(inputs.jobPath.read_text())
+            return worker.load_mask(inputs.folder / job["coarse"]["previous"])
+        finally:
+            logic.cleanup(inputs)
+
+    assert np.array_equal(previous_sent(), written) and exports == []  # the mask the module wrote, not exported
+    # a paint stroke edits the segment's labelmap in place: its modification time tells
+    labelmap = node.GetSegmentation().GetSegment(coarseId).GetRepresentation(
+        slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    voxels = vtk_to_numpy(labelmap.GetPointData().GetScalars())
+    voxels[np.flatnonzero(voxels)[0]] = 0
+    labelmap.Modified()
+    painted = export(node, coarseId, sc.volumeNode)
+    assert painted.sum() == written.sum() - 1
+    assert np.array_equal(previous_sent(), painted) and exports == [coarseId]  # read from the scene again
+
+    update = logic.refine(sc.volumeNode, node, coarseId, device="cpu", coarseSource="seeds", seedsNode=positive,
+                          replaceCoarseSegmentId=coarseId)  # the click update's result is remembered in turn
+    assert update.coarseSegmentId == coarseId and len(exports) == 2  # (its own job exported the painted segment)
+    positive.AddControlPoint(ras((2, 2, 2)))  # the update numbered the last point: one more without a number
+    rewritten = export(node, coarseId, sc.volumeNode)
+    assert np.array_equal(previous_sent(), rewritten) and len(exports) == 2
+    edited = rewritten.copy()
+    edited[tuple(np.argwhere(rewritten)[0])] = False  # a labelmap put in the segment's place
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited.astype(np.uint8), node, coarseId, sc.volumeNode)
+    assert np.array_equal(previous_sent(), edited) and len(exports) == 3
+
+
 def test_negative_points_outside_the_ct_are_an_error_and_the_scene_is_unchanged(app, logic):
     sc = st.build_scene_case(app.scene, st.synthetic_case(0))
     positive = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")

@@ -38,6 +38,7 @@ from LiverTumorRefineLib.scene.clicks import defined_indices, defined_points, la
 from LiverTumorRefineLib.scene.ctfiles import CtFiles
 from LiverTumorRefineLib.scene import nodes
 from LiverTumorRefineLib.scene.workerprocess import WorkerJob, WorkerServer
+from LiverTumorRefineLib.scene.written import WrittenMask
 
 try:  # In Slicer the base class provides getParameterNode(); headless (slicer-core) it is absent.
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -146,6 +147,7 @@ class LiverTumorRefineLogic(_LogicBase):
         self.pythonExecutable: Optional[str] = None  # None: PythonSlicer in Slicer, this Python headless
         self._weightsFolder: Optional[tempfile.TemporaryDirectory] = None
         self._ctFiles = CtFiles()  # the CT is written once per version, not once per job
+        self._writtenCoarse = WrittenMask()  # the last made coarse segment, read back without an export
         from LiverTumorRefineLib.scene.lesions import LesionReviewLogic  # lesions imports this module
 
         self.review = LesionReviewLogic()
@@ -248,8 +250,11 @@ class LiverTumorRefineLogic(_LogicBase):
         # A click update groups its new (unnumbered) points with the lesions of the result it
         # replaces; when every point has its number (a negative click, an undo) that result is not
         # read, so it is not exported (a CT-sized labelmap: 0.3 s on a 200-slice CT).
-        previous = (nodes.export_segment_mask(segmentationNode, replaceId, volumeNode)
-                    if seeds is not None and replaceId is not None and None in lesions else None)
+        previous = None
+        if seeds is not None and replaceId is not None and None in lesions:
+            previous = self._writtenCoarse.recall(segmentationNode, replaceId, volumeNode)
+            if previous is None:  # edited since this module wrote it, or never written by this Logic
+                previous = nodes.export_segment_mask(segmentationNode, replaceId, volumeNode)
 
         coarse = None
         if not made:
@@ -433,6 +438,8 @@ class LiverTumorRefineLogic(_LogicBase):
         if outcome.metrics is not None:
             tableNode = self._writeMetricsTable(inputs.volumeNode.GetScene() or segmentationNode.GetScene(),
                                                 outcome.metrics)
+        if outcome.coarse is not None:  # last: the writes above must not change its stamp afterwards
+            self._writtenCoarse.remember(segmentationNode, inputs.coarseSegmentId, inputs.volumeNode, outcome.coarse)
         seconds = dict(outcome.stats.get("seconds", {}))
         seconds["overall"] = outcome.seconds + (time.perf_counter() - t0)
         if progress is not None:

@@ -127,6 +127,23 @@ def put_segment(segmentationNode, segment, previousId: Optional[str], color, fir
     return segmentId
 
 
+def segment_stamp(segmentationNode, segmentId: str, volumeNode) -> Optional[tuple]:
+    """What changes whenever the voxels of segment ``segmentId`` or the CT grid may have: the nodes,
+    the modification time of the segment's binary labelmap (VTK's global counter: an edit in place,
+    or a labelmap put in its place, gives a later one), and the CT's identity. None when the
+    segment has no binary labelmap, or when either node is under a transform (reading the segment
+    onto the CT grid then resamples through it, and a transform can change without the segment)."""
+    slicer = slicer_module()
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    if segment is None or volumeNode.GetParentTransformNode() is not None \
+            or segmentationNode.GetParentTransformNode() is not None:
+        return None
+    data = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    if data is None:
+        return None
+    return (segmentationNode.GetID(), segmentId, data.GetMTime(), ct_identity(volumeNode, volume_geometry(volumeNode)))
+
+
 def segment_is_empty(segmentationNode, segmentId: str) -> bool:
     """True when the segment has no voxel (binary labelmap source) or no geometry (surfaces)."""
     slicer = slicer_module()
