@@ -31,6 +31,7 @@ import numpy as np
 
 from LiverTumorRefineLib.errors import RefineError
 from LiverTumorRefineLib.evaluate import review
+from LiverTumorRefineLib.refine.boxes import lesion_box
 from LiverTumorRefineLib.scene import logic as ltr
 from LiverTumorRefineLib.scene import nodes
 from LiverTumorRefineLib.volume import io
@@ -332,8 +333,8 @@ def _bounding_box(mask: np.ndarray) -> tuple[tuple[slice, ...], tuple[int, int, 
     review's copy of the masks is stored cropped, not CT-sized."""
     if not mask.any():
         return (slice(0, 1),) * 3, (0, 0, 0)
-    hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    return tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits), tuple(int(h[0]) for h in hits)  # type: ignore[return-value]
+    box = lesion_box(mask, (0, 0, 0))
+    return box, tuple(b.start for b in box)  # type: ignore[return-value]
 
 
 def _volume_to_world(volumeNode, point: Sequence[float]) -> list[float]:
