@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from conftest import ball_mask, blob_case
 from LiverTumorRefineLib import api, cli
 from LiverTumorRefineLib.batch import BatchSettings
 from LiverTumorRefineLib.errors import RefineError
-from LiverTumorRefineLib.refine.intensity import CONTRAST_MIN_HU, gate_lesions, intensity_gate
+from LiverTumorRefineLib.refine.intensity import CONTRAST_MIN_HU, gate_lesions, intensity_gate, label_medians
 from LiverTumorRefineLib.refine.refiner import Refiner
 from LiverTumorRefineLib.refine.weights import save_model
 from LiverTumorRefineLib.volume import io
@@ -172,3 +173,24 @@ def test_a_clicked_lesion_is_refined_with_the_refiners_gate(trained_model):
         results[gate] = got.mask
     assert Refiner(trained_model).intensity_gate is True  # on by default
     assert not np.array_equal(results[True], results[False])  # the gate acts on this case
+
+
+def test_label_medians_are_ndimages_bit_for_bit_on_the_labelled_voxels_only():
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        shape = tuple(int(v) for v in rng.integers(2, 24, 3))
+        n = int(rng.integers(1, 7))
+        labels = rng.integers(0, n + 1, shape) * (rng.random(shape) < rng.random())  # some labels may be absent
+        values = rng.normal(80, 30, shape).astype(np.float32)
+        if trial % 2:
+            values = np.round(values)  # CT-like integers: ties and even counts
+        index = list(range(1, n + 1))
+        medians, counts = label_medians(values, labels, index)
+        expected = np.atleast_1d(ndimage.median(values, labels=labels, index=index))
+        assert medians.dtype == np.float32
+        for k, got, want in zip(index, medians, expected):
+            assert counts[k] == np.count_nonzero(labels == k)
+            if counts[k]:
+                assert got.tobytes() == np.float32(want).tobytes()
+            else:
+                assert np.isnan(got)

@@ -61,12 +61,31 @@ def lesion_intensities(smooth: np.ndarray, labels: np.ndarray, n: int, coarse: n
         missing = [k for k in range(1, n + 1) if out[k - 1] is None]
         if not missing:
             break
-        medians = ndimage.median(smooth, labels=np.where(voxels, labels, 0), index=missing)
-        counts = np.bincount(labels[voxels], minlength=n + 1)
-        for k, value in zip(missing, np.atleast_1d(medians)):
+        medians, counts = label_medians(smooth, np.where(voxels, labels, 0), missing)
+        for k, value in zip(missing, medians):
             if counts[k]:
                 out[k - 1] = float(value)
     return out
+
+
+def label_medians(values: np.ndarray, labels: np.ndarray, index: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The median of ``values`` over each label of ``index`` (NaN for a label without voxels) as
+    ``ndimage.median`` computes it, bit for bit, and every label's voxel count. ``ndimage.median``
+    sorts every voxel of the array, the background's too; on a box of several lesions that was a
+    third of a second a click, for an edge band of a few thousand voxels."""
+    inside = labels > 0
+    label, value = labels[inside], values[inside]
+    order = np.lexsort((value, label))
+    value = value[order]
+    counts = np.bincount(label, minlength=max(index, default=0) + 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    wanted = np.asarray(index, dtype=np.intp)
+    found = counts[wanted] > 0
+    lo = starts[wanted] + (counts[wanted] - 1) // 2
+    hi = starts[wanted] + counts[wanted] // 2
+    medians = np.full(len(wanted), np.nan, dtype=np.result_type(values.dtype, np.float32))
+    medians[found] = (value[lo[found]] + value[hi[found]]) / 2.0  # ndimage's own arithmetic, in the input's type
+    return medians, counts
 
 
 def intensity_gate(image: np.ndarray, coarse: np.ndarray, refined: np.ndarray, liver_hu: float | None,
