@@ -124,6 +124,16 @@ def test_a_click_update_reads_back_the_coarse_segment_it_wrote_until_someone_edi
     slicer.util.updateSegmentBinaryLabelmapFromArray(edited.astype(np.uint8), node, coarseId, sc.volumeNode)
     assert np.array_equal(previous_sent(), edited) and len(exports) == 3
 
+    logic.refine(sc.volumeNode, node, coarseId, device="cpu", coarseSource="seeds", seedsNode=positive,
+                 replaceCoarseSegmentId=coarseId)  # its job exported the edited segment; its result is remembered
+    positive.AddControlPoint(ras((3, 3, 3)))
+    assert len(exports) == 4
+    previous_sent()
+    assert len(exports) == 4
+    moved = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")  # identity, but the segment now lies under it
+    node.SetAndObserveTransformNodeID(moved.GetID())
+    assert np.array_equal(previous_sent(), export(node, coarseId, sc.volumeNode)) and len(exports) == 5  # exported
+
 
 def test_negative_points_outside_the_ct_are_an_error_and_the_scene_is_unchanged(app, logic):
     sc = st.build_scene_case(app.scene, st.synthetic_case(0))
