@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Iterable, Sequence, TextIO
 
 import numpy as np
 
@@ -115,24 +115,35 @@ def read_result(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, np.ndar
             load_mask(folder / COARSE_OUT_FILE) if result.get("coarse_made") else None)
 
 
-def save_mask(path: Path, mask: np.ndarray) -> None:
-    """Write a (z, y, x) mask atomically as its bounding-box crop (``crop``, uint8 0/1), the crop's
-    first voxel (``start``) and the whole grid's ``shape``."""
+def mask_crop(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A (z, y, x) mask's bounding-box crop (bool; a view of ``mask`` when that is bool) and the
+    crop's first voxel; an empty crop at the origin for an empty mask."""
     from LiverTumorRefineLib.refine.boxes import lesion_box
 
     mask = np.asarray(mask, dtype=bool)
-    box = lesion_box(mask, (0, 0, 0)) if mask.any() else (slice(0, 0),) * 3
+    box = lesion_box(mask, (0, 0, 0)) if mask.any() else (slice(0, 0),) * mask.ndim
+    return mask[box], tuple(b.start for b in box)
+
+
+def mask_from_crop(crop: np.ndarray, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """The bool mask on a grid of ``shape`` that ``mask_crop`` gave ``crop`` and ``start`` for."""
+    out = np.zeros(tuple(int(n) for n in shape), dtype=bool)
+    out[tuple(slice(int(a), int(a) + n) for a, n in zip(start, crop.shape))] = crop
+    return out
+
+
+def save_mask(path: Path, mask: np.ndarray) -> None:
+    """Write a (z, y, x) mask atomically as its bounding-box crop (``crop``, uint8 0/1), the crop's
+    first voxel (``start``) and the whole grid's ``shape``."""
+    crop, start = mask_crop(mask)
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, crop=mask[box].astype(np.uint8), start=np.array([b.start for b in box]), shape=np.array(mask.shape))
+        np.savez(tmp, crop=crop.astype(np.uint8), start=np.array(start), shape=np.array(np.shape(mask)))
 
 
 def load_mask(path: Path) -> np.ndarray:
     """The bool mask ``save_mask`` wrote, on its whole grid."""
     with np.load(path) as data:
-        crop, start, shape = data["crop"].astype(bool), data["start"], data["shape"]
-    out = np.zeros(tuple(int(n) for n in shape), dtype=bool)
-    out[tuple(slice(int(a), int(a) + n) for a, n in zip(start, crop.shape))] = crop
-    return out
+        return mask_from_crop(data["crop"].astype(bool), data["start"], data["shape"])
 
 
 def group_seeds(ct: Any, seeds: list[Any], coarse: dict[str, Any], folder: Path) -> tuple[list[Any], list[int]]:

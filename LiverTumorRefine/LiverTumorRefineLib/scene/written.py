@@ -14,8 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from LiverTumorRefineLib.refine.boxes import lesion_box
 from LiverTumorRefineLib.scene import nodes
+from LiverTumorRefineLib.worker import mask_crop, mask_from_crop
 
 
 class WrittenMask:
@@ -24,26 +24,19 @@ class WrittenMask:
     def __init__(self) -> None:
         self._stamp: Optional[tuple] = None
         self._shape: tuple[int, ...] = ()
-        self._box: tuple[slice, ...] = ()
+        self._start: tuple[int, ...] = ()
         self._crop: Optional[np.ndarray] = None
 
     def remember(self, segmentationNode, segmentId: str, volumeNode, mask: np.ndarray) -> None:
         """Keep ``mask`` (bool, the CT's grid), just written into ``segmentId``."""
-        mask = np.asarray(mask, dtype=bool)
         self._stamp = nodes.segment_stamp(segmentationNode, segmentId, volumeNode)
-        self._shape = mask.shape
-        self._box = lesion_box(mask, (0, 0, 0)) if mask.any() else (slice(0, 0),) * mask.ndim
-        self._crop = mask[self._box].copy() if self._stamp is not None else None
+        crop, self._start = mask_crop(mask)
+        self._shape = np.shape(mask)
+        self._crop = crop.copy() if self._stamp is not None else None  # not a view of the caller's mask
 
     def recall(self, segmentationNode, segmentId: str, volumeNode) -> Optional[np.ndarray]:
         """The kept mask on the CT's grid while ``segmentId`` and the CT are as they were when it was
         written, else None (export the segment instead)."""
         if self._crop is None or nodes.segment_stamp(segmentationNode, segmentId, volumeNode) != self._stamp:
             return None
-        out = np.zeros(self._shape, dtype=bool)
-        out[self._box] = self._crop
-        return out
-
-    def forget(self) -> None:
-        """Keep nothing."""
-        self._stamp, self._crop = None, None
+        return mask_from_crop(self._crop, self._start, self._shape)
